@@ -1,0 +1,54 @@
+//! `oomph inspect CHECKPOINT`: what a checkpoint holds, verified.
+
+use oomph_train::checkpoint;
+use std::path::Path;
+
+/// Prints a verified checkpoint's contents; a run directory shows its newest checkpoint.
+/// Returns the exit code (4 when unusable).
+pub fn run(path: &Path) -> i32 {
+    let dir = if path.join("manifest.json").is_file() {
+        path.to_path_buf()
+    } else {
+        match checkpoint::list(&path.join("checkpoints")).first() {
+            Some((_, d)) => d.clone(),
+            None => {
+                eprintln!(
+                    "error: {} is neither a checkpoint (no manifest.json) nor a run directory with checkpoints. \
+                     Fix: pass RUN_DIR or RUN_DIR/checkpoints/step-N.",
+                    path.display()
+                );
+                return oomph_train::error::EXIT_CHECKPOINT;
+            }
+        }
+    };
+    match checkpoint::verify(&dir) {
+        Ok(v) => {
+            let s = &v.state;
+            println!("checkpoint {} (verified: {} files, checksums ok)", v.dir.display(), v.manifest.files.len());
+            for f in &v.manifest.files {
+                println!("  {:<12} {:>12} bytes  sha256 {}", f.name, f.bytes, &f.sha256[..16]);
+            }
+            println!("step {} | samples_seen {} | reason {}", s.step, s.samples_seen, s.reason);
+            println!("sampler cursor: epoch {} position {}", s.cursor.epoch, s.cursor.position);
+            println!(
+                "micro-batch policy: limit {} | history {:?}",
+                s.policy.limit, s.policy.history
+            );
+            println!("eval micro-batch {} | seed {} | recipe fingerprint {}", s.eval_batch, s.seed, &s.recipe_fingerprint[..16.min(s.recipe_fingerprint.len())]);
+            println!(
+                "last loss {} | oom events {} | recovery {:.2}s | wall {:.1}s | restarts {} | resumes {}",
+                s.last_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
+                s.oom_events,
+                s.recovery_s,
+                s.wall_s,
+                s.restarts,
+                s.resumes
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: checkpoint unusable: {e}. Fix: resume from an older checkpoint (--resume STEP) or start over.");
+            oomph_train::error::EXIT_CHECKPOINT
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The `oomph` command line: `train`, `check`, `report`, `inspect`, and the supervisor that
+//! restarts a training worker after a memory death.
+//!
+//! A program with its own model kinds gets the same command line (and supervision) with
+//! [`main_with`]. Only this crate prints to stdout.
+
+pub mod alloc;
+pub mod inspect;
+pub mod supervise;
+
+pub use alloc::TrackingAllocator;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use oomph_recipe::Recipe;
+use oomph_train::backend::{dispatch, WithBackend};
+use oomph_train::error::{TrainError, EXIT_BAD_INPUT};
+use oomph_train::{Console, Models, Registry, Resume, Session, Summary};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Environment variable that marks a supervised worker process.
+pub const ENV_WORKER: &str = "OOMPH_WORKER";
+/// Environment variable: the micro-batch a previous worker died at (lower the ceiling).
+pub const ENV_LOWER_CEILING: &str = "OOMPH_LOWER_CEILING";
+/// Environment variable: restarts so far.
+pub const ENV_RESTARTS: &str = "OOMPH_RESTARTS";
+
+#[derive(Parser, Debug)]
+#[command(name = "oomph", version, about = "Training that survives out-of-memory: fixed effective batch, adaptive micro-batch, crash-safe checkpoints.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Arguments of `oomph train`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// The TOML recipe.
+    pub recipe: PathBuf,
+    /// Override a recipe field: `--set section.key=value` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Run directory (default: `run.output_dir/run.name`).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// `auto` (newest intact checkpoint, if any), `never`, or a step number.
+    #[arg(long, default_value = "auto")]
+    pub resume: String,
+    /// With `--resume never`: delete an existing run in the run directory first.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Train in this process, without a supervising parent.
+    #[arg(long)]
+    pub no_supervise: bool,
+    /// Plain log lines even on a terminal.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Train from a recipe.
+    Train(TrainArgs),
+    /// Validate a recipe and print it resolved (all defaults filled in).
+    Check {
+        /// The TOML recipe.
+        recipe: PathBuf,
+        /// Override a recipe field (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Print what a checkpoint holds.
+    Inspect {
+        /// A checkpoint directory (`RUN/checkpoints/step-N`) or a run directory.
+        checkpoint: PathBuf,
+    },
+}
+
+/// `oomph`'s own entry point: the built-in models only.
+pub fn main() -> ExitCode {
+    main_with::<oomph_models::Builtin>()
+}
+
+/// The command line for a program that adds model kinds `M` to the built-in ones.
+pub fn main_with<M: Models>() -> ExitCode {
+    init_tracing();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_BAD_INPUT } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
+    let code = match cli.cmd {
+        Cmd::Train(args) => train_command::<M>(args),
+        Cmd::Check { recipe, set } => check_command::<M>(&recipe, &set),
+        Cmd::Inspect { checkpoint } => inspect::run(&checkpoint),
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("OOMPH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// Prints an error as one paragraph and returns its exit code.
+pub fn report_error(e: &TrainError) -> i32 {
+    eprintln!("error: {e}");
+    e.exit_code()
+}
+
+fn load_recipe(path: &Path, set: &[String]) -> Result<Recipe, i32> {
+    oomph_recipe::load(path, set).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_BAD_INPUT
+    })
+}
+
+/// Validates the model keys against the registry of the recipe's backend (CPU registry:
+/// model keys do not depend on the backend).
+fn check_model<M: Models>(recipe: &Recipe, origin: &str) -> Result<(), i32> {
+    let mut reg = Registry::<oomph_train::backend::NdArrayTrain>::new();
+    oomph_models::Builtin::register(&mut reg);
+    M::register(&mut reg);
+    reg.prepare(&recipe.model.kind, &recipe.model.params, origin).map(|_| ()).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_BAD_INPUT
+    })
+}
+
+fn check_command<M: Models>(path: &Path, set: &[String]) -> i32 {
+    let origin = path.display().to_string();
+    let recipe = match load_recipe(path, set) {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    if let Err(c) = check_model::<M>(&recipe, &origin) {
+        return c;
+    }
+    print!("{}", oomph_recipe::to_toml_string(&recipe));
+    0
+}
+
+/// The run directory a recipe and arguments imply.
+pub fn run_dir_for(recipe: &Recipe, arg: Option<&Path>) -> PathBuf {
+    arg.map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(&recipe.run.output_dir).join(&recipe.run.name))
+}
+
+fn parse_resume(s: &str) -> Result<Resume, i32> {
+    match s {
+        "auto" => Ok(Resume::Auto),
+        "never" => Ok(Resume::Never),
+        n => n.parse::<usize>().map(Resume::Step).map_err(|_| {
+            eprintln!("error: --resume {n:?} is not valid. Fix: use `auto`, `never`, or a checkpoint step number such as 200.");
+            EXIT_BAD_INPUT
+        }),
+    }
+}
+
+fn train_command<M: Models>(args: TrainArgs) -> i32 {
+    let origin = args.recipe.display().to_string();
+    let recipe = match load_recipe(&args.recipe, &args.set) {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    if let Err(c) = check_model::<M>(&recipe, &origin) {
+        return c;
+    }
+    let resume = match parse_resume(&args.resume) {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let run_dir = run_dir_for(&recipe, args.run_dir.as_deref());
+    let is_worker = std::env::var_os(ENV_WORKER).is_some();
+    if !is_worker {
+        if let Err(c) = prepare_run_dir(&run_dir, resume, args.overwrite) {
+            return c;
+        }
+        if recipe.supervisor.enabled && !args.no_supervise {
+            return supervise::supervise(&recipe, &run_dir);
+        }
+    }
+    let lower_ceiling = std::env::var(ENV_LOWER_CEILING).ok().and_then(|v| v.parse().ok());
+    let restarts = std::env::var(ENV_RESTARTS).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if std::fs::create_dir_all(&run_dir).is_ok() {
+        alloc::arm(&run_dir.join("worker-death.txt"));
+    }
+    let job = Job::<M> {
+        recipe: recipe.clone(),
+        origin,
+        run_dir,
+        resume,
+        lower_ceiling,
+        restarts,
+        plain: args.plain,
+        _m: std::marker::PhantomData,
+    };
+    match dispatch(&recipe.run.backend, recipe.run.device, job).and_then(|r| r) {
+        Ok(summary) => {
+            print_summary(&summary);
+            0
+        }
+        Err(e) => report_error(&e),
+    }
+}
+
+/// Refuses to silently reuse a run directory with `--resume never`.
+fn prepare_run_dir(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<(), i32> {
+    let has_run = run_dir.join("checkpoints").is_dir() || run_dir.join("metrics.jsonl").is_file();
+    if resume == Resume::Never && has_run {
+        if overwrite {
+            std::fs::remove_dir_all(run_dir).map_err(|e| {
+                eprintln!("error: cannot remove the old run in {}: {e}.", run_dir.display());
+                1
+            })?;
+        } else {
+            eprintln!(
+                "error: the run directory {} already holds a run, and --resume never refuses to overwrite it. \
+                 Fix: --resume auto to continue that run, add --overwrite to replace it, or pick another --run-dir.",
+                run_dir.display()
+            );
+            return Err(EXIT_BAD_INPUT);
+        }
+    }
+    Ok(())
+}
+
+struct Job<M> {
+    recipe: Recipe,
+    origin: String,
+    run_dir: PathBuf,
+    resume: Resume,
+    lower_ceiling: Option<usize>,
+    restarts: usize,
+    plain: bool,
+    _m: std::marker::PhantomData<M>,
+}
+
+impl<M: Models> WithBackend for Job<M> {
+    type Output = Result<Summary, TrainError>;
+
+    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device, name: String) -> Self::Output {
+        let mut reg = Registry::<B>::new();
+        oomph_models::Builtin::register(&mut reg);
+        M::register(&mut reg);
+        let prepared = reg
+            .prepare(&self.recipe.model.kind, &self.recipe.model.params, &self.origin)
+            .map_err(|e| TrainError::BadInput(e.to_string()))?;
+        let needs = prepared.needs();
+        let data = oomph_data::load(&self.recipe.data, self.recipe.run.seed, needs.seq_len)
+            .map_err(|e| TrainError::BadInput(format!("{}: {e}", self.origin)))?;
+        let observer = Box::new(Console::new(self.recipe.run.log_every, self.plain));
+        let session = Session {
+            recipe: self.recipe,
+            origin: self.origin,
+            device,
+            backend_name: name,
+            run_dir: self.run_dir,
+            observer,
+            resume: self.resume,
+            lower_ceiling: self.lower_ceiling,
+            restarts: self.restarts,
+            banner: Vec::new(),
+        };
+        prepared.train(session, &data)
+    }
+}
+
+/// Prints the end-of-run summary (stdout).
+pub fn print_summary(s: &Summary) {
+    println!("{}", summary_text(s));
+}
+
+/// The end-of-run summary as text.
+pub fn summary_text(s: &Summary) -> String {
+    let mut out = String::new();
+    let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
+    out.push_str(&format!("== {} ==\n", s.name));
+    out.push_str(&format!(
+        "steps {} | samples {} | effective batch {} | wall {:.1}s | {} parameters\n",
+        s.steps, s.samples_seen, s.effective_batch, s.wall_s, s.parameters
+    ));
+    out.push_str(&format!("train_loss {} | valid_loss {}", f(s.train_loss), f(s.valid_loss)));
+    for (k, v) in &s.valid_metrics {
+        out.push_str(&format!(" | valid_{k} {v:.4}"));
+    }
+    out.push('\n');
+    let hist: Vec<String> = s.micro_batch_history.iter().map(|m| m.to_string()).collect();
+    out.push_str(&format!(
+        "oom events {} | restarts {} | resumes {} | recovery {:.2}s | micro-batch {}\n",
+        s.oom_events,
+        s.restarts,
+        s.resumes,
+        s.recovery_s,
+        if hist.is_empty() { s.micro_batch_final.to_string() } else { hist.join(" -> ") }
+    ));
+    out.push_str(&format!("model {}", s.model_path));
+    out
+}

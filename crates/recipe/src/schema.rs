@@ -1,0 +1,421 @@
+//! The recipe schema: one struct per TOML section, every field documented with its default.
+//!
+//! These types are the *validated* form of a recipe. Raw TOML is parsed into them by
+//! [`crate::load`], which also applies `--set` overrides and semantic validation.
+//! Every section and every key is optional in the TOML file; a missing one takes the
+//! default documented on its field.
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use std::fmt;
+
+/// A whole training recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Recipe {
+    /// `[run]`: naming, seeding, where outputs go, which backend.
+    pub run: RunSection,
+    /// `[model]`: the model kind and its own keys.
+    pub model: ModelSection,
+    /// `[data]`: the dataset.
+    pub data: DataSection,
+    /// `[optimizer]`.
+    pub optimizer: OptimizerSection,
+    /// `[lr_schedule]`.
+    pub lr_schedule: LrScheduleSection,
+    /// `[training]`: length, effective batch, evaluation cadence.
+    pub training: TrainingSection,
+    /// `[micro_batch]`: bounds of the adaptive micro-batch.
+    pub micro_batch: MicroBatchSection,
+    /// `[checkpoint]`.
+    pub checkpoint: CheckpointSection,
+    /// `[supervisor]`.
+    pub supervisor: SupervisorSection,
+    /// `[faults]`: simulated failures for tests and demos. Empty by default.
+    pub faults: FaultsSection,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Run name, used for the default run directory `output_dir/name`. Default `"run"`.
+    pub name: String,
+    /// Master seed: model init, data split, shuffling and per-step RNG derive from it. Default `42`.
+    pub seed: u64,
+    /// Parent directory of run directories. Default `"runs"`.
+    pub output_dir: String,
+    /// Backend: `"cpu"` (the embedded CPU default), `"ndarray"`, `"flex"` or `"cuda"`. Default `"cpu"`.
+    pub backend: String,
+    /// Device index for GPU backends. Default `0`.
+    pub device: usize,
+    /// Emulated GPU capacity such as `"8GiB"` (GPU backends only). Default: none (whole device).
+    pub gpu_memory_limit: Option<String>,
+    /// Plain log line every this many steps when stderr is not a terminal. Default `10`.
+    pub log_every: usize,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self {
+            name: "run".into(),
+            seed: 42,
+            output_dir: "runs".into(),
+            backend: "cpu".into(),
+            device: 0,
+            gpu_memory_limit: None,
+            log_every: 10,
+        }
+    }
+}
+
+/// `[model]`: `kind` names a registered model; the remaining keys belong to that model
+/// and are validated by its factory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSection {
+    /// Registered model kind (`"mlp"`, `"gpt"`, or one a user binary registers). Default `"mlp"`.
+    #[serde(default = "default_model_kind")]
+    pub kind: String,
+    /// The model's own keys, validated by the model factory (errors prefixed `model.`).
+    #[serde(flatten)]
+    pub params: toml::Table,
+}
+
+fn default_model_kind() -> String {
+    "mlp".into()
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            kind: "mlp".into(),
+            params: toml::Table::new(),
+        }
+    }
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// `"csv"`, `"text"` or `"synthetic"`. Default `"synthetic"`.
+    pub kind: String,
+    /// File path (csv, text), relative to the recipe file's directory. Default: none.
+    pub path: Option<String>,
+    /// Fraction of the samples held out for validation, in `[0, 1)`. Default `0.1`.
+    pub valid_fraction: f64,
+    /// csv: the first row is a header. Default `true`.
+    pub header: bool,
+    /// csv: the label column, by header name or 0-based index (as a string; the TOML file
+    /// may also give the index as an integer). Default: last column.
+    #[serde(deserialize_with = "de_label_column")]
+    pub label_column: Option<String>,
+    /// csv/synthetic: `"classification"` or `"regression"`. Default `"classification"`.
+    pub task: String,
+    /// csv: standardise each feature with mean/std of the training split. Default `true`.
+    pub standardize: bool,
+    /// synthetic: number of samples generated. Default `2048`.
+    pub samples: usize,
+    /// synthetic: number of features. Default `16`.
+    pub features: usize,
+    /// synthetic: number of classes (classification). Default `4`.
+    pub classes: usize,
+    /// synthetic: label noise / regression noise std. Default `0.1`.
+    pub noise: f64,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            kind: "synthetic".into(),
+            path: None,
+            valid_fraction: 0.1,
+            header: true,
+            label_column: None,
+            task: "classification".into(),
+            standardize: true,
+            samples: 2048,
+            features: 16,
+            classes: 4,
+            noise: 0.1,
+        }
+    }
+}
+
+/// `[optimizer]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerSection {
+    /// `"adamw"` or `"sgd"`. Default `"adamw"`.
+    pub kind: String,
+    /// Peak learning rate, > 0. Default `1e-3`.
+    pub lr: f64,
+    /// Decoupled weight decay (adamw) or L2 penalty (sgd), >= 0. Default `0.0`.
+    pub weight_decay: f64,
+    /// AdamW betas, each in `[0, 1)`. Default `[0.9, 0.999]`.
+    pub betas: [f64; 2],
+    /// AdamW epsilon, > 0. Default `1e-8`.
+    pub eps: f64,
+    /// SGD momentum in `[0, 1)`. Default `0.0`.
+    pub momentum: f64,
+    /// Clip gradients to this global L2 norm (over all parameters). Default: none.
+    pub grad_clip_norm: Option<f64>,
+}
+
+impl Default for OptimizerSection {
+    fn default() -> Self {
+        Self {
+            kind: "adamw".into(),
+            lr: 1e-3,
+            weight_decay: 0.0,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            momentum: 0.0,
+            grad_clip_norm: None,
+        }
+    }
+}
+
+/// `[lr_schedule]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LrScheduleSection {
+    /// `"constant"`, `"cosine"` or `"linear"` (decay after warmup). Default `"constant"`.
+    pub kind: String,
+    /// Linear warmup from 0 to `optimizer.lr` over this many steps. Default `0`.
+    pub warmup_steps: usize,
+    /// Final learning rate as a fraction of `optimizer.lr`, in `[0, 1]`. Default `0.0`.
+    pub final_lr_fraction: f64,
+}
+
+impl Default for LrScheduleSection {
+    fn default() -> Self {
+        Self {
+            kind: "constant".into(),
+            warmup_steps: 0,
+            final_lr_fraction: 0.0,
+        }
+    }
+}
+
+/// `[training]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingSection {
+    /// Number of optimizer steps. Default `100` unless `epochs` is given.
+    pub steps: Option<usize>,
+    /// Train for this many passes over the training split instead of `steps`.
+    pub epochs: Option<usize>,
+    /// Samples per optimizer step, whatever the micro-batch. Default `32`.
+    pub effective_batch: usize,
+    /// Evaluate every this many steps (0: only at the end). Default `0`.
+    pub eval_every: usize,
+    /// Micro-batch used for evaluation. Default: the training micro-batch limit.
+    pub eval_batch: Option<usize>,
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        Self {
+            steps: None,
+            epochs: None,
+            effective_batch: 32,
+            eval_every: 0,
+            eval_batch: None,
+        }
+    }
+}
+
+/// How the first micro-batch limit is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MicroInitial {
+    /// Search for the largest limit that fits (TOML `"auto"`).
+    Auto,
+    /// Start at this many samples per micro-batch (TOML integer).
+    Fixed(usize),
+}
+
+impl Serialize for MicroInitial {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            MicroInitial::Auto => serializer.serialize_str("auto"),
+            MicroInitial::Fixed(n) => serializer.serialize_u64(n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MicroInitial {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = MicroInitial;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"auto\" or a positive integer")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<MicroInitial, E> {
+                if v == "auto" {
+                    Ok(MicroInitial::Auto)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<MicroInitial, E> {
+                match usize::try_from(v) {
+                    Ok(n) if n >= 1 => Ok(MicroInitial::Fixed(n)),
+                    _ => Err(E::invalid_value(de::Unexpected::Unsigned(v), &self)),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<MicroInitial, E> {
+                match u64::try_from(v) {
+                    Ok(u) => self.visit_u64(u),
+                    Err(_) => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// Accepts the csv label column as a string (header name or index) or as a non-negative
+/// integer index, and stores it as a string.
+fn de_label_column<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a column name or a 0-based column index")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            if v >= 0 {
+                Ok(Some(v.to_string()))
+            } else {
+                Err(E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+        }
+    }
+    deserializer.deserialize_any(V)
+}
+
+/// `[micro_batch]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MicroBatchSection {
+    /// `"auto"` or an integer. Default `"auto"`.
+    pub initial: MicroInitial,
+    /// Never go below this many samples per micro-batch. Default `1`.
+    pub min: usize,
+    /// Never go above this many. Default: the effective batch.
+    pub max: Option<usize>,
+    /// Clean optimizer steps before trying a larger micro-batch. Default `50`.
+    pub grow_after: usize,
+    /// OOMs tolerated within one optimizer step before giving up. Default `8`.
+    pub max_retries_per_step: usize,
+}
+
+impl Default for MicroBatchSection {
+    fn default() -> Self {
+        Self {
+            initial: MicroInitial::Auto,
+            min: 1,
+            max: None,
+            grow_after: 50,
+            max_retries_per_step: 8,
+        }
+    }
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Checkpoint every this many steps (0: only at the end and on events). Default `100`.
+    pub every: usize,
+    /// Keep the newest this many complete checkpoints; at least 2. Default `3`.
+    pub keep: usize,
+    /// Checkpoint right after recovering from an OOM. Default `true`.
+    pub on_oom: bool,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        Self {
+            every: 100,
+            keep: 3,
+            on_oom: true,
+        }
+    }
+}
+
+/// `[supervisor]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorSection {
+    /// Run training in a supervised worker process. Default `true`.
+    pub enabled: bool,
+    /// Restarts after memory deaths before giving up. Default `5`.
+    pub max_restarts: usize,
+}
+
+impl Default for SupervisorSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_restarts: 5,
+        }
+    }
+}
+
+/// Training phase in which a fault is injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// A micro-batch's forward pass.
+    Forward,
+    /// A micro-batch's backward pass.
+    Backward,
+    /// The optimizer step.
+    Optimizer,
+    /// Evaluation.
+    Eval,
+}
+
+/// One injected failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAt {
+    /// Optimizer step (1-based) at which it fires, once.
+    pub step: usize,
+    /// Phase in which it fires.
+    pub phase: Phase,
+}
+
+/// A change of the simulated capacity from a given step on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityChange {
+    /// From this optimizer step (1-based) on...
+    pub step: usize,
+    /// ...micro-batches larger than this many samples fail as OOM.
+    pub samples: usize,
+}
+
+/// `[faults]`: SIMULATION ONLY. Injected failures travel the same classification and recovery
+/// path as real ones. Empty by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultsSection {
+    /// Simulated device capacity: any micro-batch larger than this many samples fails as an OOM.
+    pub simulate_memory_samples: Option<usize>,
+    /// Capacity changes at given steps (overrides `simulate_memory_samples` from that step on).
+    pub simulate_memory_changes: Vec<CapacityChange>,
+    /// Simulated OOMs at given steps and phases.
+    pub oom_at: Vec<FaultAt>,
+    /// Simulated non-OOM panics (a model bug) at given steps and phases.
+    pub panic_at: Vec<FaultAt>,
+}

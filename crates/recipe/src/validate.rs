@@ -1,0 +1,564 @@
+//! Semantic validation: the rules a well-typed recipe must still satisfy, each refused with
+//! the key, the bad value, the reason and a fix. Also fills the one derived default
+//! (`training.steps = 100` when neither `steps` nor `epochs` is given).
+
+use crate::bytes::parse_bytes;
+use crate::error::{Ctx, RecipeError};
+use crate::keys::did_you_mean;
+use crate::schema::{MicroInitial, Recipe};
+use std::path::Path;
+
+/// The backends `run.backend` may name.
+pub const BACKENDS: &[&str] = &["cpu", "ndarray", "flex", "cuda"];
+/// The dataset kinds `data.kind` may name.
+pub const DATA_KINDS: &[&str] = &["csv", "text", "synthetic"];
+/// The tasks `data.task` may name.
+pub const TASKS: &[&str] = &["classification", "regression"];
+/// The optimizers `optimizer.kind` may name.
+pub const OPTIMIZERS: &[&str] = &["adamw", "sgd"];
+/// The schedules `lr_schedule.kind` may name.
+pub const LR_SCHEDULES: &[&str] = &["constant", "cosine", "linear"];
+
+/// Run length used when a recipe gives neither `training.steps` nor `training.epochs`.
+pub const DEFAULT_STEPS: usize = 100;
+
+type R = Result<(), RecipeError>;
+
+fn one_of(cx: &Ctx, key: &str, value: &str, allowed: &[&str], what: &str) -> R {
+    if allowed.contains(&value) {
+        return Ok(());
+    }
+    let list = allowed
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let hint = did_you_mean(value, allowed.iter().copied())
+        .map(|s| format!("did you mean \"{s}\"? "))
+        .unwrap_or_default();
+    Err(cx.invalid(
+        key,
+        format!("{value:?}"),
+        &format!("{what} must be one of {list}"),
+        format!(
+            "{hint}{} {key} to one of {list}",
+            if hint.is_empty() { "set" } else { "Set" }
+        ),
+    ))
+}
+
+fn at_least(cx: &Ctx, key: &str, value: usize, min: usize, why: &str, example: usize) -> R {
+    if value >= min {
+        return Ok(());
+    }
+    let what = if min == 1 {
+        "a positive integer".to_owned()
+    } else {
+        format!("an integer >= {min}")
+    };
+    Err(cx.invalid(
+        key,
+        value,
+        why,
+        format!("set {key} to {what} such as {example}"),
+    ))
+}
+
+fn positive_finite(cx: &Ctx, key: &str, value: f64, why: &str, example: &str) -> R {
+    if value.is_finite() && value > 0.0 {
+        return Ok(());
+    }
+    Err(cx.invalid(
+        key,
+        format!("{value:?}"),
+        why,
+        format!("set {key} to a finite number > 0 such as {example}"),
+    ))
+}
+
+fn non_negative_finite(cx: &Ctx, key: &str, value: f64, why: &str, example: &str) -> R {
+    if value.is_finite() && value >= 0.0 {
+        return Ok(());
+    }
+    Err(cx.invalid(
+        key,
+        format!("{value:?}"),
+        why,
+        format!("set {key} to a finite number >= 0 such as {example}"),
+    ))
+}
+
+/// `value` in `[0, 1)` (`closed`: `[0, 1]`).
+fn unit_interval(
+    cx: &Ctx,
+    key: &str,
+    shown: &str,
+    value: f64,
+    closed: bool,
+    why: &str,
+    example: &str,
+) -> R {
+    let ok = value >= 0.0 && if closed { value <= 1.0 } else { value < 1.0 };
+    if ok {
+        return Ok(());
+    }
+    let range = if closed {
+        "between 0 and 1 inclusive"
+    } else {
+        "at least 0 and below 1"
+    };
+    Err(cx.invalid(
+        key,
+        shown,
+        why,
+        format!("set {key} to a number {range}, such as {example}"),
+    ))
+}
+
+/// Checks every rule on `r`, filling `training.steps` when no run length is given.
+/// `data.path` must already be resolved (it is checked to exist as written).
+pub(crate) fn check(r: &mut Recipe, cx: &Ctx) -> R {
+    run(r, cx)?;
+    model(r, cx)?;
+    data(r, cx)?;
+    optimizer(r, cx)?;
+    lr_schedule(r, cx)?;
+    training(r, cx)?;
+    micro_batch(r, cx)?;
+    checkpoint(r, cx)?;
+    faults(r, cx)
+}
+
+fn run(r: &Recipe, cx: &Ctx) -> R {
+    let run = &r.run;
+    let name = run.name.as_str();
+    if name.trim().is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Err(cx.invalid(
+            "run.name",
+            format!("{name:?}"),
+            "the name becomes a directory inside run.output_dir, so it must be non-empty and \
+             contain no path separators",
+            "set run.name to a plain name such as \"mlp-debug\"",
+        ));
+    }
+    if run.output_dir.trim().is_empty() {
+        return Err(cx.invalid(
+            "run.output_dir",
+            "\"\"",
+            "run directories are created inside it",
+            "set run.output_dir to a directory such as \"runs\"",
+        ));
+    }
+    if run.seed > i64::MAX as u64 {
+        return Err(cx.invalid(
+            "run.seed",
+            run.seed,
+            "TOML integers are signed 64-bit, so the resolved recipe could not record this seed",
+            format!("set run.seed to an integer at most {}", i64::MAX),
+        ));
+    }
+    one_of(cx, "run.backend", &run.backend, BACKENDS, "the backend")?;
+    at_least(
+        cx,
+        "run.log_every",
+        run.log_every,
+        1,
+        "a log line every 0 steps is meaningless",
+        10,
+    )?;
+    if let Some(limit) = &run.gpu_memory_limit {
+        match parse_bytes(limit) {
+            Ok(0) => {
+                return Err(cx.invalid(
+                    "run.gpu_memory_limit",
+                    format!("{limit:?}"),
+                    "a memory limit of zero bytes leaves nothing to train with",
+                    "set run.gpu_memory_limit to a size such as \"8GiB\", or remove it to use the whole device",
+                ))
+            }
+            Ok(_) => {}
+            Err(why) => {
+                return Err(cx.invalid(
+                    "run.gpu_memory_limit",
+                    format!("{limit:?}"),
+                    &format!("it is not a byte size: {why}"),
+                    "set run.gpu_memory_limit to a size such as \"8GiB\", \"512MiB\" or \"8GB\", or remove it",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn model(r: &Recipe, cx: &Ctx) -> R {
+    if r.model.kind.trim().is_empty() {
+        return Err(cx.invalid(
+            "model.kind",
+            "\"\"",
+            "the model kind selects which registered model is built",
+            "set model.kind to a registered model such as \"mlp\" or \"gpt\"",
+        ));
+    }
+    Ok(())
+}
+
+fn data(r: &Recipe, cx: &Ctx) -> R {
+    let d = &r.data;
+    one_of(cx, "data.kind", &d.kind, DATA_KINDS, "the dataset kind")?;
+    if d.kind != "synthetic" && d.path.is_none() {
+        return Err(RecipeError::new(
+            cx.origin("data.kind"),
+            Some("data.path".into()),
+            format!("`data.path` is missing: data.kind = {:?} reads its samples from a file", d.kind),
+            "set data.path to the file, relative to the recipe file's directory, or use data.kind = \"synthetic\"",
+        ));
+    }
+    if let Some(path) = &d.path {
+        let p = Path::new(path);
+        if !p.exists() {
+            return Err(cx.invalid(
+                "data.path",
+                format!("{path:?}"),
+                "no such file (a path in the recipe file is relative to the recipe file's directory; \
+                 one given with --set is relative to the current directory)",
+                "point data.path at an existing file",
+            ));
+        }
+        if !p.is_file() {
+            return Err(cx.invalid(
+                "data.path",
+                format!("{path:?}"),
+                "it is not a regular file",
+                "point data.path at a data file, not a directory",
+            ));
+        }
+    }
+    unit_interval(
+        cx,
+        "data.valid_fraction",
+        &format!("{:?}", d.valid_fraction),
+        d.valid_fraction,
+        false,
+        "it is the fraction of samples held out for validation, and some must remain for training",
+        "0.1",
+    )?;
+    one_of(cx, "data.task", &d.task, TASKS, "the task")?;
+    non_negative_finite(
+        cx,
+        "data.noise",
+        d.noise,
+        "noise is a standard deviation / flip probability",
+        "0.1",
+    )?;
+    if d.kind == "synthetic" {
+        at_least(
+            cx,
+            "data.samples",
+            d.samples,
+            2,
+            "a synthetic dataset needs samples to train and validate on",
+            2048,
+        )?;
+        at_least(
+            cx,
+            "data.features",
+            d.features,
+            1,
+            "a sample needs at least one feature",
+            16,
+        )?;
+        if d.task == "classification" {
+            at_least(
+                cx,
+                "data.classes",
+                d.classes,
+                2,
+                "classification needs at least two classes",
+                4,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn optimizer(r: &Recipe, cx: &Ctx) -> R {
+    let o = &r.optimizer;
+    one_of(cx, "optimizer.kind", &o.kind, OPTIMIZERS, "the optimizer")?;
+    positive_finite(
+        cx,
+        "optimizer.lr",
+        o.lr,
+        "the learning rate must be a finite number above zero",
+        "0.001",
+    )?;
+    non_negative_finite(
+        cx,
+        "optimizer.weight_decay",
+        o.weight_decay,
+        "weight decay cannot be negative",
+        "0.01",
+    )?;
+    let betas = format!("[{:?}, {:?}]", o.betas[0], o.betas[1]);
+    for (i, b) in o.betas.iter().enumerate() {
+        if !(0.0..1.0).contains(b) {
+            return Err(cx.invalid(
+                "optimizer.betas",
+                &betas,
+                &format!("beta{} is a moving-average decay and must lie in [0, 1)", i + 1),
+                "set optimizer.betas to two numbers, each at least 0 and below 1, such as [0.9, 0.999]",
+            ));
+        }
+    }
+    positive_finite(
+        cx,
+        "optimizer.eps",
+        o.eps,
+        "epsilon guards a division and must be above zero",
+        "1e-8",
+    )?;
+    unit_interval(
+        cx,
+        "optimizer.momentum",
+        &format!("{:?}", o.momentum),
+        o.momentum,
+        false,
+        "momentum must lie in [0, 1) for the update to stay bounded",
+        "0.9",
+    )?;
+    if let Some(c) = o.grad_clip_norm {
+        positive_finite(
+            cx,
+            "optimizer.grad_clip_norm",
+            c,
+            "gradients are clipped to this L2 norm, which must be a finite number above zero",
+            "1.0 (or remove the key to disable clipping)",
+        )?;
+    }
+    Ok(())
+}
+
+fn lr_schedule(r: &Recipe, cx: &Ctx) -> R {
+    let s = &r.lr_schedule;
+    one_of(
+        cx,
+        "lr_schedule.kind",
+        &s.kind,
+        LR_SCHEDULES,
+        "the schedule",
+    )?;
+    unit_interval(
+        cx,
+        "lr_schedule.final_lr_fraction",
+        &format!("{:?}", s.final_lr_fraction),
+        s.final_lr_fraction,
+        true,
+        "it is the final learning rate as a fraction of optimizer.lr",
+        "0.1",
+    )
+}
+
+fn training(r: &mut Recipe, cx: &Ctx) -> R {
+    let t = &mut r.training;
+    match (t.steps, t.epochs) {
+        (Some(s), Some(e)) => {
+            return Err(RecipeError::new(
+                cx.origin("training.epochs"),
+                Some("training.epochs".into()),
+                format!(
+                    "`training.steps` = {s} and `training.epochs` = {e} are both set: a run's length is \
+                     given in steps or in epochs, not both"
+                ),
+                "remove one of them (steps counts optimizer steps, epochs counts passes over the training split)",
+            ))
+        }
+        (None, None) => t.steps = Some(DEFAULT_STEPS),
+        _ => {}
+    }
+    if let Some(s) = t.steps {
+        at_least(
+            cx,
+            "training.steps",
+            s,
+            1,
+            "a run must take at least one optimizer step",
+            100,
+        )?;
+    }
+    if let Some(e) = t.epochs {
+        at_least(
+            cx,
+            "training.epochs",
+            e,
+            1,
+            "a run must make at least one pass over the data",
+            1,
+        )?;
+    }
+    at_least(
+        cx,
+        "training.effective_batch",
+        t.effective_batch,
+        1,
+        "an optimizer step must consume at least one sample",
+        32,
+    )?;
+    if let Some(b) = t.eval_batch {
+        at_least(
+            cx,
+            "training.eval_batch",
+            b,
+            1,
+            "evaluation must process at least one sample at a time",
+            64,
+        )?;
+    }
+    Ok(())
+}
+
+fn micro_batch(r: &Recipe, cx: &Ctx) -> R {
+    let m = &r.micro_batch;
+    let eb = r.training.effective_batch;
+    at_least(
+        cx,
+        "micro_batch.min",
+        m.min,
+        1,
+        "a micro-batch must hold at least one sample",
+        1,
+    )?;
+    if let Some(max) = m.max {
+        at_least(
+            cx,
+            "micro_batch.max",
+            max,
+            1,
+            "a micro-batch must hold at least one sample",
+            eb.max(1),
+        )?;
+        if m.min > max {
+            return Err(cx.invalid(
+                "micro_batch.min",
+                m.min,
+                &format!(
+                    "it is larger than micro_batch.max = {max}, so no micro-batch size is allowed"
+                ),
+                format!("set micro_batch.min to at most {max}, or raise micro_batch.max"),
+            ));
+        }
+    }
+    if m.min > eb {
+        return Err(cx.invalid(
+            "micro_batch.min",
+            m.min,
+            &format!(
+                "it is larger than training.effective_batch = {eb}, and a micro-batch never holds more \
+                 samples than the step"
+            ),
+            format!("set micro_batch.min to at most {eb}, or raise training.effective_batch"),
+        ));
+    }
+    if let MicroInitial::Fixed(i) = m.initial {
+        at_least(
+            cx,
+            "micro_batch.initial",
+            i,
+            1,
+            "a micro-batch must hold at least one sample",
+            eb.max(1),
+        )?;
+        if i < m.min {
+            return Err(cx.invalid(
+                "micro_batch.initial",
+                i,
+                &format!("it is below micro_batch.min = {}", m.min),
+                format!(
+                    "set micro_batch.initial to at least {}, or to \"auto\"",
+                    m.min
+                ),
+            ));
+        }
+        if let Some(max) = m.max {
+            if i > max {
+                return Err(cx.invalid(
+                    "micro_batch.initial",
+                    i,
+                    &format!("it is above micro_batch.max = {max}"),
+                    format!("set micro_batch.initial to at most {max}, or to \"auto\""),
+                ));
+            }
+        }
+    }
+    at_least(
+        cx,
+        "micro_batch.grow_after",
+        m.grow_after,
+        1,
+        "it counts clean steps before trying a larger micro-batch",
+        50,
+    )?;
+    at_least(
+        cx,
+        "micro_batch.max_retries_per_step",
+        m.max_retries_per_step,
+        1,
+        "a step that hits an OOM must be allowed at least one retry at a smaller micro-batch",
+        8,
+    )
+}
+
+fn checkpoint(r: &Recipe, cx: &Ctx) -> R {
+    at_least(
+        cx,
+        "checkpoint.keep",
+        r.checkpoint.keep,
+        2,
+        "the newest checkpoint may be the one being written, or may turn out corrupt, so an older \
+         complete one must be kept as a fallback",
+        3,
+    )
+}
+
+fn faults(r: &Recipe, cx: &Ctx) -> R {
+    let f = &r.faults;
+    if let Some(s) = f.simulate_memory_samples {
+        at_least(
+            cx,
+            "faults.simulate_memory_samples",
+            s,
+            1,
+            "a simulated capacity of zero samples fits no micro-batch at all",
+            16,
+        )?;
+    }
+    for (i, c) in f.simulate_memory_changes.iter().enumerate() {
+        at_least(
+            cx,
+            &format!("faults.simulate_memory_changes[{i}].step"),
+            c.step,
+            1,
+            "steps count from 1",
+            1,
+        )?;
+        at_least(
+            cx,
+            &format!("faults.simulate_memory_changes[{i}].samples"),
+            c.samples,
+            1,
+            "a simulated capacity of zero samples fits no micro-batch at all",
+            16,
+        )?;
+    }
+    for (name, list) in [("oom_at", &f.oom_at), ("panic_at", &f.panic_at)] {
+        for (i, fa) in list.iter().enumerate() {
+            at_least(
+                cx,
+                &format!("faults.{name}[{i}].step"),
+                fa.step,
+                1,
+                "steps count from 1",
+                1,
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! A process-wide panic recorder.
+//!
+//! A device allocation in burn 0.21 / cubecl 0.10 fails on the device's *runner* thread,
+//! which catches the panic and only logs it; the training thread may never see a panic of
+//! its own (GUIDE §6). So the trainer cannot rely on `catch_unwind` alone: it takes
+//! [`generation()`] before an attempt, runs it, and looks at [`since(generation)`](since) for
+//! out-of-memory messages raised on *any* thread during the attempt.
+//!
+//! [`install()`] sets a panic hook (once per process) that records every panic's thread,
+//! message and location in a bounded ring ([`CAPACITY`] most recent records), then chains to
+//! the hook that was installed before it. With [`install_quiet_oom()`] the chained hook is
+//! skipped for panics that [`classify`](super::classify) calls out-of-memory (including
+//! simulated ones): those are recovered, and printing a backtrace for each would only alarm.
+//! Skipped panics are still logged through `tracing` at debug level.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, Once};
+
+/// How many of the most recent panics are kept.
+pub const CAPACITY: usize = 64;
+
+/// One recorded panic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PanicRecord {
+    /// The panicking thread's name, or `ThreadId(..)` for an unnamed thread.
+    pub thread: String,
+    /// The panic message (see [`panic_message`]).
+    pub message: String,
+    /// `file:line:column` of the panic, when known.
+    pub location: Option<String>,
+}
+
+struct Ring {
+    /// Sequence number the next record gets (= number of panics recorded so far).
+    next: u64,
+    /// `(sequence, record)`, oldest first, at most `CAPACITY`.
+    records: VecDeque<(u64, PanicRecord)>,
+}
+
+static RING: Mutex<Ring> = Mutex::new(Ring { next: 0, records: VecDeque::new() });
+static INSTALL: Once = Once::new();
+static QUIET_OOM: AtomicBool = AtomicBool::new(false);
+
+fn ring() -> MutexGuard<'static, Ring> {
+    // The lock is never held across a panic, but be robust anyway.
+    RING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Installs the recording panic hook. Idempotent: only the first call installs it; the hook
+/// chains to whatever hook was installed before that first call.
+pub fn install() {
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = match info.payload_as_str() {
+                Some(s) => s.to_string(),
+                None => panic_message(info.payload()),
+            };
+            let thread = std::thread::current();
+            let record = PanicRecord {
+                thread: match thread.name() {
+                    Some(name) => name.to_string(),
+                    None => format!("{:?}", thread.id()),
+                },
+                message,
+                location: info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
+            };
+            let quiet = QUIET_OOM.load(Ordering::Relaxed) && super::is_oom(&record.message);
+            if quiet {
+                tracing::debug!(
+                    thread = %record.thread,
+                    location = record.location.as_deref().unwrap_or("?"),
+                    "recoverable out-of-memory panic: {}",
+                    first_line(&record.message)
+                );
+            }
+            record_panic(record);
+            if !quiet {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// [`install()`], and silence the chained hook for out-of-memory (and simulated) panics.
+pub fn install_quiet_oom() {
+    install();
+    set_quiet_oom(true);
+}
+
+/// Whether the chained (default) hook is skipped for panics classified as out-of-memory.
+/// Other panics are always passed on.
+pub fn set_quiet_oom(quiet: bool) {
+    QUIET_OOM.store(quiet, Ordering::Relaxed);
+}
+
+/// Records a panic as if the hook had seen it. The hook uses this; it is public so that
+/// failures observed by other means (e.g. a worker's stderr) can join the same stream.
+pub fn record_panic(record: PanicRecord) {
+    let mut ring = ring();
+    let seq = ring.next;
+    ring.next += 1;
+    if ring.records.len() == CAPACITY {
+        ring.records.pop_front();
+    }
+    ring.records.push_back((seq, record));
+}
+
+/// The current generation: the number of panics recorded so far in this process.
+/// Take it before an attempt and pass it to [`since`] afterwards.
+pub fn generation() -> u64 {
+    ring().next
+}
+
+/// The panics recorded since `generation` was taken, oldest first, from every thread.
+/// If more than [`CAPACITY`] panics happened since, only the most recent are returned.
+pub fn since(generation: u64) -> Vec<PanicRecord> {
+    ring()
+        .records
+        .iter()
+        .filter(|(seq, _)| *seq >= generation)
+        .map(|(_, r)| r.clone())
+        .collect()
+}
+
+/// The first out-of-memory panic recorded since `generation`, with its kind.
+pub fn oom_since(generation: u64) -> Option<(PanicRecord, super::OomKind)> {
+    since(generation)
+        .into_iter()
+        .find_map(|r| super::classify(&r.message).map(|k| (r, k)))
+}
+
+/// Turns a panic payload (from `catch_unwind` or a hook) into text: the `&str` or `String`
+/// it carries, a boxed error's `Display`, or a placeholder for other types.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(e) = payload.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>() {
+        e.to_string()
+    } else if let Some(e) = payload.downcast_ref::<Box<dyn std::error::Error + Send>>() {
+        e.to_string()
+    } else {
+        "<panic payload of a non-string type>".to_string()
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oom::{classify, OomKind};
+
+    /// These tests share the process-wide ring; run them one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[test]
+    fn records_a_cubecl_oom_raised_on_another_thread() {
+        let _serial = serial();
+        install_quiet_oom();
+        let g = generation();
+        // The text cubecl-cuda's runner thread panics with: compute/server.rs
+        // `command.reserve(size).unwrap()` on IoError::BufferTooBig.
+        let unique = "can't allocate buffer of size: 123456789\nNo backtrace available";
+        let handle = std::thread::Builder::new()
+            .name("device-runner-test".into())
+            .spawn(move || {
+                let r: Result<(), String> = Err(unique.to_string());
+                r.unwrap();
+            })
+            .unwrap();
+        assert!(handle.join().is_err());
+        let seen = since(g);
+        let rec = seen
+            .iter()
+            .find(|r| r.message.contains("123456789"))
+            .expect("the runner-thread panic is recorded");
+        assert_eq!(rec.thread, "device-runner-test");
+        assert!(rec.location.as_deref().unwrap_or("").contains("panics.rs"));
+        assert_eq!(classify(&rec.message), Some(OomKind::DeviceAlloc));
+        assert!(oom_since(g).is_some());
+    }
+
+    #[test]
+    fn non_oom_panics_are_recorded_and_not_classified() {
+        let _serial = serial();
+        install();
+        let g = generation();
+        let r = std::panic::catch_unwind(|| {
+            let v: Vec<u8> = Vec::new();
+            let i = std::hint::black_box(3usize);
+            v[i]
+        });
+        let payload = r.unwrap_err();
+        let msg = panic_message(payload.as_ref());
+        assert!(msg.contains("index out of bounds"), "{msg}");
+        assert!(since(g).iter().any(|r| r.message == msg));
+        assert_eq!(classify(&msg), None);
+    }
+
+    #[test]
+    fn ring_is_bounded() {
+        let _serial = serial();
+        let g = generation();
+        for i in 0..(CAPACITY + 10) {
+            record_panic(PanicRecord { thread: "t".into(), message: format!("synthetic {i}"), location: None });
+        }
+        let all = since(0);
+        assert!(all.len() <= CAPACITY);
+        let mine = since(g);
+        assert!(mine.len() <= CAPACITY);
+        assert!(mine.iter().any(|r| r.message == format!("synthetic {}", CAPACITY + 9)));
+        assert!(generation() >= g + CAPACITY as u64 + 10);
+    }
+
+    #[test]
+    fn payload_text() {
+        let p: Box<dyn Any + Send> = Box::new("static str");
+        assert_eq!(panic_message(p.as_ref()), "static str");
+        let p: Box<dyn Any + Send> = Box::new(String::from("owned"));
+        assert_eq!(panic_message(p.as_ref()), "owned");
+        let p: Box<dyn Any + Send> = Box::new(42u32);
+        assert_eq!(panic_message(p.as_ref()), "<panic payload of a non-string type>");
+    }
+}

@@ -1,0 +1,66 @@
+//! The trainer's error type and its mapping to process exit codes.
+
+use thiserror::Error;
+
+/// Exit code: bad input (recipe, data, arguments).
+pub const EXIT_BAD_INPUT: i32 = 2;
+/// Exit code: does not fit even at the minimum micro-batch.
+pub const EXIT_DOES_NOT_FIT: i32 = 3;
+/// Exit code: no usable checkpoint.
+pub const EXIT_CHECKPOINT: i32 = 4;
+/// Exit code: the worker died of memory in a way the process cannot survive; the supervisor
+/// restarts it from the newest checkpoint.
+pub const EXIT_MEMORY_DEATH: i32 = 75;
+/// Exit code: interrupted (Ctrl-C / SIGTERM) after a final checkpoint.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Why a training run stopped early.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// The recipe, the data or the arguments are wrong.
+    #[error("{0}")]
+    BadInput(String),
+    /// Even the minimum micro-batch does not fit, or too many OOMs in one step.
+    #[error("{0}")]
+    DoesNotFit(String),
+    /// No usable checkpoint (all corrupt, or the requested one is missing).
+    #[error("{0}")]
+    Checkpoint(String),
+    /// The process must die so the supervisor restarts it (backend unusable after an OOM).
+    #[error("{message}")]
+    MemoryDeath {
+        /// Micro-batch that was running.
+        micro: usize,
+        /// What happened.
+        message: String,
+    },
+    /// Interrupted by a signal after a final checkpoint at `step`.
+    #[error("interrupted at step {step}; the run was checkpointed and resumes with the same command")]
+    Interrupted {
+        /// Step of the checkpoint written before stopping.
+        step: usize,
+    },
+    /// Anything else: a model panic that is not an OOM, an I/O error, ...
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl TrainError {
+    /// The process exit code for this error (see the README's table).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            TrainError::BadInput(_) => EXIT_BAD_INPUT,
+            TrainError::DoesNotFit(_) => EXIT_DOES_NOT_FIT,
+            TrainError::Checkpoint(_) => EXIT_CHECKPOINT,
+            TrainError::MemoryDeath { .. } => EXIT_MEMORY_DEATH,
+            TrainError::Interrupted { .. } => EXIT_INTERRUPTED,
+            TrainError::Failed(_) => 1,
+        }
+    }
+}
+
+impl From<std::io::Error> for TrainError {
+    fn from(e: std::io::Error) -> Self {
+        TrainError::Failed(format!("I/O error: {e}"))
+    }
+}

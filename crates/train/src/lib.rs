@@ -1,0 +1,30 @@
+//! oomph's training loop on burn.
+//!
+//! A model implements [`Objective`] (a micro-batch in, the sum of its losses out); a program
+//! registers model kinds in a [`Registry`]; [`train`] runs a recipe: exact gradient
+//! accumulation over an adaptive micro-batch, in-process recovery from out-of-memory
+//! failures, evaluation, crash-safe checkpoints and a run directory with metrics, events,
+//! summary and final weights.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod error;
+pub mod faults;
+#[cfg(feature = "cuda")]
+pub mod gpu;
+pub mod objective;
+pub mod optim;
+pub mod progress;
+pub mod records;
+pub mod recovery;
+pub mod registry;
+pub mod signals;
+pub mod tensors;
+pub mod trainer;
+
+pub use error::TrainError;
+pub use objective::{default_weight, Evaluation, Loss, MetricSum, Objective};
+pub use progress::{Console, Observer, Silent};
+pub use records::{EvalRecord, EventRecord, StepRecord, Summary};
+pub use registry::{DataNeeds, Models, Prepared, Registry};
+pub use trainer::{train, Resume, Session};

@@ -1,0 +1,149 @@
+//! What a run writes: `metrics.jsonl` (one object per optimizer step and per evaluation),
+//! `events.jsonl` (oom, shrink, grow, checkpoint, restart, resume, ...) and `summary.json`.
+//! Every line is flushed as it is written so a running or crashed run can be read.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// One optimizer step (`"kind": "step"` in `metrics.jsonl`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepRecord {
+    /// Always `"step"`.
+    pub kind: String,
+    /// Optimizer step, 1-based.
+    pub step: usize,
+    /// Training samples consumed so far (`step * effective_batch`).
+    pub samples_seen: u64,
+    /// Mean training loss over the step's effective batch.
+    pub loss: f64,
+    /// Learning rate used by this step.
+    pub lr: f64,
+    /// Micro-batch limit (largest chunk) this step ran with.
+    pub micro_batch: usize,
+    /// Number of chunks the effective batch was split into.
+    pub chunks: usize,
+    /// Throughput of this step (samples / its wall time, retries included).
+    pub samples_per_sec: f64,
+    /// Seconds since the run (or this worker) started.
+    pub wall_s: f64,
+    /// OOM events so far in the run.
+    pub oom_events: usize,
+    /// Global gradient norm before clipping, when clipping is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Device memory in use (bytes), where the backend reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_used: Option<u64>,
+    /// Device memory capacity (bytes), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_total: Option<u64>,
+}
+
+/// One evaluation (`"kind": "eval"` in `metrics.jsonl`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EvalRecord {
+    /// Always `"eval"`.
+    pub kind: String,
+    /// Optimizer step after which it ran.
+    pub step: usize,
+    /// Training samples consumed so far.
+    pub samples_seen: u64,
+    /// Mean validation loss.
+    pub valid_loss: f64,
+    /// Other metrics (e.g. `accuracy`), averaged over the validation split.
+    pub metrics: BTreeMap<String, f64>,
+    /// Micro-batch used for evaluation.
+    pub eval_batch: usize,
+    /// Seconds since start.
+    pub wall_s: f64,
+}
+
+/// One event in `events.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventRecord {
+    /// `oom`, `shrink`, `grow`, `grow_failed`, `give_up`, `checkpoint`, `resume`, `restart`, ...
+    pub kind: String,
+    /// Optimizer step the event belongs to.
+    pub step: usize,
+    /// Seconds since start.
+    pub wall_s: f64,
+    /// Event-specific fields.
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The final `summary.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Summary {
+    /// Run name.
+    pub name: String,
+    /// Optimizer steps completed.
+    pub steps: usize,
+    /// Training samples consumed.
+    pub samples_seen: u64,
+    /// Effective batch (fixed for the whole run).
+    pub effective_batch: usize,
+    /// Mean training loss of the last step.
+    pub train_loss: Option<f64>,
+    /// Validation loss of the final evaluation.
+    pub valid_loss: Option<f64>,
+    /// Validation accuracy of the final evaluation (classification and language models).
+    pub valid_accuracy: Option<f64>,
+    /// All final validation metrics.
+    pub valid_metrics: BTreeMap<String, f64>,
+    /// Wall time of the run in seconds (all workers).
+    pub wall_s: f64,
+    /// Out-of-memory events recovered from (all workers).
+    pub oom_events: usize,
+    /// Micro-batch limit at the end.
+    pub micro_batch_final: usize,
+    /// Successive micro-batch limits, e.g. `[64, 32, 16, 21, 32]`.
+    pub micro_batch_history: Vec<usize>,
+    /// Seconds lost to recovery (failed attempts and cleanup).
+    pub recovery_s: f64,
+    /// Worker restarts by the supervisor.
+    pub restarts: usize,
+    /// Resumes from a checkpoint.
+    pub resumes: usize,
+    /// Number of model parameters.
+    pub parameters: usize,
+    /// Path of the final weights.
+    pub model_path: String,
+}
+
+/// Appends JSON lines to a file, flushing each one.
+pub struct JsonLines {
+    out: BufWriter<File>,
+    path: PathBuf,
+}
+
+impl JsonLines {
+    /// Opens `path` for appending (creating it).
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self { out: BufWriter::new(f), path: path.to_path_buf() })
+    }
+
+    /// Writes one value as a line and flushes it.
+    pub fn write<T: Serialize>(&mut self, value: &T) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, value)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads every JSON line of `path` that parses as `T` (others, e.g. a torn last line of a
+/// crashed run, are skipped).
+pub fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Vec<T> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,837 @@
+//! The training loop: exact gradient accumulation over an adaptive micro-batch, in-process
+//! OOM recovery, evaluation, checkpoints, and the run directory.
+//!
+//! **Invariant:** a step consumes exactly `effective_batch` samples; its gradient is the
+//! gradient of `sum(loss_i) / sum(weight_i)` over all its chunks, whatever the split.
+//! **Invariant:** no optimizer update is applied to a partial or failed gradient: after an OOM
+//! the same effective batch is retried from its first chunk.
+
+use crate::checkpoint::{self, Payload, TrainState};
+use crate::error::TrainError;
+use crate::faults::{phase_name, Faults};
+use crate::objective::Objective;
+use crate::optim::{clip_global_norm, lr_at, Optim};
+use crate::progress::Observer;
+use crate::recovery::{attempt, cleanup, Failure};
+use crate::records::{EvalRecord, EventRecord, JsonLines, StepRecord, Summary};
+use crate::signals;
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use oomph_data::{Batch, Sampler, Source, Splits};
+use oomph_recipe::{MicroInitial, Phase, Recipe};
+use oomph_sched::{Event, Policy, PolicyConfig};
+use serde_json::{json, Map, Value};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Where to resume from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The newest intact checkpoint, if the run directory has one.
+    Auto,
+    /// Never resume (the caller refuses to reuse a run directory that has checkpoints).
+    Never,
+    /// Exactly this step's checkpoint.
+    Step(usize),
+}
+
+/// Everything a run needs besides the model and the data.
+pub struct Session<B: Backend> {
+    /// The validated recipe.
+    pub recipe: Recipe,
+    /// Where the recipe came from (for messages).
+    pub origin: String,
+    /// The device to train on.
+    pub device: B::Device,
+    /// Human-readable backend and device, e.g. `ndarray (cpu)`.
+    pub backend_name: String,
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Progress front-end.
+    pub observer: Box<dyn Observer>,
+    /// Resume policy.
+    pub resume: Resume,
+    /// Set by a supervisor after a worker died of memory at this micro-batch: the policy's
+    /// ceiling is lowered below it on resume.
+    pub lower_ceiling: Option<usize>,
+    /// Supervisor restarts so far (added to the summary).
+    pub restarts: usize,
+    /// Extra lines for the start-up banner (e.g. device memory).
+    pub banner: Vec<String>,
+}
+
+/// Backend seed for step `step` of a run seeded with `seed` (SplitMix64 of both), so a
+/// resumed or retried step draws exactly the same random numbers.
+pub fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Number of optimizer steps a recipe asks for, given the training split's size.
+pub fn total_steps(recipe: &Recipe, train_len: usize) -> usize {
+    match (recipe.training.steps, recipe.training.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => (e * train_len).div_ceil(recipe.training.effective_batch).max(1),
+        (None, None) => 100,
+    }
+}
+
+/// The policy configuration a recipe implies.
+pub fn policy_config(recipe: &Recipe) -> PolicyConfig {
+    let n = recipe.training.effective_batch;
+    let mb = &recipe.micro_batch;
+    let max = mb.max.unwrap_or(n).min(n).max(1);
+    PolicyConfig {
+        effective_batch: n,
+        min: mb.min.min(max),
+        max,
+        initial: match mb.initial {
+            MicroInitial::Auto => None,
+            MicroInitial::Fixed(m) => Some(m.min(max)),
+        },
+        grow_after: mb.grow_after,
+        max_retries_per_step: mb.max_retries_per_step,
+    }
+}
+
+struct Writer {
+    handle: Option<JoinHandle<std::io::Result<PathBuf>>>,
+}
+
+impl Writer {
+    /// Waits for the write in flight; returns seconds stalled.
+    fn wait(&mut self) -> Result<f64, TrainError> {
+        let t = Instant::now();
+        if let Some(h) = self.handle.take() {
+            h.join()
+                .map_err(|_| TrainError::Failed("the checkpoint writer thread panicked".into()))?
+                .map_err(|e| TrainError::Failed(format!("writing a checkpoint failed: {e}")))?;
+        }
+        Ok(t.elapsed().as_secs_f64())
+    }
+}
+
+/// One run of the loop, generic over backend and model.
+struct Run<'a, B: AutodiffBackend, M: AutodiffModule<B>> {
+    s: Session<B>,
+    data: &'a Splits,
+    model: M,
+    optim: Optim<M, B>,
+    policy: Policy,
+    sampler: Sampler,
+    faults: Faults,
+    step: usize,
+    total: usize,
+    samples_seen: u64,
+    eval_batch: usize,
+    last_loss: Option<f64>,
+    oom_events: usize,
+    recovery_s: f64,
+    wall_before: f64,
+    resumes: usize,
+    started: Instant,
+    metrics: JsonLines,
+    events: JsonLines,
+    fingerprint: String,
+    writer: Writer,
+    last_eval: Option<EvalRecord>,
+    checkpoint_stall_s: f64,
+}
+
+/// Trains a model built by `init` on `data` according to `session`; returns the summary
+/// (also written to `summary.json`).
+pub fn train<B, M>(
+    session: Session<B>,
+    data: &Splits,
+    init: impl FnOnce(&B::Device) -> M,
+) -> Result<Summary, TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Objective<B> + 'static,
+    M::InnerModule: Objective<B::InnerBackend>,
+{
+    let recipe = session.recipe.clone();
+    let run_dir = session.run_dir.clone();
+    std::fs::create_dir_all(&run_dir).map_err(|e| {
+        TrainError::BadInput(format!("cannot create the run directory {}: {e}. Fix: pick a writable --run-dir.", run_dir.display()))
+    })?;
+    std::fs::write(run_dir.join("recipe.resolved.toml"), oomph_recipe::to_toml_string(&recipe))?;
+    B::seed(&session.device, recipe.run.seed);
+    let model = init(&session.device);
+    let optim = Optim::new(&recipe.optimizer);
+    let cfg = policy_config(&recipe);
+    let policy = Policy::new(cfg.clone());
+    let train_len = data.train.len();
+    let total = total_steps(&recipe, train_len);
+    let eval_batch = recipe.training.eval_batch.unwrap_or(policy.limit()).max(1);
+    let mut run = Run {
+        data,
+        model,
+        optim,
+        policy,
+        sampler: Sampler::new(train_len, recipe.run.seed, true),
+        faults: Faults::new(recipe.faults.clone()),
+        step: 0,
+        total,
+        samples_seen: 0,
+        eval_batch,
+        last_loss: None,
+        oom_events: 0,
+        recovery_s: 0.0,
+        wall_before: 0.0,
+        resumes: 0,
+        started: Instant::now(),
+        metrics: JsonLines::open(&run_dir.join("metrics.jsonl"))?,
+        events: JsonLines::open(&run_dir.join("events.jsonl"))?,
+        fingerprint: oomph_recipe::fingerprint(&recipe),
+        writer: Writer { handle: None },
+        last_eval: None,
+        checkpoint_stall_s: 0.0,
+        s: session,
+    };
+    run.resume_if_any(cfg)?;
+    run.banner();
+    signals::install();
+    let result = run.run_loop();
+    let stall = run.writer.wait();
+    let summary = result?;
+    stall?;
+    Ok(summary)
+}
+
+impl<B, M> Run<'_, B, M>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Objective<B> + 'static,
+    M::InnerModule: Objective<B::InnerBackend>,
+{
+    fn wall(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn event(&mut self, kind: &str, fields: Value) {
+        let fields = match fields {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let rec = EventRecord { kind: kind.into(), step: self.step + 1, wall_s: self.wall(), fields };
+        if let Err(e) = self.events.write(&rec) {
+            tracing::warn!("could not write events.jsonl: {e}");
+        }
+        tracing::info!(kind, step = rec.step, "event");
+        self.s.observer.event(&rec);
+    }
+
+    fn policy_events(&mut self, evs: Vec<Event>) {
+        for e in evs {
+            let v = serde_json::to_value(&e).unwrap_or(Value::Null);
+            self.event(e.kind(), v);
+        }
+        self.write_current();
+    }
+
+    /// `current.json`: the micro-batch in force, read by the supervisor when a worker dies
+    /// without a word (SIGKILL from the OOM killer).
+    fn write_current(&self) {
+        let v = json!({ "pid": std::process::id(), "step": self.step + 1, "micro_batch": self.policy.limit() });
+        let tmp = self.s.run_dir.join("current.json.tmp");
+        if std::fs::write(&tmp, v.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, self.s.run_dir.join("current.json"));
+        }
+    }
+
+    fn ckpt_root(&self) -> PathBuf {
+        self.s.run_dir.join("checkpoints")
+    }
+
+    fn resume_if_any(&mut self, cfg: PolicyConfig) -> Result<(), TrainError> {
+        let want = match self.s.resume {
+            Resume::Never => return self.finish_resume(),
+            Resume::Auto => None,
+            Resume::Step(s) => Some(s),
+        };
+        let found = checkpoint::find(&self.ckpt_root(), want).map_err(TrainError::Checkpoint)?;
+        for w in &found.skipped {
+            tracing::warn!("skipping damaged checkpoint: {w}");
+            self.event("checkpoint_skipped", json!({ "message": w }));
+        }
+        let Some(ck) = found.checkpoint else { return self.finish_resume() };
+        let st = ck.state.clone();
+        if st.recipe_fingerprint != self.fingerprint {
+            return Err(TrainError::BadInput(format!(
+                "{}: the checkpoint {} was written by a recipe whose training-relevant fields (model, data, \
+                 optimizer, lr_schedule, effective_batch, seed) differ from this one. Fix: train into a new \
+                 --run-dir, or restore the original values (see the run's checkpointed recipe).",
+                self.s.origin,
+                ck.dir.display()
+            )));
+        }
+        let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
+        let bad = |what: &str, e: String| TrainError::Checkpoint(format!("{}: {what} cannot be loaded: {e}", ck.dir.display()));
+        let model_bytes = ck.file("model.mpk").ok_or_else(|| bad("model.mpk", "missing".into()))?.to_vec();
+        let record = rec.load(model_bytes, &self.s.device).map_err(|e| bad("model.mpk", e.to_string()))?;
+        self.model = self.model.clone().load_record(record);
+        let optim_bytes = ck.file("optim.mpk").ok_or_else(|| bad("optim.mpk", "missing".into()))?.to_vec();
+        self.optim = self
+            .optim
+            .clone()
+            .load_bytes(optim_bytes, &self.s.device)
+            .map_err(|e| bad("optim.mpk", e.to_string()))?;
+        self.policy = Policy::from_state(cfg, st.policy.clone());
+        self.sampler = Sampler::with_cursor(self.data.train.len(), st.seed, true, st.cursor);
+        self.step = st.step;
+        self.samples_seen = st.samples_seen;
+        self.eval_batch = st.eval_batch.max(1);
+        self.last_loss = st.last_loss;
+        self.oom_events = st.oom_events;
+        self.recovery_s = st.recovery_s;
+        self.wall_before = st.wall_s;
+        self.resumes = st.resumes + 1;
+        self.truncate_metrics(st.step)?;
+        self.event("resume", json!({ "from_step": st.step, "checkpoint": ck.dir.display().to_string(), "micro_batch": self.policy.limit() }));
+        self.s.banner.push(format!("resuming from {} (step {}/{})", ck.dir.display(), st.step, self.total));
+        self.finish_resume()
+    }
+
+    fn finish_resume(&mut self) -> Result<(), TrainError> {
+        if let Some(m) = self.s.lower_ceiling {
+            let evs = self.policy.lower_ceiling(m);
+            self.policy_events(evs);
+        }
+        self.write_current();
+        Ok(())
+    }
+
+    /// Keeps only the metric lines up to `step` (steps after it are re-run).
+    fn truncate_metrics(&mut self, step: usize) -> Result<(), TrainError> {
+        let path = self.metrics.path().to_path_buf();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                    .is_some_and(|s| s as usize <= step)
+            })
+            .collect();
+        let tmp = path.with_extension("jsonl.tmp");
+        let mut body = kept.join("\n");
+        if !body.is_empty() {
+            body.push('\n');
+        }
+        std::fs::write(&tmp, body)?;
+        std::fs::rename(&tmp, &path)?;
+        self.metrics = JsonLines::open(&path)?;
+        Ok(())
+    }
+
+    fn banner(&mut self) {
+        let r = &self.s.recipe;
+        let n = r.training.effective_batch;
+        let plan = self.policy.plan();
+        let info = &self.data.info;
+        let mut lines = vec![
+            format!("oomph: {} ({})", r.run.name, self.s.origin),
+            format!("backend {} | run dir {}", self.s.backend_name, self.s.run_dir.display()),
+            format!("model {} | {} parameters", r.model.kind, fmt_count(self.model.num_params())),
+            format!("data {} | train {} / valid {} samples", info.description, info.train_len, info.valid_len),
+            format!(
+                "effective {} = {} chunk{} x {}{} | micro-batch min {} max {} (initial {}) | {} steps",
+                n,
+                plan.len(),
+                if plan.len() == 1 { "" } else { "s" },
+                plan[0],
+                if plan.iter().any(|&c| c != plan[0]) { format!(" (sizes {plan:?})") } else { String::new() },
+                self.policy_cfg_min(),
+                self.policy_cfg_max(),
+                match r.micro_batch.initial {
+                    MicroInitial::Auto => "auto".to_string(),
+                    MicroInitial::Fixed(m) => m.to_string(),
+                },
+                self.total
+            ),
+        ];
+        if !self.faults.is_empty() {
+            lines.push("SIMULATION: [faults] is set; injected OOMs are simulated, not real".into());
+        }
+        lines.append(&mut self.s.banner.clone());
+        for l in &lines {
+            tracing::info!("{l}");
+        }
+        self.s.observer.start(self.step, self.total, &lines);
+    }
+
+    fn policy_cfg_min(&self) -> usize {
+        policy_config(&self.s.recipe).min
+    }
+
+    fn policy_cfg_max(&self) -> usize {
+        policy_config(&self.s.recipe).max
+    }
+
+    fn run_loop(&mut self) -> Result<Summary, TrainError> {
+        let every = self.s.recipe.checkpoint.every;
+        let eval_every = self.s.recipe.training.eval_every;
+        while self.step < self.total {
+            if signals::stop_requested() {
+                self.checkpoint("signal")?;
+                self.writer.wait()?;
+                return Err(TrainError::Interrupted { step: self.step });
+            }
+            let had_oom = self.train_step()?;
+            if eval_every > 0 && self.step % eval_every == 0 && self.step < self.total {
+                self.evaluate()?;
+            }
+            if (every > 0 && self.step % every == 0) || (had_oom && self.s.recipe.checkpoint.on_oom) {
+                if self.step < self.total {
+                    self.checkpoint(if had_oom { "oom" } else { "every" })?;
+                }
+            }
+        }
+        if self.last_eval.as_ref().is_none_or(|e| e.step != self.step) && !self.data.valid.is_empty() {
+            self.evaluate()?;
+        }
+        self.checkpoint("final")?;
+        self.finish()
+    }
+
+    /// Runs one optimizer step, retrying the same effective batch after OOMs. Returns whether
+    /// an OOM happened.
+    fn train_step(&mut self) -> Result<bool, TrainError> {
+        let step = self.step + 1;
+        let n = self.s.recipe.training.effective_batch;
+        let indices = self.sampler.next_batch(n);
+        let lr = lr_at(step, self.total, self.s.recipe.optimizer.lr, &self.s.recipe.lr_schedule);
+        let clip = self.s.recipe.optimizer.grad_clip_norm;
+        let t0 = Instant::now();
+        let mut had_oom = false;
+        let mut optimizer_ooms = 0;
+        loop {
+            let plan = self.policy.plan();
+            let micro = plan[0];
+            let t_attempt = Instant::now();
+            B::seed(&self.s.device, step_seed(self.s.recipe.run.seed, step));
+            let phase = Cell::new(Phase::Forward);
+            let device = self.s.device.clone();
+            let model = &self.model;
+            let faults = &mut self.faults;
+            let src = &self.data.train;
+            let out = attempt::<B, _>(&device, || {
+                accumulate::<B, M>(model, src, &indices, &plan, &device, step, faults, &phase)
+            });
+            let (grads, loss) = match out {
+                Ok(v) => v,
+                Err(f) => {
+                    had_oom = true;
+                    self.recover(f, step, phase.get(), micro, t_attempt)?;
+                    continue;
+                }
+            };
+            // Optimizer update: on a copy of the handles, so a failed update leaves the model
+            // and optimizer state untouched.
+            let mut grads = grads;
+            let mut optim = self.optim.clone();
+            let model = self.model.clone();
+            let faults = &mut self.faults;
+            let phase = Cell::new(Phase::Optimizer);
+            let out = attempt::<B, _>(&device, || {
+                faults.check(step, Phase::Optimizer, 0);
+                let norm = clip.map(|c| clip_global_norm::<B, M>(&model, &mut grads, c));
+                let m = optim.step(lr, model, grads);
+                (m, optim, norm)
+            });
+            match out {
+                Ok((m, o, norm)) => {
+                    self.model = m;
+                    self.optim = o;
+                    self.finish_step(step, loss, lr, &plan, t0, norm, had_oom)?;
+                    return Ok(had_oom);
+                }
+                Err(f) => {
+                    had_oom = true;
+                    optimizer_ooms += 1;
+                    let is_oom = matches!(f, Failure::Oom { .. });
+                    self.recover(f, step, phase.get(), micro, t_attempt).or_else(|e| match e {
+                        // The optimizer OOM itself is not the policy's to shrink.
+                        TrainError::DoesNotFit(_) if is_oom && optimizer_ooms < 2 => Ok(()),
+                        e => Err(e),
+                    })?;
+                    if optimizer_ooms >= 2 {
+                        let msg = format!(
+                            "the optimizer update of step {step} ran out of memory twice, after cleanup; it \
+                             needs room for the parameters, their gradients and the optimizer state ({} \
+                             parameters, {} MiB in float32, about 4x that for AdamW), independent of the \
+                             micro-batch. Fix: a smaller model, `optimizer.kind = \"sgd\"`, or a device \
+                             with more memory.",
+                            fmt_count(self.model.num_params()),
+                            self.model.num_params() * 4 / (1024 * 1024)
+                        );
+                        self.event("give_up", json!({ "phase": "optimizer", "message": msg }));
+                        return Err(TrainError::DoesNotFit(msg));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a failed attempt: non-OOM failures end the run as what they are; OOMs are
+    /// recorded, cleaned up, and fed to the policy.
+    fn recover(&mut self, f: Failure, step: usize, phase: Phase, micro: usize, t_attempt: Instant) -> Result<(), TrainError> {
+        let message = match f {
+            Failure::Other { message } => {
+                return Err(TrainError::Failed(format!(
+                    "training failed in {} of step {step} (micro-batch {micro}) with an error that is not \
+                     an out-of-memory, so it is not retried: {message}",
+                    phase_name(phase)
+                )))
+            }
+            Failure::Oom { message } => message,
+        };
+        cleanup::<B>(&self.s.device);
+        self.oom_events += 1;
+        self.event("oom", json!({ "phase": phase_name(phase), "micro_batch": micro, "message": message }));
+        if !probe::<B>(&self.s.device) {
+            return Err(TrainError::MemoryDeath {
+                micro,
+                message: format!("the backend is unusable after an out-of-memory at micro-batch {micro}: {message}"),
+            });
+        }
+        if phase != Phase::Optimizer {
+            match self.policy.on_oom(micro, None) {
+                Ok(evs) => self.policy_events(evs),
+                Err(give_up) => {
+                    let msg = format!("{give_up} (last error: {message})");
+                    self.event("give_up", json!({ "micro_batch": micro, "message": msg }));
+                    return Err(TrainError::DoesNotFit(msg));
+                }
+            }
+        }
+        self.recovery_s += t_attempt.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_step(
+        &mut self,
+        step: usize,
+        loss: f64,
+        lr: f64,
+        plan: &[usize],
+        t0: Instant,
+        grad_norm: Option<f64>,
+        had_oom: bool,
+    ) -> Result<(), TrainError> {
+        let n = self.s.recipe.training.effective_batch;
+        self.step = step;
+        self.samples_seen += n as u64;
+        self.last_loss = Some(loss);
+        let evs = self.policy.on_step_ok();
+        let dt = t0.elapsed().as_secs_f64();
+        let rec = StepRecord {
+            kind: "step".into(),
+            step,
+            samples_seen: self.samples_seen,
+            loss,
+            lr,
+            micro_batch: plan[0],
+            chunks: plan.len(),
+            samples_per_sec: n as f64 / dt.max(1e-9),
+            wall_s: self.wall_before + self.wall(),
+            oom_events: self.oom_events,
+            grad_norm,
+            mem_used: None,
+            mem_total: None,
+        };
+        self.metrics.write(&rec)?;
+        self.s.observer.step(&rec, self.total);
+        if !loss.is_finite() {
+            self.event("non_finite_loss", json!({ "loss": loss.to_string() }));
+        }
+        if !evs.is_empty() || had_oom {
+            self.policy_events(evs);
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> Result<(), TrainError> {
+        let src = &self.data.valid;
+        if src.is_empty() {
+            return Ok(());
+        }
+        let indices = eval_indices(src);
+        loop {
+            let eb = self.eval_batch.min(indices.len()).max(1);
+            let t = Instant::now();
+            let inner = self.model.valid();
+            let device = self.s.device.clone();
+            let faults = &mut self.faults;
+            let step = self.step;
+            let out = attempt::<B, _>(&device, || evaluate_on::<B::InnerBackend, M::InnerModule>(&inner, src, &indices, eb, &device, step, faults));
+            drop(inner);
+            match out {
+                Ok((loss, metrics)) => {
+                    let rec = EvalRecord {
+                        kind: "eval".into(),
+                        step: self.step,
+                        samples_seen: self.samples_seen,
+                        valid_loss: loss,
+                        metrics,
+                        eval_batch: eb,
+                        wall_s: self.wall_before + self.wall(),
+                    };
+                    self.metrics.write(&rec)?;
+                    self.s.observer.eval(&rec);
+                    self.last_eval = Some(rec);
+                    return Ok(());
+                }
+                Err(Failure::Other { message }) => {
+                    return Err(TrainError::Failed(format!(
+                        "evaluation after step {} failed with an error that is not an out-of-memory: {message}",
+                        self.step
+                    )))
+                }
+                Err(Failure::Oom { message }) => {
+                    cleanup::<B>(&self.s.device);
+                    self.oom_events += 1;
+                    self.event("oom", json!({ "phase": "eval", "micro_batch": eb, "message": message }));
+                    if eb <= 1 {
+                        let msg = format!("evaluation does not fit even one sample per micro-batch: {message}");
+                        self.event("give_up", json!({ "phase": "eval", "message": msg }));
+                        return Err(TrainError::DoesNotFit(msg));
+                    }
+                    let to = eb / 2;
+                    self.event("shrink", json!({ "from": eb, "to": to, "reason": "oom", "scope": "eval" }));
+                    self.eval_batch = to;
+                    self.recovery_s += t.elapsed().as_secs_f64();
+                }
+            }
+        }
+    }
+
+    fn state(&self, reason: &str) -> TrainState {
+        TrainState {
+            step: self.step,
+            samples_seen: self.samples_seen,
+            cursor: self.sampler.cursor(),
+            policy: self.policy.state().clone(),
+            eval_batch: self.eval_batch,
+            seed: self.s.recipe.run.seed,
+            recipe_fingerprint: self.fingerprint.clone(),
+            last_loss: self.last_loss,
+            oom_events: self.oom_events,
+            recovery_s: self.recovery_s,
+            wall_s: self.wall_before + self.wall(),
+            restarts: self.s.restarts,
+            resumes: self.resumes,
+            reason: reason.into(),
+        }
+    }
+
+    /// Snapshots the state on this thread (cheap: tensor handles) and serialises and writes
+    /// it on a background thread; waits for the previous write first.
+    fn checkpoint(&mut self, reason: &str) -> Result<(), TrainError> {
+        let stall = self.writer.wait()?;
+        self.checkpoint_stall_s += stall;
+        let t = Instant::now();
+        let record = self.model.clone().into_record();
+        let optim = self.optim.clone();
+        let state = self.state(reason);
+        let root = self.ckpt_root();
+        let keep = self.s.recipe.checkpoint.keep;
+        let recipe_text = oomph_recipe::to_toml_string(&self.s.recipe);
+        let step = self.step;
+        let handle = std::thread::Builder::new()
+            .name("oomph-checkpoint".into())
+            .spawn(move || {
+                let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
+                let model = rec.record(record, ()).map_err(std::io::Error::other)?;
+                let optim = optim.to_bytes().map_err(std::io::Error::other)?;
+                let state = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
+                let payload = Payload {
+                    step,
+                    files: vec![
+                        ("model.mpk".into(), model),
+                        ("optim.mpk".into(), optim),
+                        ("recipe.toml".into(), recipe_text.into_bytes()),
+                        ("state.json".into(), state),
+                    ],
+                };
+                checkpoint::write(&root, &payload, keep)
+            })
+            .map_err(|e| TrainError::Failed(format!("cannot start the checkpoint writer: {e}")))?;
+        self.writer.handle = Some(handle);
+        self.checkpoint_stall_s += t.elapsed().as_secs_f64();
+        self.event("checkpoint", json!({ "reason": reason, "at_step": step }));
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<Summary, TrainError> {
+        self.writer.wait()?;
+        let model_path = self.s.run_dir.join("model.safetensors");
+        save_safetensors::<B, M>(&self.model, &model_path)?;
+        let ev = self.last_eval.clone();
+        let history = self.policy.state().history.clone();
+        let summary = Summary {
+            name: self.s.recipe.run.name.clone(),
+            steps: self.step,
+            samples_seen: self.samples_seen,
+            effective_batch: self.s.recipe.training.effective_batch,
+            train_loss: self.last_loss,
+            valid_loss: ev.as_ref().map(|e| e.valid_loss),
+            valid_accuracy: ev.as_ref().and_then(|e| e.metrics.get("accuracy").copied()),
+            valid_metrics: ev.map(|e| e.metrics).unwrap_or_default(),
+            wall_s: self.wall_before + self.wall(),
+            oom_events: self.oom_events,
+            micro_batch_final: self.policy.limit(),
+            micro_batch_history: history,
+            recovery_s: self.recovery_s,
+            restarts: self.s.restarts,
+            resumes: self.resumes,
+            parameters: self.model.num_params(),
+            model_path: model_path.display().to_string(),
+        };
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Failed(e.to_string()))?;
+        std::fs::write(self.s.run_dir.join("summary.json"), text)?;
+        let _ = std::fs::remove_file(self.s.run_dir.join("current.json"));
+        self.s.observer.finish(&summary);
+        Ok(summary)
+    }
+}
+
+/// Writes the model's weights as safetensors (readable by any safetensors tool).
+pub fn save_safetensors<B: Backend, M: Module<B>>(model: &M, path: &Path) -> Result<(), TrainError> {
+    use burn::store::{ModuleSnapshot, SafetensorsStore};
+    let mut store = SafetensorsStore::from_file(path).overwrite(true);
+    model
+        .save_into(&mut store)
+        .map_err(|e| TrainError::Failed(format!("writing {} failed: {e}", path.display())))
+}
+
+/// The forward and backward passes of one attempt at a step: every chunk's loss sum is
+/// divided by the effective batch's total weight before its backward pass, so the summed
+/// gradients are those of the mean loss. Returns the gradients and the mean loss.
+#[allow(clippy::too_many_arguments)]
+fn accumulate<B, M>(
+    model: &M,
+    src: &Source,
+    indices: &[usize],
+    plan: &[usize],
+    device: &B::Device,
+    step: usize,
+    faults: &mut Faults,
+    phase: &Cell<Phase>,
+) -> (GradientsParams, f64)
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Objective<B>,
+{
+    let mut batches = Vec::with_capacity(plan.len());
+    let mut offset = 0;
+    for &size in plan {
+        batches.push(src.batch(&indices[offset..offset + size]));
+        offset += size;
+    }
+    let total: f64 = batches.iter().map(|b| model.weight(b)).sum();
+    let scale = 1.0 / total.max(f64::MIN_POSITIVE);
+    let mut acc = GradientsAccumulator::<M>::new();
+    let mut single = None;
+    let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
+    for batch in &batches {
+        phase.set(Phase::Forward);
+        faults.check(step, Phase::Forward, batch.len());
+        let loss = model.loss(batch, device).sum.mul_scalar(scale);
+        let detached = loss.clone().inner();
+        loss_sum = Some(match loss_sum {
+            Some(t) => t + detached,
+            None => detached,
+        });
+        phase.set(Phase::Backward);
+        faults.check(step, Phase::Backward, batch.len());
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        if plan.len() == 1 {
+            single = Some(grads);
+        } else {
+            acc.accumulate(model, grads);
+        }
+    }
+    let grads = single.unwrap_or_else(|| acc.grads());
+    let loss = loss_sum.map(|t| t.into_scalar().elem::<f64>()).unwrap_or(f64::NAN);
+    (grads, loss)
+}
+
+/// Indices evaluated: every sample for tabular data, non-overlapping windows for text.
+fn eval_indices(src: &Source) -> Vec<usize> {
+    match src {
+        Source::Text { seq_len, .. } => (0..src.len()).step_by((*seq_len).max(1)).collect(),
+        _ => (0..src.len()).collect(),
+    }
+}
+
+fn evaluate_on<B: Backend, M: Objective<B>>(
+    model: &M,
+    src: &Source,
+    indices: &[usize],
+    eval_batch: usize,
+    device: &B::Device,
+    step: usize,
+    faults: &mut Faults,
+) -> (f64, BTreeMap<String, f64>) {
+    let mut loss: Option<Tensor<B, 1>> = None;
+    let mut weight = 0.0;
+    let mut metrics: BTreeMap<&'static str, (Tensor<B, 1>, f64)> = BTreeMap::new();
+    for chunk in indices.chunks(eval_batch) {
+        faults.check(step.max(1), Phase::Eval, chunk.len());
+        let batch: Batch = src.batch(chunk);
+        weight += model.weight(&batch);
+        let e = model.evaluate(&batch, device);
+        loss = Some(match loss {
+            Some(t) => t + e.loss_sum,
+            None => e.loss_sum,
+        });
+        for m in e.metrics {
+            let entry = metrics.remove(m.name);
+            metrics.insert(
+                m.name,
+                match entry {
+                    Some((t, w)) => (t + m.sum, w + m.weight),
+                    None => (m.sum, m.weight),
+                },
+            );
+        }
+    }
+    let loss = loss.map(|t| t.into_scalar().elem::<f64>() / weight.max(f64::MIN_POSITIVE)).unwrap_or(f64::NAN);
+    let metrics = metrics
+        .into_iter()
+        .map(|(k, (t, w))| (k.to_string(), t.into_scalar().elem::<f64>() / w.max(f64::MIN_POSITIVE)))
+        .collect();
+    (loss, metrics)
+}
+
+/// After cleanup, checks that the device still computes. A backend left unusable by an OOM
+/// makes the worker exit so the supervisor restarts it from the newest checkpoint.
+fn probe<B: Backend>(device: &B::Device) -> bool {
+    attempt::<B, _>(device, || {
+        let t = Tensor::<B, 1>::from_floats([1.0, 2.0], device);
+        t.sum().into_scalar().elem::<f64>()
+    })
+    .is_ok_and(|v| (v - 3.0).abs() < 1e-6)
+}
+
+fn fmt_count(n: usize) -> String {
+    if n >= 1_000_000 {
+        format!("{:.2}M", n as f64 / 1e6)
+    } else if n >= 1_000 {
+        format!("{:.1}k", n as f64 / 1e3)
+    } else {
+        n.to_string()
+    }
+}
