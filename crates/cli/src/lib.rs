@@ -266,6 +266,7 @@ impl<M: Models> WithBackend for Job<M> {
             lower_ceiling: self.lower_ceiling,
             restarts: self.restarts,
             banner: Vec::new(),
+            stop: Default::default(),
         };
         prepared.train(session, &data)
     }

@@ -36,7 +36,9 @@ pub fn plan_chunks(total: usize, limit: usize) -> Vec<usize> {
     let k = div_ceil(total, limit);
     let base = total / k;
     let rem = total % k;
-    (0..k).map(|i| if i < rem { base + 1 } else { base }).collect()
+    (0..k)
+        .map(|i| if i < rem { base + 1 } else { base })
+        .collect()
 }
 
 /// The largest chunk [`plan_chunks`] produces for `total` under `limit`:
@@ -167,7 +169,12 @@ mod tests {
                 let larger = set.iter().copied().filter(|&x| x > s).min();
                 assert_eq!(next_smaller(total, s), smaller, "total {total} s {s}");
                 assert_eq!(next_larger(total, s), larger, "total {total} s {s}");
-                let atl = set.iter().copied().filter(|&x| x >= s.max(1)).min().unwrap_or(total);
+                let atl = set
+                    .iter()
+                    .copied()
+                    .filter(|&x| x >= s.max(1))
+                    .min()
+                    .unwrap_or(total);
                 assert_eq!(at_least(total, s), atl, "total {total} s {s}");
                 if s >= 1 {
                     let le = set.iter().copied().filter(|&x| x <= s).max().unwrap();

@@ -6,7 +6,7 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::backend::AutodiffBackend;
 
 /// The CPU backend used for `backend = "cpu"` (chosen by measurement; see BENCHMARKS.md).
-pub const CPU_DEFAULT: &str = "ndarray";
+pub const CPU_DEFAULT: &str = "flex";
 
 /// Training on the ndarray CPU backend.
 pub type NdArrayTrain = Autodiff<NdArray<f32>>;

@@ -38,7 +38,7 @@ impl Failure {
 
 /// Runs `f` inside the recovery boundary on `device`.
 pub fn attempt<B: Backend, T>(device: &B::Device, f: impl FnOnce() -> T) -> Result<T, Failure> {
-    oom::panics::install();
+    oom::panics::install_quiet_oom();
     let generation = oom::panics::generation();
     let result = catch_unwind(AssertUnwindSafe(f));
     let sync = B::sync(device);

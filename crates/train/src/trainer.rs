@@ -28,6 +28,8 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Where to resume from.
@@ -64,6 +66,9 @@ pub struct Session<B: Backend> {
     pub restarts: usize,
     /// Extra lines for the start-up banner (e.g. device memory).
     pub banner: Vec<String>,
+    /// Set to stop the run at the next step boundary (checkpoint, then
+    /// [`TrainError::Interrupted`]), as a first Ctrl-C does.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// Backend seed for step `step` of a run seeded with `seed` (SplitMix64 of both), so a
@@ -217,12 +222,18 @@ where
         self.started.elapsed().as_secs_f64()
     }
 
+    /// Records an event of the step in progress.
     fn event(&mut self, kind: &str, fields: Value) {
+        self.event_at(kind, self.step + 1, fields)
+    }
+
+    /// Records an event belonging to `step`.
+    fn event_at(&mut self, kind: &str, step: usize, fields: Value) {
         let fields = match fields {
             Value::Object(m) => m,
             _ => Map::new(),
         };
-        let rec = EventRecord { kind: kind.into(), step: self.step + 1, wall_s: self.wall(), fields };
+        let rec = EventRecord { kind: kind.into(), step, wall_s: self.wall_before + self.wall(), fields };
         if let Err(e) = self.events.write(&rec) {
             tracing::warn!("could not write events.jsonl: {e}");
         }
@@ -296,7 +307,7 @@ where
         self.wall_before = st.wall_s;
         self.resumes = st.resumes + 1;
         self.truncate_metrics(st.step)?;
-        self.event("resume", json!({ "from_step": st.step, "checkpoint": ck.dir.display().to_string(), "micro_batch": self.policy.limit() }));
+        self.event_at("resume", st.step, json!({ "from_step": st.step, "checkpoint": ck.dir.display().to_string(), "micro_batch": self.policy.limit() }));
         self.s.banner.push(format!("resuming from {} (step {}/{})", ck.dir.display(), st.step, self.total));
         self.finish_resume()
     }
@@ -382,7 +393,7 @@ where
         let every = self.s.recipe.checkpoint.every;
         let eval_every = self.s.recipe.training.eval_every;
         while self.step < self.total {
-            if signals::stop_requested() {
+            if signals::stop_requested() || self.s.stop.load(Ordering::SeqCst) {
                 self.checkpoint("signal")?;
                 self.writer.wait()?;
                 return Err(TrainError::Interrupted { step: self.step });
@@ -670,7 +681,7 @@ where
             .map_err(|e| TrainError::Failed(format!("cannot start the checkpoint writer: {e}")))?;
         self.writer.handle = Some(handle);
         self.checkpoint_stall_s += t.elapsed().as_secs_f64();
-        self.event("checkpoint", json!({ "reason": reason, "at_step": step }));
+        self.event_at("checkpoint", step, json!({ "reason": reason }));
         Ok(())
     }
 

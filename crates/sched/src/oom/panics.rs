@@ -39,7 +39,10 @@ struct Ring {
     records: VecDeque<(u64, PanicRecord)>,
 }
 
-static RING: Mutex<Ring> = Mutex::new(Ring { next: 0, records: VecDeque::new() });
+static RING: Mutex<Ring> = Mutex::new(Ring {
+    next: 0,
+    records: VecDeque::new(),
+});
 static INSTALL: Once = Once::new();
 static QUIET_OOM: AtomicBool = AtomicBool::new(false);
 
@@ -65,7 +68,9 @@ pub fn install() {
                     None => format!("{:?}", thread.id()),
                 },
                 message,
-                location: info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
+                location: info
+                    .location()
+                    .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
             };
             let quiet = QUIET_OOM.load(Ordering::Relaxed) && super::is_oom(&record.message);
             if quiet {
@@ -175,7 +180,7 @@ mod tests {
         let handle = std::thread::Builder::new()
             .name("device-runner-test".into())
             .spawn(move || {
-                let r: Result<(), String> = Err(unique.to_string());
+                let r: Result<(), String> = std::hint::black_box(Err(unique.to_string()));
                 r.unwrap();
             })
             .unwrap();
@@ -213,13 +218,19 @@ mod tests {
         let _serial = serial();
         let g = generation();
         for i in 0..(CAPACITY + 10) {
-            record_panic(PanicRecord { thread: "t".into(), message: format!("synthetic {i}"), location: None });
+            record_panic(PanicRecord {
+                thread: "t".into(),
+                message: format!("synthetic {i}"),
+                location: None,
+            });
         }
         let all = since(0);
         assert!(all.len() <= CAPACITY);
         let mine = since(g);
         assert!(mine.len() <= CAPACITY);
-        assert!(mine.iter().any(|r| r.message == format!("synthetic {}", CAPACITY + 9)));
+        assert!(mine
+            .iter()
+            .any(|r| r.message == format!("synthetic {}", CAPACITY + 9)));
         assert!(generation() >= g + CAPACITY as u64 + 10);
     }
 
@@ -230,6 +241,9 @@ mod tests {
         let p: Box<dyn Any + Send> = Box::new(String::from("owned"));
         assert_eq!(panic_message(p.as_ref()), "owned");
         let p: Box<dyn Any + Send> = Box::new(42u32);
-        assert_eq!(panic_message(p.as_ref()), "<panic payload of a non-string type>");
+        assert_eq!(
+            panic_message(p.as_ref()),
+            "<panic payload of a non-string type>"
+        );
     }
 }
