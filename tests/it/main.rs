@@ -1,1 +1,6 @@
-fn main() {}
+//! oomph's integration tests: one binary, small helpers in `util`.
+
+mod accumulation;
+mod cli;
+mod recovery;
+mod util;

@@ -1,0 +1,127 @@
+//! Small helpers shared by the integration tests.
+
+use oomph::burn::backend::{Autodiff, Flex};
+use oomph::data::Splits;
+use oomph::models::Builtin;
+use oomph::recipe::Recipe;
+use oomph::train::{Models, Registry, Resume, Session, Silent, Summary, TrainError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The CPU backend the tests train on.
+pub type B = Autodiff<Flex>;
+
+/// The repository root (recipes in `configs/` refer to `../data/`).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Parses a recipe text as if it were a file in `configs/`.
+pub fn recipe(text: &str, overrides: &[&str]) -> Recipe {
+    let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    oomph::recipe::parse(text, "test.toml", &root().join("configs"), &o).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A silent session in `dir`.
+pub fn session(recipe: Recipe, dir: &Path) -> Session<B> {
+    Session {
+        recipe,
+        origin: "test.toml".into(),
+        device: Default::default(),
+        backend_name: "flex (cpu)".into(),
+        run_dir: dir.to_path_buf(),
+        observer: Box::new(Silent),
+        resume: Resume::Auto,
+        lower_ceiling: None,
+        restarts: 0,
+        banner: Vec::new(),
+        stop: Default::default(),
+    }
+}
+
+/// Loads the data a built-in model kind needs.
+pub fn data_for(recipe: &Recipe) -> Splits {
+    let mut reg = Registry::<B>::new();
+    Builtin::register(&mut reg);
+    let p = reg.prepare(&recipe.model.kind, &recipe.model.params, "test.toml").unwrap();
+    oomph::data::load(&recipe.data, recipe.run.seed, p.needs().seq_len).unwrap()
+}
+
+/// Trains a recipe with a built-in model kind, in-process.
+pub fn train_builtin(recipe: Recipe, dir: &Path) -> Result<Summary, TrainError> {
+    let data = data_for(&recipe);
+    train_session(session(recipe, dir), &data)
+}
+
+/// Trains a prepared session with the built-in registry.
+pub fn train_session(s: Session<B>, data: &Splits) -> Result<Summary, TrainError> {
+    let _turn = serial();
+    let mut reg = Registry::<B>::new();
+    Builtin::register(&mut reg);
+    let p = reg.prepare(&s.recipe.model.kind, &s.recipe.model.params, "test.toml").unwrap();
+    p.train(s, data)
+}
+
+/// Every tensor of a safetensors file, as f32 values by name.
+pub fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+            let v = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            // Test wrappers hold the model under test as `inner`.
+            (name.strip_prefix("inner.").unwrap_or(&name).to_string(), v)
+        })
+        .collect()
+}
+
+/// burn's CPU backends keep one process-wide RNG: in-process training runs (which seed it)
+/// take turns so that parallel tests stay deterministic.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Largest absolute difference between two runs' final parameters.
+pub fn max_param_diff(a: &Path, b: &Path) -> f32 {
+    let (ta, tb) = (tensors(&a.join("model.safetensors")), tensors(&b.join("model.safetensors")));
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    let mut m = 0f32;
+    for (k, va) in &ta {
+        let vb = &tb[k];
+        assert_eq!(va.len(), vb.len(), "{k}");
+        for (x, y) in va.iter().zip(vb) {
+            m = m.max((x - y).abs());
+        }
+    }
+    m
+}
+
+/// Runs the real `oomph` binary.
+pub fn oomph(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_oomph")).args(args).current_dir(root()).output().expect("run oomph")
+}
+
+/// stdout + stderr of a finished command, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Every JSON line of a run file.
+pub fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Writes a recipe file into `dir` and returns its path.
+pub fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
