@@ -3,4 +3,5 @@
 mod accumulation;
 mod cli;
 mod recovery;
+mod resume;
 mod util;

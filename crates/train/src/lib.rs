@@ -6,6 +6,7 @@
 //! failures, evaluation, crash-safe checkpoints and a run directory with metrics, events,
 //! summary and final weights.
 
+pub mod adapter;
 pub mod backend;
 pub mod checkpoint;
 pub mod error;

@@ -276,14 +276,37 @@ where
         }
         let Some(ck) = found.checkpoint else { return self.finish_resume() };
         let st = ck.state.clone();
+        let changes = ck
+            .file("recipe.toml")
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|t| oomph_recipe::parse(t, "checkpoint", &ck.dir, &[]).ok())
+            .map(|old| oomph_recipe::diff(&old, &self.s.recipe));
         if st.recipe_fingerprint != self.fingerprint {
+            let listed = changes
+                .as_ref()
+                .map(|c| {
+                    c.iter()
+                        .filter(|c| !c.resumable)
+                        .map(|c| format!("{}: {} -> {}", c.key, c.old, c.new))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "model, data, optimizer, lr_schedule, effective_batch or seed".into());
             return Err(TrainError::BadInput(format!(
-                "{}: the checkpoint {} was written by a recipe whose training-relevant fields (model, data, \
-                 optimizer, lr_schedule, effective_batch, seed) differ from this one. Fix: train into a new \
-                 --run-dir, or restore the original values (see the run's checkpointed recipe).",
+                "{}: cannot resume the run in {} with this recipe: training-relevant fields differ from the \
+                 checkpoint's ({listed}). Fix: restore those values to continue the run, or train into a new \
+                 --run-dir (or --resume never --overwrite) to start over.",
                 self.s.origin,
-                ck.dir.display()
+                self.s.run_dir.display()
             )));
+        }
+        for c in changes.unwrap_or_default() {
+            if c.resumable {
+                let line = format!("changed on resume: {} {} -> {}", c.key, c.old, c.new);
+                tracing::info!("{line}");
+                self.s.banner.push(line);
+            }
         }
         let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
         let bad = |what: &str, e: String| TrainError::Checkpoint(format!("{}: {what} cannot be loaded: {e}", ck.dir.display()));

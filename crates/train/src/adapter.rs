@@ -1,0 +1,437 @@
+//! Training a burn-train model with oomph: a thin adapter, [`BurnTrain`].
+//!
+//! A model written for burn-train's `Learner` implements `TrainStep` (forward, then backward
+//! on the micro-batch's **mean** loss) and `InferenceStep` (forward only), both usually
+//! calling one method such as `forward_classification` that returns a
+//! [`ClassificationOutput`]. Wrap it in [`BurnTrain`] and it is an oomph [`Objective`]:
+//!
+//! ```ignore
+//! use oomph_train::adapter::{BurnTrain, FromBatch};
+//!
+//! // The model's input type is built from oomph's host batch, for any backend.
+//! impl<B: Backend> FromBatch<B> for DigitsBatch<B> {
+//!     fn from_batch(batch: &Batch, device: &B::Device) -> Self {
+//!         let (images, targets) = oomph_train::tensors::tabular_classes(batch, device);
+//!         DigitsBatch { images, targets }
+//!     }
+//! }
+//! // In `Models::register`: the kind's init returns the wrapped model.
+//! r.add("burn-net", "a burn-train model", |_: &NetConfig| DataNeeds::default(),
+//!       |cfg: &NetConfig, info: &DataInfo, device: &B::Device| Ok(BurnTrain::new(cfg.init::<B>(info, device))));
+//! ```
+//!
+//! What the user supplies:
+//! - **the input**: [`FromBatch`] for the model's `InferenceStep::Input` (ready-made for the
+//!   tuples `(features, classes)`, `(features, values)` and `(inputs, targets)` tokens);
+//! - **the loss**: [`HasLoss`] for its `InferenceStep::Output` (ready-made for burn's
+//!   [`ClassificationOutput`], [`MultiLabelClassificationOutput`], [`RegressionOutput`] and
+//!   [`SequenceOutput`], with accuracy / mse as evaluation metrics where they apply).
+//!
+//! [`Objective::loss`] returns `mean_loss * weight`, where `weight` is
+//! [`Objective::weight`] (the number of samples; target tokens for token batches): the
+//! *sum* oomph expects, so its normalisation by the effective batch's total weight is exact
+//! whatever the micro-batch split.
+//!
+//! # Why `InferenceStep` and not `TrainStep::step`
+//!
+//! `TrainStep::step` runs the backward pass itself, on the micro-batch's mean, and returns
+//! finished gradients. oomph owns the backward pass: each chunk's loss is scaled by
+//! `1 / W` (the effective batch's total weight) *before* its backward, that backward runs
+//! inside oomph's out-of-memory recovery boundary, and the loss value is read for the
+//! metrics. Calling `step` would run a second, unscaled backward and hand oomph a loss whose
+//! graph is already consumed. So the adapter calls the forward that `step` wraps:
+//! `InferenceStep::step` **on the autodiff model**. burn's examples (and the usual
+//! convention) implement `InferenceStep` for every `B: Backend`, autodiff backends included,
+//! and both steps call the same forward method, so this is the model's own code and its
+//! loss tensor, still tracked. The gradient oomph computes for a chunk is exactly
+//! `TrainStep::step`'s gradient times `weight / W` (tested below). If a model implements
+//! `InferenceStep` only for a concrete inner backend, make that impl generic over
+//! `B: Backend`. A `TrainStep` that does more than forward + backward (extra losses added
+//! only during training) is not reproduced: put that logic in the shared forward method.
+//!
+//! Evaluation uses `InferenceStep` on the inner (non-autodiff) model, which oomph obtains
+//! with `valid()`: the same impl of [`Objective`] serves both.
+//!
+//! # Why a trait for the input, not a closure
+//!
+//! The conversion from oomph's [`Batch`] is needed at two backends, the autodiff one for
+//! training and its inner one for evaluation, with two different input types (e.g.
+//! `DigitsBatch<Autodiff<Flex>>` and `DigitsBatch<Flex>`). A Rust closure cannot be generic
+//! over the backend, and [`BurnTrain`] is itself a burn `Module` (cloned, recorded,
+//! checkpointed, turned into its inner module), so it holds nothing but the model. The
+//! conversion therefore lives with the input type, as [`FromBatch`], the way burn's own
+//! `Batcher` builds a model's batch type for any backend.
+//!
+//! The wrapped model is the field `model`: its parameters are named `model.<path>` in
+//! checkpoints and in `model.safetensors`.
+
+use crate::objective::{Evaluation, Loss, MetricSum, Objective};
+use crate::tensors::{correct, tabular_classes, tabular_values, tokens};
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::train::{
+    ClassificationOutput, InferenceStep, MultiLabelClassificationOutput, RegressionOutput, SequenceOutput,
+};
+use oomph_data::Batch;
+use std::marker::PhantomData;
+
+/// A model's input built from one of oomph's host batches, on a device of backend `B`.
+///
+/// Implement it for the model's `InferenceStep::Input` type, generically over `B`. The
+/// conversion may panic on a batch of the wrong kind: a model checks the data kind when it
+/// is built.
+pub trait FromBatch<B: Backend>: Sized {
+    /// Builds the input for `batch` on `device`.
+    fn from_batch(batch: &Batch, device: &B::Device) -> Self;
+}
+
+/// Tabular classification: `(features [n, f], classes [n])`.
+impl<B: Backend> FromBatch<B> for (Tensor<B, 2>, Tensor<B, 1, Int>) {
+    fn from_batch(batch: &Batch, device: &B::Device) -> Self {
+        tabular_classes::<B>(batch, device)
+    }
+}
+
+/// Tabular regression: `(features [n, f], targets [n, 1])`.
+impl<B: Backend> FromBatch<B> for (Tensor<B, 2>, Tensor<B, 2>) {
+    fn from_batch(batch: &Batch, device: &B::Device) -> Self {
+        tabular_values::<B>(batch, device)
+    }
+}
+
+/// Token windows: `(inputs [n, seq_len], targets [n, seq_len])`.
+impl<B: Backend> FromBatch<B> for (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
+    fn from_batch(batch: &Batch, device: &B::Device) -> Self {
+        tokens::<B>(batch, device)
+    }
+}
+
+/// A step output that carries the micro-batch's mean loss.
+pub trait HasLoss<B: Backend> {
+    /// The loss averaged over the micro-batch, shape `[1]`: over its samples, or over its
+    /// target tokens for token batches (the units of [`Objective::weight`]).
+    fn mean_loss(&self) -> Tensor<B, 1>;
+
+    /// Evaluation metrics summed over the micro-batch (oomph averages them over the whole
+    /// evaluation). None by default.
+    fn metrics(&self) -> Vec<MetricSum<B>> {
+        Vec::new()
+    }
+}
+
+/// Loss, plus `accuracy` (arg-max of `output` equals `targets`).
+impl<B: Backend> HasLoss<B> for ClassificationOutput<B> {
+    fn mean_loss(&self) -> Tensor<B, 1> {
+        self.loss.clone()
+    }
+
+    fn metrics(&self) -> Vec<MetricSum<B>> {
+        let n = self.targets.dims()[0] as f64;
+        let sum = correct(self.output.clone(), self.targets.clone());
+        vec![MetricSum { name: "accuracy", sum, weight: n }]
+    }
+}
+
+/// Loss only.
+impl<B: Backend> HasLoss<B> for MultiLabelClassificationOutput<B> {
+    fn mean_loss(&self) -> Tensor<B, 1> {
+        self.loss.clone()
+    }
+}
+
+/// Loss, plus `mse` (squared error averaged over the targets of a sample, then over samples).
+impl<B: Backend> HasLoss<B> for RegressionOutput<B> {
+    fn mean_loss(&self) -> Tensor<B, 1> {
+        self.loss.clone()
+    }
+
+    fn metrics(&self) -> Vec<MetricSum<B>> {
+        let [n, t] = self.targets.dims();
+        let sum = (self.output.clone() - self.targets.clone()).powi_scalar(2).sum().div_scalar(t.max(1) as f64);
+        vec![MetricSum { name: "mse", sum, weight: n as f64 }]
+    }
+}
+
+/// Loss, plus `accuracy` per target token (the predictions, or the arg-max of the logits).
+impl<B: Backend> HasLoss<B> for SequenceOutput<B> {
+    fn mean_loss(&self) -> Tensor<B, 1> {
+        self.loss.clone()
+    }
+
+    fn metrics(&self) -> Vec<MetricSum<B>> {
+        let [n, s] = self.targets.dims();
+        let predicted = match &self.predictions {
+            Some(p) => p.clone(),
+            None => self.logits.clone().argmax(2).reshape([n, s]),
+        };
+        let sum = predicted.equal(self.targets.clone()).float().sum();
+        vec![MetricSum { name: "accuracy", sum, weight: (n * s) as f64 }]
+    }
+}
+
+/// A burn-train model (one that implements `InferenceStep` for every backend, as well as
+/// `TrainStep` for burn's `Learner`) as an oomph [`Objective`]. See the [module
+/// docs](self) for what it calls and why.
+///
+/// It is a burn `Module` itself: oomph checkpoints, restores and exports it like any model.
+#[derive(Module, Debug)]
+pub struct BurnTrain<B: Backend, M> {
+    /// The wrapped burn-train model.
+    pub model: M,
+    _backend: PhantomData<B>,
+}
+
+impl<B: Backend, M: Module<B>> BurnTrain<B, M> {
+    /// Wraps `model`.
+    pub fn new(model: M) -> Self {
+        Self { model, _backend: PhantomData }
+    }
+
+    /// The wrapped model (e.g. to keep using it with burn-train after training).
+    pub fn into_inner(self) -> M {
+        self.model
+    }
+}
+
+impl<B, M> BurnTrain<B, M>
+where
+    B: Backend,
+    M: Module<B> + InferenceStep,
+    M::Input: FromBatch<B>,
+    M::Output: HasLoss<B>,
+{
+    /// Runs the model's `InferenceStep` on `batch` (tracked when `B` is an autodiff
+    /// backend).
+    pub fn forward(&self, batch: &Batch, device: &B::Device) -> M::Output {
+        self.model.step(<M::Input as FromBatch<B>>::from_batch(batch, device))
+    }
+}
+
+impl<B, M> Objective<B> for BurnTrain<B, M>
+where
+    B: Backend,
+    M: Module<B> + InferenceStep,
+    M::Input: FromBatch<B>,
+    M::Output: HasLoss<B>,
+{
+    /// `mean_loss * weight`: the sum oomph normalises by the effective batch's weight.
+    fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B> {
+        let out = self.forward(batch, device);
+        Loss { sum: out.mean_loss().mul_scalar(self.weight(batch)) }
+    }
+
+    fn evaluate(&self, batch: &Batch, device: &B::Device) -> Evaluation<B> {
+        let out = self.forward(batch, device);
+        Evaluation { loss_sum: out.mean_loss().mul_scalar(self.weight(batch)), metrics: out.metrics() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{train, Resume, Session, Silent};
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::AutodiffModule;
+    use burn::nn::loss::CrossEntropyLossConfig;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::optim::GradientsParams;
+    use burn::tensor::activation::relu;
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::ElementConversion;
+    use burn::train::{TrainOutput, TrainStep};
+    use oomph_data::Splits;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    type Ad = Autodiff<Flex>;
+
+    /// A model written for burn-train, the way burn's examples write one.
+    #[derive(Module, Debug)]
+    struct Net<B: Backend> {
+        hidden: Linear<B>,
+        out: Linear<B>,
+    }
+
+    /// Its batch type.
+    struct NetBatch<B: Backend> {
+        x: Tensor<B, 2>,
+        y: Tensor<B, 1, Int>,
+    }
+
+    impl<B: Backend> Net<B> {
+        fn new(features: usize, classes: usize, device: &B::Device) -> Self {
+            Self { hidden: LinearConfig::new(features, 16).init(device), out: LinearConfig::new(16, classes).init(device) }
+        }
+
+        fn forward_classification(&self, x: Tensor<B, 2>, y: Tensor<B, 1, Int>) -> ClassificationOutput<B> {
+            let logits = self.out.forward(relu(self.hidden.forward(x)));
+            let loss = CrossEntropyLossConfig::new().init(&logits.device()).forward(logits.clone(), y.clone());
+            ClassificationOutput::new(loss, logits, y)
+        }
+    }
+
+    impl<B: AutodiffBackend> TrainStep for Net<B> {
+        type Input = NetBatch<B>;
+        type Output = ClassificationOutput<B>;
+
+        fn step(&self, batch: NetBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
+            let item = self.forward_classification(batch.x, batch.y);
+            TrainOutput::new(self, item.loss.backward(), item)
+        }
+    }
+
+    impl<B: Backend> InferenceStep for Net<B> {
+        type Input = NetBatch<B>;
+        type Output = ClassificationOutput<B>;
+
+        fn step(&self, batch: NetBatch<B>) -> ClassificationOutput<B> {
+            self.forward_classification(batch.x, batch.y)
+        }
+    }
+
+    /// What the adapter needs from the user: the input from an oomph batch.
+    impl<B: Backend> FromBatch<B> for NetBatch<B> {
+        fn from_batch(batch: &Batch, device: &B::Device) -> Self {
+            let (x, y) = tabular_classes::<B>(batch, device);
+            NetBatch { x, y }
+        }
+    }
+
+    const RECIPE: &str = r#"
+[run]
+name = "adapter"
+seed = 11
+[model]
+kind = "burn-train-net"
+[data]
+kind = "synthetic"
+samples = 600
+features = 8
+classes = 3
+[optimizer]
+kind = "sgd"
+lr = 0.2
+[training]
+steps = 30
+effective_batch = 64
+eval_every = 30
+[micro_batch]
+grow_after = 100000
+[checkpoint]
+every = 0
+"#;
+
+    fn recipe(micro: usize) -> oomph_recipe::Recipe {
+        let set = [format!("micro_batch.initial={micro}")];
+        oomph_recipe::parse(RECIPE, "test", Path::new("."), &set).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn data(r: &oomph_recipe::Recipe) -> Splits {
+        oomph_data::load(&r.data, r.run.seed, None).unwrap()
+    }
+
+    /// burn's CPU backends share one RNG: runs that seed it take turns.
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run(micro: usize, dir: &Path) -> crate::Summary {
+        let r = recipe(micro);
+        let splits = data(&r);
+        let (features, classes) = (splits.info.n_features.unwrap(), splits.info.n_classes.unwrap());
+        let session = Session::<Ad> {
+            recipe: r,
+            origin: "test".into(),
+            device: Default::default(),
+            backend_name: "flex (cpu)".into(),
+            run_dir: dir.to_path_buf(),
+            observer: Box::new(Silent),
+            resume: Resume::Never,
+            lower_ceiling: None,
+            restarts: 0,
+            banner: Vec::new(),
+            stop: Default::default(),
+        };
+        let _turn = serial();
+        train(session, &splits, |device| BurnTrain::new(Net::<Ad>::new(features, classes, device))).unwrap()
+    }
+
+    fn weights(path: &Path) -> BTreeMap<String, Vec<f32>> {
+        use burn::store::{ModuleStore, SafetensorsStore};
+        let mut store = SafetensorsStore::from_file(path);
+        let all = store.get_all_snapshots().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        all.iter().map(|(k, s)| (k.clone(), s.to_data().unwrap().to_vec::<f32>().unwrap())).collect()
+    }
+
+    fn step_losses(dir: &Path) -> Vec<f64> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "step")
+            .map(|v| v["loss"].as_f64().unwrap())
+            .collect()
+    }
+
+    /// The adapter's loss is the mean times the number of samples, and its gradient is the
+    /// one `TrainStep::step` computes, times that number.
+    #[test]
+    fn adapter_loss_and_gradient_are_train_steps_times_n() {
+        let r = recipe(64);
+        let splits = data(&r);
+        let device = Default::default();
+        let net = Net::<Ad>::new(8, 3, &device);
+        let indices: Vec<usize> = (0..10).collect();
+        let batch = splits.train.batch(&indices);
+
+        let out = TrainStep::step(&net, NetBatch::from_batch(&batch, &device));
+        let mean = out.item.loss.clone().inner().into_scalar().elem::<f64>();
+        let wrapped = BurnTrain::new(net.clone());
+        let sum = wrapped.loss(&batch, &device).sum;
+        let sum_value = sum.clone().inner().into_scalar().elem::<f64>();
+        assert!((sum_value - 10.0 * mean).abs() < 1e-4 * sum_value.abs(), "{sum_value} vs 10 x {mean}");
+        let ours = GradientsParams::from_grads(sum.backward(), &wrapped);
+
+        let weight_ids = [(net.hidden.weight.id, "hidden.weight"), (net.out.weight.id, "out.weight")];
+        for (id, name) in weight_ids {
+            let theirs = out.grads.get::<Flex, 2>(id).unwrap().mul_scalar(10.0).into_data().to_vec::<f32>().unwrap();
+            let ours = ours.get::<Flex, 2>(id).unwrap().into_data().to_vec::<f32>().unwrap();
+            let diff = theirs.iter().zip(&ours).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-5, "{name}: max |diff| {diff:e}");
+        }
+
+        // Evaluation runs the inner model's InferenceStep and reports accuracy.
+        let e = wrapped.valid().evaluate(&batch, &device);
+        assert!((e.loss_sum.into_scalar().elem::<f64>() - sum_value).abs() < 1e-4 * sum_value.abs());
+        assert_eq!(e.metrics.len(), 1);
+        assert_eq!((e.metrics[0].name, e.metrics[0].weight), ("accuracy", 10.0));
+    }
+
+    /// Trained through `oomph_train::train`: the loss falls, evaluation reports accuracy, and
+    /// micro-batches of 64 and 8 end with equal parameters (mean x n is the sum oomph needs).
+    #[test]
+    fn trains_through_oomph_with_exact_accumulation() {
+        let (d64, d8) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s64 = run(64, d64.path());
+        let s8 = run(8, d8.path());
+        assert_eq!((s64.steps, s64.samples_seen), (30, 30 * 64));
+        assert_eq!((s8.steps, s8.micro_batch_final), (30, 8));
+
+        let losses = step_losses(d64.path());
+        let (first, last) = (losses[0], *losses.last().unwrap());
+        assert!(last < first * 0.8, "loss {first} -> {last}");
+        let acc = s64.valid_accuracy.expect("valid accuracy from ClassificationOutput");
+        assert!(acc > 0.5, "valid accuracy {acc}");
+
+        let (w64, w8) = (weights(&d64.path().join("model.safetensors")), weights(&d8.path().join("model.safetensors")));
+        assert_eq!(w64.keys().collect::<Vec<_>>(), w8.keys().collect::<Vec<_>>());
+        assert!(w64.contains_key("model.hidden.weight"), "{:?}", w64.keys());
+        let mut diff = 0f32;
+        for (k, a) in &w64 {
+            diff = a.iter().zip(&w8[k]).map(|(x, y)| (x - y).abs()).fold(diff, f32::max);
+        }
+        eprintln!("loss {first} -> {last}, valid accuracy {acc}, micro 64 vs 8: max |diff| {diff:e}");
+        assert!(diff < 1e-5, "micro 64 vs micro 8: max |diff| {diff:e}");
+    }
+}

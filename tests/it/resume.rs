@@ -1,0 +1,204 @@
+//! Checkpoints and resume: a run stopped at step k and resumed is bit-identical to an
+//! uninterrupted one; damaged checkpoints are skipped; changed recipes are refused with a
+//! diff; `--resume` and `inspect` behave.
+
+use crate::util::*;
+use oomph::train::{EvalRecord, EventRecord, Observer, Resume, StepRecord, Summary, TrainError};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Dropout, AdamW moments, a cosine schedule with warmup, gradient clipping, shuffling over
+/// several epochs and a micro-batch split: everything a resume must restore.
+pub const RECIPE: &str = r#"
+[run]
+name = "resume"
+seed = 11
+[model]
+kind = "mlp"
+hidden = [32]
+dropout = 0.2
+[data]
+kind = "synthetic"
+samples = 300
+features = 8
+classes = 3
+[optimizer]
+kind = "adamw"
+lr = 0.01
+grad_clip_norm = 1.0
+[lr_schedule]
+kind = "cosine"
+warmup_steps = 5
+final_lr_fraction = 0.1
+[training]
+steps = 30
+effective_batch = 48
+eval_every = 10
+[micro_batch]
+initial = 20
+grow_after = 7
+[checkpoint]
+every = 5
+keep = 3
+"#;
+
+/// Asks the run to stop after step `at`, as a first Ctrl-C would.
+struct StopAt {
+    at: usize,
+    flag: Arc<AtomicBool>,
+}
+
+impl Observer for StopAt {
+    fn start(&mut self, _: usize, _: usize, _: &[String]) {}
+    fn step(&mut self, r: &StepRecord, _: usize) {
+        if r.step == self.at {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+    }
+    fn eval(&mut self, _: &EvalRecord) {}
+    fn event(&mut self, _: &EventRecord) {}
+    fn finish(&mut self, _: &Summary) {}
+}
+
+fn interrupted_at(dir: &Path, at: usize, overrides: &[&str]) {
+    let r = recipe(RECIPE, overrides);
+    let data = data_for(&r);
+    let mut s = session(r, dir);
+    let flag = Arc::new(AtomicBool::new(false));
+    s.observer = Box::new(StopAt { at, flag: flag.clone() });
+    s.stop = flag;
+    match train_session(s, &data) {
+        Err(TrainError::Interrupted { step }) => assert_eq!(step, at),
+        other => panic!("expected an interruption at {at}, got {other:?}"),
+    }
+}
+
+/// Every tensor of the final model, as exact bit patterns (the safetensors header's metadata
+/// order is not stable across writes, the tensors are).
+fn model_bits(dir: &Path) -> Vec<(String, Vec<u32>)> {
+    tensors(&dir.join("model.safetensors")).into_iter().map(|(k, v)| (k, v.iter().map(|x| x.to_bits()).collect())).collect()
+}
+
+fn assert_bit_identical(a: &Path, b: &Path, what: &str) {
+    let (ma, mb) = (model_bits(a), model_bits(b));
+    assert_eq!(ma.len(), mb.len());
+    for ((ka, va), (kb, vb)) in ma.iter().zip(&mb) {
+        assert_eq!(ka, kb);
+        let differing = va.iter().zip(vb).filter(|(x, y)| x != y).count();
+        assert_eq!(differing, 0, "{what}: {differing} values of {ka} differ");
+    }
+}
+
+#[test]
+fn stopped_and_resumed_is_bit_identical() {
+    let full = tempfile::tempdir().unwrap();
+    train_builtin(recipe(RECIPE, &[]), full.path()).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    interrupted_at(d.path(), 13, &[]);
+    let s = train_builtin(recipe(RECIPE, &[]), d.path()).unwrap();
+    assert_eq!(s.steps, 30);
+    assert_eq!(s.resumes, 1);
+    assert_bit_identical(full.path(), d.path(), "stopped at 13 and resumed");
+    // metrics.jsonl holds each step once, as if never interrupted.
+    let steps: Vec<u64> = lines(&d.path().join("metrics.jsonl")).iter().filter(|v| v["kind"] == "step").map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=30).collect::<Vec<_>>());
+}
+
+#[test]
+fn resume_from_a_periodic_checkpoint_replays_the_lost_steps_exactly() {
+    let full = tempfile::tempdir().unwrap();
+    train_builtin(recipe(RECIPE, &[]), full.path()).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    interrupted_at(d.path(), 13, &[]);
+    // As if the process died after step 13 without its exit checkpoint: step-10 is the newest.
+    std::fs::remove_dir_all(d.path().join("checkpoints/step-13")).unwrap();
+    let s = train_builtin(recipe(RECIPE, &[]), d.path()).unwrap();
+    assert_eq!(s.steps, 30);
+    assert_bit_identical(full.path(), d.path(), "resumed from step 10");
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_is_skipped_with_a_warning() {
+    let full = tempfile::tempdir().unwrap();
+    train_builtin(recipe(RECIPE, &[]), full.path()).unwrap();
+    for damage in ["truncate", "flip"] {
+        let d = tempfile::tempdir().unwrap();
+        interrupted_at(d.path(), 13, &[]);
+        let victim = d.path().join("checkpoints/step-13/model.mpk");
+        let mut bytes = std::fs::read(&victim).unwrap();
+        if damage == "truncate" {
+            bytes.truncate(bytes.len() / 2);
+        } else {
+            let i = bytes.len() / 2;
+            bytes[i] ^= 0x40;
+        }
+        std::fs::write(&victim, bytes).unwrap();
+        let s = train_builtin(recipe(RECIPE, &[]), d.path()).unwrap();
+        assert_eq!(s.steps, 30);
+        let skipped: Vec<_> = lines(&d.path().join("events.jsonl")).into_iter().filter(|v| v["kind"] == "checkpoint_skipped").collect();
+        assert_eq!(skipped.len(), 1, "{damage}");
+        let resumed: Vec<_> = lines(&d.path().join("events.jsonl")).into_iter().filter(|v| v["kind"] == "resume").collect();
+        assert_eq!(resumed[0]["from_step"], 10, "{damage}: fell back to step 10");
+        assert_bit_identical(full.path(), d.path(), damage);
+    }
+}
+
+#[test]
+fn a_changed_recipe_is_refused_with_a_diff_and_allowed_changes_pass() {
+    let d = tempfile::tempdir().unwrap();
+    interrupted_at(d.path(), 6, &[]);
+    let err = train_builtin(recipe(RECIPE, &["optimizer.lr=0.5", "model.hidden=[8]"]), d.path()).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.exit_code(), 2, "{msg}");
+    assert!(msg.contains("optimizer.lr") && msg.contains("0.5") && msg.contains("model.hidden"), "{msg}");
+    // Steps, cadence and micro-batch bounds may change.
+    let s = train_builtin(recipe(RECIPE, &["training.steps=12", "checkpoint.every=3", "micro_batch.max=24"]), d.path()).unwrap();
+    assert_eq!(s.steps, 12);
+}
+
+#[test]
+fn resume_flags_and_inspect_on_the_binary() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_recipe(d.path(), "r.toml", RECIPE);
+    let run = d.path().join("run");
+    let (p, run_s) = (p.to_str().unwrap(), run.to_str().unwrap());
+    let o = oomph(&["train", p, "--run-dir", run_s]);
+    assert!(o.status.success(), "{}", text(&o));
+    // never: refuses an existing run...
+    let o = oomph(&["train", p, "--run-dir", run_s, "--resume", "never"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--overwrite"), "{}", text(&o));
+    // ...unless told to overwrite.
+    let o = oomph(&["train", p, "--run-dir", run_s, "--resume", "never", "--overwrite", "--set", "training.steps=10"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // A step that has a checkpoint; one that does not.
+    let o = oomph(&["train", p, "--run-dir", run_s, "--resume", "5", "--set", "training.steps=12"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resuming from"), "{}", text(&o));
+    let o = oomph(&["train", p, "--run-dir", run_s, "--resume", "7"]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    // inspect: a run directory shows its newest checkpoint.
+    let o = oomph(&["inspect", run_s]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in ["verified", "model.mpk", "optim.mpk", "state.json", "sampler cursor", "micro-batch policy", "step 12"] {
+        assert!(out.contains(needle), "inspect lacks {needle}: {out}");
+    }
+    let ck = run.join("checkpoints/step-12/optim.mpk");
+    std::fs::write(&ck, b"garbage").unwrap();
+    let o = oomph(&["inspect", run.join("checkpoints/step-12").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+}
+
+#[test]
+fn resume_never_in_the_library_starts_fresh() {
+    let d = tempfile::tempdir().unwrap();
+    train_builtin(recipe(RECIPE, &["training.steps=6"]), d.path()).unwrap();
+    let r = recipe(RECIPE, &["training.steps=6"]);
+    let data = data_for(&r);
+    let mut s = session(r, d.path());
+    s.resume = Resume::Never;
+    let sum = train_session(s, &data).unwrap();
+    assert_eq!(sum.resumes, 0);
+}
