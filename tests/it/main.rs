@@ -4,4 +4,5 @@ mod accumulation;
 mod cli;
 mod recovery;
 mod resume;
+mod supervisor;
 mod util;

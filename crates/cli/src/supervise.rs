@@ -109,6 +109,10 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path) -> i32 {
         unsafe {
             cmd.pre_exec(|| {
                 libc::setpgid(0, 0);
+                // If the supervisor dies (closed terminal, killed), the worker checkpoints
+                // and stops instead of running on as an orphan.
+                #[cfg(target_os = "linux")]
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 Ok(())
             });
         }

@@ -129,7 +129,10 @@ fn read_optional(path: &Path) -> Result<Option<String>, ReportError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ReportError::Read { path: path.to_path_buf(), source }),
+        Err(source) => Err(ReportError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -140,7 +143,9 @@ impl Run {
     pub fn load(dir: &Path) -> Result<Run, ReportError> {
         let metrics_path = dir.join("metrics.jsonl");
         let Some(metrics) = read_optional(&metrics_path)? else {
-            return Err(ReportError::NotARunDir { dir: dir.to_path_buf() });
+            return Err(ReportError::NotARunDir {
+                dir: dir.to_path_buf(),
+            });
         };
         let mut skipped = 0;
         let (steps, evals) = parse_metrics(&metrics, &mut skipped);
@@ -150,18 +155,23 @@ impl Run {
         };
         let summary_path = dir.join("summary.json");
         let summary = match read_optional(&summary_path)? {
-            Some(text) => Some(
-                serde_json::from_str::<Summary>(&text)
-                    .map_err(|source| ReportError::Summary { path: summary_path, source })?,
-            ),
+            Some(text) => Some(serde_json::from_str::<Summary>(&text).map_err(|source| {
+                ReportError::Summary {
+                    path: summary_path,
+                    source,
+                }
+            })?),
             None => None,
         };
         let recipe_path = dir.join("recipe.resolved.toml");
         let recipe = match read_optional(&recipe_path)? {
-            Some(text) => Some(text.parse::<toml::Value>().map_err(|e| ReportError::Recipe {
-                path: recipe_path,
-                message: e.to_string().trim().replace('\n', " "),
-            })?),
+            Some(text) => Some(
+                text.parse::<toml::Value>()
+                    .map_err(|e| ReportError::Recipe {
+                        path: recipe_path,
+                        message: e.to_string().trim().replace('\n', " "),
+                    })?,
+            ),
             None => None,
         };
         let recipe_name = recipe
@@ -243,7 +253,9 @@ impl Run {
     /// The step record of step `step`, or the nearest earlier one.
     pub fn step_at_or_before(&self, step: u64) -> Option<&Step> {
         let i = self.steps.partition_point(|s| s.step <= step);
-        i.checked_sub(1).map(|i| &self.steps[i]).or(self.steps.first())
+        i.checked_sub(1)
+            .map(|i| &self.steps[i])
+            .or(self.steps.first())
     }
 
     /// Successive micro-batch limits: the summary's history when the run finished, else
@@ -306,7 +318,10 @@ fn parse_metrics(text: &str, skipped: &mut usize) -> (Vec<Step>, Vec<Eval>) {
         match v.get("kind").and_then(Value::as_str) {
             Some("step") => match Step::deserialize(&v) {
                 Ok(s) => {
-                    if steps.last_key_value().is_some_and(|(&last, _)| s.step <= last) {
+                    if steps
+                        .last_key_value()
+                        .is_some_and(|(&last, _)| s.step <= last)
+                    {
                         steps.split_off(&s.step);
                         evals.split_off(&s.step);
                     }
@@ -328,6 +343,10 @@ fn parse_metrics(text: &str, skipped: &mut usize) -> (Vec<Step>, Vec<Eval>) {
 
 /// Parses `events.jsonl` (as plain JSON objects: a policy event's own `kind` may appear
 /// twice in a line, which a map tolerates).
+///
+/// A `resume` from the checkpoint at step `S` abandons what the previous worker did after
+/// `S`: its events past `S` are dropped (as the policy state restored from the checkpoint
+/// drops them), except the `restart` and `resume` events themselves.
 fn parse_events(text: &str, skipped: &mut usize) -> Vec<Event> {
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -335,10 +354,23 @@ fn parse_events(text: &str, skipped: &mut usize) -> Vec<Event> {
             *skipped += 1;
             continue;
         };
-        let kind = fields.remove("kind").and_then(|k| k.as_str().map(str::to_string));
+        let kind = fields
+            .remove("kind")
+            .and_then(|k| k.as_str().map(str::to_string));
         let step = fields.remove("step").and_then(|s| s.as_u64());
         match (kind, step) {
-            (Some(kind), Some(step)) => out.push(Event { kind, step, fields }),
+            (Some(kind), Some(step)) => {
+                if kind == "resume" {
+                    let from = fields
+                        .get("from_step")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(step);
+                    out.retain(|e: &Event| {
+                        e.step <= from || e.kind == "restart" || e.kind == "resume"
+                    });
+                }
+                out.push(Event { kind, step, fields });
+            }
             _ => *skipped += 1,
         }
     }
@@ -350,7 +382,9 @@ fn newest_checkpoint(root: &Path) -> Option<Checkpoint> {
     let mut best: Option<(u64, PathBuf)> = None;
     for entry in std::fs::read_dir(root).ok()?.flatten() {
         let name = entry.file_name();
-        let Some(step) = name.to_str().and_then(|n| n.strip_prefix("step-")?.parse::<u64>().ok())
+        let Some(step) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("step-")?.parse::<u64>().ok())
         else {
             continue;
         };
@@ -364,5 +398,9 @@ fn newest_checkpoint(root: &Path) -> Option<Checkpoint> {
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         .and_then(|v| v.get("recovery_s")?.as_f64());
-    Some(Checkpoint { dir, step, recovery_s })
+    Some(Checkpoint {
+        dir,
+        step,
+        recovery_s,
+    })
 }

@@ -21,7 +21,11 @@ pub fn summary_text(run_dir: &Path) -> Result<String, ReportError> {
 
 fn secs(s: f64) -> String {
     if s >= 3600.0 {
-        format!("{:.0}h {:02.0}m", (s / 3600.0).floor(), ((s % 3600.0) / 60.0).floor())
+        format!(
+            "{:.0}h {:02.0}m",
+            (s / 3600.0).floor(),
+            ((s % 3600.0) / 60.0).floor()
+        )
     } else if s >= 60.0 {
         format!("{:.0}m {:02.0}s", (s / 60.0).floor(), (s % 60.0).floor())
     } else if s >= 10.0 {
@@ -44,7 +48,7 @@ fn count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -61,7 +65,11 @@ pub(crate) fn format_summary(run: &Run) -> String {
         out,
         "== {} ==  {}",
         run.name,
-        if finished { "finished" } else { "DID NOT FINISH (no summary.json)" }
+        if finished {
+            "finished"
+        } else {
+            "DID NOT FINISH (no summary.json)"
+        }
     );
     if !finished {
         let _ = writeln!(
@@ -110,7 +118,11 @@ pub(crate) fn format_summary(run: &Run) -> String {
             last_eval.map(|e| e.metrics.clone()).unwrap_or_default(),
         ),
     };
-    let mut line = format!("final      train loss {} | valid loss {}", num(train_loss), num(valid_loss));
+    let mut line = format!(
+        "final      train loss {} | valid loss {}",
+        num(train_loss),
+        num(valid_loss)
+    );
     for (k, v) in &metrics {
         let _ = write!(line, " | valid {k} {}", num(*v));
     }
@@ -130,16 +142,17 @@ pub(crate) fn format_summary(run: &Run) -> String {
     let _ = writeln!(
         out,
         "oom        oom events {} | restarts {} | resumes {} | time lost to recovery {recovery}",
-        t.ooms,
-        t.restarts,
-        t.resumes
+        t.ooms, t.restarts, t.resumes
     );
 
     let hist = run.micro_batch_history();
     let hist_text = if hist.is_empty() {
         "-".to_string()
     } else {
-        hist.iter().map(u64::to_string).collect::<Vec<_>>().join(" -> ")
+        hist.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" -> ")
     };
     let _ = writeln!(out, "micro-batch {hist_text}");
 
@@ -156,7 +169,16 @@ pub(crate) fn format_summary(run: &Run) -> String {
     let _ = writeln!(out, "model      {model}");
     let png = run.dir.join(REPORT_PNG);
     let svg = run.dir.join(REPORT_SVG);
-    let drawn = if png.is_file() { "" } else { " (not drawn yet: `oomph report` draws it)" };
-    let _ = write!(out, "report     {}, {}{drawn}", png.display(), svg.display());
+    let drawn = if png.is_file() {
+        ""
+    } else {
+        " (not drawn yet: `oomph report` draws it)"
+    };
+    let _ = write!(
+        out,
+        "report     {}, {}{drawn}",
+        png.display(),
+        svg.display()
+    );
     out
 }

@@ -119,7 +119,7 @@ pub fn write(root: &Path, payload: &Payload, keep: usize) -> std::io::Result<Pat
     f.sync_all()?;
     fsync_dir(&tmp);
     if fin.exists() {
-        fs::remove_dir_all(&fin)?;
+        discard(root, &fin)?;
     }
     fs::rename(&tmp, &fin)?;
     fsync_dir(root);
@@ -144,13 +144,28 @@ pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
     v
 }
 
+/// Removes a checkpoint directory so that a crash at any moment never leaves a
+/// half-deleted directory that still looks complete: it is first renamed (atomically) out of
+/// the `step-N` namespace, then deleted.
+fn discard(root: &Path, dir: &Path) -> std::io::Result<()> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let trash = root.join(format!("{name}.trash"));
+    if trash.exists() {
+        fs::remove_dir_all(&trash)?;
+    }
+    fs::rename(dir, &trash)?;
+    fsync_dir(root);
+    fs::remove_dir_all(&trash)
+}
+
 fn prune(root: &Path, keep: usize) -> std::io::Result<()> {
     for (_, p) in list(root).into_iter().skip(keep.max(1)) {
-        fs::remove_dir_all(p)?;
+        discard(root, &p)?;
     }
-    // Leftover temporary directories of writes that died are garbage.
+    // Leftovers of writes or deletions that a crash interrupted are garbage.
     for e in fs::read_dir(root)?.flatten() {
-        if e.file_name().to_string_lossy().ends_with(".tmp") {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.ends_with(".tmp") || name.ends_with(".trash") {
             let _ = fs::remove_dir_all(e.path());
         }
     }

@@ -1,0 +1,198 @@
+//! The supervisor and crash safety with real processes: a real host allocation failure under
+//! an address-space limit, and SIGKILL of the whole process tree at random moments.
+
+use crate::accumulation::TOL;
+use crate::util::*;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A wide MLP whose activations grow with the micro-batch: at 64 samples per micro-batch a
+/// step needs about 300-400 MiB of address space, at 16 under 250 MiB.
+const WIDE: &str = r#"
+[run]
+name = "wide"
+seed = 1
+[model]
+kind = "mlp"
+hidden = [262144]
+[data]
+kind = "synthetic"
+samples = 512
+features = 8
+classes = 3
+[optimizer]
+kind = "sgd"
+lr = 0.05
+[training]
+steps = 6
+effective_batch = 64
+[micro_batch]
+initial = 64
+grow_after = 1000
+[checkpoint]
+every = 2
+[supervisor]
+max_restarts = 4
+"#;
+
+fn oomph_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_oomph"));
+    c.args(args).current_dir(root());
+    c
+}
+
+#[test]
+fn a_real_allocation_failure_kills_the_worker_and_the_supervisor_finishes_the_run() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_recipe(d.path(), "wide.toml", WIDE);
+    let reference = d.path().join("reference");
+    let o = oomph(&["train", p.to_str().unwrap(), "--run-dir", reference.to_str().unwrap(), "--no-supervise"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let run = d.path().join("limited");
+    let limit: libc::rlim_t = 300 << 20;
+    let mut cmd = oomph_cmd(&["train", p.to_str().unwrap(), "--run-dir", run.to_str().unwrap()]);
+    // glibc reserves 64 MiB of address space per malloc arena and thread; two arenas keep the
+    // baseline small and stable so the limit bites on the activations.
+    cmd.env("MALLOC_ARENA_MAX", "2");
+    // SAFETY: setrlimit in the child before exec; no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            let l = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert!(all.contains("memory allocation of"), "the allocation failure must be real: {all}");
+    let restarts: Vec<_> = lines(&run.join("events.jsonl")).into_iter().filter(|v| v["kind"] == "restart").collect();
+    assert!(!restarts.is_empty(), "{all}");
+    assert!(restarts[0]["cause"].as_str().unwrap().contains("host allocation"), "{:?}", restarts[0]);
+    assert_eq!(restarts[0]["micro_batch"], 64);
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["steps"], 6);
+    assert_eq!(s["samples_seen"], 6 * 64, "effective batch unchanged");
+    assert_eq!(s["restarts"].as_u64().unwrap() as usize, restarts.len());
+    assert!(s["micro_batch_final"].as_u64().unwrap() < 64);
+    for st in lines(&run.join("metrics.jsonl")).iter().filter(|v| v["kind"] == "step") {
+        assert!(st["micro_batch"].as_u64().unwrap() < 64, "{st}");
+    }
+    let diff = max_param_diff(&reference, &run);
+    assert!(diff < TOL, "restarted run differs from the reference by {diff:e}");
+}
+
+/// Pids of `pid`'s descendants (from /proc).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...
+            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|x| x.parse::<u32>().ok());
+            if ppid == Some(p) {
+                all.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    all
+}
+
+const KILL: &str = r#"
+[run]
+name = "kill"
+seed = 9
+[model]
+kind = "mlp"
+hidden = [1024, 256]
+dropout = 0.1
+[data]
+kind = "synthetic"
+samples = 2000
+features = 32
+classes = 5
+[optimizer]
+kind = "adamw"
+lr = 0.003
+[lr_schedule]
+kind = "cosine"
+warmup_steps = 10
+[training]
+steps = 120
+effective_batch = 64
+eval_every = 40
+[micro_batch]
+initial = 32
+[checkpoint]
+every = 1
+keep = 2
+"#;
+
+#[test]
+fn sigkill_of_the_whole_tree_at_random_moments_then_rerun_is_bit_identical() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_recipe(d.path(), "kill.toml", KILL);
+    let reference = d.path().join("reference");
+    let o = oomph(&["train", p.to_str().unwrap(), "--run-dir", reference.to_str().unwrap(), "--no-supervise"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let run = d.path().join("killed");
+    let args = ["train", p.to_str().unwrap(), "--run-dir", run.to_str().unwrap()];
+    // A fixed pseudo-random sequence of kill delays (reproducible, but not aligned with steps).
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let mut kills = 0;
+    let mut mid_write = 0;
+    for _ in 0..6 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = Duration::from_millis(40 + x % 400);
+        let mut child = oomph_cmd(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let t = Instant::now();
+        while t.elapsed() < delay {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if child.try_wait().unwrap().is_some() {
+            break; // finished before this kill
+        }
+        // A machine crash: every process of the tree at once.
+        let tree = descendants(child.id());
+        for pid in tree.iter().rev().chain(std::iter::once(&child.id())) {
+            // SAFETY: kill(2) on our own children.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+        let _ = child.wait();
+        kills += 1;
+        if std::fs::read_dir(run.join("checkpoints")).map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))).unwrap_or(false) {
+            mid_write += 1;
+        }
+        // Every checkpoint that counts is complete and verifiable.
+        for (_, dir) in oomph::train::checkpoint::list(&run.join("checkpoints")) {
+            oomph::train::checkpoint::verify(&dir).unwrap_or_else(|e| panic!("a complete-looking checkpoint is damaged: {e}"));
+        }
+    }
+    let o = oomph(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(kills >= 3, "only {kills} kills landed before the run finished");
+    eprintln!("{kills} kills, {mid_write} during a checkpoint write");
+    let a = tensors(&reference.join("model.safetensors"));
+    let b = tensors(&run.join("model.safetensors"));
+    for (k, va) in &a {
+        let same = va.iter().zip(&b[k]).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{k} differs after {kills} kills");
+    }
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert!(s["resumes"].as_u64().unwrap() >= 1);
+    let _ = Path::new("");
+}
