@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# One prepared GPU check for oomph (see BENCHMARKS.md, "GPU").
+#
+# usage: scripts/gpu-check.sh OOMPH_BINARY OUT_DIR [--dry-run]
+#
+# OOMPH_BINARY is a prebuilt binary (`cargo build --release --features cuda`, stripped): the GPU
+# machine needs no Rust toolchain and no network. It runs, on CUDA device 0:
+#   (a) the gpt recipe with run.gpu_memory_limit = "8GiB" (an 80 GiB card behaves like an
+#       8 GiB one: the rest is taken as ballast) and micro_batch.initial = the effective batch,
+#       supervised: it must finish with OOM events, the effective batch unchanged and the loss
+#       falling;
+#   (b) the same with --no-supervise, to prove in-process recovery;
+#   (c) a sweep of fixed micro-batches under the same limit (the oracle: the best one that fits)
+#       and the adaptive run's throughput against it.
+# It prints one table and copies the run directories' small files to OUT_DIR.
+# --dry-run does the same on the CPU with a tiny model and a simulated capacity (CI runs it).
+set -euo pipefail
+
+if [ $# -lt 2 ]; then
+  echo "usage: $0 OOMPH_BINARY OUT_DIR [--dry-run]" >&2
+  exit 2
+fi
+BIN=$(realpath "$1")
+OUT=$(mkdir -p "$2" && realpath "$2")
+MODE=${3:-gpu}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cd "$ROOT"
+
+if [ "$MODE" = "--dry-run" ]; then
+  CARD="cpu (dry run, simulated capacity)"
+  RECIPE=configs/tiny-gpt-debug.toml
+  EFF=16
+  COMMON=(--set run.backend=cpu --set training.steps=24 --set training.effective_batch=$EFF
+          --set checkpoint.every=4 --set micro_batch.grow_after=4)
+  CAP=(--set faults.simulate_memory_samples=5)
+  SWEEP="16 8 6 4 3 2"
+else
+  CARD=$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | head -1 || echo "unknown GPU")
+  RECIPE=configs/tiny-gpt.toml
+  EFF=256
+  COMMON=(--set run.backend=cuda --set training.steps=60 --set training.effective_batch=$EFF
+          --set model.n_layer=6 --set model.d_model=512 --set model.n_head=8 --set model.seq_len=256
+          --set training.eval_every=0 --set checkpoint.every=20 --set micro_batch.grow_after=10)
+  CAP=(--set 'run.gpu_memory_limit="8GiB"')
+  SWEEP="256 128 96 64 48 32"
+fi
+
+run() { # name, extra args...
+  local name=$1; shift
+  set +e
+  "$BIN" train "$RECIPE" --run-dir "$WORK/$name" --plain "${COMMON[@]}" "$@" >"$WORK/$name.log" 2>&1
+  local rc=$?
+  set -e
+  echo "$rc" >"$WORK/$name.rc"
+  return 0
+}
+
+echo "oomph gpu-check: $CARD"
+run adaptive "${CAP[@]}" --set micro_batch.initial=$EFF
+run inprocess "${CAP[@]}" --set micro_batch.initial=$EFF --no-supervise
+for m in $SWEEP; do
+  run "fixed-$m" "${CAP[@]}" --set micro_batch.initial=$m --set micro_batch.min=$m --set micro_batch.max=$m --no-supervise
+done
+
+python3 - "$WORK" "$OUT" "$EFF" "$CARD" $SWEEP <<'PY'
+import json, os, shutil, statistics, sys
+work, out, eff, card, sweep = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+
+def load(name):
+    d = os.path.join(work, name)
+    rc = int(open(os.path.join(work, name + ".rc")).read().split()[0])
+    steps, events = [], []
+    for f, acc in (("metrics.jsonl", steps), ("events.jsonl", events)):
+        p = os.path.join(d, f)
+        if os.path.exists(p):
+            for line in open(p):
+                try:
+                    acc.append(json.loads(line))
+                except ValueError:
+                    pass
+    steps = [s for s in steps if s.get("kind") == "step"]
+    summary = None
+    if os.path.exists(os.path.join(d, "summary.json")):
+        summary = json.load(open(os.path.join(d, "summary.json")))
+    # Steady throughput: median samples/s over the second half of the steps.
+    half = steps[len(steps) // 2:]
+    thr = statistics.median([s["samples_per_sec"] for s in half]) if half else 0.0
+    return dict(name=name, rc=rc, steps=steps, events=events, summary=summary, thr=thr, dir=d)
+
+failures = []
+rows = []
+oracle = None
+for m in sweep:
+    r = load("fixed-" + m)
+    if r["rc"] == 0 and (oracle is None or r["thr"] > oracle["thr"]):
+        oracle = dict(r, micro=int(m))
+for name in ("adaptive", "inprocess"):
+    r = load(name)
+    s = r["summary"]
+    if r["rc"] != 0 or s is None:
+        failures.append(f"{name}: exit {r['rc']} (see {name}.log)")
+        rows.append((name, "-", "-", "-", "-", "-"))
+        continue
+    ooms = s["oom_events"] + sum(1 for e in r["events"] if e.get("kind") == "restart")
+    if ooms == 0:
+        failures.append(f"{name}: no OOM event: the limit did not bite")
+    if s["samples_seen"] != s["steps"] * eff:
+        failures.append(f"{name}: samples_seen {s['samples_seen']} != steps x effective")
+    losses = [x["loss"] for x in r["steps"]]
+    if not (len(losses) > 4 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3):
+        failures.append(f"{name}: loss did not fall")
+    if any(x != x for x in losses):
+        failures.append(f"{name}: NaN loss")
+    ratio = r["thr"] / oracle["thr"] if oracle else float("nan")
+    rows.append((name, s["oom_events"], s["restarts"], s["micro_batch_final"], f"{s['recovery_s']:.2f}", f"{ratio:.3f}"))
+
+print(f"card: {card}")
+print(f"oracle (best fixed micro-batch that fits): {oracle['micro'] if oracle else 'none'}"
+      f" at {oracle['thr'] if oracle else 0:.0f} samples/s")
+print(f"{'run':<10} {'ooms':>5} {'restarts':>8} {'final micro':>11} {'recovery s':>10} {'adaptive/oracle':>15}")
+for r in rows:
+    print(f"{r[0]:<10} {r[1]:>5} {r[2]:>8} {r[3]:>11} {r[4]:>10} {r[5]:>15}")
+for m in sweep:
+    r = load("fixed-" + m)
+    print(f"  fixed {m:>4}: exit {r['rc']}, {r['thr']:.0f} samples/s")
+# Small files only.
+for name in ["adaptive", "inprocess"] + ["fixed-" + m for m in sweep]:
+    dst = os.path.join(out, name)
+    os.makedirs(dst, exist_ok=True)
+    for f in ("metrics.jsonl", "events.jsonl", "summary.json", "recipe.resolved.toml", "report.png"):
+        p = os.path.join(work, name, f)
+        if os.path.exists(p):
+            shutil.copy(p, dst)
+    log = os.path.join(work, name + ".log")
+    if os.path.exists(log):
+        shutil.copy(log, dst)
+if failures:
+    print("FAILED: " + "; ".join(failures))
+    sys.exit(1)
+print("gpu-check passed")
+PY
