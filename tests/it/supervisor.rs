@@ -4,7 +4,6 @@
 use crate::accumulation::TOL;
 use crate::util::*;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -194,5 +193,4 @@ fn sigkill_of_the_whole_tree_at_random_moments_then_rerun_is_bit_identical() {
     }
     let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert!(s["resumes"].as_u64().unwrap() >= 1);
-    let _ = Path::new("");
 }

@@ -63,7 +63,7 @@ pub fn init<B: Backend>(cfg: &GptConfig, info: &DataInfo, device: &B::Device) ->
             return Err(format!("`model.{k}` must be positive"));
         }
     }
-    if cfg.d_model % cfg.n_head != 0 {
+    if !cfg.d_model.is_multiple_of(cfg.n_head) {
         return Err(format!("`model.n_head` = {} must divide `model.d_model` = {}", cfg.n_head, cfg.d_model));
     }
     if !(0.0..1.0).contains(&cfg.dropout) {

@@ -140,7 +140,7 @@ pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
             p.join("manifest.json").is_file().then_some((step, p))
         })
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|e| std::cmp::Reverse(e.0));
     v
 }
 

@@ -5,6 +5,9 @@
 //! accumulation over an adaptive micro-batch, in-process recovery from out-of-memory
 //! failures, evaluation, crash-safe checkpoints and a run directory with metrics, events,
 //! summary and final weights.
+//!
+//! A model written for burn-train (`TrainStep` + `InferenceStep`) is trained through the thin
+//! adapter [`adapter::BurnTrain`].
 
 pub mod adapter;
 pub mod backend;

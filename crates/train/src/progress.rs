@@ -98,7 +98,7 @@ impl Observer for Console {
                 b.set_message(status_line(r));
             }
             None => {
-                if r.step % self.log_every == 0 || r.step == total || r.step == 1 {
+                if r.step.is_multiple_of(self.log_every) || r.step == total || r.step == 1 {
                     let eta = if r.step > 0 { r.wall_s / r.step as f64 * (total - r.step) as f64 } else { 0.0 };
                     eprintln!("step {}/{} | {} | {:.1}s eta {:.0}s", r.step, total, status_line(r), r.wall_s, eta);
                 }

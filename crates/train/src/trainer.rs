@@ -422,13 +422,12 @@ where
                 return Err(TrainError::Interrupted { step: self.step });
             }
             let had_oom = self.train_step()?;
-            if eval_every > 0 && self.step % eval_every == 0 && self.step < self.total {
+            if eval_every > 0 && self.step.is_multiple_of(eval_every) && self.step < self.total {
                 self.evaluate()?;
             }
-            if (every > 0 && self.step % every == 0) || (had_oom && self.s.recipe.checkpoint.on_oom) {
-                if self.step < self.total {
-                    self.checkpoint(if had_oom { "oom" } else { "every" })?;
-                }
+            let due = (every > 0 && self.step.is_multiple_of(every)) || (had_oom && self.s.recipe.checkpoint.on_oom);
+            if due && self.step < self.total {
+                self.checkpoint(if had_oom { "oom" } else { "every" })?;
             }
         }
         if self.last_eval.as_ref().is_none_or(|e| e.step != self.step) && !self.data.valid.is_empty() {
