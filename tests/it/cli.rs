@@ -10,8 +10,10 @@ fn train_writes_a_complete_run_directory() {
     let o = oomph(&["train", "configs/digits-mlp-debug.toml", "--run-dir", run.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("valid_accuracy"), "summary on stdout: {out}");
-    for f in ["recipe.resolved.toml", "metrics.jsonl", "events.jsonl", "summary.json", "model.safetensors"] {
+    for needle in ["valid accuracy", "micro-batch", "report.png", "model.safetensors"] {
+        assert!(out.contains(needle), "summary on stdout lacks {needle}: {out}");
+    }
+    for f in ["recipe.resolved.toml", "metrics.jsonl", "events.jsonl", "summary.json", "model.safetensors", "report.png", "report.svg"] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     let steps: Vec<_> = lines(&run.join("metrics.jsonl")).into_iter().filter(|v| v["kind"] == "step").collect();

@@ -4,7 +4,7 @@ use oomph::burn::backend::{Autodiff, Flex};
 use oomph::data::Splits;
 use oomph::models::Builtin;
 use oomph::recipe::Recipe;
-use oomph::train::{Models, Registry, Resume, Session, Silent, Summary, TrainError};
+use oomph::train::{Models, Registry, Session, Summary, TrainError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -25,19 +25,7 @@ pub fn recipe(text: &str, overrides: &[&str]) -> Recipe {
 
 /// A silent session in `dir`.
 pub fn session(recipe: Recipe, dir: &Path) -> Session<B> {
-    Session {
-        recipe,
-        origin: "test.toml".into(),
-        device: Default::default(),
-        backend_name: "flex (cpu)".into(),
-        run_dir: dir.to_path_buf(),
-        observer: Box::new(Silent),
-        resume: Resume::Auto,
-        lower_ceiling: None,
-        restarts: 0,
-        banner: Vec::new(),
-        stop: Default::default(),
-    }
+    Session::new(recipe, "test.toml", Default::default(), dir)
 }
 
 /// Loads the data a built-in model kind needs.

@@ -13,7 +13,7 @@ pub use alloc::TrackingAllocator;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use oomph_recipe::Recipe;
-use oomph_train::backend::{dispatch, WithBackend};
+use oomph_train::backend::{dispatch, BackendEnv, WithBackend};
 use oomph_train::error::{TrainError, EXIT_BAD_INPUT};
 use oomph_train::{Console, Models, Registry, Resume, Session, Summary};
 use std::path::{Path, PathBuf};
@@ -70,6 +70,12 @@ enum Cmd {
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Plot a run (report.png, report.svg in the run directory) and print its summary; works
+    /// on a finished, running or crashed run.
+    Report {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
     /// Print what a checkpoint holds.
     Inspect {
         /// A checkpoint directory (`RUN/checkpoints/step-N`) or a run directory.
@@ -96,6 +102,7 @@ pub fn main_with<M: Models>() -> ExitCode {
     let code = match cli.cmd {
         Cmd::Train(args) => train_command::<M>(args),
         Cmd::Check { recipe, set } => check_command::<M>(&recipe, &set),
+        Cmd::Report { run_dir } => report_command(&run_dir),
         Cmd::Inspect { checkpoint } => inspect::run(&checkpoint),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
@@ -190,6 +197,7 @@ fn train_command<M: Models>(args: TrainArgs) -> i32 {
     if std::fs::create_dir_all(&run_dir).is_ok() {
         alloc::arm(&run_dir.join("worker-death.txt"));
     }
+    let origin_copy = origin.clone();
     let job = Job::<M> {
         recipe: recipe.clone(),
         origin,
@@ -200,12 +208,44 @@ fn train_command<M: Models>(args: TrainArgs) -> i32 {
         plain: args.plain,
         _m: std::marker::PhantomData,
     };
-    match dispatch(&recipe.run.backend, recipe.run.device, job).and_then(|r| r) {
+    let limit = match recipe.run.gpu_memory_limit.as_deref().map(oomph_recipe::parse_bytes).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {origin_copy}: `run.gpu_memory_limit` is invalid: {e}. Fix: write a size such as \"8GiB\".");
+            return EXIT_BAD_INPUT;
+        }
+    };
+    match dispatch(&recipe.run.backend, recipe.run.device, limit, job).and_then(|r| r) {
         Ok(summary) => {
-            print_summary(&summary);
+            let run_dir = Path::new(&summary.model_path).parent().map(Path::to_path_buf).unwrap_or_default();
+            if let Err(e) = oomph_report::render(&run_dir) {
+                tracing::warn!("the run finished but its report could not be drawn: {e}");
+            }
+            match oomph_report::summary_text(&run_dir) {
+                Ok(t) => println!("{t}"),
+                Err(_) => print_summary(&summary),
+            }
             0
         }
         Err(e) => report_error(&e),
+    }
+}
+
+fn report_command(run_dir: &Path) -> i32 {
+    let rendered = oomph_report::render(run_dir);
+    match oomph_report::summary_text(run_dir) {
+        Ok(t) => println!("{t}"),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_BAD_INPUT;
+        }
+    }
+    match rendered {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
     }
 }
 
@@ -244,7 +284,7 @@ struct Job<M> {
 impl<M: Models> WithBackend for Job<M> {
     type Output = Result<Summary, TrainError>;
 
-    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device, name: String) -> Self::Output {
+    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device, env: BackendEnv) -> Self::Output {
         let mut reg = Registry::<B>::new();
         oomph_models::Builtin::register(&mut reg);
         M::register(&mut reg);
@@ -259,7 +299,7 @@ impl<M: Models> WithBackend for Job<M> {
             recipe: self.recipe,
             origin: self.origin,
             device,
-            backend_name: name,
+            backend_name: env.name.clone(),
             run_dir: self.run_dir,
             observer,
             resume: self.resume,
@@ -267,8 +307,12 @@ impl<M: Models> WithBackend for Job<M> {
             restarts: self.restarts,
             banner: Vec::new(),
             stop: Default::default(),
+            memory: env.memory.clone(),
         };
-        prepared.train(session, &data)
+        // `env` (and the ballast it holds) lives until training ends.
+        let result = prepared.train(session, &data);
+        drop(env);
+        result
     }
 }
 

@@ -67,13 +67,24 @@ pub fn memory_death(status: std::process::ExitStatus, run_dir: &Path) -> Option<
     }
 }
 
+/// The step the dead worker was on (one past the last step in `metrics.jsonl`) and the
+/// micro-batch in force (`current.json`, rewritten whenever the limit changes).
 fn current(run_dir: &Path) -> (usize, Option<usize>) {
     let v: Value = std::fs::read_to_string(run_dir.join("current.json"))
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or(Value::Null);
-    let step = v.get("step").and_then(|s| s.as_u64()).unwrap_or(0) as usize;
     let micro = v.get("micro_batch").and_then(|s| s.as_u64()).map(|m| m as usize);
+    let last_step = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .ok()
+        .and_then(|text| {
+            text.lines().rev().find_map(|l| {
+                let v: Value = serde_json::from_str(l).ok()?;
+                (v.get("kind")? == "step").then(|| v.get("step")?.as_u64()).flatten()
+            })
+        })
+        .unwrap_or(0) as usize;
+    let step = (last_step + 1).max(v.get("step").and_then(|s| s.as_u64()).unwrap_or(0) as usize);
     (step, micro)
 }
 

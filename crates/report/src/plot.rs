@@ -21,7 +21,7 @@ pub const WIDTH: u32 = 1200;
 /// Height of each panel in pixels (the title adds [`TITLE_HEIGHT`]).
 pub const PANEL_HEIGHT: u32 = 300;
 /// Height of the title band in pixels.
-const TITLE_HEIGHT: u32 = 40;
+pub const TITLE_HEIGHT: u32 = 40;
 
 const FONT: &str = "sans-serif";
 
@@ -53,9 +53,7 @@ pub struct Rendered {
 pub fn render(run_dir: &Path) -> Result<Rendered, ReportError> {
     let run = Run::load(run_dir)?;
     if run.steps.is_empty() {
-        return Err(ReportError::NoSteps {
-            path: run_dir.join("metrics.jsonl"),
-        });
+        return Err(ReportError::NoSteps { path: run_dir.join("metrics.jsonl") });
     }
     register_fonts();
     let panels = panels(&run);
@@ -66,43 +64,22 @@ pub fn render(run_dir: &Path) -> Result<Rendered, ReportError> {
     let mut rgb = vec![0u8; (size.0 * size.1 * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
-        draw(&root, &run, &panels).map_err(|message| ReportError::Draw {
-            path: png_path.clone(),
-            message,
-        })?;
-        root.present().map_err(|e| ReportError::Draw {
-            path: png_path.clone(),
-            message: e.to_string(),
-        })?;
+        draw(&root, &run, &panels).map_err(|message| ReportError::Draw { path: png_path.clone(), message })?;
+        root.present().map_err(|e| ReportError::Draw { path: png_path.clone(), message: e.to_string() })?;
     }
-    let png = encode_png(&rgb, size).map_err(|e| ReportError::Draw {
-        path: png_path.clone(),
-        message: e.to_string(),
-    })?;
+    let png =
+        encode_png(&rgb, size).map_err(|e| ReportError::Draw { path: png_path.clone(), message: e.to_string() })?;
     write_atomic(&png_path, &png)?;
 
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        draw(&root, &run, &panels).map_err(|message| ReportError::Draw {
-            path: svg_path.clone(),
-            message,
-        })?;
-        root.present().map_err(|e| ReportError::Draw {
-            path: svg_path.clone(),
-            message: e.to_string(),
-        })?;
+        draw(&root, &run, &panels).map_err(|message| ReportError::Draw { path: svg_path.clone(), message })?;
+        root.present().map_err(|e| ReportError::Draw { path: svg_path.clone(), message: e.to_string() })?;
     }
     write_atomic(&svg_path, svg.as_bytes())?;
 
-    Ok(Rendered {
-        png: png_path,
-        svg: svg_path,
-        panels,
-        size,
-        steps: run.steps.len(),
-        finished: run.summary.is_some(),
-    })
+    Ok(Rendered { png: png_path, svg: svg_path, panels, size, steps: run.steps.len(), finished: run.summary.is_some() })
 }
 
 fn register_fonts() {
@@ -136,17 +113,11 @@ fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>, png::EncodingEr
 /// Writes through a temporary file and a rename, so a viewer never sees half an image.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     let tmp = path.with_extension("tmp");
-    let werr = |source| ReportError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let werr = |source| ReportError::Write { path: path.to_path_buf(), source };
     std::fs::write(&tmp, bytes).map_err(werr)?;
     std::fs::rename(&tmp, path).map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        ReportError::Write {
-            path: path.to_path_buf(),
-            source,
-        }
+        ReportError::Write { path: path.to_path_buf(), source }
     })
 }
 
@@ -171,11 +142,8 @@ fn err<E: std::fmt::Debug>(e: E) -> String {
 
 /// `lo..hi` padded by 5% (and widened when flat), from finite values only.
 fn padded(values: impl Iterator<Item = f64>, zero_floor: bool) -> Range<f64> {
-    let (mut lo, mut hi) = values
-        .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-            (a.min(v), b.max(v))
-        });
+    let (mut lo, mut hi) =
+        values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
     if !lo.is_finite() {
         return 0.0..1.0;
     }
@@ -183,20 +151,12 @@ fn padded(values: impl Iterator<Item = f64>, zero_floor: bool) -> Range<f64> {
         lo = lo.min(0.0);
     }
     if hi - lo < 1e-12 {
-        let d = if hi.abs() > 1e-12 {
-            hi.abs() * 0.1
-        } else {
-            1.0
-        };
+        let d = if hi.abs() > 1e-12 { hi.abs() * 0.1 } else { 1.0 };
         lo -= d;
         hi += d;
     }
     let pad = (hi - lo) * 0.05;
-    let lo = if zero_floor && lo >= 0.0 {
-        lo
-    } else {
-        lo - pad
-    };
+    let lo = if zero_floor && lo >= 0.0 { lo } else { lo - pad };
     lo..hi + pad
 }
 
@@ -206,18 +166,8 @@ fn padded(values: impl Iterator<Item = f64>, zero_floor: bool) -> Range<f64> {
 fn x_range(run: &Run) -> Range<i64> {
     let first = run.steps.first().map_or(0, |s| s.step as i64);
     let last = run.steps.last().map_or(1, |s| s.step as i64);
-    let first_event = run
-        .events
-        .iter()
-        .map(|e| e.step as i64)
-        .min()
-        .unwrap_or(first);
-    let last_event = run
-        .events
-        .iter()
-        .map(|e| e.step as i64)
-        .max()
-        .unwrap_or(last);
+    let first_event = run.events.iter().map(|e| e.step as i64).min().unwrap_or(first);
+    let last_event = run.events.iter().map(|e| e.step as i64).max().unwrap_or(last);
     let lo = (first.min(first_event) - 1).max(0);
     let hi = last.max(last_event.min(last + 1));
     if hi <= lo {
@@ -249,33 +199,14 @@ fn unit_line(points: &[(i64, f64)], xr: &Range<i64>, yr: &Range<f64>) -> Vec<(f6
 /// lower right, lower left).
 fn quiet_corner(points: &[(f64, f64)], legend_w: f64, legend_h: f64) -> SeriesLabelPosition {
     let corners = [
-        (
-            SeriesLabelPosition::UpperRight,
-            1.0 - legend_w..1.01,
-            1.0 - legend_h..1.01,
-        ),
-        (
-            SeriesLabelPosition::UpperLeft,
-            -0.01..legend_w,
-            1.0 - legend_h..1.01,
-        ),
-        (
-            SeriesLabelPosition::LowerRight,
-            1.0 - legend_w..1.01,
-            -0.01..legend_h,
-        ),
-        (
-            SeriesLabelPosition::LowerLeft,
-            -0.01..legend_w,
-            -0.01..legend_h,
-        ),
+        (SeriesLabelPosition::UpperRight, 1.0 - legend_w..1.01, 1.0 - legend_h..1.01),
+        (SeriesLabelPosition::UpperLeft, -0.01..legend_w, 1.0 - legend_h..1.01),
+        (SeriesLabelPosition::LowerRight, 1.0 - legend_w..1.01, -0.01..legend_h),
+        (SeriesLabelPosition::LowerLeft, -0.01..legend_w, -0.01..legend_h),
     ];
     let mut best = (usize::MAX, SeriesLabelPosition::UpperRight);
     for (pos, xs, ys) in corners {
-        let n = points
-            .iter()
-            .filter(|(x, y)| xs.contains(x) && ys.contains(y))
-            .count();
+        let n = points.iter().filter(|(x, y)| xs.contains(x) && ys.contains(y)).count();
         if n < best.0 {
             best = (n, pos);
         }
@@ -287,11 +218,7 @@ fn line_legend(c: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
 }
 
-fn draw<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    run: &Run,
-    panels: &[&str],
-) -> DrawResult {
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, run: &Run, panels: &[&str]) -> DrawResult {
     root.fill(&WHITE).map_err(err)?;
     let mut title = format!(
         "{}  \u{2014}  effective batch {}",
@@ -302,12 +229,7 @@ fn draw<DB: DrawingBackend>(
         title.push_str("  (did not finish)");
     }
     let (top, body) = root.split_vertically(TITLE_HEIGHT);
-    top.draw(&Text::new(
-        title,
-        (20, 8),
-        (FONT, 26).into_font().style(FontStyle::Bold).color(&BLACK),
-    ))
-    .map_err(err)?;
+    top.draw(&Text::new(title, (20, 8), (FONT, 26).into_font().style(FontStyle::Bold).color(&BLACK))).map_err(err)?;
     let t = run.totals();
     let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let stats = [
@@ -317,12 +239,8 @@ fn draw<DB: DrawingBackend>(
         plural(t.resumes, "resume", "resumes"),
     ]
     .join("  \u{b7}  ");
-    let right = (FONT, 16)
-        .into_font()
-        .color(&RGBColor(90, 90, 90))
-        .pos(Pos::new(HPos::Right, VPos::Top));
-    top.draw(&Text::new(stats, (WIDTH as i32 - 20, 14), right))
-        .map_err(err)?;
+    let right = (FONT, 16).into_font().color(&RGBColor(90, 90, 90)).pos(Pos::new(HPos::Right, VPos::Top));
+    top.draw(&Text::new(stats, (WIDTH as i32 - 20, 14), right)).map_err(err)?;
     let areas = body.split_evenly((panels.len(), 1));
     let xr = x_range(run);
     for (name, area) in panels.iter().zip(&areas) {
@@ -344,11 +262,7 @@ fn chart_on<'a, DB: DrawingBackend>(
     yr: Range<f64>,
     right_axis: bool,
 ) -> Result<
-    ChartContext<
-        'a,
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordi64, plotters::coord::types::RangedCoordf64>,
-    >,
+    ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordi64, plotters::coord::types::RangedCoordf64>>,
     String,
 > {
     ChartBuilder::on(area)
@@ -421,25 +335,11 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
         .map_err(err)
 }
 
-fn loss_panel<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    run: &Run,
-    xr: Range<i64>,
-) -> DrawResult {
-    let train: Vec<(i64, f64)> = run
-        .steps
-        .iter()
-        .filter_map(|s| s.loss.filter(|l| l.is_finite()).map(|l| (s.step as i64, l)))
-        .collect();
-    let eval: Vec<(i64, f64)> = run
-        .evals
-        .iter()
-        .filter_map(|e| {
-            e.valid_loss
-                .filter(|l| l.is_finite())
-                .map(|l| (e.step as i64, l))
-        })
-        .collect();
+fn loss_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, run: &Run, xr: Range<i64>) -> DrawResult {
+    let train: Vec<(i64, f64)> =
+        run.steps.iter().filter_map(|s| s.loss.filter(|l| l.is_finite()).map(|l| (s.step as i64, l))).collect();
+    let eval: Vec<(i64, f64)> =
+        run.evals.iter().filter_map(|e| e.valid_loss.filter(|l| l.is_finite()).map(|l| (e.step as i64, l))).collect();
     let yr = padded(train.iter().chain(&eval).map(|p| p.1), false);
     let mut pts = unit_line(&train, &xr, &yr);
     pts.extend(unit_line(&eval, &xr, &yr));
@@ -461,32 +361,16 @@ fn loss_panel<DB: DrawingBackend>(
                     + PathElement::new(vec![(0, 0), (20, 0)], C_EVAL.stroke_width(2))
                     + Circle::new((10, 0), 4, C_EVAL.filled())
             });
-        chart
-            .draw_series(eval.iter().map(|&p| Circle::new(p, 4, C_EVAL.filled())))
-            .map_err(err)?;
+        chart.draw_series(eval.iter().map(|&p| Circle::new(p, 4, C_EVAL.filled()))).map_err(err)?;
     }
     legend(&mut chart, corner)
 }
 
-fn micro_panel<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    run: &Run,
-    xr: Range<i64>,
-) -> DrawResult {
-    let micro: Vec<(i64, f64)> = run
-        .steps
-        .iter()
-        .map(|s| (s.step as i64, s.micro_batch as f64))
-        .collect();
-    let chunks: Vec<(i64, f64)> = run
-        .steps
-        .iter()
-        .map(|s| (s.step as i64, s.chunks as f64))
-        .collect();
+fn micro_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, run: &Run, xr: Range<i64>) -> DrawResult {
+    let micro: Vec<(i64, f64)> = run.steps.iter().map(|s| (s.step as i64, s.micro_batch as f64)).collect();
+    let chunks: Vec<(i64, f64)> = run.steps.iter().map(|s| (s.step as i64, s.chunks as f64)).collect();
     let at = |step: u64, v: Option<u64>| -> (i64, f64) {
-        let y = v
-            .or_else(|| run.step_at_or_before(step).map(|s: &Step| s.micro_batch))
-            .unwrap_or(0);
+        let y = v.or_else(|| run.step_at_or_before(step).map(|s: &Step| s.micro_batch)).unwrap_or(0);
         (step as i64, y as f64)
     };
     let ooms: Vec<(i64, f64)> = run
@@ -494,10 +378,7 @@ fn micro_panel<DB: DrawingBackend>(
         .filter(|e| e.str("phase") != Some("eval"))
         .map(|e| at(e.step, e.uint("micro_batch")))
         .collect();
-    let grows: Vec<(i64, f64)> = run
-        .events_of("grow")
-        .map(|e| at(e.step, e.uint("to")))
-        .collect();
+    let grows: Vec<(i64, f64)> = run.events_of("grow").map(|e| at(e.step, e.uint("to"))).collect();
     let restarts: Vec<i64> = run.events_of("restart").map(|e| e.step as i64).collect();
     let resumes: Vec<i64> = run.events_of("resume").map(|e| e.step as i64).collect();
 
@@ -509,12 +390,7 @@ fn micro_panel<DB: DrawingBackend>(
         + usize::from(!resumes.is_empty());
     let legend_h = ((entries * 17 + 14) as f64 / 225.0).min(0.6);
     let head = 1.05 / (1.0 - legend_h);
-    let ymax = micro
-        .iter()
-        .chain(&ooms)
-        .chain(&grows)
-        .map(|p| p.1)
-        .fold(1.0, f64::max);
+    let ymax = micro.iter().chain(&ooms).chain(&grows).map(|p| p.1).fold(1.0, f64::max);
     let yr = 0.0..ymax * head;
     let cmax = chunks.iter().map(|p| p.1).fold(1.0, f64::max);
     let cr = 0.0..cmax * head;
@@ -524,11 +400,8 @@ fn micro_panel<DB: DrawingBackend>(
         pts.extend(unit_line(&[p], &xr, &yr));
     }
     let corner = quiet_corner(&pts, 0.22, legend_h);
-    let mut chart =
-        chart_on(area, "micro-batch", xr.clone(), yr.clone(), true)?.set_secondary_coord(xr, cr);
-    mesh(&mut chart, "micro-batch (largest chunk)", &|v| {
-        format!("{v:.0}")
-    })?;
+    let mut chart = chart_on(area, "micro-batch", xr.clone(), yr.clone(), true)?.set_secondary_coord(xr, cr);
+    mesh(&mut chart, "micro-batch (largest chunk)", &|v| format!("{v:.0}"))?;
     chart
         .configure_secondary_axes()
         .y_desc("chunks per step")
@@ -541,14 +414,7 @@ fn micro_panel<DB: DrawingBackend>(
     let vline = |x: i64| vec![(x, yr.start), (x, yr.end)];
     if !restarts.is_empty() {
         for (i, &x) in restarts.iter().enumerate() {
-            let s = chart
-                .draw_series(DashedLineSeries::new(
-                    vline(x),
-                    6,
-                    4,
-                    C_RESTART.stroke_width(2),
-                ))
-                .map_err(err)?;
+            let s = chart.draw_series(DashedLineSeries::new(vline(x), 6, 4, C_RESTART.stroke_width(2))).map_err(err)?;
             if i == 0 {
                 s.label("restart").legend(line_legend(C_RESTART));
             }
@@ -556,14 +422,7 @@ fn micro_panel<DB: DrawingBackend>(
     }
     if !resumes.is_empty() {
         for (i, &x) in resumes.iter().enumerate() {
-            let s = chart
-                .draw_series(DashedLineSeries::new(
-                    vline(x),
-                    3,
-                    3,
-                    C_RESUME.stroke_width(2),
-                ))
-                .map_err(err)?;
+            let s = chart.draw_series(DashedLineSeries::new(vline(x), 3, 3, C_RESUME.stroke_width(2))).map_err(err)?;
             if i == 0 {
                 s.label("resume").legend(line_legend(C_RESUME));
             }
@@ -581,21 +440,14 @@ fn micro_panel<DB: DrawingBackend>(
         .legend(line_legend(C_MICRO));
     if !ooms.is_empty() {
         chart
-            .draw_series(
-                ooms.iter()
-                    .map(|&p| Cross::new(p, 6, C_OOM.stroke_width(2))),
-            )
+            .draw_series(ooms.iter().map(|&p| Cross::new(p, 6, C_OOM.stroke_width(2))))
             .map_err(err)?
             .label("OOM (failed size)")
             .legend(|(x, y)| Cross::new((x + 10, y), 5, C_OOM.stroke_width(2)));
     }
     if !grows.is_empty() {
         chart
-            .draw_series(
-                grows
-                    .iter()
-                    .map(|&p| TriangleMarker::new(p, 6, C_GROW.filled())),
-            )
+            .draw_series(grows.iter().map(|&p| TriangleMarker::new(p, 6, C_GROW.filled())))
             .map_err(err)?
             .label("grow (size tried)")
             .legend(|(x, y)| TriangleMarker::new((x + 10, y), 5, C_GROW.filled()));
@@ -603,19 +455,11 @@ fn micro_panel<DB: DrawingBackend>(
     legend(&mut chart, corner)
 }
 
-fn speed_panel<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    run: &Run,
-    xr: Range<i64>,
-) -> DrawResult {
+fn speed_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, run: &Run, xr: Range<i64>) -> DrawResult {
     let speed: Vec<(i64, f64)> = run
         .steps
         .iter()
-        .filter_map(|s| {
-            s.samples_per_sec
-                .filter(|v| v.is_finite())
-                .map(|v| (s.step as i64, v))
-        })
+        .filter_map(|s| s.samples_per_sec.filter(|v| v.is_finite()).map(|v| (s.step as i64, v)))
         .collect();
     let yr = padded(speed.iter().map(|p| p.1), true);
     let corner = quiet_corner(&unit_line(&speed, &xr, &yr), 0.35, 0.2);
@@ -629,32 +473,13 @@ fn speed_panel<DB: DrawingBackend>(
     legend(&mut chart, corner)
 }
 
-fn memory_panel<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    run: &Run,
-    xr: Range<i64>,
-) -> DrawResult {
-    let max = run
-        .steps
-        .iter()
-        .flat_map(|s| s.mem_used.into_iter().chain(s.mem_total))
-        .max()
-        .unwrap_or(0);
-    let (unit, div) = if max >= 1 << 30 {
-        ("GiB", (1u64 << 30) as f64)
-    } else {
-        ("MiB", (1u64 << 20) as f64)
-    };
-    let used: Vec<(i64, f64)> = run
-        .steps
-        .iter()
-        .filter_map(|s| s.mem_used.map(|m| (s.step as i64, m as f64 / div)))
-        .collect();
-    let total: Vec<(i64, f64)> = run
-        .steps
-        .iter()
-        .filter_map(|s| s.mem_total.map(|m| (s.step as i64, m as f64 / div)))
-        .collect();
+fn memory_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, run: &Run, xr: Range<i64>) -> DrawResult {
+    let max = run.steps.iter().flat_map(|s| s.mem_used.into_iter().chain(s.mem_total)).max().unwrap_or(0);
+    let (unit, div) = if max >= 1 << 30 { ("GiB", (1u64 << 30) as f64) } else { ("MiB", (1u64 << 20) as f64) };
+    let used: Vec<(i64, f64)> =
+        run.steps.iter().filter_map(|s| s.mem_used.map(|m| (s.step as i64, m as f64 / div))).collect();
+    let total: Vec<(i64, f64)> =
+        run.steps.iter().filter_map(|s| s.mem_total.map(|m| (s.step as i64, m as f64 / div))).collect();
     let yr = padded(used.iter().chain(&total).map(|p| p.1), true);
     let mut pts = unit_line(&used, &xr, &yr);
     pts.extend(unit_line(&total, &xr, &yr));

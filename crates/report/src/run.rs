@@ -129,10 +129,7 @@ fn read_optional(path: &Path) -> Result<Option<String>, ReportError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ReportError::Read {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(ReportError::Read { path: path.to_path_buf(), source }),
     }
 }
 
@@ -143,9 +140,7 @@ impl Run {
     pub fn load(dir: &Path) -> Result<Run, ReportError> {
         let metrics_path = dir.join("metrics.jsonl");
         let Some(metrics) = read_optional(&metrics_path)? else {
-            return Err(ReportError::NotARunDir {
-                dir: dir.to_path_buf(),
-            });
+            return Err(ReportError::NotARunDir { dir: dir.to_path_buf() });
         };
         let mut skipped = 0;
         let (steps, evals) = parse_metrics(&metrics, &mut skipped);
@@ -155,28 +150,21 @@ impl Run {
         };
         let summary_path = dir.join("summary.json");
         let summary = match read_optional(&summary_path)? {
-            Some(text) => Some(serde_json::from_str::<Summary>(&text).map_err(|source| {
-                ReportError::Summary {
-                    path: summary_path,
-                    source,
-                }
-            })?),
+            Some(text) => Some(
+                serde_json::from_str::<Summary>(&text)
+                    .map_err(|source| ReportError::Summary { path: summary_path, source })?,
+            ),
             None => None,
         };
         let recipe_path = dir.join("recipe.resolved.toml");
         let recipe = match read_optional(&recipe_path)? {
-            Some(text) => Some(
-                text.parse::<toml::Value>()
-                    .map_err(|e| ReportError::Recipe {
-                        path: recipe_path,
-                        message: e.to_string().trim().replace('\n', " "),
-                    })?,
-            ),
+            Some(text) => Some(text.parse::<toml::Value>().map_err(|e| ReportError::Recipe {
+                path: recipe_path,
+                message: e.to_string().trim().replace('\n', " "),
+            })?),
             None => None,
         };
-        let recipe_name = recipe
-            .as_ref()
-            .and_then(|r| r.get("run")?.get("name")?.as_str().map(str::to_string));
+        let recipe_name = recipe.as_ref().and_then(|r| r.get("run")?.get("name")?.as_str().map(str::to_string));
         let recipe_batch = recipe
             .as_ref()
             .and_then(|r| r.get("training")?.get("effective_batch")?.as_integer())
@@ -187,22 +175,11 @@ impl Run {
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_else(|| dir.display().to_string())
         };
-        let name = summary
-            .as_ref()
-            .map(|s| s.name.clone())
-            .filter(|n| !n.is_empty())
-            .or(recipe_name)
-            .unwrap_or_else(dir_name);
-        let derived_batch = steps
-            .first()
-            .filter(|s| s.step > 0 && s.samples_seen > 0)
-            .map(|s| s.samples_seen / s.step);
-        let effective_batch = summary
-            .as_ref()
-            .map(|s| s.effective_batch)
-            .filter(|&b| b > 0)
-            .or(recipe_batch)
-            .or(derived_batch);
+        let name =
+            summary.as_ref().map(|s| s.name.clone()).filter(|n| !n.is_empty()).or(recipe_name).unwrap_or_else(dir_name);
+        let derived_batch = steps.first().filter(|s| s.step > 0 && s.samples_seen > 0).map(|s| s.samples_seen / s.step);
+        let effective_batch =
+            summary.as_ref().map(|s| s.effective_batch).filter(|&b| b > 0).or(recipe_batch).or(derived_batch);
         Ok(Run {
             dir: dir.to_path_buf(),
             name,
@@ -230,11 +207,7 @@ impl Run {
             };
         }
         let last = self.steps.last();
-        let wall_s = last
-            .map(|s| s.wall_s)
-            .into_iter()
-            .chain(self.evals.last().map(|e| e.wall_s))
-            .fold(0.0, f64::max);
+        let wall_s = last.map(|s| s.wall_s).into_iter().chain(self.evals.last().map(|e| e.wall_s)).fold(0.0, f64::max);
         Totals {
             steps: last.map_or(0, |s| s.step),
             samples: last.map_or(0, |s| s.samples_seen),
@@ -253,9 +226,7 @@ impl Run {
     /// The step record of step `step`, or the nearest earlier one.
     pub fn step_at_or_before(&self, step: u64) -> Option<&Step> {
         let i = self.steps.partition_point(|s| s.step <= step);
-        i.checked_sub(1)
-            .map(|i| &self.steps[i])
-            .or(self.steps.first())
+        i.checked_sub(1).map(|i| &self.steps[i]).or(self.steps.first())
     }
 
     /// Successive micro-batch limits: the summary's history when the run finished, else
@@ -318,10 +289,7 @@ fn parse_metrics(text: &str, skipped: &mut usize) -> (Vec<Step>, Vec<Eval>) {
         match v.get("kind").and_then(Value::as_str) {
             Some("step") => match Step::deserialize(&v) {
                 Ok(s) => {
-                    if steps
-                        .last_key_value()
-                        .is_some_and(|(&last, _)| s.step <= last)
-                    {
+                    if steps.last_key_value().is_some_and(|(&last, _)| s.step <= last) {
                         steps.split_off(&s.step);
                         evals.split_off(&s.step);
                     }
@@ -354,20 +322,13 @@ fn parse_events(text: &str, skipped: &mut usize) -> Vec<Event> {
             *skipped += 1;
             continue;
         };
-        let kind = fields
-            .remove("kind")
-            .and_then(|k| k.as_str().map(str::to_string));
+        let kind = fields.remove("kind").and_then(|k| k.as_str().map(str::to_string));
         let step = fields.remove("step").and_then(|s| s.as_u64());
         match (kind, step) {
             (Some(kind), Some(step)) => {
                 if kind == "resume" {
-                    let from = fields
-                        .get("from_step")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(step);
-                    out.retain(|e: &Event| {
-                        e.step <= from || e.kind == "restart" || e.kind == "resume"
-                    });
+                    let from = fields.get("from_step").and_then(Value::as_u64).unwrap_or(step);
+                    out.retain(|e: &Event| e.step <= from || e.kind == "restart" || e.kind == "resume");
                 }
                 out.push(Event { kind, step, fields });
             }
@@ -382,10 +343,7 @@ fn newest_checkpoint(root: &Path) -> Option<Checkpoint> {
     let mut best: Option<(u64, PathBuf)> = None;
     for entry in std::fs::read_dir(root).ok()?.flatten() {
         let name = entry.file_name();
-        let Some(step) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("step-")?.parse::<u64>().ok())
-        else {
+        let Some(step) = name.to_str().and_then(|n| n.strip_prefix("step-")?.parse::<u64>().ok()) else {
             continue;
         };
         let dir = entry.path();
@@ -398,9 +356,5 @@ fn newest_checkpoint(root: &Path) -> Option<Checkpoint> {
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         .and_then(|v| v.get("recovery_s")?.as_f64());
-    Some(Checkpoint {
-        dir,
-        step,
-        recovery_s,
-    })
+    Some(Checkpoint { dir, step, recovery_s })
 }

@@ -1,7 +1,7 @@
 //! Fixture run directories written by the tests, rendered and summarised.
 
 use crate::run::Run;
-use crate::{render, summary_text, ReportError, PANEL_HEIGHT, WIDTH};
+use crate::{render, summary_text, ReportError, PANEL_HEIGHT, TITLE_HEIGHT, WIDTH};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -23,8 +23,7 @@ fn plan(limit: u64) -> (u64, u64) {
 
 fn step_line(step: u64, limit: u64, wall: f64, ooms: u64, mem: bool, loss_shift: f64) -> String {
     let (micro, chunks) = plan(limit);
-    let loss =
-        2.3 * (-(step as f64) / 15.0).exp() + 0.1 + loss_shift + 0.02 * ((step * 7) % 5) as f64;
+    let loss = 2.3 * (-(step as f64) / 15.0).exp() + 0.1 + loss_shift + 0.02 * ((step * 7) % 5) as f64;
     let speed = 4000.0 / chunks as f64 + (step % 3) as f64 * 50.0;
     let mut s = format!(
         r#"{{"kind":"step","step":{step},"samples_seen":{},"loss":{loss},"lr":0.003,"micro_batch":{micro},"chunks":{chunks},"samples_per_sec":{speed},"wall_s":{wall},"oom_events":{ooms}"#,
@@ -60,10 +59,7 @@ fn write_fixture(dir: &Path, v: Variant) {
     let mut m = String::new();
     let mut e = String::new();
     let ev = |e: &mut String, kind: &str, step: u64, wall: f64, rest: &str| {
-        let _ = writeln!(
-            e,
-            r#"{{"kind":"{kind}","step":{step},"wall_s":{wall}{rest}}}"#
-        );
+        let _ = writeln!(e, r#"{{"kind":"{kind}","step":{step},"wall_s":{wall}{rest}}}"#);
     };
     // First worker: limit 64 (48+48), OOM at step 8 -> 32, dies during step 15.
     let mut ooms = 0;
@@ -79,23 +75,11 @@ fn write_fixture(dir: &Path, v: Variant) {
                 wall,
                 r#","phase":"forward","micro_batch":48,"message":"can't allocate buffer of size: 123""#,
             );
-            ev(
-                &mut e,
-                "shrink",
-                8,
-                wall,
-                r#","kind":"shrink","from":64,"to":32,"reason":"halved""#,
-            );
+            ev(&mut e, "shrink", 8, wall, r#","kind":"shrink","from":64,"to":32,"reason":"halved""#);
         }
         if step == 12 {
             // Abandoned by the resume from step 10: not part of the history.
-            ev(
-                &mut e,
-                "grow",
-                12,
-                wall,
-                r#","kind":"grow","from":32,"to":48"#,
-            );
+            ev(&mut e, "grow", 12, wall, r#","kind":"grow","from":32,"to":48"#);
         }
         let _ = writeln!(m, "{}", step_line(step, limit, wall, ooms, mem, 0.05));
         if step == 10 {
@@ -103,57 +87,21 @@ fn write_fixture(dir: &Path, v: Variant) {
             ev(&mut e, "checkpoint", 10, wall, r#","reason":"every""#);
         }
     }
-    ev(
-        &mut e,
-        "restart",
-        15,
-        7.6,
-        r#","cause":"killed by SIGKILL","micro_batch":32,"restart":1"#,
-    );
-    ev(
-        &mut e,
-        "resume",
-        10,
-        5.0,
-        r#","from_step":10,"checkpoint":"checkpoints/step-10","micro_batch":32"#,
-    );
-    ev(
-        &mut e,
-        "shrink",
-        11,
-        5.0,
-        r#","kind":"shrink","from":32,"to":16,"reason":"worker_died""#,
-    );
+    ev(&mut e, "restart", 15, 7.6, r#","cause":"killed by SIGKILL","micro_batch":32,"restart":1"#);
+    ev(&mut e, "resume", 10, 5.0, r#","from_step":10,"checkpoint":"checkpoints/step-10","micro_batch":32"#);
+    ev(&mut e, "shrink", 11, 5.0, r#","kind":"shrink","from":32,"to":16,"reason":"worker_died""#);
     // Second worker: steps 11.. again.
     let mut limit = 16;
     for step in 11..=40 {
         let wall = 5.0 + (step - 10) as f64 * 0.6;
         if step == 25 {
-            ev(
-                &mut e,
-                "grow",
-                25,
-                wall,
-                r#","kind":"grow","from":16,"to":24"#,
-            );
+            ev(&mut e, "grow", 25, wall, r#","kind":"grow","from":16,"to":24"#);
             limit = 24;
         }
         if step == 33 {
-            ev(
-                &mut e,
-                "grow",
-                33,
-                wall,
-                r#","kind":"grow","from":24,"to":32"#,
-            );
+            ev(&mut e, "grow", 33, wall, r#","kind":"grow","from":24,"to":32"#);
             ooms += 1;
-            ev(
-                &mut e,
-                "oom",
-                33,
-                wall,
-                r#","phase":"backward","micro_batch":32,"message":"can't allocate""#,
-            );
+            ev(&mut e, "oom", 33, wall, r#","phase":"backward","micro_batch":32,"message":"can't allocate""#);
             ev(
                 &mut e,
                 "grow_failed",
@@ -177,16 +125,8 @@ fn write_fixture(dir: &Path, v: Variant) {
             e.push_str(r#"{"kind":"oom","st"#);
             let ck = dir.join("checkpoints/step-30");
             std::fs::create_dir_all(&ck).unwrap();
-            std::fs::write(
-                ck.join("state.json"),
-                r#"{"step":30,"recovery_s":1.25,"wall_s":17.0}"#,
-            )
-            .unwrap();
-            std::fs::write(
-                ck.join("manifest.json"),
-                r#"{"format":1,"step":30,"files":[]}"#,
-            )
-            .unwrap();
+            std::fs::write(ck.join("state.json"), r#"{"step":30,"recovery_s":1.25,"wall_s":17.0}"#).unwrap();
+            std::fs::write(ck.join("manifest.json"), r#"{"format":1,"step":30,"files":[]}"#).unwrap();
             // An incomplete checkpoint (no manifest) does not count.
             std::fs::create_dir_all(dir.join("checkpoints/step-40.tmp")).unwrap();
         }
@@ -213,17 +153,14 @@ fn decode(path: &Path) -> (u32, u32, Vec<[u8; 3]>) {
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut buf).unwrap();
     assert_eq!(info.color_type, png::ColorType::Rgb);
-    let px = buf[..info.buffer_size()]
-        .chunks_exact(3)
-        .map(|c| [c[0], c[1], c[2]])
-        .collect();
+    let px = buf[..info.buffer_size()].chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect();
     (info.width, info.height, px)
 }
 
 /// Checks the title band has text and every panel band is well filled.
 fn check_png(path: &Path, panels: usize) {
     let (w, h, px) = decode(path);
-    assert_eq!((w, h), (WIDTH, 40 + PANEL_HEIGHT * panels as u32));
+    assert_eq!((w, h), (WIDTH, TITLE_HEIGHT + PANEL_HEIGHT * panels as u32));
     let band = |y0: u32, y1: u32| {
         let mut colours = std::collections::HashSet::new();
         let mut ink = 0usize;
@@ -243,19 +180,13 @@ fn check_png(path: &Path, panels: usize) {
         (colours.len(), ink, dark)
     };
     let (_, _, title_dark) = band(0, 40);
-    assert!(
-        title_dark > 300,
-        "the title band has almost no text ({title_dark} dark pixels)"
-    );
+    assert!(title_dark > 300, "the title band has almost no text ({title_dark} dark pixels)");
     for i in 0..panels as u32 {
         let y0 = 40 + i * PANEL_HEIGHT;
         let (colours, ink, dark) = band(y0, y0 + PANEL_HEIGHT);
         assert!(colours > 20, "panel {i}: only {colours} distinct colours");
         assert!(ink > 5_000, "panel {i}: only {ink} non-background pixels");
-        assert!(
-            dark > 1_000,
-            "panel {i}: only {dark} dark (text and axis) pixels"
-        );
+        assert!(dark > 1_000, "panel {i}: only {dark} dark (text and axis) pixels");
     }
 }
 
@@ -289,15 +220,9 @@ fn renders_a_crashed_run_without_summary() {
     let svg = std::fs::read_to_string(&r.svg).unwrap();
     assert!(svg.contains("fixture-run"));
     assert!(svg.contains("did not finish"));
-    for label in [
-        "train loss",
-        "eval loss",
-        "OOM (failed size)",
-        "grow (size tried)",
-        "restart",
-        "resume",
-        "samples / s",
-    ] {
+    for label in
+        ["train loss", "eval loss", "OOM (failed size)", "grow (size tried)", "restart", "resume", "samples / s"]
+    {
         assert!(svg.contains(label), "the SVG lacks {label:?}");
     }
 }
@@ -312,10 +237,7 @@ fn repeated_steps_keep_the_last_record_and_torn_lines_are_skipped() {
     // Steps 11..14 were re-run after the resume at micro-batch 16 (6 chunks of 16).
     assert_eq!(run.steps[11].chunks, 6);
     assert_eq!(run.steps[9].chunks, 3);
-    assert_eq!(
-        run.evals.iter().map(|e| e.step).collect::<Vec<_>>(),
-        [10, 20, 30, 40]
-    );
+    assert_eq!(run.evals.iter().map(|e| e.step).collect::<Vec<_>>(), [10, 20, 30, 40]);
     assert_eq!(run.skipped_lines, 2);
     assert_eq!(run.effective_batch, Some(96));
     assert_eq!(run.checkpoint.as_ref().map(|c| c.step), Some(30));
@@ -329,27 +251,13 @@ fn summary_of_a_finished_run() {
     assert!(text.contains("== fixture-run ==  finished"), "{text}");
     assert!(text.contains("micro-batch 64 -> 32 -> 21 -> 32"), "{text}");
     assert!(
-        text.contains(
-            "steps      40 | samples 3,840 | effective batch 96 | wall 23.0s | 12,345 parameters"
-        ),
+        text.contains("steps      40 | samples 3,840 | effective batch 96 | wall 23.0s | 12,345 parameters"),
         "{text}"
     );
-    assert!(
-        text.contains("train loss 0.2100 | valid loss 0.3000 | valid accuracy 0.9000"),
-        "{text}"
-    );
-    assert!(
-        text.contains("oom events 2 | restarts 1 | resumes 1 | time lost to recovery 0.75s"),
-        "{text}"
-    );
-    assert!(
-        text.contains("model      runs/fixture-run/model.safetensors"),
-        "{text}"
-    );
-    assert!(
-        text.contains("report.png") && text.contains("not drawn yet"),
-        "{text}"
-    );
+    assert!(text.contains("train loss 0.2100 | valid loss 0.3000 | valid accuracy 0.9000"), "{text}");
+    assert!(text.contains("oom events 2 | restarts 1 | resumes 1 | time lost to recovery 0.75s"), "{text}");
+    assert!(text.contains("model      runs/fixture-run/model.safetensors"), "{text}");
+    assert!(text.contains("report.png") && text.contains("not drawn yet"), "{text}");
     render(dir.path()).unwrap();
     let text = summary_text(dir.path()).unwrap();
     assert!(!text.contains("not drawn yet"), "{text}");
@@ -361,26 +269,11 @@ fn summary_of_a_crashed_run_is_derived_from_the_logs() {
     write_fixture(dir.path(), Variant::Crashed);
     let text = summary_text(dir.path()).unwrap();
     assert!(text.contains("DID NOT FINISH"), "{text}");
-    assert!(
-        text.contains("micro-batch 64 -> 32 -> 16 -> 24 -> 32 -> 24"),
-        "{text}"
-    );
-    assert!(
-        text.contains("steps      40 | samples 3,840 | effective batch 96 | wall 23.0s"),
-        "{text}"
-    );
-    assert!(
-        text.contains("oom events 2 | restarts 1 | resumes 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("1.25s (as of the checkpoint at step 30)"),
-        "{text}"
-    );
-    assert!(
-        text.contains("valid accuracy") && text.contains("(eval at step 40)"),
-        "{text}"
-    );
+    assert!(text.contains("micro-batch 64 -> 32 -> 16 -> 24 -> 32 -> 24"), "{text}");
+    assert!(text.contains("steps      40 | samples 3,840 | effective batch 96 | wall 23.0s"), "{text}");
+    assert!(text.contains("oom events 2 | restarts 1 | resumes 1"), "{text}");
+    assert!(text.contains("1.25s (as of the checkpoint at step 30)"), "{text}");
+    assert!(text.contains("valid accuracy") && text.contains("(eval at step 40)"), "{text}");
     assert!(text.contains("skipped 2 unreadable line(s)"), "{text}");
     assert!(text.contains("checkpoints/step-30"), "{text}");
 }
@@ -392,15 +285,10 @@ fn errors_name_the_path_and_the_fix() {
     assert!(matches!(e, ReportError::NotARunDir { .. }));
     let msg = e.to_string();
     assert!(
-        msg.contains("no metrics.jsonl in")
-            && msg.contains(&dir.path().display().to_string())
-            && msg.contains("Fix:"),
+        msg.contains("no metrics.jsonl in") && msg.contains(&dir.path().display().to_string()) && msg.contains("Fix:"),
         "{msg}"
     );
-    assert!(matches!(
-        summary_text(dir.path()),
-        Err(ReportError::NotARunDir { .. })
-    ));
+    assert!(matches!(summary_text(dir.path()), Err(ReportError::NotARunDir { .. })));
 
     // A run that has not finished a step yet (only a torn line).
     std::fs::write(dir.path().join("metrics.jsonl"), "{\"kind\":\"st").unwrap();
@@ -408,10 +296,7 @@ fn errors_name_the_path_and_the_fix() {
     assert!(matches!(e, ReportError::NoSteps { .. }), "{e}");
     assert!(e.to_string().contains("metrics.jsonl"));
     let text = summary_text(dir.path()).unwrap();
-    assert!(
-        text.contains("DID NOT FINISH") && text.contains("steps      0"),
-        "{text}"
-    );
+    assert!(text.contains("DID NOT FINISH") && text.contains("steps      0"), "{text}");
 
     std::fs::write(dir.path().join("summary.json"), "{not json").unwrap();
     let e = summary_text(dir.path()).unwrap_err();
@@ -422,11 +307,7 @@ fn errors_name_the_path_and_the_fix() {
 #[test]
 fn a_single_step_run_renders() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("metrics.jsonl"),
-        step_line(1, 64, 0.5, 0, false, 0.0) + "\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("metrics.jsonl"), step_line(1, 64, 0.5, 0, false, 0.0) + "\n").unwrap();
     let r = render(dir.path()).unwrap();
     assert_eq!(r.steps, 1);
     let (w, h, _) = decode(&r.png);
@@ -439,12 +320,7 @@ fn a_single_step_run_renders() {
 fn real_fixture(finished: bool) -> tempfile::TempDir {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/digits-oom-demo");
     let dir = tempfile::tempdir().unwrap();
-    for f in [
-        "recipe.resolved.toml",
-        "metrics.jsonl",
-        "events.jsonl",
-        "summary.json",
-    ] {
+    for f in ["recipe.resolved.toml", "metrics.jsonl", "events.jsonl", "summary.json"] {
         if finished || f != "summary.json" {
             std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
         }
@@ -459,14 +335,8 @@ fn renders_the_real_fixture() {
     assert_eq!(r.panels, ["loss", "micro-batch", "throughput"]);
     check_png(&r.png, 3);
     let text = summary_text(dir.path()).unwrap();
-    assert!(
-        text.contains("micro-batch 48 -> 24 -> 32 -> 48 -> 32 -> 16 -> 24"),
-        "{text}"
-    );
-    assert!(
-        text.contains("oom events 4 | restarts 1 | resumes 1"),
-        "{text}"
-    );
+    assert!(text.contains("micro-batch 48 -> 24 -> 32 -> 48 -> 32 -> 16 -> 24"), "{text}");
+    assert!(text.contains("oom events 4 | restarts 1 | resumes 1"), "{text}");
 }
 
 #[test]
@@ -474,14 +344,8 @@ fn the_history_rebuilt_from_events_matches_the_policy_s_own() {
     let dir = real_fixture(false);
     let text = summary_text(dir.path()).unwrap();
     assert!(text.contains("DID NOT FINISH"), "{text}");
-    assert!(
-        text.contains("micro-batch 48 -> 24 -> 32 -> 48 -> 32 -> 16 -> 24"),
-        "{text}"
-    );
-    assert!(
-        text.contains("oom events 4 | restarts 1 | resumes 1"),
-        "{text}"
-    );
+    assert!(text.contains("micro-batch 48 -> 24 -> 32 -> 48 -> 32 -> 16 -> 24"), "{text}");
+    assert!(text.contains("oom events 4 | restarts 1 | resumes 1"), "{text}");
     let r = render(dir.path()).unwrap();
     assert!(!r.finished);
 }

@@ -21,11 +21,7 @@ pub fn summary_text(run_dir: &Path) -> Result<String, ReportError> {
 
 fn secs(s: f64) -> String {
     if s >= 3600.0 {
-        format!(
-            "{:.0}h {:02.0}m",
-            (s / 3600.0).floor(),
-            ((s % 3600.0) / 60.0).floor()
-        )
+        format!("{:.0}h {:02.0}m", (s / 3600.0).floor(), ((s % 3600.0) / 60.0).floor())
     } else if s >= 60.0 {
         format!("{:.0}m {:02.0}s", (s / 60.0).floor(), (s % 60.0).floor())
     } else if s >= 10.0 {
@@ -61,16 +57,8 @@ pub(crate) fn format_summary(run: &Run) -> String {
     let last = run.steps.last();
     let last_eval = run.evals.last();
     let finished = run.summary.is_some();
-    let _ = writeln!(
-        out,
-        "== {} ==  {}",
-        run.name,
-        if finished {
-            "finished"
-        } else {
-            "DID NOT FINISH (no summary.json)"
-        }
-    );
+    let _ =
+        writeln!(out, "== {} ==  {}", run.name, if finished { "finished" } else { "DID NOT FINISH (no summary.json)" });
     if !finished {
         let _ = writeln!(
             out,
@@ -78,20 +66,11 @@ pub(crate) fn format_summary(run: &Run) -> String {
              metrics.jsonl and events.jsonl"
         );
         if let Some(e) = run.events.iter().rev().find(|e| e.kind == "give_up") {
-            let _ = writeln!(
-                out,
-                "  gave up at step {}: {}",
-                e.step,
-                e.str("message").unwrap_or("(no message)")
-            );
+            let _ = writeln!(out, "  gave up at step {}: {}", e.step, e.str("message").unwrap_or("(no message)"));
         }
     }
     if run.skipped_lines > 0 {
-        let _ = writeln!(
-            out,
-            "  skipped {} unreadable line(s) (e.g. a torn last line of a crash)",
-            run.skipped_lines
-        );
+        let _ = writeln!(out, "  skipped {} unreadable line(s) (e.g. a torn last line of a crash)", run.skipped_lines);
     }
 
     let batch = run.effective_batch.map(count).unwrap_or_else(|| "?".into());
@@ -113,16 +92,9 @@ pub(crate) fn format_summary(run: &Run) -> String {
     };
     let (valid_loss, metrics) = match &run.summary {
         Some(s) => (s.valid_loss, s.valid_metrics.clone()),
-        None => (
-            last_eval.and_then(|e| e.valid_loss),
-            last_eval.map(|e| e.metrics.clone()).unwrap_or_default(),
-        ),
+        None => (last_eval.and_then(|e| e.valid_loss), last_eval.map(|e| e.metrics.clone()).unwrap_or_default()),
     };
-    let mut line = format!(
-        "final      train loss {} | valid loss {}",
-        num(train_loss),
-        num(valid_loss)
-    );
+    let mut line = format!("final      train loss {} | valid loss {}", num(train_loss), num(valid_loss));
     for (k, v) in &metrics {
         let _ = write!(line, " | valid {k} {}", num(*v));
     }
@@ -149,36 +121,21 @@ pub(crate) fn format_summary(run: &Run) -> String {
     let hist_text = if hist.is_empty() {
         "-".to_string()
     } else {
-        hist.iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(" -> ")
+        hist.iter().map(u64::to_string).collect::<Vec<_>>().join(" -> ")
     };
     let _ = writeln!(out, "micro-batch {hist_text}");
 
     let model = match &run.summary {
         Some(s) if !s.model_path.is_empty() => s.model_path.clone(),
         _ => match &run.checkpoint {
-            Some(c) => format!(
-                "none yet (the run did not finish); newest checkpoint {}",
-                c.dir.display()
-            ),
+            Some(c) => format!("none yet (the run did not finish); newest checkpoint {}", c.dir.display()),
             None => "none (the run did not finish and wrote no checkpoint)".into(),
         },
     };
     let _ = writeln!(out, "model      {model}");
     let png = run.dir.join(REPORT_PNG);
     let svg = run.dir.join(REPORT_SVG);
-    let drawn = if png.is_file() {
-        ""
-    } else {
-        " (not drawn yet: `oomph report` draws it)"
-    };
-    let _ = write!(
-        out,
-        "report     {}, {}{drawn}",
-        png.display(),
-        svg.display()
-    );
+    let drawn = if png.is_file() { "" } else { " (not drawn yet: `oomph report` draws it)" };
+    let _ = write!(out, "report     {}, {}{drawn}", png.display(), svg.display());
     out
 }

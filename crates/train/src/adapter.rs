@@ -254,7 +254,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{train, Resume, Session, Silent};
+    use crate::{train, Resume, Session};
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
     use burn::nn::loss::CrossEntropyLossConfig;
@@ -377,19 +377,8 @@ every = 0
             splits.info.n_features.unwrap(),
             splits.info.n_classes.unwrap(),
         );
-        let session = Session::<Ad> {
-            recipe: r,
-            origin: "test".into(),
-            device: Default::default(),
-            backend_name: "flex (cpu)".into(),
-            run_dir: dir.to_path_buf(),
-            observer: Box::new(Silent),
-            resume: Resume::Never,
-            lower_ceiling: None,
-            restarts: 0,
-            banner: Vec::new(),
-            stop: Default::default(),
-        };
+        let mut session = Session::<Ad>::new(r, "test", Default::default(), dir);
+        session.resume = Resume::Never;
         let _turn = serial();
         train(session, &splits, |device| {
             BurnTrain::new(Net::<Ad>::new(features, classes, device))
@@ -422,6 +411,8 @@ every = 0
     /// one `TrainStep::step` computes, times that number.
     #[test]
     fn adapter_loss_and_gradient_are_train_steps_times_n() {
+        // The CPU backends' RNG is process-wide: no other test may draw from it meanwhile.
+        let _turn = serial();
         let r = recipe(64);
         let splits = data(&r);
         let device = Default::default();

@@ -1,9 +1,12 @@
 //! Backend selection: `[run] backend` names one of the compiled-in backends, and
-//! [`dispatch`] runs generic code with it.
+//! [`dispatch`] runs generic code with it, together with what the backend can tell about
+//! its memory ([`BackendEnv`]).
 
 use crate::error::TrainError;
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::backend::AutodiffBackend;
+use std::any::Any;
+use std::sync::Arc;
 
 /// The CPU backend used for `backend = "cpu"` (chosen by measurement; see BENCHMARKS.md).
 pub const CPU_DEFAULT: &str = "flex";
@@ -16,12 +19,45 @@ pub type FlexTrain = Autodiff<Flex>;
 #[cfg(feature = "cuda")]
 pub type CudaTrain = Autodiff<burn::backend::Cuda<f32, i32>>;
 
+/// Device memory as the backend reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes in live tensors.
+    pub in_use: u64,
+    /// Bytes the backend's pool holds from the device (its high-water mark in practice).
+    pub reserved: u64,
+    /// Bytes usable by this run: the device's memory, or `run.gpu_memory_limit` when set.
+    pub capacity: u64,
+}
+
+/// Reads the device's memory statistics.
+pub type MemoryProbe = Arc<dyn Fn() -> Option<MemoryStats> + Send + Sync>;
+
+/// What the chosen backend provides besides its device.
+#[derive(Clone)]
+pub struct BackendEnv {
+    /// Human-readable backend and device, e.g. `flex (cpu)` or `cuda:0 (NVIDIA H100, 80.0 GiB)`.
+    pub name: String,
+    /// Memory statistics, where the backend reports them (CUDA); `None` on the CPU.
+    pub memory: Option<MemoryProbe>,
+    /// Allocations held for the whole run to emulate a smaller device
+    /// (`run.gpu_memory_limit`); dropping them releases the memory.
+    pub ballast: Arc<Vec<Box<dyn Any + Send + Sync>>>,
+}
+
+impl BackendEnv {
+    /// A backend without memory statistics.
+    pub fn plain(name: &str) -> Self {
+        Self { name: name.to_string(), memory: None, ballast: Arc::new(Vec::new()) }
+    }
+}
+
 /// Generic code to run with a chosen backend.
 pub trait WithBackend {
     /// What it returns.
     type Output;
-    /// Runs with backend `B` on `device`; `name` describes backend and device.
-    fn run<B: AutodiffBackend>(self, device: B::Device, name: String) -> Self::Output;
+    /// Runs with backend `B` on `device`.
+    fn run<B: AutodiffBackend>(self, device: B::Device, env: BackendEnv) -> Self::Output;
 }
 
 /// The backend a recipe's `run.backend` resolves to (`"cpu"` becomes [`CPU_DEFAULT`]).
@@ -34,13 +70,26 @@ pub fn resolve(backend: &str) -> &str {
 }
 
 /// Runs `w` with the backend named `backend` (`cpu`, `ndarray`, `flex`, `cuda`) on device
-/// index `device`. A backend that is not compiled in, or a GPU that is not there, is a
-/// bad-input error with a one-paragraph explanation.
-pub fn dispatch<W: WithBackend>(backend: &str, device: usize, w: W) -> Result<W::Output, TrainError> {
-    match resolve(backend) {
-        "ndarray" => Ok(w.run::<NdArrayTrain>(Default::default(), "ndarray (cpu)".into())),
-        "flex" => Ok(w.run::<FlexTrain>(Default::default(), "flex (cpu)".into())),
-        "cuda" => cuda(device, w),
+/// index `device`; `memory_limit` (bytes) emulates a smaller GPU. A backend that is not
+/// compiled in, or a GPU that is not there, is a bad-input error with a one-paragraph
+/// explanation.
+pub fn dispatch<W: WithBackend>(
+    backend: &str,
+    device: usize,
+    memory_limit: Option<u64>,
+    w: W,
+) -> Result<W::Output, TrainError> {
+    let resolved = resolve(backend);
+    if memory_limit.is_some() && resolved != "cuda" {
+        return Err(TrainError::BadInput(format!(
+            "`run.gpu_memory_limit` emulates a smaller GPU, but `run.backend` = \"{backend}\" is a CPU backend. \
+             Fix: remove run.gpu_memory_limit, or set run.backend = \"cuda\"."
+        )));
+    }
+    match resolved {
+        "ndarray" => Ok(w.run::<NdArrayTrain>(Default::default(), BackendEnv::plain("ndarray (cpu)"))),
+        "flex" => Ok(w.run::<FlexTrain>(Default::default(), BackendEnv::plain("flex (cpu)"))),
+        "cuda" => cuda(device, memory_limit, w),
         other => Err(TrainError::BadInput(format!(
             "`run.backend` = \"{other}\" is not a backend oomph knows. Fix: use \"cpu\", \"ndarray\", \"flex\" or \"cuda\"."
         ))),
@@ -48,14 +97,15 @@ pub fn dispatch<W: WithBackend>(backend: &str, device: usize, w: W) -> Result<W:
 }
 
 #[cfg(feature = "cuda")]
-fn cuda<W: WithBackend>(device: usize, w: W) -> Result<W::Output, TrainError> {
+fn cuda<W: WithBackend>(device: usize, memory_limit: Option<u64>, w: W) -> Result<W::Output, TrainError> {
     crate::gpu::check_cuda(device)?;
     let dev = burn::backend::cuda::CudaDevice::new(device);
-    Ok(w.run::<CudaTrain>(dev, format!("cuda:{device}")))
+    let env = crate::gpu::cuda_env(&dev, device, memory_limit)?;
+    Ok(w.run::<CudaTrain>(dev, env))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda<W: WithBackend>(_device: usize, _w: W) -> Result<W::Output, TrainError> {
+fn cuda<W: WithBackend>(_device: usize, _memory_limit: Option<u64>, _w: W) -> Result<W::Output, TrainError> {
     Err(TrainError::BadInput(
         "`run.backend` = \"cuda\" but this oomph binary was built without CUDA support. Fix: rebuild with \
          `cargo build --release --features cuda`, or set run.backend = \"cpu\"."

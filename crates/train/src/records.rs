@@ -37,6 +37,9 @@ pub struct StepRecord {
     /// Device memory in use (bytes), where the backend reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_used: Option<u64>,
+    /// Device memory held by the backend's pool (bytes), where the backend reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_reserved: Option<u64>,
     /// Device memory capacity (bytes), where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_total: Option<u64>,
@@ -112,6 +115,10 @@ pub struct Summary {
     pub parameters: usize,
     /// Path of the final weights.
     pub model_path: String,
+    /// Seconds the training loop waited for checkpoints (snapshots plus waits for a
+    /// previous write); the writes themselves run on a background thread.
+    #[serde(default)]
+    pub checkpoint_stall_s: f64,
 }
 
 /// Appends JSON lines to a file, flushing each one.

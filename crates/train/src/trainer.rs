@@ -6,6 +6,7 @@
 //! **Invariant:** no optimizer update is applied to a partial or failed gradient: after an OOM
 //! the same effective batch is retried from its first chunk.
 
+use crate::backend::MemoryProbe;
 use crate::checkpoint::{self, Payload, TrainState};
 use crate::error::TrainError;
 use crate::faults::{phase_name, Faults};
@@ -22,7 +23,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use oomph_data::{Batch, Sampler, Source, Splits};
 use oomph_recipe::{MicroInitial, Phase, Recipe};
-use oomph_sched::{Event, Policy, PolicyConfig};
+use oomph_sched::{Event, MemoryHint, Policy, PolicyConfig};
 use serde_json::{json, Map, Value};
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -69,6 +70,28 @@ pub struct Session<B: Backend> {
     /// Set to stop the run at the next step boundary (checkpoint, then
     /// [`TrainError::Interrupted`]), as a first Ctrl-C does.
     pub stop: Arc<AtomicBool>,
+    /// Device memory statistics, where the backend reports them.
+    pub memory: Option<MemoryProbe>,
+}
+
+impl<B: Backend> Session<B> {
+    /// A session with defaults: no output (`Silent`), resume `Auto`, no supervisor state.
+    pub fn new(recipe: Recipe, origin: &str, device: B::Device, run_dir: &Path) -> Self {
+        Self {
+            recipe,
+            origin: origin.to_string(),
+            device,
+            backend_name: std::any::type_name::<B>().to_string(),
+            run_dir: run_dir.to_path_buf(),
+            observer: Box::new(crate::progress::Silent),
+            resume: Resume::Auto,
+            lower_ceiling: None,
+            restarts: 0,
+            banner: Vec::new(),
+            stop: Arc::default(),
+            memory: None,
+        }
+    }
 }
 
 /// Backend seed for step `step` of a run seeded with `seed` (SplitMix64 of both), so a
@@ -107,20 +130,43 @@ pub fn policy_config(recipe: &Recipe) -> PolicyConfig {
     }
 }
 
+/// The background checkpoint write in flight, if any.
 struct Writer {
     handle: Option<JoinHandle<std::io::Result<PathBuf>>>,
+    /// Step and reason of the write in flight.
+    pending: Option<(usize, String, Instant)>,
+}
+
+/// A finished checkpoint write.
+struct Written {
+    step: usize,
+    reason: String,
+    dir: PathBuf,
+    write_s: f64,
 }
 
 impl Writer {
-    /// Waits for the write in flight; returns seconds stalled.
-    fn wait(&mut self) -> Result<f64, TrainError> {
+    /// Waits for the write in flight; returns seconds stalled and what was written.
+    fn wait(&mut self) -> Result<(f64, Option<Written>), TrainError> {
         let t = Instant::now();
-        if let Some(h) = self.handle.take() {
-            h.join()
-                .map_err(|_| TrainError::Failed("the checkpoint writer thread panicked".into()))?
-                .map_err(|e| TrainError::Failed(format!("writing a checkpoint failed: {e}")))?;
-        }
-        Ok(t.elapsed().as_secs_f64())
+        let Some(h) = self.handle.take() else { return Ok((0.0, None)) };
+        let dir = h
+            .join()
+            .map_err(|_| TrainError::Failed("the checkpoint writer thread panicked".into()))?
+            .map_err(|e| TrainError::Failed(format!("writing a checkpoint failed: {e}")))?;
+        let stalled = t.elapsed().as_secs_f64();
+        let written = self.pending.take().map(|(step, reason, started)| Written {
+            step,
+            reason,
+            dir,
+            write_s: started.elapsed().as_secs_f64(),
+        });
+        Ok((stalled, written))
+    }
+
+    /// Whether the write in flight has finished (joining it then costs nothing).
+    fn finished(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| h.is_finished())
     }
 }
 
@@ -197,7 +243,7 @@ where
         metrics: JsonLines::open(&run_dir.join("metrics.jsonl"))?,
         events: JsonLines::open(&run_dir.join("events.jsonl"))?,
         fingerprint: oomph_recipe::fingerprint(&recipe),
-        writer: Writer { handle: None },
+        writer: Writer { handle: None, pending: None },
         last_eval: None,
         checkpoint_stall_s: 0.0,
         s: session,
@@ -206,9 +252,9 @@ where
     run.banner();
     signals::install();
     let result = run.run_loop();
-    let stall = run.writer.wait();
+    let written = run.settle_writer();
     let summary = result?;
-    stall?;
+    written?;
     Ok(summary)
 }
 
@@ -243,7 +289,11 @@ where
 
     fn policy_events(&mut self, evs: Vec<Event>) {
         for e in evs {
-            let v = serde_json::to_value(&e).unwrap_or(Value::Null);
+            let mut v = serde_json::to_value(&e).unwrap_or(Value::Null);
+            // The record carries the kind itself.
+            if let Value::Object(m) = &mut v {
+                m.remove("kind");
+            }
             self.event(e.kind(), v);
         }
         self.write_current();
@@ -418,9 +468,10 @@ where
         while self.step < self.total {
             if signals::stop_requested() || self.s.stop.load(Ordering::SeqCst) {
                 self.checkpoint("signal")?;
-                self.writer.wait()?;
+                self.settle_writer()?;
                 return Err(TrainError::Interrupted { step: self.step });
             }
+            self.poll_writer()?;
             let had_oom = self.train_step()?;
             if eval_every > 0 && self.step.is_multiple_of(eval_every) && self.step < self.total {
                 self.evaluate()?;
@@ -539,7 +590,11 @@ where
             });
         }
         if phase != Phase::Optimizer {
-            match self.policy.on_oom(micro, None) {
+            let hint = self.s.memory.as_ref().and_then(|probe| probe()).map(|m| MemoryHint {
+                capacity_bytes: Some(m.capacity),
+                ..Default::default()
+            });
+            match self.policy.on_oom(micro, hint) {
                 Ok(evs) => self.policy_events(evs),
                 Err(give_up) => {
                     let msg = format!("{give_up} (last error: {message})");
@@ -568,6 +623,10 @@ where
         self.samples_seen += n as u64;
         self.last_loss = Some(loss);
         let evs = self.policy.on_step_ok();
+        let mem = self.s.memory.as_ref().and_then(|probe| probe());
+        if let Some(m) = mem {
+            self.policy.observe_memory(plan[0], m.reserved, m.capacity);
+        }
         let dt = t0.elapsed().as_secs_f64();
         let rec = StepRecord {
             kind: "step".into(),
@@ -581,8 +640,9 @@ where
             wall_s: self.wall_before + self.wall(),
             oom_events: self.oom_events,
             grad_norm,
-            mem_used: None,
-            mem_total: None,
+            mem_used: mem.map(|m| m.in_use),
+            mem_reserved: mem.map(|m| m.reserved),
+            mem_total: mem.map(|m| m.capacity),
         };
         self.metrics.write(&rec)?;
         self.s.observer.step(&rec, self.total);
@@ -669,11 +729,32 @@ where
         }
     }
 
+    /// Waits for the checkpoint write in flight and records its completion.
+    fn settle_writer(&mut self) -> Result<(), TrainError> {
+        let (stall, written) = self.writer.wait()?;
+        self.checkpoint_stall_s += stall;
+        if let Some(w) = written {
+            self.event_at(
+                "checkpoint",
+                w.step,
+                json!({ "reason": w.reason, "path": w.dir.display().to_string(), "write_s": w.write_s, "stall_s": stall }),
+            );
+        }
+        Ok(())
+    }
+
+    /// Records a finished background write without waiting for one that is still running.
+    fn poll_writer(&mut self) -> Result<(), TrainError> {
+        if self.writer.finished() {
+            self.settle_writer()?;
+        }
+        Ok(())
+    }
+
     /// Snapshots the state on this thread (cheap: tensor handles) and serialises and writes
     /// it on a background thread; waits for the previous write first.
     fn checkpoint(&mut self, reason: &str) -> Result<(), TrainError> {
-        let stall = self.writer.wait()?;
-        self.checkpoint_stall_s += stall;
+        self.settle_writer()?;
         let t = Instant::now();
         let record = self.model.clone().into_record();
         let optim = self.optim.clone();
@@ -702,13 +783,13 @@ where
             })
             .map_err(|e| TrainError::Failed(format!("cannot start the checkpoint writer: {e}")))?;
         self.writer.handle = Some(handle);
+        self.writer.pending = Some((step, reason.to_string(), t));
         self.checkpoint_stall_s += t.elapsed().as_secs_f64();
-        self.event_at("checkpoint", step, json!({ "reason": reason }));
         Ok(())
     }
 
     fn finish(&mut self) -> Result<Summary, TrainError> {
-        self.writer.wait()?;
+        self.settle_writer()?;
         let model_path = self.s.run_dir.join("model.safetensors");
         save_safetensors::<B, M>(&self.model, &model_path)?;
         let ev = self.last_eval.clone();
@@ -731,6 +812,7 @@ where
             resumes: self.resumes,
             parameters: self.model.num_params(),
             model_path: model_path.display().to_string(),
+            checkpoint_stall_s: self.checkpoint_stall_s,
         };
         let text = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Failed(e.to_string()))?;
         std::fs::write(self.s.run_dir.join("summary.json"), text)?;
