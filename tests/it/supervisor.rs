@@ -194,3 +194,37 @@ fn sigkill_of_the_whole_tree_at_random_moments_then_rerun_is_bit_identical() {
     let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert!(s["resumes"].as_u64().unwrap() >= 1);
 }
+
+#[test]
+fn sigterm_checkpoints_exits_130_and_the_same_command_resumes_identically() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_recipe(d.path(), "kill.toml", &KILL.replace("every = 1", "every = 50"));
+    let reference = d.path().join("reference");
+    let o = oomph(&["train", p.to_str().unwrap(), "--run-dir", reference.to_str().unwrap(), "--no-supervise"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = d.path().join("stopped");
+    let args = ["train", p.to_str().unwrap(), "--run-dir", run.to_str().unwrap()];
+    let mut child = oomph_cmd(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // Wait for a few steps, then SIGTERM the supervisor: it forwards the signal once.
+    let t = Instant::now();
+    while lines(&run.join("metrics.jsonl")).iter().filter(|v| v["kind"] == "step").count() < 5 {
+        assert!(t.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let ck = oomph::train::checkpoint::list(&run.join("checkpoints"));
+    let (step, dir) = ck.first().expect("a checkpoint written on SIGTERM");
+    let state = oomph::train::checkpoint::verify(dir).unwrap().state;
+    assert_eq!(state.reason, "signal");
+    assert!(*step < 120, "stopped early, at {step}");
+    let o = oomph(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let a = tensors(&reference.join("model.safetensors"));
+    let b = tensors(&run.join("model.safetensors"));
+    for (k, va) in &a {
+        assert!(va.iter().zip(&b[k]).all(|(x, y)| x.to_bits() == y.to_bits()), "{k} differs");
+    }
+}
