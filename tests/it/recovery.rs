@@ -196,3 +196,21 @@ fn an_oom_raised_on_another_thread_is_caught_by_the_boundary() {
     });
     assert!(matches!(r, Ok(1)), "{r:?}");
 }
+
+#[test]
+fn an_optimizer_oom_is_retried_once_then_exits_3() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_recipe(d.path(), "r.toml", RECIPE);
+    // Once: recovered (the whole step is redone after cleanup).
+    let run = d.path().join("once");
+    let o = oomph(&["train", p.to_str().unwrap(), "--run-dir", run.to_str().unwrap(), "--set", r#"faults.oom_at=[{step=4, phase="optimizer"}]"#]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Twice in the same step: there is no micro-batch to shrink; exit 3 with the memory involved.
+    let run = d.path().join("twice");
+    let twice = r#"faults.oom_at=[{step=4, phase="optimizer"}, {step=4, phase="optimizer"}]"#;
+    let o = oomph(&["train", p.to_str().unwrap(), "--run-dir", run.to_str().unwrap(), "--set", twice]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("optimizer update") && err.contains("parameters"), "{err}");
+    assert_eq!(steps(&run).len(), 3, "no update was applied at step 4");
+}

@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     cfg: FaultsSection,
-    fired: BTreeSet<(usize, String, bool)>,
+    /// Indices of the `oom_at` (`true`) and `panic_at` (`false`) entries that fired.
+    fired: BTreeSet<(bool, usize)>,
 }
 
 /// The name of a phase as written in recipes and events.
@@ -66,17 +67,19 @@ impl Faults {
                 }
             }
         }
-        let name = phase_name(phase).to_string();
-        if self.cfg.oom_at.iter().any(|f| f.step == step && f.phase == phase)
-            && self.fired.insert((step, name.clone(), true))
-        {
+        let name = phase_name(phase);
+        // Each entry fires once; two identical entries fire on two successive attempts.
+        let due = |list: &[oomph_recipe::FaultAt], fired: &BTreeSet<(bool, usize)>, oom: bool| {
+            list.iter().enumerate().position(|(i, f)| f.step == step && f.phase == phase && !fired.contains(&(oom, i)))
+        };
+        if let Some(i) = due(&self.cfg.oom_at, &self.fired, true) {
+            self.fired.insert((true, i));
             std::panic::panic_any(format!(
                 "{SIMULATED_OOM_PREFIX}: injected by faults.oom_at in {name} of step {step}"
             ));
         }
-        if self.cfg.panic_at.iter().any(|f| f.step == step && f.phase == phase)
-            && self.fired.insert((step, name.clone(), false))
-        {
+        if let Some(i) = due(&self.cfg.panic_at, &self.fired, false) {
+            self.fired.insert((false, i));
             std::panic::panic_any(format!(
                 "simulated model bug injected by faults.panic_at in {name} of step {step} (not a memory failure)"
             ));

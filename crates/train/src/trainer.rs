@@ -427,7 +427,7 @@ where
             format!("oomph: {} ({})", r.run.name, self.s.origin),
             format!("backend {} | run dir {}", self.s.backend_name, self.s.run_dir.display()),
             format!("model {} | {} parameters", r.model.kind, fmt_count(self.model.num_params())),
-            format!("data {} | train {} / valid {} samples", info.description, info.train_len, info.valid_len),
+            format!("data {}", info.description),
             format!(
                 "effective {} = {} chunk{} x {}{} | micro-batch min {} max {} (initial {}) | {} steps",
                 n,
