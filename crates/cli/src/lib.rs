@@ -110,7 +110,7 @@ pub fn main_with<M: Models>() -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("OOMPH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_env("OOMPH_LOG").unwrap_or_else(|_| EnvFilter::new("warn,cubecl_common=error"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
