@@ -444,6 +444,13 @@ where
                 self.total
             ),
         ];
+        if r.micro_batch.initial == MicroInitial::Auto && self.step == 0 {
+            lines.push(format!(
+                "micro-batch auto: trying {} first, then the largest size that fits (OOM probing{})",
+                plan[0],
+                if self.s.memory.is_some() { " and the device's memory statistics" } else { "" }
+            ));
+        }
         if !self.faults.is_empty() {
             lines.push("SIMULATION: [faults] is set; injected OOMs are simulated, not real".into());
         }
@@ -648,6 +655,13 @@ where
         self.s.observer.step(&rec, self.total);
         if !loss.is_finite() {
             self.event("non_finite_loss", json!({ "loss": loss.to_string() }));
+        }
+        if step == 1 && self.s.recipe.micro_batch.initial == MicroInitial::Auto {
+            self.event_at(
+                "auto_settled",
+                step,
+                json!({ "micro_batch": plan[0], "chunks": plan.len(), "ooms": self.oom_events }),
+            );
         }
         if !evs.is_empty() || had_oom {
             self.policy_events(evs);
