@@ -20,7 +20,7 @@ static ALLOC: oomph::cli::TrackingAllocator = oomph::cli::TrackingAllocator;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::serde::Deserialize;
+use burn::serde::{Deserialize, Serialize};
 use burn::tensor::activation::{gelu, relu};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
@@ -78,7 +78,7 @@ fn tabular_shape(info: &DataInfo) -> Result<(usize, usize), String> {
 // ---------------------------------------------------------------------------------------
 
 /// `[model]` keys of `kind = "resmlp"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(crate = "burn::serde", deny_unknown_fields, default)]
 struct ResMlpConfig {
     /// Width of the residual stream. Default `64`.
@@ -195,7 +195,7 @@ impl<B: Backend> Objective<B> for ResMlp<B> {
 // ---------------------------------------------------------------------------------------
 
 /// `[model]` keys of `kind = "burn-train-mlp"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(crate = "burn::serde", deny_unknown_fields, default)]
 struct BurnMlpConfig {
     /// Hidden layer width. Default `64`.

@@ -5,9 +5,11 @@
 //! file the worker opened at start (with `write(2)` only: no allocation, async-signal-safe),
 //! so the supervisor can tell a memory death from any other abort. Declare it in your binary:
 //!
-//! ```ignore
+//! ```no_run
 //! #[global_allocator]
-//! static ALLOC: oomph::cli::TrackingAllocator = oomph::cli::TrackingAllocator;
+//! static ALLOC: oomph_cli::TrackingAllocator = oomph_cli::TrackingAllocator;
+//!
+//! fn main() {}
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -127,25 +127,27 @@ fn load_recipe(path: &Path, set: &[String]) -> Result<Recipe, i32> {
     })
 }
 
-/// Validates the model keys against the registry of the recipe's backend (CPU registry:
-/// model keys do not depend on the backend).
-fn check_model<M: Models>(recipe: &Recipe, origin: &str) -> Result<(), i32> {
-    let mut reg = Registry::<oomph_train::backend::NdArrayTrain>::new();
+/// Validates the model keys (model keys do not depend on the backend, so the CPU registry
+/// answers) and fills in the model's defaults.
+fn check_model<M: Models>(recipe: &mut Recipe, origin: &str) -> Result<(), i32> {
+    let mut reg = Registry::<oomph_train::backend::FlexTrain>::new();
     oomph_models::Builtin::register(&mut reg);
     M::register(&mut reg);
-    reg.prepare(&recipe.model.kind, &recipe.model.params, origin).map(|_| ()).map_err(|e| {
+    let prepared = reg.prepare(&recipe.model.kind, &recipe.model.params, origin).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_BAD_INPUT
-    })
+    })?;
+    recipe.model.params = prepared.resolved_params();
+    Ok(())
 }
 
 fn check_command<M: Models>(path: &Path, set: &[String]) -> i32 {
     let origin = path.display().to_string();
-    let recipe = match load_recipe(path, set) {
+    let mut recipe = match load_recipe(path, set) {
         Ok(r) => r,
         Err(c) => return c,
     };
-    if let Err(c) = check_model::<M>(&recipe, &origin) {
+    if let Err(c) = check_model::<M>(&mut recipe, &origin) {
         return c;
     }
     print!("{}", oomph_recipe::to_toml_string(&recipe));
@@ -171,11 +173,11 @@ fn parse_resume(s: &str) -> Result<Resume, i32> {
 
 fn train_command<M: Models>(args: TrainArgs) -> i32 {
     let origin = args.recipe.display().to_string();
-    let recipe = match load_recipe(&args.recipe, &args.set) {
+    let mut recipe = match load_recipe(&args.recipe, &args.set) {
         Ok(r) => r,
         Err(c) => return c,
     };
-    if let Err(c) = check_model::<M>(&recipe, &origin) {
+    if let Err(c) = check_model::<M>(&mut recipe, &origin) {
         return c;
     }
     let resume = match parse_resume(&args.resume) {

@@ -5,7 +5,7 @@
 //! calling one method such as `forward_classification` that returns a
 //! [`ClassificationOutput`]. Wrap it in [`BurnTrain`] and it is an oomph [`Objective`]:
 //!
-//! ```ignore
+//! ```text
 //! use oomph_train::adapter::{BurnTrain, FromBatch};
 //!
 //! // The model's input type is built from oomph's host batch, for any backend.

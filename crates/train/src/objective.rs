@@ -35,13 +35,37 @@ pub struct Evaluation<B: Backend> {
 /// so it covers both the autodiff model used for training and the inner model used for
 /// evaluation).
 ///
-/// ```ignore
+/// ```
+/// use burn::module::Module;
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::tensor::backend::Backend;
+/// use oomph_data::Batch;
+/// use oomph_train::tensors::{cross_entropy_per_row, tabular_classes};
+/// use oomph_train::{Loss, Objective};
+///
+/// #[derive(Module, Debug)]
+/// struct MyModel<B: Backend> {
+///     linear: Linear<B>,
+/// }
+///
 /// impl<B: Backend> Objective<B> for MyModel<B> {
 ///     fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B> {
-///         let (x, y) = tabular_tensors::<B>(batch, device);
-///         Loss { sum: my_loss_per_sample(self.forward(x), y).sum() }
+///         let (x, y) = tabular_classes::<B>(batch, device);
+///         Loss { sum: cross_entropy_per_row(self.linear.forward(x), y).sum() }
 ///     }
 /// }
+///
+/// type B = burn::backend::Flex;
+/// let device = Default::default();
+/// let model = MyModel::<B> { linear: LinearConfig::new(2, 3).init(&device) };
+/// let batch = Batch::Tabular {
+///     x: vec![0.5, -1.0, 2.0, 0.0],
+///     n_features: 2,
+///     y: oomph_data::BatchTargets::Classes(vec![0, 2]),
+/// };
+/// assert_eq!(model.weight(&batch), 2.0);
+/// let sum = model.loss(&batch, &device).sum.into_scalar();
+/// assert!(sum > 0.0);
 /// ```
 pub trait Objective<B: Backend> {
     /// The sum of the losses of this micro-batch (not the mean).

@@ -12,6 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 use oomph_data::{DataInfo, Splits};
 use oomph_recipe::RecipeError;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// What a model needs from the data loader.
@@ -32,6 +33,8 @@ pub trait Models {
 pub trait Prepared<B: AutodiffBackend> {
     /// What the data loader must know (e.g. the context length).
     fn needs(&self) -> DataNeeds;
+    /// The model's keys with every default filled in (for the resolved recipe).
+    fn resolved_params(&self) -> toml::Table;
     /// Trains on `data` in `session`.
     fn train(self: Box<Self>, session: Session<B>, data: &Splits) -> Result<Summary, TrainError>;
 }
@@ -63,13 +66,17 @@ struct Kind<C, F> {
 impl<B, C, M, F> Prepared<B> for Kind<C, F>
 where
     B: AutodiffBackend,
-    C: 'static,
+    C: Serialize + 'static,
     M: AutodiffModule<B> + Objective<B> + 'static,
     M::InnerModule: Objective<B::InnerBackend>,
     F: Fn(&C, &DataInfo, &B::Device) -> Result<M, String> + 'static,
 {
     fn needs(&self) -> DataNeeds {
         (self.needs)(&self.config)
+    }
+
+    fn resolved_params(&self) -> toml::Table {
+        toml::Table::try_from(&self.config).unwrap_or_default()
     }
 
     fn train(self: Box<Self>, session: Session<B>, data: &Splits) -> Result<Summary, TrainError> {
@@ -91,11 +98,11 @@ impl<B: AutodiffBackend> Registry<B> {
 
     /// Adds model kind `kind`. `C` is the model's own recipe keys (`[model]` minus `kind`),
     /// deserialised with errors that name `model.<key>`; use `#[serde(deny_unknown_fields,
-    /// default)]`. `needs` tells the data loader what the model needs; `init` builds the
+    /// default)]`. It is serialised back, defaults filled in, into the resolved recipe. `needs` tells the data loader what the model needs; `init` builds the
     /// model for the loaded data on a device.
     pub fn add<C, M, F>(&mut self, kind: &str, about: &str, needs: fn(&C) -> DataNeeds, init: F)
     where
-        C: DeserializeOwned + Clone + 'static,
+        C: DeserializeOwned + Serialize + Clone + 'static,
         M: AutodiffModule<B> + Objective<B> + 'static,
         M::InnerModule: Objective<B::InnerBackend>,
         F: Fn(&C, &DataInfo, &B::Device) -> Result<M, String> + Clone + 'static,
