@@ -516,8 +516,9 @@ where
             let model = &self.model;
             let faults = &mut self.faults;
             let src = &self.data.train;
+            let generation = oomph_sched::panics::generation();
             let out = attempt::<B, _>(&device, || {
-                accumulate::<B, M>(model, src, &indices, &plan, &device, step, faults, &phase)
+                accumulate::<B, M>(model, src, &indices, &plan, &device, step, faults, &phase, generation)
             });
             let (grads, loss) = match out {
                 Ok(v) => v,
@@ -858,6 +859,7 @@ fn accumulate<B, M>(
     step: usize,
     faults: &mut Faults,
     phase: &Cell<Phase>,
+    generation: u64,
 ) -> (GradientsParams, f64)
 where
     B: AutodiffBackend,
@@ -886,6 +888,11 @@ where
         phase.set(Phase::Backward);
         faults.check(step, Phase::Backward, batch.len());
         let grads = GradientsParams::from_grads(loss.backward(), model);
+        // A device allocation that failed on another thread (cubecl's runner) surfaces here,
+        // at the end of the micro-batch, rather than after the remaining chunks.
+        if let Some((rec, _)) = oomph_sched::panics::oom_since(generation) {
+            std::panic::panic_any(format!("{} (on thread '{}')", rec.message, rec.thread));
+        }
         if plan.len() == 1 {
             single = Some(grads);
         } else {
