@@ -79,7 +79,10 @@ fn a_real_allocation_failure_kills_the_worker_and_the_supervisor_finishes_the_ru
     assert_eq!(s["samples_seen"], 6 * 64, "effective batch unchanged");
     assert_eq!(s["restarts"].as_u64().unwrap() as usize, restarts.len());
     assert!(s["micro_batch_final"].as_u64().unwrap() < 64);
-    for st in lines(&run.join("metrics.jsonl")).iter().filter(|v| v["kind"] == "step") {
+    let steps: Vec<_> = lines(&run.join("metrics.jsonl")).into_iter().filter(|v| v["kind"] == "step").collect();
+    let numbers: Vec<u64> = steps.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, (1..=6).collect::<Vec<_>>(), "each step once in metrics.jsonl");
+    for st in &steps {
         assert!(st["micro_batch"].as_u64().unwrap() < 64, "{st}");
     }
     let diff = max_param_diff(&reference, &run);

@@ -315,7 +315,7 @@ where
 
     fn resume_if_any(&mut self, cfg: PolicyConfig) -> Result<(), TrainError> {
         let want = match self.s.resume {
-            Resume::Never => return self.finish_resume(),
+            Resume::Never => return self.start_fresh(),
             Resume::Auto => None,
             Resume::Step(s) => Some(s),
         };
@@ -324,7 +324,7 @@ where
             tracing::warn!("skipping damaged checkpoint: {w}");
             self.event("checkpoint_skipped", json!({ "message": w }));
         }
-        let Some(ck) = found.checkpoint else { return self.finish_resume() };
+        let Some(ck) = found.checkpoint else { return self.start_fresh() };
         let st = ck.state.clone();
         let changes = ck
             .file("recipe.toml")
@@ -382,6 +382,13 @@ where
         self.truncate_metrics(st.step)?;
         self.event_at("resume", st.step, json!({ "from_step": st.step, "checkpoint": ck.dir.display().to_string(), "micro_batch": self.policy.limit() }));
         self.s.banner.push(format!("resuming from {} (step {}/{})", ck.dir.display(), st.step, self.total));
+        self.finish_resume()
+    }
+
+    /// No checkpoint to resume from: lines a dead worker left in `metrics.jsonl` before its
+    /// first checkpoint are dropped, since every step is run again.
+    fn start_fresh(&mut self) -> Result<(), TrainError> {
+        self.truncate_metrics(0)?;
         self.finish_resume()
     }
 
