@@ -16,7 +16,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
@@ -135,14 +135,12 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path) -> i32 {
             }
         };
         CHILD.store(child.id() as i32, Ordering::SeqCst);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                Err(e) => {
-                    eprintln!("error: lost the training worker: {e}");
-                    return 1;
-                }
+        // The signal handler only forwards with kill(2); std retries waitpid on EINTR.
+        let status = match child.wait() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: lost the training worker: {e}");
+                return 1;
             }
         };
         CHILD.store(0, Ordering::SeqCst);

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// One optimizer step (`"kind": "step"` in `metrics.jsonl`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,23 +122,42 @@ pub struct Summary {
     pub checkpoint_stall_s: f64,
 }
 
-/// Appends JSON lines to a file, flushing each one.
+/// Appends JSON lines to a file.
 pub struct JsonLines {
     out: BufWriter<File>,
     path: PathBuf,
+    /// A line is flushed when the previous flush is at least this old (zero: every line).
+    flush_every: Duration,
+    last_flush: Option<Instant>,
 }
 
 impl JsonLines {
-    /// Opens `path` for appending (creating it).
+    /// Opens `path` for appending (creating it); every line is flushed as it is written.
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let f = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { out: BufWriter::new(f), path: path.to_path_buf() })
+        Self::open_with(path, Duration::ZERO)
     }
 
-    /// Writes one value as a line and flushes it.
+    /// Like [`JsonLines::open`], but a line is flushed only when the previous flush is at
+    /// least `flush_every` old (the first line always); call [`JsonLines::flush`] at
+    /// checkpoints and at the end. Dropping the writer flushes too.
+    pub fn open_with(path: &Path, flush_every: Duration) -> std::io::Result<Self> {
+        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self { out: BufWriter::new(f), path: path.to_path_buf(), flush_every, last_flush: None })
+    }
+
+    /// Writes one value as a line.
     pub fn write<T: Serialize>(&mut self, value: &T) -> std::io::Result<()> {
         serde_json::to_writer(&mut self.out, value)?;
         self.out.write_all(b"\n")?;
+        if self.last_flush.is_none_or(|t| t.elapsed() >= self.flush_every) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the lines written so far to the file.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.last_flush = Some(Instant::now());
         self.out.flush()
     }
 

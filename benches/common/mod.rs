@@ -1,0 +1,529 @@
+//! Helpers shared by oomph's benchmarks: recipes, in-process runs through the real trainer,
+//! the plain hand-written burn loop they are compared with, and small statistics.
+//!
+//! Everything here measures *ratios* inside one process: absolute times on a shared machine
+//! drift from run to run, ratios of interleaved measurements do not (much).
+#![allow(dead_code)]
+
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::module::AutodiffModule;
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor};
+use oomph::data::{Batch, DataInfo, Sampler, Splits};
+use oomph::models::gpt::{Gpt, GptConfig};
+use oomph::models::mlp::{Mlp, MlpConfig};
+use oomph::models::Builtin;
+use oomph::recipe::Recipe;
+use oomph::train::records::{read_lines, EventRecord, StepRecord, Summary};
+use oomph::train::tensors::{cross_entropy_per_row, tabular_classes, tokens};
+use oomph::train::{DataNeeds, Loss, Models, Objective, Registry, Resume, Session, Silent};
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The CPU default backend (flex), with autodiff.
+pub type Fx = Autodiff<Flex>;
+/// The ndarray CPU backend, with autodiff.
+pub type Nd = Autodiff<NdArray<f32>>;
+
+/// The repository root (recipes in `configs/` refer to `../data/`).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A recipe text parsed as if it were a file in `configs/`, with `--set` overrides.
+pub fn recipe_text(text: &str, overrides: &[String]) -> Recipe {
+    oomph::recipe::parse(text, "bench.toml", &root().join("configs"), overrides).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A shipped recipe (`configs/NAME`) with `--set` overrides.
+pub fn shipped(name: &str, overrides: &[String]) -> Recipe {
+    let text = std::fs::read_to_string(root().join("configs").join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    recipe_text(&text, overrides)
+}
+
+/// `--set` overrides from string slices.
+pub fn sets(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Loads the data a built-in model kind needs.
+pub fn data_for(recipe: &Recipe) -> Splits {
+    let mut reg = Registry::<Fx>::new();
+    Builtin::register(&mut reg);
+    let p = reg.prepare(&recipe.model.kind, &recipe.model.params, "bench.toml").unwrap_or_else(|e| panic!("{e}"));
+    oomph::data::load(&recipe.data, recipe.run.seed, p.needs().seq_len).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A silent in-process session in `dir`.
+pub fn session<B: AutodiffBackend>(recipe: Recipe, dir: &Path) -> Session<B> {
+    let mut s = Session::new(recipe, "bench.toml", Default::default(), dir);
+    s.observer = Box::new(Silent);
+    s.resume = Resume::Auto;
+    s
+}
+
+/// What an in-process run left behind.
+pub struct RunOut {
+    /// Every `step` line of `metrics.jsonl`.
+    pub steps: Vec<StepRecord>,
+    /// Every line of `events.jsonl`.
+    pub events: Vec<EventRecord>,
+    /// The summary.
+    pub summary: Summary,
+    /// Seconds of the whole `train` call, as seen by the caller.
+    pub call_s: f64,
+    /// The run directory (deleted on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl RunOut {
+    /// Wall seconds of the training loop: from the start of `train` to the end of the last
+    /// step (excludes the final evaluation, checkpoint and weights export).
+    pub fn loop_s(&self) -> f64 {
+        self.steps.last().map(|s| s.wall_s).unwrap_or(0.0)
+    }
+
+    /// Per-step wall times (differences of consecutive `wall_s`), for steps `from+1..`.
+    pub fn step_times(&self, from: usize) -> Vec<f64> {
+        step_times(&self.steps, from)
+    }
+
+    /// Events of one kind.
+    pub fn events(&self, kind: &str) -> usize {
+        self.events.iter().filter(|e| e.kind == kind).count()
+    }
+}
+
+/// Per-step wall times from consecutive `wall_s`: the time of step `k` is
+/// `wall_s[k] - wall_s[k-1]`, for `k > from` (`from >= 1`). This covers the whole loop
+/// iteration: sampling, the step, the policy, metrics and any checkpoint snapshot.
+pub fn step_times(steps: &[StepRecord], from: usize) -> Vec<f64> {
+    steps
+        .windows(2)
+        .filter(|w| w[1].step > from.max(1) && w[1].step == w[0].step + 1)
+        .map(|w| w[1].wall_s - w[0].wall_s)
+        .collect()
+}
+
+/// Trains `recipe` in-process with a registry on backend `B`.
+pub fn train_with<B: AutodiffBackend>(reg: &Registry<B>, recipe: Recipe, data: &Splits) -> RunOut {
+    let dir = tempfile::Builder::new().prefix("oomph-bench-").tempdir().expect("temp dir");
+    let p = reg.prepare(&recipe.model.kind, &recipe.model.params, "bench.toml").unwrap_or_else(|e| panic!("{e}"));
+    let t = Instant::now();
+    let summary = p.train(session::<B>(recipe, dir.path()), data).unwrap_or_else(|e| panic!("{e}"));
+    let call_s = t.elapsed().as_secs_f64();
+    let steps: Vec<StepRecord> =
+        read_lines::<StepRecord>(&dir.path().join("metrics.jsonl")).into_iter().filter(|s| s.kind == "step").collect();
+    let events = read_lines::<EventRecord>(&dir.path().join("events.jsonl"));
+    RunOut { steps, events, summary, call_s, dir }
+}
+
+/// Trains `recipe` in-process with the built-in models on backend `B`.
+pub fn train_builtin<B: AutodiffBackend>(recipe: Recipe, data: &Splits) -> RunOut {
+    let mut reg = Registry::<B>::new();
+    Builtin::register(&mut reg);
+    train_with(&reg, recipe, data)
+}
+
+// ---------------------------------------------------------------------------------------
+// The plain hand-written burn loop.
+
+/// The mean loss a plain loop computes, written with burn primitives only (the same math as
+/// oomph's `cross_entropy_per_row`, averaged instead of summed).
+pub trait PlainLoss<B: Backend> {
+    /// Mean cross-entropy of the batch.
+    fn mean_loss(&self, batch: &Batch, device: &B::Device) -> Tensor<B, 1>;
+}
+
+fn mean_cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    let n = targets.dims()[0];
+    let logp = burn::tensor::activation::log_softmax(logits, 1);
+    logp.gather(1, targets.reshape([n, 1])).reshape([n]).neg().mean()
+}
+
+impl<B: Backend> PlainLoss<B> for Mlp<B> {
+    fn mean_loss(&self, batch: &Batch, device: &B::Device) -> Tensor<B, 1> {
+        let (x, y) = tabular_classes::<B>(batch, device);
+        mean_cross_entropy(self.forward(x), y)
+    }
+}
+
+impl<B: Backend> PlainLoss<B> for Gpt<B> {
+    fn mean_loss(&self, batch: &Batch, device: &B::Device) -> Tensor<B, 1> {
+        let (inputs, targets) = tokens::<B>(batch, device);
+        let [n, t] = targets.dims();
+        let logits = self.forward(inputs);
+        let vocab = logits.dims()[2];
+        mean_cross_entropy(logits.reshape([n * t, vocab]), targets.reshape([n * t]))
+    }
+}
+
+/// A built-in model, built exactly as oomph builds it (same seed, same init).
+#[allow(clippy::large_enum_variant)]
+pub enum Builtins<B: Backend> {
+    /// `kind = "mlp"`.
+    Mlp(Mlp<B>),
+    /// `kind = "gpt"`.
+    Gpt(Gpt<B>),
+}
+
+/// Builds the recipe's built-in model after seeding the backend with the run seed, as
+/// oomph's registry does.
+pub fn build<B: Backend>(recipe: &Recipe, data: &Splits, device: &B::Device) -> Builtins<B> {
+    B::seed(device, recipe.run.seed);
+    match recipe.model.kind.as_str() {
+        "mlp" => {
+            let cfg: MlpConfig = oomph::recipe::params(&recipe.model.params, "model", "bench").unwrap();
+            Builtins::Mlp(oomph::models::mlp::init(&cfg, &data.info, device).unwrap())
+        }
+        "gpt" => {
+            let cfg: GptConfig = oomph::recipe::params(&recipe.model.params, "model", "bench").unwrap();
+            Builtins::Gpt(oomph::models::gpt::init(&cfg, &data.info, device).unwrap())
+        }
+        k => panic!("no plain loop for model kind {k}"),
+    }
+}
+
+/// A plain training loop's state: model, AdamW (configured from the recipe, as oomph
+/// configures it), the sampler and the data.
+pub struct Plain<'a, B: AutodiffBackend, M: AutodiffModule<B>> {
+    model: Option<M>,
+    optim: burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, M, B>,
+    sampler: Sampler,
+    data: &'a Splits,
+    n: usize,
+    lr: f64,
+    device: B::Device,
+}
+
+impl<'a, B: AutodiffBackend, M: AutodiffModule<B> + PlainLoss<B>> Plain<'a, B, M> {
+    /// The loop's state at step 0.
+    pub fn new(model: M, recipe: &Recipe, data: &'a Splits) -> Self {
+        let o = &recipe.optimizer;
+        let optim = AdamWConfig::new()
+            .with_beta_1(o.betas[0] as f32)
+            .with_beta_2(o.betas[1] as f32)
+            .with_epsilon(o.eps as f32)
+            .with_weight_decay(o.weight_decay as f32)
+            .init::<B, M>();
+        Self {
+            model: Some(model),
+            optim,
+            sampler: Sampler::new(data.train.len(), recipe.run.seed, true),
+            data,
+            n: recipe.training.effective_batch,
+            lr: o.lr,
+            device: Default::default(),
+        }
+    }
+
+    /// One step: gather the batch, forward, mean loss, backward, `from_grads`, AdamW step,
+    /// and read the loss (as any loop that logs it does). Returns the loss.
+    pub fn step(&mut self) -> f64 {
+        let idx = self.sampler.next_batch(self.n);
+        let batch = self.data.train.batch(&idx);
+        let model = self.model.take().expect("model");
+        let loss = model.mean_loss(&batch, &self.device);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let value: f64 = loss.into_scalar().elem();
+        self.model = Some(self.optim.step(self.lr, model, grads));
+        value
+    }
+
+    /// Runs `steps` steps; returns each step's wall time.
+    pub fn run(&mut self, steps: usize) -> Vec<f64> {
+        (0..steps)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(self.step());
+                t.elapsed().as_secs_f64()
+            })
+            .collect()
+    }
+}
+
+/// Per-step wall times of a plain loop of `steps` steps on the recipe's built-in model.
+pub fn plain_run<B: AutodiffBackend>(recipe: &Recipe, data: &Splits, steps: usize) -> Vec<f64> {
+    let device = B::Device::default();
+    match build::<B>(recipe, data, &device) {
+        Builtins::Mlp(m) => Plain::<B, _>::new(m, recipe, data).run(steps),
+        Builtins::Gpt(m) => Plain::<B, _>::new(m, recipe, data).run(steps),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Statistics and tables.
+
+/// The median (of a copy).
+pub fn median(v: &[f64]) -> f64 {
+    quantile(v, 0.5)
+}
+
+/// The `q`-quantile (linear interpolation) of a copy.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+}
+
+/// `median [min..max]` formatted with `digits` decimals.
+pub fn spread(v: &[f64], digits: usize) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.d$} [{:.d$}..{:.d$}]", median(v), min, max, d = digits)
+}
+
+/// Prints a markdown table.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    println!("| {} |", header.join(" | "));
+    println!("|{}|", header.iter().map(|_| "---").collect::<Vec<_>>().join("|"));
+    for r in rows {
+        println!("| {} |", r.join(" | "));
+    }
+    println!();
+}
+
+/// Bytes as MiB with one decimal.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Total size of the files under `dir` (recursively).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                dir_bytes(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            }
+        })
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------
+// A synthetic model of at least 100 M parameters.
+
+/// `[model]` keys of the synthetic big MLP.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BigConfig {
+    /// Width of the square hidden layers.
+    pub width: usize,
+    /// Number of square `width x width` layers.
+    pub depth: usize,
+}
+
+impl Default for BigConfig {
+    fn default() -> Self {
+        Self { width: 7100, depth: 2 }
+    }
+}
+
+/// A plain MLP with `depth` square `width x width` layers: 101 M parameters by default.
+#[derive(Module, Debug)]
+pub struct Big<B: Backend> {
+    layers: Vec<Linear<B>>,
+}
+
+impl<B: Backend> Big<B> {
+    /// Synthetic (randomly initialised) weights sized for the data.
+    pub fn new(c: &BigConfig, info: &DataInfo, device: &B::Device) -> Self {
+        let mut dims = vec![info.n_features.unwrap_or(1)];
+        dims.extend(std::iter::repeat_n(c.width, c.depth + 1));
+        dims.push(info.n_classes.unwrap_or(2));
+        Self { layers: dims.windows(2).map(|w| LinearConfig::new(w[0], w[1]).init(device)).collect() }
+    }
+
+    /// Logits.
+    pub fn forward(&self, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let last = self.layers.len() - 1;
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(x);
+            if i < last {
+                x = burn::tensor::activation::relu(x);
+            }
+        }
+        x
+    }
+}
+
+impl<B: Backend> Objective<B> for Big<B> {
+    fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B> {
+        let (x, y) = tabular_classes::<B>(batch, device);
+        Loss { sum: cross_entropy_per_row(self.forward(x), y).sum() }
+    }
+}
+
+impl<B: Backend> PlainLoss<B> for Big<B> {
+    fn mean_loss(&self, batch: &Batch, device: &B::Device) -> Tensor<B, 1> {
+        let (x, y) = tabular_classes::<B>(batch, device);
+        mean_cross_entropy(self.forward(x), y)
+    }
+}
+
+/// The recipe of the big model (synthetic data, AdamW, one chunk of 16).
+pub const BIG: &str = r#"
+[run]
+name = "big"
+seed = 3
+[model]
+kind = "big"
+[data]
+kind = "synthetic"
+samples = 256
+features = 32
+classes = 4
+valid_fraction = 0.0
+[optimizer]
+kind = "adamw"
+lr = 1e-4
+[training]
+steps = 8
+effective_batch = 16
+[micro_batch]
+initial = 16
+[checkpoint]
+keep = 2
+"#;
+
+/// A registry with the big model as `kind = "big"`.
+pub fn big_registry() -> Registry<Fx> {
+    let mut reg = Registry::<Fx>::new();
+    reg.add(
+        "big",
+        "synthetic 101 M parameter MLP",
+        |_: &BigConfig| DataNeeds::default(),
+        |c: &BigConfig, info: &DataInfo, d: &burn::tensor::Device<Fx>| Ok(Big::<Fx>::new(c, info, d)),
+    );
+    reg
+}
+
+/// The big recipe, its data and the model (seeded as the trainer seeds it).
+pub fn big_setup(overrides: &[String]) -> (Recipe, Splits, Big<Fx>) {
+    let r = recipe_text(BIG, overrides);
+    let data = oomph::data::load(&r.data, r.run.seed, None).unwrap_or_else(|e| panic!("{e}"));
+    let device = Default::default();
+    <Fx as Backend>::seed(&device, r.run.seed);
+    let m = Big::<Fx>::new(&BigConfig::default(), &data.info, &device);
+    (r, data, m)
+}
+
+// ---------------------------------------------------------------------------------------
+// oomph's step rebuilt from the plain one, piece by piece.
+
+/// Which of oomph's per-step pieces a [`pieces_run`] step includes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pieces {
+    /// oomph's normalisation: the model's loss *sum* times `1/W`, and the loss value read from
+    /// a detached copy (as the accumulator does), instead of a mean loss.
+    pub normalise: bool,
+    /// The optimizer update on copies of the model and optimizer handles, originals kept until
+    /// it succeeded (the transactional update).
+    pub copies: bool,
+    /// One `metrics.jsonl` line per step: `Some(0)` flushed every line, `Some(ms)` flushed at
+    /// most every `ms` milliseconds.
+    pub metrics: Option<u64>,
+    /// The two recovery boundaries (`recovery::attempt`) and the per-step re-seed.
+    pub boundary: bool,
+}
+
+/// Per-step wall times of `steps` steps of a loop with the given pieces of oomph's step.
+pub fn pieces_run<M>(model: M, r: &Recipe, data: &Splits, steps: usize, p: Pieces) -> Vec<f64>
+where
+    M: AutodiffModule<Fx> + PlainLoss<Fx> + Objective<Fx>,
+{
+    use std::io::Write;
+    let device: burn::tensor::Device<Fx> = Default::default();
+    let mut optim = oomph::train::optim::Optim::<M, Fx>::new(&r.optimizer);
+    let mut model = Some(model);
+    let mut sampler = Sampler::new(data.train.len(), r.run.seed, true);
+    let n = r.training.effective_batch;
+    let lr = r.optimizer.lr;
+    let d = tempfile::tempdir().unwrap();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(d.path().join("metrics.jsonl")).unwrap());
+    let mut last_flush = Instant::now();
+    let mut template: StepRecord = serde_json::from_value(serde_json::json!({
+        "kind": "step", "step": 0, "samples_seen": 0, "loss": 0.0, "lr": lr, "micro_batch": n, "chunks": 1,
+        "samples_per_sec": 0.0, "wall_s": 0.0, "oom_events": 0,
+    }))
+    .unwrap();
+    let mut times = Vec::with_capacity(steps);
+    for step in 1..=steps {
+        let t = Instant::now();
+        if p.boundary {
+            <Fx as Backend>::seed(&device, oomph::train::trainer::step_seed(r.run.seed, step));
+        }
+        let batch = data.train.batch(&sampler.next_batch(n));
+        let m = model.take().unwrap();
+        let fwd = || {
+            if p.normalise {
+                let scale = 1.0 / Objective::<Fx>::weight(&m, &batch);
+                let loss = Objective::<Fx>::loss(&m, &batch, &device).sum.mul_scalar(scale);
+                let detached = loss.clone().inner();
+                let g = GradientsParams::from_grads(loss.backward(), &m);
+                (g, detached.into_scalar().elem::<f64>())
+            } else {
+                let loss = m.mean_loss(&batch, &device);
+                let g = GradientsParams::from_grads(loss.backward(), &m);
+                (g, loss.into_scalar().elem::<f64>())
+            }
+        };
+        let (grads, value) = if p.boundary {
+            oomph::train::recovery::attempt::<Fx, _>(&device, fwd).unwrap_or_else(|e| panic!("{}", e.message()))
+        } else {
+            fwd()
+        };
+        let next = if p.copies {
+            let mut o = optim.clone();
+            let copy = m.clone();
+            let upd = move || {
+                let m2 = o.step(lr, copy, grads);
+                (m2, o)
+            };
+            let (m2, o) = if p.boundary {
+                oomph::train::recovery::attempt::<Fx, _>(&device, upd).unwrap_or_else(|e| panic!("{}", e.message()))
+            } else {
+                upd()
+            };
+            optim = o;
+            drop(m);
+            m2
+        } else if p.boundary {
+            let o = &mut optim;
+            oomph::train::recovery::attempt::<Fx, _>(&device, move || o.step(lr, m, grads))
+                .unwrap_or_else(|e| panic!("{}", e.message()))
+        } else {
+            optim.step(lr, m, grads)
+        };
+        model = Some(next);
+        if let Some(every_ms) = p.metrics {
+            template.step = step;
+            template.samples_seen = (step * n) as u64;
+            template.loss = value;
+            template.wall_s = t.elapsed().as_secs_f64();
+            serde_json::to_writer(&mut out, &template).unwrap();
+            out.write_all(b"\n").unwrap();
+            if every_ms == 0 || last_flush.elapsed().as_millis() as u64 >= every_ms {
+                out.flush().unwrap();
+                last_flush = Instant::now();
+            }
+        }
+        black_box(value);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times
+}

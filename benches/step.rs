@@ -1,0 +1,233 @@
+//! Micro-benchmarks (divan) of one training step and of each piece of per-step work oomph adds
+//! around it, on the shipped debug models (flex CPU backend).
+//!
+//! `cargo bench --bench step`. Compare the rows with `plain_step` of the same model (same
+//! process): the ratio is what each piece costs relative to a step. The end-to-end
+//! comparison (whole oomph loop vs the plain loop) is in `benches/resilience.rs`.
+#![allow(missing_docs)]
+
+mod common;
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::Backend;
+use common::*;
+use divan::Bencher;
+use oomph::data::Sampler;
+use oomph::recipe::Recipe;
+use oomph::sched::Policy;
+use oomph::train::optim::Optim;
+use oomph::train::records::{JsonLines, StepRecord};
+use std::hint::black_box;
+
+fn main() {
+    divan::main();
+}
+
+const MODELS: &[&str] = &["digits-mlp-debug", "tiny-gpt-debug"];
+
+fn recipe(name: &str) -> Recipe {
+    shipped(&format!("{name}.toml"), &sets(&["training.eval_every=0", "checkpoint.every=0"]))
+}
+
+/// The plain hand-written step: gather, forward, mean loss, backward, `from_grads`, AdamW,
+/// read the loss.
+#[divan::bench(args = MODELS, max_time = 3)]
+fn plain_step(bencher: Bencher, name: &str) {
+    let r = recipe(name);
+    let data = data_for(&r);
+    let device = Default::default();
+    match build::<Fx>(&r, &data, &device) {
+        Builtins::Mlp(m) => {
+            let mut p = Plain::new(m, &r, &data);
+            p.run(10);
+            bencher.bench_local(|| p.step());
+        }
+        Builtins::Gpt(m) => {
+            let mut p = Plain::new(m, &r, &data);
+            p.run(10);
+            bencher.bench_local(|| p.step());
+        }
+    }
+}
+
+/// The same step with oomph's transactional update: the optimizer steps on *copies* of the
+/// model and optimizer handles, the originals are kept until the update succeeded.
+#[divan::bench(args = MODELS, max_time = 3)]
+fn step_on_copies(bencher: Bencher, name: &str) {
+    let r = recipe(name);
+    let data = data_for(&r);
+    let device = Default::default();
+    match build::<Fx>(&r, &data, &device) {
+        Builtins::Mlp(m) => copies_loop(bencher, m, &r, &data),
+        Builtins::Gpt(m) => copies_loop(bencher, m, &r, &data),
+    }
+}
+
+fn copies_loop<M: AutodiffModule<Fx> + PlainLoss<Fx>>(
+    bencher: Bencher,
+    model: M,
+    r: &Recipe,
+    data: &oomph::data::Splits,
+) {
+    let device = Default::default();
+    let mut optim = Optim::<M, Fx>::new(&r.optimizer);
+    let mut model = model;
+    let mut sampler = Sampler::new(data.train.len(), r.run.seed, true);
+    let n = r.training.effective_batch;
+    let lr = r.optimizer.lr;
+    let mut step = || {
+        let batch = data.train.batch(&sampler.next_batch(n));
+        let loss = model.mean_loss(&batch, &device);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut o = optim.clone();
+        let m = o.step(lr, model.clone(), grads);
+        model = m;
+        optim = o;
+        black_box(loss.into_scalar());
+    };
+    for _ in 0..10 {
+        step();
+    }
+    bencher.bench_local(step);
+}
+
+/// Copying the model's and the optimizer's handles (what the update and a checkpoint
+/// snapshot take), after a few steps so the Adam moments exist.
+#[divan::bench(args = MODELS, max_time = 2)]
+fn copy_handles(bencher: Bencher, name: &str) {
+    let r = recipe(name);
+    let data = data_for(&r);
+    let device = Default::default();
+    match build::<Fx>(&r, &data, &device) {
+        Builtins::Mlp(m) => copy_loop(bencher, m, &r, &data),
+        Builtins::Gpt(m) => copy_loop(bencher, m, &r, &data),
+    }
+}
+
+fn copy_loop<M: AutodiffModule<Fx> + PlainLoss<Fx>>(
+    bencher: Bencher,
+    model: M,
+    r: &Recipe,
+    data: &oomph::data::Splits,
+) {
+    let device = Default::default();
+    let mut optim = Optim::<M, Fx>::new(&r.optimizer);
+    let mut model = model;
+    let mut sampler = Sampler::new(data.train.len(), r.run.seed, true);
+    for _ in 0..3 {
+        let batch = data.train.batch(&sampler.next_batch(r.training.effective_batch));
+        let loss = model.mean_loss(&batch, &device);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(r.optimizer.lr, model, grads);
+    }
+    bencher.bench_local(|| black_box((model.clone(), optim.clone())));
+    black_box(model.num_params());
+}
+
+/// The recovery boundary around an attempt that does nothing: `catch_unwind`, the panic
+/// recorder's generation check and `B::sync`. oomph crosses it twice per step.
+#[divan::bench(max_time = 1)]
+fn recovery_boundary(bencher: Bencher) {
+    let device = Default::default();
+    bencher.bench_local(|| oomph::train::recovery::attempt::<Fx, _>(&device, || black_box(1)).is_ok());
+}
+
+/// Re-seeding the backend RNG from `(seed, step)`, once per attempt.
+#[divan::bench(max_time = 1)]
+fn reseed(bencher: Bencher) {
+    let device = Default::default();
+    let mut step = 0;
+    bencher.bench_local(|| {
+        step += 1;
+        <Fx as Backend>::seed(&device, oomph::train::trainer::step_seed(42, step));
+    });
+}
+
+/// The policy's per-step work: the plan, then `on_step_ok`.
+#[divan::bench(max_time = 1)]
+fn policy_step(bencher: Bencher) {
+    let r = recipe("digits-mlp-debug");
+    let mut p = Policy::new(oomph::train::trainer::policy_config(&r));
+    bencher.bench_local(|| {
+        black_box(p.plan());
+        black_box(p.on_step_ok());
+    });
+}
+
+/// One `metrics.jsonl` line, serialised and flushed.
+#[divan::bench(max_time = 1)]
+fn metrics_line(bencher: Bencher) {
+    let d = tempfile::tempdir().unwrap();
+    let mut out = JsonLines::open(&d.path().join("metrics.jsonl")).unwrap();
+    let mut step = 0;
+    bencher.bench_local(|| {
+        step += 1;
+        let rec: StepRecord = serde_json::from_value(serde_json::json!({
+            "kind": "step", "step": step, "samples_seen": step as u64 * 64, "loss": 1.234, "lr": 3e-3,
+            "micro_batch": 64, "chunks": 1, "samples_per_sec": 12345.0, "wall_s": 1.5, "oom_events": 0,
+        }))
+        .unwrap();
+        out.write(&rec).unwrap();
+    });
+}
+
+/// Gathering one effective batch (sampler + `Source::batch`), which both loops do.
+#[divan::bench(args = MODELS, max_time = 1)]
+fn gather_batch(bencher: Bencher, name: &str) {
+    let r = recipe(name);
+    let data = data_for(&r);
+    let mut s = Sampler::new(data.train.len(), 1, true);
+    let n = r.training.effective_batch;
+    bencher.bench_local(|| black_box(data.train.batch(&s.next_batch(n))));
+}
+
+/// A simulated out-of-memory panic caught by the recovery boundary and classified (the
+/// panic hook records it; unwinding; classification), then the device cleanup. The fixed
+/// part of every in-process OOM, before the events are written.
+#[divan::bench(max_time = 1)]
+fn oom_roundtrip(bencher: Bencher) {
+    let device = Default::default();
+    bencher.bench_local(|| {
+        let r = oomph::train::recovery::attempt::<Fx, _>(&device, || {
+            std::panic::panic_any(format!(
+                "{}: a micro-batch of 64 samples does not fit",
+                oomph::sched::SIMULATED_OOM_PREFIX
+            ))
+        });
+        oomph::train::recovery::cleanup::<Fx>(&device);
+        black_box(r.is_err())
+    });
+}
+
+/// `current.json` as the trainer writes it after every policy event: write a temporary file,
+/// rename it over the old one.
+#[divan::bench(max_time = 1)]
+fn current_json(bencher: Bencher) {
+    let d = tempfile::tempdir().unwrap();
+    let (tmp, fin) = (d.path().join("current.json.tmp"), d.path().join("current.json"));
+    bencher.bench_local(|| {
+        std::fs::write(&tmp, r#"{"pid":1,"step":2,"micro_batch":32}"#).unwrap();
+        std::fs::rename(&tmp, &fin).unwrap();
+    });
+}
+
+/// The same, rewritten in place through a file kept open (one `pwrite`, padded to a fixed
+/// length so a shorter text leaves no stale tail): the cheaper way to keep `current.json`.
+#[divan::bench(max_time = 1)]
+fn current_json_in_place(bencher: Bencher) {
+    use std::os::unix::fs::FileExt;
+    let d = tempfile::tempdir().unwrap();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(d.path().join("current.json"))
+        .unwrap();
+    bencher.bench_local(|| {
+        let mut line = r#"{"pid":1,"step":2,"micro_batch":32}"#.to_string();
+        line.push_str(&" ".repeat(127 - line.len()));
+        line.push('\n');
+        f.write_all_at(line.as_bytes(), 0).unwrap();
+    });
+}
