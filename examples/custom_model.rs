@@ -91,11 +91,7 @@ struct ResMlpConfig {
 
 impl Default for ResMlpConfig {
     fn default() -> Self {
-        Self {
-            width: 64,
-            blocks: 2,
-            dropout: 0.1,
-        }
+        Self { width: 64, blocks: 2, dropout: 0.1 }
     }
 }
 
@@ -132,10 +128,7 @@ impl<B: Backend> ResMlp<B> {
             return Err("`model.width` must be positive".into());
         }
         if !(0.0..1.0).contains(&cfg.dropout) {
-            return Err(format!(
-                "`model.dropout` = {} must be in [0, 1)",
-                cfg.dropout
-            ));
+            return Err(format!("`model.dropout` = {} must be in [0, 1)", cfg.dropout));
         }
         let w = cfg.width;
         let blocks = (0..cfg.blocks)
@@ -156,10 +149,7 @@ impl<B: Backend> ResMlp<B> {
 
     /// Class logits `[n, classes]`.
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = self
-            .blocks
-            .iter()
-            .fold(self.embed.forward(x), |x, b| b.forward(x));
+        let x = self.blocks.iter().fold(self.embed.forward(x), |x, b| b.forward(x));
         self.head.forward(self.norm.forward(x))
     }
 }
@@ -170,9 +160,7 @@ impl<B: Backend> Objective<B> for ResMlp<B> {
     fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B> {
         let (x, y) = tabular_classes::<B>(batch, device);
         // The sum over the micro-batch, not the mean: oomph divides by the effective batch.
-        Loss {
-            sum: cross_entropy_per_row(self.forward(x), y).sum(),
-        }
+        Loss { sum: cross_entropy_per_row(self.forward(x), y).sum() }
     }
 
     fn evaluate(&self, batch: &Batch, device: &B::Device) -> Evaluation<B> {
@@ -181,11 +169,7 @@ impl<B: Backend> Objective<B> for ResMlp<B> {
         let accuracy = correct(logits.clone(), y.clone());
         Evaluation {
             loss_sum: cross_entropy_per_row(logits, y).sum(),
-            metrics: vec![MetricSum {
-                name: "accuracy",
-                sum: accuracy,
-                weight: batch.len() as f64,
-            }],
+            metrics: vec![MetricSum { name: "accuracy", sum: accuracy, weight: batch.len() as f64 }],
         }
     }
 }
@@ -235,15 +219,9 @@ impl<B: Backend> BurnMlp<B> {
     }
 
     /// The forward pass both steps share; the loss is burn's mean cross-entropy.
-    fn forward_classification(
-        &self,
-        images: Tensor<B, 2>,
-        targets: Tensor<B, 1, Int>,
-    ) -> ClassificationOutput<B> {
+    fn forward_classification(&self, images: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> ClassificationOutput<B> {
         let logits = self.output.forward(relu(self.hidden.forward(images)));
-        let loss = CrossEntropyLossConfig::new()
-            .init(&logits.device())
-            .forward(logits.clone(), targets.clone());
+        let loss = CrossEntropyLossConfig::new().init(&logits.device()).forward(logits.clone(), targets.clone());
         ClassificationOutput::new(loss, logits, targets)
     }
 }

@@ -58,7 +58,8 @@ fn micro_batches_64_8_5_give_equal_parameters() {
         run_micro(8, d[1].path(), extra);
         run_micro(5, d[2].path(), extra);
         // 64 with micro 5 is 13 chunks of sizes 5 and 4: the metrics say so.
-        let steps: Vec<_> = lines(&d[2].path().join("metrics.jsonl")).into_iter().filter(|v| v["kind"] == "step").collect();
+        let steps: Vec<_> =
+            lines(&d[2].path().join("metrics.jsonl")).into_iter().filter(|v| v["kind"] == "step").collect();
         assert_eq!(steps[0]["chunks"], 13);
         assert_eq!(steps[0]["micro_batch"], 5);
         let d8 = max_param_diff(d[0].path(), d[1].path());
@@ -106,8 +107,11 @@ fn a_wrong_normalisation_fails_the_equality() {
     let cfg = MlpConfig { hidden: vec![16], ..Default::default() };
     let info = data.info.clone();
     let _turn = serial();
-    train(session(r, wrong.path()), &data, |d| ChunkMeanSummed { inner: mlp::init::<B>(&cfg, &info, d).unwrap(), chunks: 13 })
-        .unwrap();
+    train(session(r, wrong.path()), &data, |d| ChunkMeanSummed {
+        inner: mlp::init::<B>(&cfg, &info, d).unwrap(),
+        chunks: 13,
+    })
+    .unwrap();
     let diff = max_param_diff(reference.path(), wrong.path());
     assert!(diff > 1e-2, "the wrong normalisation went unnoticed: max |diff| {diff:e}");
 }
@@ -156,8 +160,11 @@ fn token_weighting_with_uneven_lengths_is_split_invariant() {
         let cfg = MlpConfig { hidden: vec![16], ..Default::default() };
         let info = data.info.clone();
         let _turn = serial();
-        train(session(r, d.path()), &data, |dev| UnevenTokens { inner: mlp::init::<B>(&cfg, &info, dev).unwrap(), wrong_chunks })
-            .unwrap();
+        train(session(r, d.path()), &data, |dev| UnevenTokens {
+            inner: mlp::init::<B>(&cfg, &info, dev).unwrap(),
+            wrong_chunks,
+        })
+        .unwrap();
         d
     };
     let full = run(64, 0);

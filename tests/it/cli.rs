@@ -13,7 +13,15 @@ fn train_writes_a_complete_run_directory() {
     for needle in ["valid accuracy", "micro-batch", "report.png", "model.safetensors"] {
         assert!(out.contains(needle), "summary on stdout lacks {needle}: {out}");
     }
-    for f in ["recipe.resolved.toml", "metrics.jsonl", "events.jsonl", "summary.json", "model.safetensors", "report.png", "report.svg"] {
+    for f in [
+        "recipe.resolved.toml",
+        "metrics.jsonl",
+        "events.jsonl",
+        "summary.json",
+        "model.safetensors",
+        "report.png",
+        "report.svg",
+    ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     let steps: Vec<_> = lines(&run.join("metrics.jsonl")).into_iter().filter(|v| v["kind"] == "step").collect();
@@ -23,11 +31,22 @@ fn train_writes_a_complete_run_directory() {
     }
     let evals = lines(&run.join("metrics.jsonl")).into_iter().filter(|v| v["kind"] == "eval").count();
     assert_eq!(evals, 3, "eval_every = 10 over 30 steps");
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["steps"], 30);
     assert_eq!(s["samples_seen"], 30 * 64);
     assert!(s["valid_accuracy"].as_f64().unwrap() > 0.5, "{s}");
-    for k in ["train_loss", "valid_loss", "wall_s", "oom_events", "micro_batch_final", "micro_batch_history", "recovery_s", "restarts", "resumes"] {
+    for k in [
+        "train_loss",
+        "valid_loss",
+        "wall_s",
+        "oom_events",
+        "micro_batch_final",
+        "micro_batch_history",
+        "recovery_s",
+        "restarts",
+        "resumes",
+    ] {
         assert!(!s[k].is_null(), "summary.json lacks {k}");
     }
     // The resolved recipe is a valid recipe with every default filled in.
@@ -43,7 +62,14 @@ fn train_writes_a_complete_run_directory() {
 
 #[test]
 fn check_prints_the_resolved_recipe_with_overrides() {
-    let o = oomph(&["check", "configs/tiny-gpt-debug.toml", "--set", "training.effective_batch=12", "--set", "model.n_layer=3"]);
+    let o = oomph(&[
+        "check",
+        "configs/tiny-gpt-debug.toml",
+        "--set",
+        "training.effective_batch=12",
+        "--set",
+        "model.n_layer=3",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     let v: toml::Table = out.parse().unwrap();
@@ -56,9 +82,16 @@ fn check_prints_the_resolved_recipe_with_overrides() {
 #[test]
 fn bad_input_is_exit_code_2_with_a_clear_message() {
     let d = tempfile::tempdir().unwrap();
-    let base = std::fs::read_to_string(root().join("configs/digits-mlp-debug.toml")).unwrap().replace("../data/", &format!("{}/data/", root().display()));
+    let base = std::fs::read_to_string(root().join("configs/digits-mlp-debug.toml"))
+        .unwrap()
+        .replace("../data/", &format!("{}/data/", root().display()));
     let cases: Vec<(&str, String, Vec<&str>, Vec<&str>)> = vec![
-        ("unknown key", base.replace("[training]", "[training]\neffective_batc = 3"), vec![], vec!["effective_batc", "effective_batch"]),
+        (
+            "unknown key",
+            base.replace("[training]", "[training]\neffective_batc = 3"),
+            vec![],
+            vec!["effective_batc", "effective_batch"],
+        ),
         ("wrong type", base.clone(), vec!["training.effective_batch=\"lots\""], vec!["training.effective_batch"]),
         ("zero batch", base.clone(), vec!["training.effective_batch=0"], vec!["training.effective_batch", "Fix"]),
         ("min > max", base.clone(), vec!["micro_batch.min=9", "micro_batch.max=4"], vec!["micro_batch.min"]),
@@ -93,7 +126,15 @@ fn bad_input_is_exit_code_2_with_a_clear_message() {
 
 #[test]
 fn cuda_without_cuda_support_is_bad_input() {
-    let o = oomph(&["train", "configs/digits-mlp-debug.toml", "--set", "run.backend=cuda", "--no-supervise", "--run-dir", "/tmp/oomph-no-cuda"]);
+    let o = oomph(&[
+        "train",
+        "configs/digits-mlp-debug.toml",
+        "--set",
+        "run.backend=cuda",
+        "--no-supervise",
+        "--run-dir",
+        "/tmp/oomph-no-cuda",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cuda"), "{}", text(&o));
 }

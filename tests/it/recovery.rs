@@ -40,13 +40,14 @@ fn steps(dir: &Path) -> Vec<serde_json::Value> {
     lines(&dir.join("metrics.jsonl")).into_iter().filter(|v| v["kind"] == "step").collect()
 }
 
-
 #[test]
 fn simulated_capacity_settles_and_matches_an_undisturbed_run() {
     let reference = tempfile::tempdir().unwrap();
     train_builtin(recipe(RECIPE, &[]), reference.path()).unwrap();
     let d = tempfile::tempdir().unwrap();
-    let s = train_builtin(recipe(RECIPE, &["faults.simulate_memory_samples=12", "micro_batch.grow_after=1000"]), d.path()).unwrap();
+    let s =
+        train_builtin(recipe(RECIPE, &["faults.simulate_memory_samples=12", "micro_batch.grow_after=1000"]), d.path())
+            .unwrap();
     assert_eq!(s.steps, 30);
     assert_eq!(s.samples_seen, 30 * 64, "the effective batch never changes");
     // 64 -> 32 -> 16 -> 8 fit under 12; chunks of 8 (8 chunks).
@@ -73,7 +74,8 @@ fn an_oom_in_every_phase_is_recovered_without_changing_the_result() {
     let faults = r#"faults.oom_at=[{step=3, phase="forward"}, {step=5, phase="backward"}, {step=7, phase="optimizer"}, {step=10, phase="eval"}]"#;
     let s = train_builtin(recipe(RECIPE, &[faults, "micro_batch.grow_after=1000"]), d.path()).unwrap();
     assert_eq!(s.steps, 30);
-    let phases: Vec<String> = events(d.path(), "oom").iter().map(|e| e["phase"].as_str().unwrap().to_string()).collect();
+    let phases: Vec<String> =
+        events(d.path(), "oom").iter().map(|e| e["phase"].as_str().unwrap().to_string()).collect();
     assert_eq!(phases, ["forward", "backward", "optimizer", "eval"]);
     // Forward/backward OOMs shrink the training micro-batch; the optimizer OOM does not; the
     // eval OOM shrinks only the evaluation micro-batch.
@@ -107,7 +109,9 @@ fn the_limit_grows_back_when_room_returns_and_throughput_recovers() {
     assert_eq!(st[119]["micro_batch"], 64);
     assert_eq!(st[119]["chunks"], 1);
     // Throughput: the mean samples/s over the last 20 steps beats the constrained phase.
-    let mean = |r: &[serde_json::Value]| r.iter().map(|v| v["samples_per_sec"].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
+    let mean = |r: &[serde_json::Value]| {
+        r.iter().map(|v| v["samples_per_sec"].as_f64().unwrap()).sum::<f64>() / r.len() as f64
+    };
     assert!(mean(&st[100..120]) > mean(&st[15..35]), "throughput did not recover");
 }
 
@@ -115,16 +119,27 @@ fn the_limit_grows_back_when_room_returns_and_throughput_recovers() {
 fn oscillating_room_backs_off_instead_of_thrashing() {
     let d = tempfile::tempdir().unwrap();
     // Room alternates 12 / 40 every 10 steps for 300 steps.
-    let changes: Vec<String> = (1..30).map(|i| format!("{{step={}, samples={}}}", i * 10, if i % 2 == 1 { 40 } else { 12 })).collect();
+    let changes: Vec<String> =
+        (1..30).map(|i| format!("{{step={}, samples={}}}", i * 10, if i % 2 == 1 { 40 } else { 12 })).collect();
     let set = format!("faults.simulate_memory_changes=[{}]", changes.join(","));
-    let r = recipe(RECIPE, &["training.steps=300", "training.eval_every=0", "faults.simulate_memory_samples=12", &set, "micro_batch.grow_after=3"]);
+    let r = recipe(
+        RECIPE,
+        &[
+            "training.steps=300",
+            "training.eval_every=0",
+            "faults.simulate_memory_samples=12",
+            &set,
+            "micro_batch.grow_after=3",
+        ],
+    );
     let s = train_builtin(r, d.path()).unwrap();
     assert_eq!(s.steps, 300);
     let failed = events(d.path(), "grow_failed").len();
     // Without back-off every low phase would cost an OOM (15 drops); with it, fewer.
     assert!(s.oom_events < 40, "{} OOMs over 300 steps", s.oom_events);
     assert!(failed <= 12, "{failed} failed growth attempts");
-    let waits: Vec<u64> = events(d.path(), "grow_failed").iter().filter_map(|e| e["next_try_after_steps"].as_u64()).collect();
+    let waits: Vec<u64> =
+        events(d.path(), "grow_failed").iter().filter_map(|e| e["next_try_after_steps"].as_u64()).collect();
     assert!(waits.windows(2).any(|w| w[1] > w[0]), "back-off never increased: {waits:?}");
 }
 
@@ -155,7 +170,14 @@ fn a_non_oom_panic_is_reported_not_retried() {
     let d = tempfile::tempdir().unwrap();
     let p = write_recipe(d.path(), "r.toml", RECIPE);
     let run = d.path().join("run");
-    let o = oomph(&["train", p.to_str().unwrap(), "--run-dir", run.to_str().unwrap(), "--set", r#"faults.panic_at=[{step=4, phase="forward"}]"#]);
+    let o = oomph(&[
+        "train",
+        p.to_str().unwrap(),
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--set",
+        r#"faults.panic_at=[{step=4, phase="forward"}]"#,
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("simulated model bug"), "{err}");
@@ -203,7 +225,14 @@ fn an_optimizer_oom_is_retried_once_then_exits_3() {
     let p = write_recipe(d.path(), "r.toml", RECIPE);
     // Once: recovered (the whole step is redone after cleanup).
     let run = d.path().join("once");
-    let o = oomph(&["train", p.to_str().unwrap(), "--run-dir", run.to_str().unwrap(), "--set", r#"faults.oom_at=[{step=4, phase="optimizer"}]"#]);
+    let o = oomph(&[
+        "train",
+        p.to_str().unwrap(),
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--set",
+        r#"faults.oom_at=[{step=4, phase="optimizer"}]"#,
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     // Twice in the same step: there is no micro-batch to shrink; exit 3 with the memory involved.
     let run = d.path().join("twice");

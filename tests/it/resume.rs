@@ -77,7 +77,10 @@ fn interrupted_at(dir: &Path, at: usize, overrides: &[&str]) {
 /// Every tensor of the final model, as exact bit patterns (the safetensors header's metadata
 /// order is not stable across writes, the tensors are).
 fn model_bits(dir: &Path) -> Vec<(String, Vec<u32>)> {
-    tensors(&dir.join("model.safetensors")).into_iter().map(|(k, v)| (k, v.iter().map(|x| x.to_bits()).collect())).collect()
+    tensors(&dir.join("model.safetensors"))
+        .into_iter()
+        .map(|(k, v)| (k, v.iter().map(|x| x.to_bits()).collect()))
+        .collect()
 }
 
 fn assert_bit_identical(a: &Path, b: &Path, what: &str) {
@@ -101,7 +104,11 @@ fn stopped_and_resumed_is_bit_identical() {
     assert_eq!(s.resumes, 1);
     assert_bit_identical(full.path(), d.path(), "stopped at 13 and resumed");
     // metrics.jsonl holds each step once, as if never interrupted.
-    let steps: Vec<u64> = lines(&d.path().join("metrics.jsonl")).iter().filter(|v| v["kind"] == "step").map(|v| v["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = lines(&d.path().join("metrics.jsonl"))
+        .iter()
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, (1..=30).collect::<Vec<_>>());
 }
 
@@ -136,9 +143,11 @@ fn a_damaged_newest_checkpoint_is_skipped_with_a_warning() {
         std::fs::write(&victim, bytes).unwrap();
         let s = train_builtin(recipe(RECIPE, &[]), d.path()).unwrap();
         assert_eq!(s.steps, 30);
-        let skipped: Vec<_> = lines(&d.path().join("events.jsonl")).into_iter().filter(|v| v["kind"] == "checkpoint_skipped").collect();
+        let skipped: Vec<_> =
+            lines(&d.path().join("events.jsonl")).into_iter().filter(|v| v["kind"] == "checkpoint_skipped").collect();
         assert_eq!(skipped.len(), 1, "{damage}");
-        let resumed: Vec<_> = lines(&d.path().join("events.jsonl")).into_iter().filter(|v| v["kind"] == "resume").collect();
+        let resumed: Vec<_> =
+            lines(&d.path().join("events.jsonl")).into_iter().filter(|v| v["kind"] == "resume").collect();
         assert_eq!(resumed[0]["from_step"], 10, "{damage}: fell back to step 10");
         assert_bit_identical(full.path(), d.path(), damage);
     }
@@ -153,7 +162,8 @@ fn a_changed_recipe_is_refused_with_a_diff_and_allowed_changes_pass() {
     assert_eq!(err.exit_code(), 2, "{msg}");
     assert!(msg.contains("optimizer.lr") && msg.contains("0.5") && msg.contains("model.hidden"), "{msg}");
     // Steps, cadence and micro-batch bounds may change.
-    let s = train_builtin(recipe(RECIPE, &["training.steps=12", "checkpoint.every=3", "micro_batch.max=24"]), d.path()).unwrap();
+    let s = train_builtin(recipe(RECIPE, &["training.steps=12", "checkpoint.every=3", "micro_batch.max=24"]), d.path())
+        .unwrap();
     assert_eq!(s.steps, 12);
 }
 
@@ -182,7 +192,9 @@ fn resume_flags_and_inspect_on_the_binary() {
     let o = oomph(&["inspect", run_s]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    for needle in ["verified", "model.mpk", "optim.mpk", "state.json", "sampler cursor", "micro-batch policy", "step 12"] {
+    for needle in
+        ["verified", "model.mpk", "optim.mpk", "state.json", "sampler cursor", "micro-batch policy", "step 12"]
+    {
         assert!(out.contains(needle), "inspect lacks {needle}: {out}");
     }
     let ck = run.join("checkpoints/step-12/optim.mpk");

@@ -74,7 +74,8 @@ fn a_real_allocation_failure_kills_the_worker_and_the_supervisor_finishes_the_ru
     assert!(!restarts.is_empty(), "{all}");
     assert!(restarts[0]["cause"].as_str().unwrap().contains("host allocation"), "{:?}", restarts[0]);
     assert_eq!(restarts[0]["micro_batch"], 64);
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["steps"], 6);
     assert_eq!(s["samples_seen"], 6 * 64, "effective batch unchanged");
     assert_eq!(s["restarts"].as_u64().unwrap() as usize, restarts.len());
@@ -98,7 +99,8 @@ fn descendants(pid: u32) -> Vec<u32> {
             let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
             let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
             // pid (comm) state ppid ...
-            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|x| x.parse::<u32>().ok());
+            let ppid =
+                stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|x| x.parse::<u32>().ok());
             if ppid == Some(p) {
                 all.push(child);
                 frontier.push(child);
@@ -176,12 +178,16 @@ fn sigkill_of_the_whole_tree_at_random_moments_then_rerun_is_bit_identical() {
         }
         let _ = child.wait();
         kills += 1;
-        if std::fs::read_dir(run.join("checkpoints")).map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))).unwrap_or(false) {
+        if std::fs::read_dir(run.join("checkpoints"))
+            .map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp")))
+            .unwrap_or(false)
+        {
             mid_write += 1;
         }
         // Every checkpoint that counts is complete and verifiable.
         for (_, dir) in oomph::train::checkpoint::list(&run.join("checkpoints")) {
-            oomph::train::checkpoint::verify(&dir).unwrap_or_else(|e| panic!("a complete-looking checkpoint is damaged: {e}"));
+            oomph::train::checkpoint::verify(&dir)
+                .unwrap_or_else(|e| panic!("a complete-looking checkpoint is damaged: {e}"));
         }
     }
     let o = oomph(&args);
@@ -194,7 +200,8 @@ fn sigkill_of_the_whole_tree_at_random_moments_then_rerun_is_bit_identical() {
         let same = va.iter().zip(&b[k]).all(|(x, y)| x.to_bits() == y.to_bits());
         assert!(same, "{k} differs after {kills} kills");
     }
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert!(s["resumes"].as_u64().unwrap() >= 1);
 }
 

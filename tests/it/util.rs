@@ -100,11 +100,7 @@ pub fn text(o: &Output) -> String {
 
 /// Every JSON line of a run file.
 pub fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// Writes a recipe file into `dir` and returns its path.

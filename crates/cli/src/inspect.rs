@@ -30,11 +30,13 @@ pub fn run(path: &Path) -> i32 {
             }
             println!("step {} | samples_seen {} | reason {}", s.step, s.samples_seen, s.reason);
             println!("sampler cursor: epoch {} position {}", s.cursor.epoch, s.cursor.position);
+            println!("micro-batch policy: limit {} | history {:?}", s.policy.limit, s.policy.history);
             println!(
-                "micro-batch policy: limit {} | history {:?}",
-                s.policy.limit, s.policy.history
+                "eval micro-batch {} | seed {} | recipe fingerprint {}",
+                s.eval_batch,
+                s.seed,
+                &s.recipe_fingerprint[..16.min(s.recipe_fingerprint.len())]
             );
-            println!("eval micro-batch {} | seed {} | recipe fingerprint {}", s.eval_batch, s.seed, &s.recipe_fingerprint[..16.min(s.recipe_fingerprint.len())]);
             println!(
                 "last loss {} | oom events {} | recovery {:.2}s | wall {:.1}s | restarts {} | resumes {}",
                 s.last_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
@@ -47,7 +49,9 @@ pub fn run(path: &Path) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("error: checkpoint unusable: {e}. Fix: resume from an older checkpoint (--resume STEP) or start over.");
+            eprintln!(
+                "error: checkpoint unusable: {e}. Fix: resume from an older checkpoint (--resume STEP) or start over."
+            );
             oomph_train::error::EXIT_CHECKPOINT
         }
     }

@@ -27,7 +27,11 @@ pub const ENV_LOWER_CEILING: &str = "OOMPH_LOWER_CEILING";
 pub const ENV_RESTARTS: &str = "OOMPH_RESTARTS";
 
 #[derive(Parser, Debug)]
-#[command(name = "oomph", version, about = "Training that survives out-of-memory: fixed effective batch, adaptive micro-batch, crash-safe checkpoints.")]
+#[command(
+    name = "oomph",
+    version,
+    about = "Training that survives out-of-memory: fixed effective batch, adaptive micro-batch, crash-safe checkpoints."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -111,7 +115,8 @@ pub fn main_with<M: Models>() -> ExitCode {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("OOMPH_LOG").unwrap_or_else(|_| EnvFilter::new("warn,cubecl_common=error"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 /// Prints an error as one paragraph and returns its exit code.
@@ -156,8 +161,7 @@ fn check_command<M: Models>(path: &Path, set: &[String]) -> i32 {
 
 /// The run directory a recipe and arguments imply.
 pub fn run_dir_for(recipe: &Recipe, arg: Option<&Path>) -> PathBuf {
-    arg.map(Path::to_path_buf)
-        .unwrap_or_else(|| Path::new(&recipe.run.output_dir).join(&recipe.run.name))
+    arg.map(Path::to_path_buf).unwrap_or_else(|| Path::new(&recipe.run.output_dir).join(&recipe.run.name))
 }
 
 fn parse_resume(s: &str) -> Result<Resume, i32> {
@@ -213,7 +217,9 @@ fn train_command<M: Models>(args: TrainArgs) -> i32 {
     let limit = match recipe.run.gpu_memory_limit.as_deref().map(oomph_recipe::parse_bytes).transpose() {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: {origin_copy}: `run.gpu_memory_limit` is invalid: {e}. Fix: write a size such as \"8GiB\".");
+            eprintln!(
+                "error: {origin_copy}: `run.gpu_memory_limit` is invalid: {e}. Fix: write a size such as \"8GiB\"."
+            );
             return EXIT_BAD_INPUT;
         }
     };

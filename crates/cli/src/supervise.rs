@@ -94,7 +94,9 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path) -> i32 {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: cannot find this program's own path to start a worker ({e}). Fix: run with --no-supervise.");
+            eprintln!(
+                "error: cannot find this program's own path to start a worker ({e}). Fix: run with --no-supervise."
+            );
             return 1;
         }
     };

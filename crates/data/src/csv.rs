@@ -27,9 +27,7 @@ impl Task {
         match task {
             "classification" => Ok(Task::Classification),
             "regression" => Ok(Task::Regression),
-            other => Err(DataError::UnknownTask {
-                task: other.to_string(),
-            }),
+            other => Err(DataError::UnknownTask { task: other.to_string() }),
         }
     }
 }
@@ -63,11 +61,7 @@ pub(crate) fn parse_records(path: &Path, text: &str) -> Result<Vec<Record>, Data
     let mut record_line = 1;
     let mut chars = text.chars().peekable();
 
-    let syntax = |line: usize, problem: String| DataError::CsvSyntax {
-        path: path.to_path_buf(),
-        line,
-        problem,
-    };
+    let syntax = |line: usize, problem: String| DataError::CsvSyntax { path: path.to_path_buf(), line, problem };
 
     loop {
         // At the start of a field.
@@ -80,10 +74,7 @@ pub(crate) fn parse_records(path: &Path, text: &str) -> Result<Vec<Record>, Data
                     None => {
                         return Err(syntax(
                             quote_line,
-                            format!(
-                                "field {} opens a quote (\") that is never closed",
-                                fields.len() + 1
-                            ),
+                            format!("field {} opens a quote (\") that is never closed", fields.len() + 1),
                         ))
                     }
                     Some('"') if chars.peek() == Some(&'"') => {
@@ -110,10 +101,7 @@ pub(crate) fn parse_records(path: &Path, text: &str) -> Result<Vec<Record>, Data
                 Some(&c) => {
                     return Err(syntax(
                         line,
-                        format!(
-                            "field {} has the character '{c}' after its closing quote",
-                            fields.len() + 1
-                        ),
+                        format!("field {} has the character '{c}' after its closing quote", fields.len() + 1),
                     ))
                 }
             }
@@ -150,10 +138,7 @@ pub(crate) fn parse_records(path: &Path, text: &str) -> Result<Vec<Record>, Data
             Some(true) | None => {
                 let blank = !any_quoted && fields.len() == 1 && fields[0].trim().is_empty();
                 if !blank {
-                    records.push(Record {
-                        line: record_line,
-                        fields: std::mem::take(&mut fields),
-                    });
+                    records.push(Record { line: record_line, fields: std::mem::take(&mut fields) });
                 }
                 fields.clear();
                 any_quoted = false;
@@ -178,21 +163,11 @@ fn column_desc(names: Option<&[String]>, index: usize) -> String {
 
 /// Read a whole file as UTF-8 text, naming the file and the first bad byte on failure.
 pub(crate) fn read_utf8(path: &Path) -> Result<String, DataError> {
-    let bytes = std::fs::read(path).map_err(|error| DataError::Io {
-        path: path.to_path_buf(),
-        error,
-    })?;
+    let bytes = std::fs::read(path).map_err(|error| DataError::Io { path: path.to_path_buf(), error })?;
     String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
-        let line = 1 + e.as_bytes()[..offset]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
-        DataError::NotUtf8 {
-            path: path.to_path_buf(),
-            offset,
-            line,
-        }
+        let line = 1 + e.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count();
+        DataError::NotUtf8 { path: path.to_path_buf(), offset, line }
     })
 }
 
@@ -210,8 +185,7 @@ pub fn parse_csv(path: &Path, text: &str, options: &CsvOptions) -> Result<Tabula
             return Err(DataError::Empty {
                 path: path.to_path_buf(),
                 problem: "is empty: it has no header row and no data rows".into(),
-                fix: "point `data.path` at a CSV file with a header row and at least one data row."
-                    .into(),
+                fix: "point `data.path` at a CSV file with a header row and at least one data row.".into(),
             });
         };
         Some(h)
@@ -226,16 +200,9 @@ pub fn parse_csv(path: &Path, text: &str, options: &CsvOptions) -> Result<Tabula
                 "add data rows below the header, or point `data.path` at the right file.",
             )
         } else {
-            (
-                "is empty: it has no data rows",
-                "point `data.path` at a CSV file with data rows.",
-            )
+            ("is empty: it has no data rows", "point `data.path` at a CSV file with data rows.")
         };
-        return Err(DataError::Empty {
-            path: path.to_path_buf(),
-            problem: problem.into(),
-            fix: fix.into(),
-        });
+        return Err(DataError::Empty { path: path.to_path_buf(), problem: problem.into(), fix: fix.into() });
     }
 
     let (n_cols, reference) = match &header {
@@ -243,14 +210,9 @@ pub fn parse_csv(path: &Path, text: &str, options: &CsvOptions) -> Result<Tabula
         None => (rows[0].fields.len(), "the first row"),
     };
     if n_cols < 2 {
-        return Err(DataError::TooFewColumns {
-            path: path.to_path_buf(),
-            found: n_cols,
-        });
+        return Err(DataError::TooFewColumns { path: path.to_path_buf(), found: n_cols });
     }
-    let names: Option<Vec<String>> = header
-        .as_ref()
-        .map(|h| h.fields.iter().map(|f| f.trim().to_string()).collect());
+    let names: Option<Vec<String>> = header.as_ref().map(|h| h.fields.iter().map(|f| f.trim().to_string()).collect());
 
     let label = resolve_label_column(path, names.as_deref(), n_cols, options)?;
     let feature_cols: Vec<usize> = (0..n_cols).filter(|&c| c != label).collect();
@@ -276,14 +238,7 @@ pub fn parse_csv(path: &Path, text: &str, options: &CsvOptions) -> Result<Tabula
         }
         for &c in &feature_cols {
             let cell = row.fields[c].trim();
-            features.push(parse_number(
-                path,
-                names.as_deref(),
-                row.line,
-                c,
-                cell,
-                "feature",
-            )?);
+            features.push(parse_number(path, names.as_deref(), row.line, c, cell, "feature")?);
         }
         let cell = row.fields[label].trim();
         if cell.is_empty() {
@@ -302,19 +257,12 @@ pub fn parse_csv(path: &Path, text: &str, options: &CsvOptions) -> Result<Tabula
         Task::Regression => Targets::Values(
             raw_labels
                 .iter()
-                .map(|(line, s)| {
-                    parse_number(path, names.as_deref(), *line, label, s, "regression target")
-                })
+                .map(|(line, s)| parse_number(path, names.as_deref(), *line, label, s, "regression target"))
                 .collect::<Result<_, _>>()?,
         ),
     };
 
-    Ok(Tabular {
-        features,
-        n_features: feature_cols.len(),
-        targets,
-        feature_names,
-    })
+    Ok(Tabular { features, n_features: feature_cols.len(), targets, feature_names })
 }
 
 fn parse_number(
@@ -330,11 +278,7 @@ fn parse_number(
             path: path.to_path_buf(),
             line,
             column: column_desc(names, col),
-            role: if role == "feature" {
-                "feature"
-            } else {
-                "label"
-            },
+            role: if role == "feature" { "feature" } else { "label" },
         });
     }
     let bad = |problem| DataError::BadNumber {
@@ -363,16 +307,8 @@ fn resolve_label_column(
     };
     let given_t = given.trim();
     let available = match names {
-        Some(names) => names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| format!("{i}=`{n}`"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        None => format!(
-            "0..={} (the file has no header: data.header = false)",
-            n_cols - 1
-        ),
+        Some(names) => names.iter().enumerate().map(|(i, n)| format!("{i}=`{n}`")).collect::<Vec<_>>().join(", "),
+        None => format!("0..={} (the file has no header: data.header = false)", n_cols - 1),
     };
     if let Some(names) = names {
         if let Some(i) = names.iter().position(|n| n == given_t) {
@@ -393,8 +329,7 @@ fn resolve_label_column(
             problem: if names.is_some() {
                 "is neither a header name nor a column index".to_string()
             } else {
-                "is not a 0-based column index, and names cannot be used without a header row"
-                    .to_string()
+                "is not a 0-based column index, and names cannot be used without a header row".to_string()
             },
             available,
         }),
@@ -410,34 +345,15 @@ pub fn classes_from_strings(labels: impl IntoIterator<Item = String>) -> Targets
     let labels: Vec<String> = labels.into_iter().collect();
     let ints: Option<Vec<i64>> = labels.iter().map(|s| s.parse::<i64>().ok()).collect();
     if let Some(ints) = ints {
-        let uniq: Vec<i64> = ints
-            .iter()
-            .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let uniq: Vec<i64> = ints.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
         let names = uniq.iter().map(i64::to_string).collect();
-        let labels = ints
-            .iter()
-            .map(|v| uniq.binary_search(v).expect("value is in its own set") as u32)
-            .collect();
+        let labels = ints.iter().map(|v| uniq.binary_search(v).expect("value is in its own set") as u32).collect();
         // For dense 0..K-1 labels the rank of a value is the value itself.
         return Targets::Classes { labels, names };
     }
-    let uniq: Vec<String> = labels
-        .iter()
-        .cloned()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let idx = labels
-        .iter()
-        .map(|s| uniq.binary_search(s).expect("value is in its own set") as u32)
-        .collect();
-    Targets::Classes {
-        labels: idx,
-        names: uniq,
-    }
+    let uniq: Vec<String> = labels.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let idx = labels.iter().map(|s| uniq.binary_search(s).expect("value is in its own set") as u32).collect();
+    Targets::Classes { labels: idx, names: uniq }
 }
 
 #[cfg(test)]
@@ -449,11 +365,7 @@ mod tests {
     }
 
     fn opts(header: bool, label: Option<&str>, task: Task) -> CsvOptions {
-        CsvOptions {
-            header,
-            label_column: label.map(str::to_string),
-            task,
-        }
+        CsvOptions { header, label_column: label.map(str::to_string), task }
     }
 
     fn classes(t: &Targets) -> (Vec<u32>, Vec<String>) {
@@ -487,18 +399,11 @@ mod tests {
 
     #[test]
     fn unterminated_quote_is_an_error_naming_the_line() {
-        let e = parse_records(p(), "a,b\n1,\"oops\n2,3\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse_records(p(), "a,b\n1,\"oops\n2,3\n").unwrap_err().to_string();
         assert!(e.contains("`t.csv`, line 2"), "{e}");
         assert!(e.contains("never closed"), "{e}");
-        let e = parse_records(p(), "a,b\n\"x\"y,2\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("line 2") && e.contains("after its closing quote"),
-            "{e}"
-        );
+        let e = parse_records(p(), "a,b\n\"x\"y,2\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("after its closing quote"), "{e}");
     }
 
     #[test]
@@ -519,9 +424,7 @@ mod tests {
 
     #[test]
     fn integer_labels_kept_when_dense_else_mapped() {
-        let (l, n) = classes(&classes_from_strings(
-            ["2", "0", "1", "0"].map(String::from),
-        ));
+        let (l, n) = classes(&classes_from_strings(["2", "0", "1", "0"].map(String::from)));
         assert_eq!(l, vec![2, 0, 1, 0]);
         assert_eq!(n, vec!["0", "1", "2"]);
         let (l, n) = classes(&classes_from_strings(["10", "-1", "7"].map(String::from)));
@@ -540,12 +443,7 @@ mod tests {
         assert_eq!(a.features, vec![1.0, 2.0, 3.0, 4.0]);
         assert_eq!(classes(&a.targets).1, vec!["cat", "dog"]);
 
-        let no_header = parse_csv(
-            p(),
-            "1,5,0\n2,6,1\n",
-            &opts(false, Some("1"), Task::Regression),
-        )
-        .unwrap();
+        let no_header = parse_csv(p(), "1,5,0\n2,6,1\n", &opts(false, Some("1"), Task::Regression)).unwrap();
         assert_eq!(no_header.feature_names, vec!["x0", "x2"]);
         assert_eq!(no_header.features, vec![1.0, 0.0, 2.0, 1.0]);
         assert_eq!(no_header.targets, Targets::Values(vec![5.0, 6.0]));
@@ -553,96 +451,49 @@ mod tests {
 
     #[test]
     fn missing_label_column_lists_the_columns() {
-        let e = parse_csv(
-            p(),
-            "a,b\n1,2\n",
-            &opts(true, Some("target"), Task::Classification),
-        )
-        .unwrap_err()
-        .to_string();
+        let e =
+            parse_csv(p(), "a,b\n1,2\n", &opts(true, Some("target"), Task::Classification)).unwrap_err().to_string();
         assert!(e.contains("data.label_column = \"target\""), "{e}");
         assert!(e.contains("0=`a`, 1=`b`"), "{e}");
         assert!(e.contains("`t.csv`"), "{e}");
-        let e = parse_csv(
-            p(),
-            "a,b\n1,2\n",
-            &opts(true, Some("5"), Task::Classification),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = parse_csv(p(), "a,b\n1,2\n", &opts(true, Some("5"), Task::Classification)).unwrap_err().to_string();
         assert!(e.contains("index 5") && e.contains("only 2 columns"), "{e}");
-        let e = parse_csv(p(), "1,2\n", &opts(false, Some("b"), Task::Classification))
-            .unwrap_err()
-            .to_string();
+        let e = parse_csv(p(), "1,2\n", &opts(false, Some("b"), Task::Classification)).unwrap_err().to_string();
         assert!(e.contains("no header"), "{e}");
     }
 
     #[test]
     fn bad_value_names_file_line_column_and_value() {
-        let e = parse_csv(
-            p(),
-            "a,b,y\n1,2,0\n3,abc,1\n",
-            &opts(true, None, Task::Classification),
-        )
-        .unwrap_err();
+        let e = parse_csv(p(), "a,b,y\n1,2,0\n3,abc,1\n", &opts(true, None, Task::Classification)).unwrap_err();
         let s = e.to_string();
         assert!(matches!(e, DataError::BadNumber { line: 3, .. }), "{s}");
-        assert!(
-            s.contains("`t.csv`, line 3, column `b` (0-based index 1)"),
-            "{s}"
-        );
+        assert!(s.contains("`t.csv`, line 3, column `b` (0-based index 1)"), "{s}");
         assert!(s.contains("\"abc\" is not a number"), "{s}");
         assert!(s.contains("Fix:"), "{s}");
         assert!(!s.contains('\n'), "one paragraph: {s}");
 
-        let e = parse_csv(p(), "a,y\n1,x\n", &opts(true, None, Task::Regression))
-            .unwrap_err()
-            .to_string();
+        let e = parse_csv(p(), "a,y\n1,x\n", &opts(true, None, Task::Regression)).unwrap_err().to_string();
         assert!(e.contains("regression target value \"x\""), "{e}");
         assert!(e.contains("data.task = \"classification\""), "{e}");
 
-        let e = parse_csv(p(), "a,y\nNaN,1\n", &opts(true, None, Task::Classification))
-            .unwrap_err()
-            .to_string();
+        let e = parse_csv(p(), "a,y\nNaN,1\n", &opts(true, None, Task::Classification)).unwrap_err().to_string();
         assert!(e.contains("is not finite"), "{e}");
     }
 
     #[test]
     fn empty_cells_are_errors_with_a_fix() {
-        let e = parse_csv(
-            p(),
-            "a,b,y\n1,,0\n",
-            &opts(true, None, Task::Classification),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("line 2, column `b`") && e.contains("feature cell is empty"),
-            "{e}"
-        );
+        let e = parse_csv(p(), "a,b,y\n1,,0\n", &opts(true, None, Task::Classification)).unwrap_err().to_string();
+        assert!(e.contains("line 2, column `b`") && e.contains("feature cell is empty"), "{e}");
         assert!(e.contains("Fix: fill in the missing value"), "{e}");
-        let e = parse_csv(p(), "a,y\n1, \n", &opts(true, None, Task::Classification))
-            .unwrap_err()
-            .to_string();
+        let e = parse_csv(p(), "a,y\n1, \n", &opts(true, None, Task::Classification)).unwrap_err().to_string();
         assert!(e.contains("label cell is empty"), "{e}");
     }
 
     #[test]
     fn ragged_rows_and_too_few_columns() {
-        let e = parse_csv(
-            p(),
-            "a,b,y\n1,2,0\n1,2\n",
-            &opts(true, None, Task::Classification),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("line 3: the row has 2 fields but the header has 3"),
-            "{e}"
-        );
-        let e = parse_csv(p(), "y\n1\n", &opts(true, None, Task::Classification))
-            .unwrap_err()
-            .to_string();
+        let e = parse_csv(p(), "a,b,y\n1,2,0\n1,2\n", &opts(true, None, Task::Classification)).unwrap_err().to_string();
+        assert!(e.contains("line 3: the row has 2 fields but the header has 3"), "{e}");
+        let e = parse_csv(p(), "y\n1\n", &opts(true, None, Task::Classification)).unwrap_err().to_string();
         assert!(e.contains("has 1 column(s)"), "{e}");
     }
 
@@ -656,12 +507,7 @@ mod tests {
 
     #[test]
     fn quoted_numbers_and_whitespace_are_accepted() {
-        let t = parse_csv(
-            p(),
-            "a,y\r\n\" 1.5 \", 2 \r\n",
-            &opts(true, None, Task::Regression),
-        )
-        .unwrap();
+        let t = parse_csv(p(), "a,y\r\n\" 1.5 \", 2 \r\n", &opts(true, None, Task::Regression)).unwrap();
         assert_eq!(t.features, vec![1.5]);
         assert_eq!(t.targets, Targets::Values(vec![2.0]));
     }

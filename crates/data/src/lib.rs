@@ -67,10 +67,9 @@ impl Targets {
     /// The targets of the rows at `indices`, in that order.
     pub fn select(&self, indices: &[usize]) -> Targets {
         match self {
-            Targets::Classes { labels, names } => Targets::Classes {
-                labels: indices.iter().map(|&i| labels[i]).collect(),
-                names: names.clone(),
-            },
+            Targets::Classes { labels, names } => {
+                Targets::Classes { labels: indices.iter().map(|&i| labels[i]).collect(), names: names.clone() }
+            }
             Targets::Values(v) => Targets::Values(indices.iter().map(|&i| v[i]).collect()),
         }
     }
@@ -175,10 +174,7 @@ impl Standardization {
                 }
             })
             .collect();
-        Standardization {
-            mean: mean.into_iter().map(|m| m as f32).collect(),
-            std,
-        }
+        Standardization { mean: mean.into_iter().map(|m| m as f32).collect(), std }
     }
 
     /// Standardise `data`'s features in place.
@@ -186,11 +182,7 @@ impl Standardization {
     /// # Panics
     /// If `data` has a different number of features.
     pub fn apply(&self, data: &mut Tabular) {
-        assert_eq!(
-            data.n_features,
-            self.mean.len(),
-            "standardisation fitted on other features"
-        );
+        assert_eq!(data.n_features, self.mean.len(), "standardisation fitted on other features");
         let d = data.n_features.max(1);
         for row in data.features.chunks_exact_mut(d) {
             for (j, x) in row.iter_mut().enumerate() {
@@ -240,13 +232,7 @@ pub struct Splits {
 
 /// The file a file-based `data.kind` reads.
 fn data_path(section: &oomph_recipe::DataSection) -> Result<&Path, DataError> {
-    section
-        .path
-        .as_deref()
-        .map(Path::new)
-        .ok_or_else(|| DataError::MissingPath {
-            kind: section.kind.clone(),
-        })
+    section.path.as_deref().map(Path::new).ok_or_else(|| DataError::MissingPath { kind: section.kind.clone() })
 }
 
 /// Read the data described by a recipe's `[data]` section, unsplit and unstandardised.
@@ -273,9 +259,7 @@ pub fn read_dataset(section: &oomph_recipe::DataSection, seed: u64) -> Result<Da
             Ok(Dataset::Tabular(synthetic_tabular(&spec, seed)?))
         }
         "text" => Ok(Dataset::Text(read_text(data_path(section)?)?)),
-        other => Err(DataError::UnknownKind {
-            kind: other.to_string(),
-        }),
+        other => Err(DataError::UnknownKind { kind: other.to_string() }),
     }
 }
 
@@ -288,11 +272,7 @@ pub fn read_dataset(section: &oomph_recipe::DataSection, seed: u64) -> Result<Da
 /// `valid_fraction` of the tokens), with one vocabulary built from the whole text. With
 /// `standardize`, tabular features (csv and synthetic) are standardised with the training
 /// split's statistics; regression targets are left as they are.
-pub fn load(
-    section: &oomph_recipe::DataSection,
-    seed: u64,
-    seq_len: Option<usize>,
-) -> Result<Splits, DataError> {
+pub fn load(section: &oomph_recipe::DataSection, seed: u64, seq_len: Option<usize>) -> Result<Splits, DataError> {
     let frac = section.valid_fraction;
     if !(0.0..1.0).contains(&frac) {
         return Err(DataError::BadValidFraction { value: frac });
@@ -307,10 +287,7 @@ pub fn load(
                     Some(_) => "the sequence length given is 0",
                     None => "the model gave none (it is not a sequence model)",
                 };
-                return Err(DataError::MissingSeqLen {
-                    path: path.to_path_buf(),
-                    problem: problem.to_string(),
-                });
+                return Err(DataError::MissingSeqLen { path: path.to_path_buf(), problem: problem.to_string() });
             }
         }
     } else {
@@ -329,12 +306,7 @@ pub fn load(
             text_splits(data_path(section)?, text, frac, seq_len)?
         }
     };
-    tracing::info!(
-        train = splits.info.train_len,
-        valid = splits.info.valid_len,
-        "data: {}",
-        splits.info.description
-    );
+    tracing::info!(train = splits.info.train_len, valid = splits.info.valid_len, "data: {}", splits.info.description);
     Ok(splits)
 }
 
@@ -389,11 +361,7 @@ fn tabular_splits(
         Targets::Classes { names, .. } => Some(names.clone()),
         Targets::Values(_) => None,
     };
-    let task = if n_classes.is_some() {
-        "classification"
-    } else {
-        "regression"
-    };
+    let task = if n_classes.is_some() { "classification" } else { "regression" };
     let what = match n_classes {
         Some(k) => format!("{k} classes"),
         None => "regression target".to_string(),
@@ -402,11 +370,7 @@ fn tabular_splits(
         "{name}: {total} rows, {} features, {what}; train {n_train} / valid {n_valid} rows \
          (valid_fraction {frac}, split seed {seed}){}",
         data.n_features,
-        if standardize {
-            ", features standardised with train mean/std"
-        } else {
-            ""
-        }
+        if standardize { ", features standardised with train mean/std" } else { "" }
     );
     if let Some(1) = n_classes {
         tracing::warn!("{name}: the label column holds a single class");
@@ -456,20 +420,8 @@ fn text_splits(path: &Path, text: Text, frac: f64, seq_len: usize) -> Result<Spl
     let vocab_size = text.vocab_size();
     let Text { mut tokens, vocab } = text;
     let valid_tokens = tokens.split_off(n_train);
-    let train = Source::Text {
-        text: Text {
-            tokens,
-            vocab: vocab.clone(),
-        },
-        seq_len,
-    };
-    let valid = Source::Text {
-        text: Text {
-            tokens: valid_tokens,
-            vocab,
-        },
-        seq_len,
-    };
+    let train = Source::Text { text: Text { tokens, vocab: vocab.clone() }, seq_len };
+    let valid = Source::Text { text: Text { tokens: valid_tokens, vocab }, seq_len };
     let description = format!(
         "text file `{}`: {total} characters, vocabulary {vocab_size}; train {n_train} / valid \
          {n_valid} tokens (the last {frac} of the text), windows of {seq_len}+1 tokens",

@@ -56,18 +56,9 @@ impl Sampler {
             cursor
         } else {
             let l = len as u64;
-            Cursor {
-                epoch: cursor.epoch + cursor.position / l,
-                position: cursor.position % l,
-            }
+            Cursor { epoch: cursor.epoch + cursor.position / l, position: cursor.position % l }
         };
-        let mut s = Sampler {
-            len,
-            seed,
-            shuffle,
-            cursor,
-            order: Vec::new(),
-        };
+        let mut s = Sampler { len, seed, shuffle, cursor, order: Vec::new() };
         s.order = s.epoch_order(cursor.epoch);
         s
     }
@@ -76,8 +67,7 @@ impl Sampler {
     /// identity when shuffling is off.
     pub fn epoch_order(&self, epoch: u64) -> Vec<usize> {
         if self.shuffle {
-            let mut rng =
-                SplitMix64::new(derive_seed(derive_seed(self.seed, SAMPLER_STREAM), epoch));
+            let mut rng = SplitMix64::new(derive_seed(derive_seed(self.seed, SAMPLER_STREAM), epoch));
             rng.permutation(self.len)
         } else {
             (0..self.len).collect()
@@ -118,10 +108,7 @@ impl Sampler {
             out.extend_from_slice(&self.order[pos..pos + take]);
             self.cursor.position += take as u64;
             if self.cursor.position as usize == self.len {
-                self.cursor = Cursor {
-                    epoch: self.cursor.epoch + 1,
-                    position: 0,
-                };
+                self.cursor = Cursor { epoch: self.cursor.epoch + 1, position: 0 };
                 self.order = self.epoch_order(self.cursor.epoch);
             }
         }
@@ -154,34 +141,16 @@ mod tests {
     fn every_epoch_is_a_permutation_and_batches_cross_epochs() {
         let mut s = Sampler::new(10, 7, true);
         let first = s.next_batch(7);
-        assert_eq!(
-            s.cursor(),
-            Cursor {
-                epoch: 0,
-                position: 7
-            }
-        );
+        assert_eq!(s.cursor(), Cursor { epoch: 0, position: 7 });
         let second = s.next_batch(7); // 3 from epoch 0, 4 from epoch 1
-        assert_eq!(
-            s.cursor(),
-            Cursor {
-                epoch: 1,
-                position: 4
-            }
-        );
+        assert_eq!(s.cursor(), Cursor { epoch: 1, position: 4 });
         let mut epoch0: Vec<usize> = first.iter().chain(&second[..3]).copied().collect();
         assert_eq!(epoch0, s.epoch_order(0));
         epoch0.sort_unstable();
         assert_eq!(epoch0, (0..10).collect::<Vec<_>>());
         assert_eq!(second[3..], s.epoch_order(1)[..4]);
         let rest = s.next_batch(6);
-        assert_eq!(
-            s.cursor(),
-            Cursor {
-                epoch: 2,
-                position: 0
-            }
-        );
+        assert_eq!(s.cursor(), Cursor { epoch: 2, position: 0 });
         assert_eq!(rest, s.epoch_order(1)[4..]);
         assert_eq!(s.samples_taken(), 20);
     }
@@ -205,29 +174,12 @@ mod tests {
 
     #[test]
     fn cursor_serialises_and_overflowing_positions_carry() {
-        let c = Cursor {
-            epoch: 3,
-            position: 17,
-        };
+        let c = Cursor { epoch: 3, position: 17 };
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(json, r#"{"epoch":3,"position":17}"#);
         assert_eq!(serde_json::from_str::<Cursor>(&json).unwrap(), c);
-        let s = Sampler::with_cursor(
-            10,
-            0,
-            true,
-            Cursor {
-                epoch: 1,
-                position: 25,
-            },
-        );
-        assert_eq!(
-            s.cursor(),
-            Cursor {
-                epoch: 3,
-                position: 5
-            }
-        );
+        let s = Sampler::with_cursor(10, 0, true, Cursor { epoch: 1, position: 25 });
+        assert_eq!(s.cursor(), Cursor { epoch: 3, position: 5 });
     }
 
     proptest! {

@@ -59,17 +59,9 @@ impl Batch {
     /// Number of samples (rows or windows).
     pub fn len(&self) -> usize {
         match self {
-            Batch::Tabular {
-                y: BatchTargets::Classes(y),
-                ..
-            } => y.len(),
-            Batch::Tabular {
-                y: BatchTargets::Values(y),
-                ..
-            } => y.len(),
-            Batch::Tokens {
-                inputs, seq_len, ..
-            } => inputs.len() / (*seq_len).max(1),
+            Batch::Tabular { y: BatchTargets::Classes(y), .. } => y.len(),
+            Batch::Tabular { y: BatchTargets::Values(y), .. } => y.len(),
+            Batch::Tokens { inputs, seq_len, .. } => inputs.len() / (*seq_len).max(1),
         }
     }
 
@@ -118,9 +110,7 @@ impl Source {
     pub fn batch(&self, indices: &[usize]) -> Batch {
         let len = self.len();
         if let Some(&bad) = indices.iter().find(|&&i| i >= len) {
-            panic!(
-                "Source::batch: sample index {bad} is out of range for a split of {len} samples"
-            );
+            panic!("Source::batch: sample index {bad} is out of range for a split of {len} samples");
         }
         match self {
             Source::Tabular(t) => {
@@ -133,15 +123,9 @@ impl Source {
                     Targets::Classes { labels, .. } => {
                         BatchTargets::Classes(indices.iter().map(|&i| labels[i]).collect())
                     }
-                    Targets::Values(v) => {
-                        BatchTargets::Values(indices.iter().map(|&i| v[i]).collect())
-                    }
+                    Targets::Values(v) => BatchTargets::Values(indices.iter().map(|&i| v[i]).collect()),
                 };
-                Batch::Tabular {
-                    x,
-                    n_features: d,
-                    y,
-                }
+                Batch::Tabular { x, n_features: d, y }
             }
             Source::Text { text, seq_len } => {
                 let s = *seq_len;
@@ -151,11 +135,7 @@ impl Source {
                     inputs.extend_from_slice(&text.tokens[i..i + s]);
                     targets.extend_from_slice(&text.tokens[i + 1..i + s + 1]);
                 }
-                Batch::Tokens {
-                    inputs,
-                    targets,
-                    seq_len: s,
-                }
+                Batch::Tokens { inputs, targets, seq_len: s }
             }
         }
     }
@@ -167,21 +147,14 @@ mod tests {
 
     #[test]
     fn text_windows_shift_by_one() {
-        let text = Text {
-            tokens: (0..10).collect(),
-            vocab: ('a'..='j').collect(),
-        };
+        let text = Text { tokens: (0..10).collect(), vocab: ('a'..='j').collect() };
         let src = Source::Text { text, seq_len: 4 };
         // Windows of 5 tokens at offsets 0..=5.
         assert_eq!(src.len(), 6);
         let b = src.batch(&[0, 5]);
         assert_eq!(
             b,
-            Batch::Tokens {
-                inputs: vec![0, 1, 2, 3, 5, 6, 7, 8],
-                targets: vec![1, 2, 3, 4, 6, 7, 8, 9],
-                seq_len: 4
-            }
+            Batch::Tokens { inputs: vec![0, 1, 2, 3, 5, 6, 7, 8], targets: vec![1, 2, 3, 4, 6, 7, 8, 9], seq_len: 4 }
         );
         assert_eq!(b.len(), 2);
         assert_eq!(b.weight(), 8);
@@ -190,18 +163,8 @@ mod tests {
 
     #[test]
     fn short_text_has_no_windows() {
-        let text = Text {
-            tokens: vec![0, 1, 2],
-            vocab: vec!['a', 'b', 'c'],
-        };
-        assert_eq!(
-            Source::Text {
-                text: text.clone(),
-                seq_len: 3
-            }
-            .len(),
-            0
-        );
+        let text = Text { tokens: vec![0, 1, 2], vocab: vec!['a', 'b', 'c'] };
+        assert_eq!(Source::Text { text: text.clone(), seq_len: 3 }.len(), 0);
         assert_eq!(Source::Text { text, seq_len: 2 }.len(), 1);
     }
 
@@ -210,10 +173,7 @@ mod tests {
         let t = Tabular {
             features: vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5],
             n_features: 2,
-            targets: Targets::Classes {
-                labels: vec![0, 1, 2],
-                names: vec![],
-            },
+            targets: Targets::Classes { labels: vec![0, 1, 2], names: vec![] },
             feature_names: vec!["a".into(), "b".into()],
         };
         let src = Source::Tabular(t);

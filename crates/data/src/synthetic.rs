@@ -30,22 +30,14 @@ pub struct SyntheticSpec {
 
 impl SyntheticSpec {
     fn validate(&self) -> Result<(), DataError> {
-        let bad = |key, value: String, requirement| DataError::BadSynthetic {
-            key,
-            value,
-            requirement,
-        };
+        let bad = |key, value: String, requirement| DataError::BadSynthetic { key, value, requirement };
         if self.samples < 2 {
             return Err(bad("samples", self.samples.to_string(), "at least 2"));
         }
         if self.features < 1 {
             return Err(bad("features", self.features.to_string(), "at least 1"));
         }
-        if self
-            .samples
-            .checked_mul(self.features)
-            .is_none_or(|n| n > 1 << 31)
-        {
+        if self.samples.checked_mul(self.features).is_none_or(|n| n > 1 << 31) {
             return Err(bad(
                 "samples",
                 self.samples.to_string(),
@@ -55,11 +47,7 @@ impl SyntheticSpec {
         match self.task {
             Task::Classification => {
                 if !(2..=1 << 24).contains(&self.classes) {
-                    return Err(bad(
-                        "classes",
-                        self.classes.to_string(),
-                        "between 2 and 2^24",
-                    ));
+                    return Err(bad("classes", self.classes.to_string(), "between 2 and 2^24"));
                 }
                 if !(0.0..=1.0).contains(&self.noise) {
                     return Err(bad(
@@ -103,10 +91,7 @@ pub fn synthetic_tabular(spec: &SyntheticSpec, seed: u64) -> Result<Tabular, Dat
                 let label = if flip { rng.index(k) } else { c };
                 labels.push(label as u32);
             }
-            Targets::Classes {
-                labels,
-                names: (0..k).map(|c| c.to_string()).collect(),
-            }
+            Targets::Classes { labels, names: (0..k).map(|c| c.to_string()).collect() }
         }
         Task::Regression => {
             let scale = 1.0 / (d as f64).sqrt();
@@ -126,12 +111,7 @@ pub fn synthetic_tabular(spec: &SyntheticSpec, seed: u64) -> Result<Tabular, Dat
             Targets::Values(values)
         }
     };
-    Ok(Tabular {
-        features,
-        n_features: d,
-        targets,
-        feature_names: (0..d).map(|j| format!("x{j}")).collect(),
-    })
+    Ok(Tabular { features, n_features: d, targets, feature_names: (0..d).map(|j| format!("x{j}")).collect() })
 }
 
 #[cfg(test)]
@@ -139,50 +119,28 @@ mod tests {
     use super::*;
 
     fn spec(task: Task) -> SyntheticSpec {
-        SyntheticSpec {
-            task,
-            samples: 400,
-            features: 3,
-            classes: 4,
-            noise: 0.1,
-        }
+        SyntheticSpec { task, samples: 400, features: 3, classes: 4, noise: 0.1 }
     }
 
     #[test]
     fn classification_is_seeded_and_shaped() {
         let a = synthetic_tabular(&spec(Task::Classification), 1).unwrap();
-        assert_eq!(
-            a,
-            synthetic_tabular(&spec(Task::Classification), 1).unwrap()
-        );
-        assert_ne!(
-            a,
-            synthetic_tabular(&spec(Task::Classification), 2).unwrap()
-        );
+        assert_eq!(a, synthetic_tabular(&spec(Task::Classification), 1).unwrap());
+        assert_ne!(a, synthetic_tabular(&spec(Task::Classification), 2).unwrap());
         assert_eq!(a.len(), 400);
         assert_eq!(a.features.len(), 1200);
-        let Targets::Classes { labels, names } = &a.targets else {
-            panic!("classes")
-        };
+        let Targets::Classes { labels, names } = &a.targets else { panic!("classes") };
         assert_eq!(names.len(), 4);
         for c in 0..4 {
-            assert!(
-                labels.iter().filter(|&&l| l == c).count() > 50,
-                "class {c} is rare"
-            );
+            assert!(labels.iter().filter(|&&l| l == c).count() > 50, "class {c} is rare");
         }
     }
 
     #[test]
     fn regression_follows_a_linear_teacher() {
-        let s = SyntheticSpec {
-            noise: 0.0,
-            ..spec(Task::Regression)
-        };
+        let s = SyntheticSpec { noise: 0.0, ..spec(Task::Regression) };
         let a = synthetic_tabular(&s, 3).unwrap();
-        let Targets::Values(y) = &a.targets else {
-            panic!("values")
-        };
+        let Targets::Values(y) = &a.targets else { panic!("values") };
         assert_eq!(y.len(), 400);
         let var = y.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / 400.0;
         assert!(var > 0.01, "targets vary: {var}");
@@ -190,35 +148,13 @@ mod tests {
 
     #[test]
     fn invalid_specs_name_the_key() {
-        let e = synthetic_tabular(
-            &SyntheticSpec {
-                classes: 1,
-                ..spec(Task::Classification)
-            },
-            0,
-        )
-        .unwrap_err()
-        .to_string();
+        let e =
+            synthetic_tabular(&SyntheticSpec { classes: 1, ..spec(Task::Classification) }, 0).unwrap_err().to_string();
         assert!(e.contains("data.classes = 1") && e.contains("Fix:"), "{e}");
-        let e = synthetic_tabular(
-            &SyntheticSpec {
-                noise: 1.5,
-                ..spec(Task::Classification)
-            },
-            0,
-        )
-        .unwrap_err()
-        .to_string();
+        let e =
+            synthetic_tabular(&SyntheticSpec { noise: 1.5, ..spec(Task::Classification) }, 0).unwrap_err().to_string();
         assert!(e.contains("data.noise = 1.5"), "{e}");
-        let e = synthetic_tabular(
-            &SyntheticSpec {
-                samples: 1,
-                ..spec(Task::Regression)
-            },
-            0,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = synthetic_tabular(&SyntheticSpec { samples: 1, ..spec(Task::Regression) }, 0).unwrap_err().to_string();
         assert!(e.contains("data.samples = 1"), "{e}");
     }
 }

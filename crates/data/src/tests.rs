@@ -7,19 +7,11 @@ use oomph_recipe::DataSection;
 use super::*;
 
 fn shipped(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../data")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data").join(name).to_string_lossy().into_owned()
 }
 
 fn csv_section(path: &Path) -> DataSection {
-    DataSection {
-        kind: "csv".into(),
-        path: Some(path.to_string_lossy().into_owned()),
-        ..DataSection::default()
-    }
+    DataSection { kind: "csv".into(), path: Some(path.to_string_lossy().into_owned()), ..DataSection::default() }
 }
 
 fn tabular(s: &Source) -> &Tabular {
@@ -51,10 +43,7 @@ fn write_index_csv(dir: &Path, rows: usize) -> PathBuf {
 fn standardisation_uses_train_statistics_only() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_index_csv(dir.path(), 40);
-    let section = DataSection {
-        valid_fraction: 0.25,
-        ..csv_section(&path)
-    };
+    let section = DataSection { valid_fraction: 0.25, ..csv_section(&path) };
     let splits = load(&section, 7, None).unwrap();
     let st = splits.standardization.clone().unwrap();
     let (train, valid) = (tabular(&splits.train), tabular(&splits.valid));
@@ -62,25 +51,15 @@ fn standardisation_uses_train_statistics_only() {
 
     // Recover the raw row numbers of each split.
     let raw = |t: &Tabular| -> Vec<f64> {
-        t.features
-            .chunks(2)
-            .map(|r| (f64::from(r[0]) * f64::from(st.std[0]) + f64::from(st.mean[0])).round())
-            .collect()
+        t.features.chunks(2).map(|r| (f64::from(r[0]) * f64::from(st.std[0]) + f64::from(st.mean[0])).round()).collect()
     };
     let (train_rows, valid_rows) = (raw(train), raw(valid));
     let n = train_rows.len() as f64;
     let mean = train_rows.iter().sum::<f64>() / n;
     let sd = (train_rows.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
-    assert!(
-        (f64::from(st.mean[0]) - mean).abs() < 1e-4,
-        "{} vs {mean}",
-        st.mean[0]
-    );
+    assert!((f64::from(st.mean[0]) - mean).abs() < 1e-4, "{} vs {mean}", st.mean[0]);
     assert!((f64::from(st.std[0]) - sd).abs() < 1e-4);
-    assert!(
-        (mean - 19.5).abs() > 1e-6,
-        "the train mean differs from the full-data mean"
-    );
+    assert!((mean - 19.5).abs() > 1e-6, "the train mean differs from the full-data mean");
     // The splits partition the rows.
     let mut all: Vec<f64> = train_rows.iter().chain(&valid_rows).copied().collect();
     all.sort_by(f64::total_cmp);
@@ -88,38 +67,22 @@ fn standardisation_uses_train_statistics_only() {
     // Train is standardised exactly; valid only approximately; the constant feature is 0.
     let train_mean: f32 = train.features.chunks(2).map(|r| r[0]).sum::<f32>() / 30.0;
     assert!(train_mean.abs() < 1e-5);
-    assert!(train
-        .features
-        .chunks(2)
-        .chain(valid.features.chunks(2))
-        .all(|r| r[1] == 0.0));
+    assert!(train.features.chunks(2).chain(valid.features.chunks(2)).all(|r| r[1] == 0.0));
     assert_eq!(st.std[1], 1.0);
     assert_eq!(splits.info.n_classes, Some(2));
-    assert_eq!(
-        splits.info.class_names,
-        Some(vec!["a".to_string(), "b".to_string()])
-    );
+    assert_eq!(splits.info.class_names, Some(vec!["a".to_string(), "b".to_string()]));
 
-    let raw_section = DataSection {
-        standardize: false,
-        ..section
-    };
+    let raw_section = DataSection { standardize: false, ..section };
     let plain = load(&raw_section, 7, None).unwrap();
     assert!(plain.standardization.is_none());
-    assert!(tabular(&plain.train)
-        .features
-        .chunks(2)
-        .all(|r| r[1] == 5.0));
+    assert!(tabular(&plain.train).features.chunks(2).all(|r| r[1] == 5.0));
 }
 
 #[test]
 fn tabular_split_is_deterministic_in_the_seed() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_index_csv(dir.path(), 50);
-    let section = DataSection {
-        standardize: false,
-        ..csv_section(&path)
-    };
+    let section = DataSection { standardize: false, ..csv_section(&path) };
     let a = load(&section, 1, None).unwrap();
     assert_eq!(a, load(&section, 1, None).unwrap());
     let b = load(&section, 2, None).unwrap();
@@ -134,10 +97,7 @@ fn tabular_split_is_deterministic_in_the_seed() {
 fn zero_valid_fraction_gives_an_empty_valid_split() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_index_csv(dir.path(), 5);
-    let section = DataSection {
-        valid_fraction: 0.0,
-        ..csv_section(&path)
-    };
+    let section = DataSection { valid_fraction: 0.0, ..csv_section(&path) };
     let s = load(&section, 0, None).unwrap();
     assert_eq!((s.train.len(), s.valid.len()), (5, 0));
 }
@@ -146,20 +106,11 @@ fn zero_valid_fraction_gives_an_empty_valid_split() {
 fn too_small_splits_name_the_numbers_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_index_csv(dir.path(), 3);
-    let section = DataSection {
-        valid_fraction: 0.1,
-        ..csv_section(&path)
-    };
+    let section = DataSection { valid_fraction: 0.1, ..csv_section(&path) };
     let e = load(&section, 0, None).unwrap_err().to_string();
     assert!(e.contains("index.csv"), "{e}");
-    assert!(
-        e.contains("splitting 3 rows with data.valid_fraction = 0.1"),
-        "{e}"
-    );
-    assert!(
-        e.contains("leaves 3 for training and 0 for validation"),
-        "{e}"
-    );
+    assert!(e.contains("splitting 3 rows with data.valid_fraction = 0.1"), "{e}");
+    assert!(e.contains("leaves 3 for training and 0 for validation"), "{e}");
     assert!(e.contains("Fix:"), "{e}");
 
     let txt = dir.path().join("t.txt");
@@ -171,10 +122,7 @@ fn too_small_splits_name_the_numbers_and_the_fix() {
         ..DataSection::default()
     };
     let e = load(&section, 0, Some(8)).unwrap_err().to_string();
-    assert!(
-        e.contains("t.txt") && e.contains("21 for training and 5 for validation"),
-        "{e}"
-    );
+    assert!(e.contains("t.txt") && e.contains("21 for training and 5 for validation"), "{e}");
     assert!(e.contains("seq_len + 1 = 9 tokens"), "{e}");
     assert!(load(&section, 0, Some(4)).is_ok());
 }
@@ -198,93 +146,39 @@ fn text_split_is_contiguous_with_a_shared_vocabulary() {
     assert_eq!(train.vocab, vec!['a', 'b', 'c', 'z']);
     assert_eq!(valid.vocab, train.vocab);
     assert_eq!((train.len(), valid.len()), (28, 10));
-    let joined = format!(
-        "{}{}",
-        train.decode(&train.tokens),
-        valid.decode(&valid.tokens)
-    );
+    let joined = format!("{}{}", train.decode(&train.tokens), valid.decode(&valid.tokens));
     assert_eq!(joined, body);
     assert_eq!(s.info.vocab_size, Some(4));
     assert_eq!((s.info.train_len, s.info.valid_len), (25, 7));
     assert_eq!(s.train.len(), 25);
     // The last training window ends on the last training token: no leakage into valid.
-    let Batch::Tokens { targets, .. } = s.train.batch(&[24]) else {
-        panic!("tokens")
-    };
+    let Batch::Tokens { targets, .. } = s.train.batch(&[24]) else { panic!("tokens") };
     assert_eq!(*targets.last().unwrap(), *train.tokens.last().unwrap());
 }
 
 #[test]
 fn text_needs_a_sequence_length() {
-    let section = DataSection {
-        kind: "text".into(),
-        path: Some(shipped("shakespeare_tragedies.txt")),
-        ..DataSection::default()
-    };
+    let section =
+        DataSection { kind: "text".into(), path: Some(shipped("shakespeare_tragedies.txt")), ..DataSection::default() };
     let e = load(&section, 0, None).unwrap_err().to_string();
-    assert!(
-        e.contains("shakespeare_tragedies.txt") && e.contains("sequence length"),
-        "{e}"
-    );
+    assert!(e.contains("shakespeare_tragedies.txt") && e.contains("sequence length"), "{e}");
     let e = load(&section, 0, Some(0)).unwrap_err().to_string();
     assert!(e.contains("is 0"), "{e}");
 }
 
 #[test]
 fn section_errors_name_the_keys() {
-    let e = load(
-        &DataSection {
-            kind: "parquet".into(),
-            ..DataSection::default()
-        },
-        0,
-        None,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("data.kind = \"parquet\"") && e.contains("\"csv\""),
-        "{e}"
-    );
-    let e = load(
-        &DataSection {
-            kind: "csv".into(),
-            ..DataSection::default()
-        },
-        0,
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = load(&DataSection { kind: "parquet".into(), ..DataSection::default() }, 0, None).unwrap_err().to_string();
+    assert!(e.contains("data.kind = \"parquet\"") && e.contains("\"csv\""), "{e}");
+    let e = load(&DataSection { kind: "csv".into(), ..DataSection::default() }, 0, None).unwrap_err().to_string();
     assert!(e.contains("`data.path` is not set"), "{e}");
-    let e = load(
-        &DataSection {
-            task: "ranking".into(),
-            ..DataSection::default()
-        },
-        0,
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = load(&DataSection { task: "ranking".into(), ..DataSection::default() }, 0, None).unwrap_err().to_string();
     assert!(e.contains("data.task = \"ranking\""), "{e}");
-    let e = load(
-        &DataSection {
-            valid_fraction: 1.0,
-            ..DataSection::default()
-        },
-        0,
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = load(&DataSection { valid_fraction: 1.0, ..DataSection::default() }, 0, None).unwrap_err().to_string();
     assert!(e.contains("data.valid_fraction = 1"), "{e}");
     let section = csv_section(Path::new("/nonexistent/dir/x.csv"));
     let e = load(&section, 0, None).unwrap_err().to_string();
-    assert!(
-        e.contains("/nonexistent/dir/x.csv") && e.contains("Fix:"),
-        "{e}"
-    );
+    assert!(e.contains("/nonexistent/dir/x.csv") && e.contains("Fix:"), "{e}");
 }
 
 #[test]
@@ -296,34 +190,20 @@ fn synthetic_defaults_load_and_are_seeded() {
     assert_eq!(a.info.n_features, Some(16));
     assert_eq!(a.info.n_classes, Some(4));
     assert_eq!(a.train.len() + a.valid.len(), 2048);
-    let Batch::Tabular { x, n_features, y } = a.train.batch(&[0, 1]) else {
-        panic!("tabular")
-    };
+    let Batch::Tabular { x, n_features, y } = a.train.batch(&[0, 1]) else { panic!("tabular") };
     assert_eq!((x.len(), n_features), (32, 16));
     assert!(matches!(y, BatchTargets::Classes(ref v) if v.len() == 2));
 
-    let reg = DataSection {
-        task: "regression".into(),
-        ..DataSection::default()
-    };
+    let reg = DataSection { task: "regression".into(), ..DataSection::default() };
     let r = load(&reg, 42, None).unwrap();
     assert_eq!(r.info.task, "regression");
     assert_eq!(r.info.n_classes, None);
-    assert!(matches!(
-        r.valid.batch(&[0]),
-        Batch::Tabular {
-            y: BatchTargets::Values(_),
-            ..
-        }
-    ));
+    assert!(matches!(r.valid.batch(&[0]), Batch::Tabular { y: BatchTargets::Values(_), .. }));
 }
 
 #[test]
 fn shipped_digits_load() {
-    let section = DataSection {
-        path: Some(shipped("digits.csv")),
-        ..csv_section(Path::new(""))
-    };
+    let section = DataSection { path: Some(shipped("digits.csv")), ..csv_section(Path::new("")) };
     let s = load(&section, 42, None).unwrap();
     assert_eq!(s.info.n_features, Some(64));
     assert_eq!(s.info.n_classes, Some(10));
@@ -337,19 +217,13 @@ fn shipped_digits_load() {
 
     let raw = read_csv(
         Path::new(&shipped("digits.csv")),
-        &CsvOptions {
-            header: true,
-            label_column: Some("label".into()),
-            task: Task::Classification,
-        },
+        &CsvOptions { header: true, label_column: Some("label".into()), task: Task::Classification },
     )
     .unwrap();
     assert_eq!(raw.len(), 1797);
     assert_eq!(raw.n_features, 64);
     assert!(raw.features.iter().all(|&v| (0.0..=16.0).contains(&v)));
-    let Targets::Classes { labels, .. } = &raw.targets else {
-        panic!("classes")
-    };
+    let Targets::Classes { labels, .. } = &raw.targets else { panic!("classes") };
     for c in 0..10 {
         let count = labels.iter().filter(|&&l| l == c).count();
         assert!((170..=190).contains(&count), "class {c}: {count}");
@@ -358,20 +232,15 @@ fn shipped_digits_load() {
 
 #[test]
 fn shipped_text_loads() {
-    let section = DataSection {
-        kind: "text".into(),
-        path: Some(shipped("shakespeare_tragedies.txt")),
-        ..DataSection::default()
-    };
+    let section =
+        DataSection { kind: "text".into(), path: Some(shipped("shakespeare_tragedies.txt")), ..DataSection::default() };
     let s = load(&section, 0, Some(64)).unwrap();
     let ((train, _), (valid, _)) = (text(&s.train), text(&s.valid));
     let total = train.len() + valid.len();
     assert!((100_000..1_000_000).contains(&total), "{total} characters");
     assert_eq!(s.info.vocab_size, Some(73));
     assert_eq!(valid.len(), (total as f64 * 0.1).round() as usize);
-    assert!(train
-        .decode(&train.tokens[..40])
-        .starts_with("HAMLET, PRINCE OF DENMARK"));
+    assert!(train.decode(&train.tokens[..40]).starts_with("HAMLET, PRINCE OF DENMARK"));
     let b = s.valid.batch(&[0, s.valid.len() - 1]);
     assert_eq!((b.len(), b.weight()), (2, 128));
 }

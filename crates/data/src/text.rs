@@ -24,14 +24,8 @@ impl Text {
     /// Tokenise `s` with the vocabulary of its own distinct characters.
     pub fn from_text(s: &str) -> Self {
         let vocab: Vec<char> = s.chars().collect::<BTreeSet<_>>().into_iter().collect();
-        let tokens = s
-            .chars()
-            .map(|c| {
-                vocab
-                    .binary_search(&c)
-                    .expect("character is in its own vocabulary") as u32
-            })
-            .collect();
+        let tokens =
+            s.chars().map(|c| vocab.binary_search(&c).expect("character is in its own vocabulary") as u32).collect();
         Text { tokens, vocab }
     }
 
@@ -52,22 +46,12 @@ impl Text {
 
     /// Token ids of `s`, or `None` if `s` holds a character outside the vocabulary.
     pub fn encode(&self, s: &str) -> Option<Vec<u32>> {
-        s.chars()
-            .map(|c| self.vocab.binary_search(&c).ok().map(|i| i as u32))
-            .collect()
+        s.chars().map(|c| self.vocab.binary_search(&c).ok().map(|i| i as u32)).collect()
     }
 
     /// The characters of `tokens`; ids outside the vocabulary become U+FFFD.
     pub fn decode(&self, tokens: &[u32]) -> String {
-        tokens
-            .iter()
-            .map(|&t| {
-                self.vocab
-                    .get(t as usize)
-                    .copied()
-                    .unwrap_or(char::REPLACEMENT_CHARACTER)
-            })
-            .collect()
+        tokens.iter().map(|&t| self.vocab.get(t as usize).copied().unwrap_or(char::REPLACEMENT_CHARACTER)).collect()
     }
 }
 
@@ -75,11 +59,7 @@ impl Text {
 pub fn read_text(path: &Path) -> Result<Text, DataError> {
     let raw = crate::csv::read_utf8(path)?;
     let s = raw.strip_prefix('\u{feff}').unwrap_or(&raw);
-    let s = if s.contains('\r') {
-        s.replace("\r\n", "\n")
-    } else {
-        s.to_string()
-    };
+    let s = if s.contains('\r') { s.replace("\r\n", "\n") } else { s.to_string() };
     if s.is_empty() {
         return Err(DataError::Empty {
             path: path.to_path_buf(),
@@ -95,11 +75,7 @@ pub fn read_text(path: &Path) -> Result<Text, DataError> {
 /// and the alphabet is already sorted.
 fn synthetic_char(i: usize) -> char {
     const ASCII: usize = (b'~' - b'!' + 1) as usize; // 94
-    let cp = if i < ASCII {
-        0x21 + i as u32
-    } else {
-        0xA1 + (i - ASCII) as u32
-    };
+    let cp = if i < ASCII { 0x21 + i as u32 } else { 0xA1 + (i - ASCII) as u32 };
     let cp = if cp >= 0xD800 { cp + 0x800 } else { cp };
     char::from_u32(cp).expect("synthetic code point is a valid char")
 }
@@ -115,26 +91,16 @@ fn synthetic_char(i: usize) -> char {
 /// # Panics
 /// If `vocab` is 0 or larger than 1,000,000.
 pub fn synthetic_text(len: usize, vocab: usize, seed: u64) -> Text {
-    assert!(
-        (1..=1_000_000).contains(&vocab),
-        "synthetic_text: vocab must be in 1..=1000000, got {vocab}"
-    );
+    assert!((1..=1_000_000).contains(&vocab), "synthetic_text: vocab must be in 1..=1000000, got {vocab}");
     let mut rng = SplitMix64::new(derive_seed(seed, 0x7E47));
     let successor = rng.permutation(vocab);
     let mut tokens = Vec::with_capacity(len);
     let mut cur = rng.index(vocab);
     for _ in 0..len {
         tokens.push(cur as u32);
-        cur = if rng.below(4) < 3 {
-            successor[cur]
-        } else {
-            rng.index(vocab)
-        };
+        cur = if rng.below(4) < 3 { successor[cur] } else { rng.index(vocab) };
     }
-    Text {
-        tokens,
-        vocab: (0..vocab).map(synthetic_char).collect(),
-    }
+    Text { tokens, vocab: (0..vocab).map(synthetic_char).collect() }
 }
 
 #[cfg(test)]
@@ -171,13 +137,8 @@ mod tests {
         let bad = dir.path().join("bad.txt");
         std::fs::write(&bad, b"ok\n\xff\xfe").unwrap();
         let e = read_text(&bad).unwrap_err().to_string();
-        assert!(
-            e.contains("bad.txt") && e.contains("offset 3 (line 2)"),
-            "{e}"
-        );
-        let e = read_text(&dir.path().join("missing.txt"))
-            .unwrap_err()
-            .to_string();
+        assert!(e.contains("bad.txt") && e.contains("offset 3 (line 2)"), "{e}");
+        let e = read_text(&dir.path().join("missing.txt")).unwrap_err().to_string();
         assert!(e.contains("missing.txt") && e.contains("Fix:"), "{e}");
     }
 

@@ -55,10 +55,10 @@ pub fn needs(cfg: &GptConfig) -> DataNeeds {
 
 /// Builds a GPT for the data's vocabulary.
 pub fn init<B: Backend>(cfg: &GptConfig, info: &DataInfo, device: &B::Device) -> Result<Gpt<B>, String> {
-    let vocab = info
-        .vocab_size
-        .ok_or_else(|| format!("the gpt needs text data (data.kind = \"text\"), got {}", info.kind))?;
-    for (k, v) in [("n_layer", cfg.n_layer), ("n_head", cfg.n_head), ("d_model", cfg.d_model), ("seq_len", cfg.seq_len)] {
+    let vocab =
+        info.vocab_size.ok_or_else(|| format!("the gpt needs text data (data.kind = \"text\"), got {}", info.kind))?;
+    for (k, v) in [("n_layer", cfg.n_layer), ("n_head", cfg.n_head), ("d_model", cfg.d_model), ("seq_len", cfg.seq_len)]
+    {
         if v == 0 {
             return Err(format!("`model.{k}` must be positive"));
         }

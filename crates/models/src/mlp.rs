@@ -43,9 +43,9 @@ pub fn needs(_: &MlpConfig) -> DataNeeds {
 
 /// Builds an MLP sized for the data.
 pub fn init<B: Backend>(cfg: &MlpConfig, info: &DataInfo, device: &B::Device) -> Result<Mlp<B>, String> {
-    let inputs = info
-        .n_features
-        .ok_or_else(|| format!("the mlp needs tabular data (data.kind = \"csv\" or \"synthetic\"), got {}", info.kind))?;
+    let inputs = info.n_features.ok_or_else(|| {
+        format!("the mlp needs tabular data (data.kind = \"csv\" or \"synthetic\"), got {}", info.kind)
+    })?;
     if !(0.0..1.0).contains(&cfg.dropout) {
         return Err(format!("`model.dropout` = {} must be in [0, 1)", cfg.dropout));
     }

@@ -15,9 +15,7 @@
 /// ```
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let num: String = num.chars().filter(|&c| c != '_').collect();
     let unit = unit.trim();
@@ -32,27 +30,17 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "g" | "gib" => 1 << 30,
         "t" | "tib" => 1 << 40,
         _ => {
-            return Err(format!(
-            "`{unit}` is not a size unit in {s:?} (use B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB)"
-        ))
+            return Err(format!("`{unit}` is not a size unit in {s:?} (use B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB)"))
         }
     };
     if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
-        return Err(format!(
-            "{s:?} does not start with a number (write for example \"8GiB\" or \"512MiB\")"
-        ));
+        return Err(format!("{s:?} does not start with a number (write for example \"8GiB\" or \"512MiB\")"));
     }
     if !num.contains('.') {
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is too large for a byte count"))?;
-        return n
-            .checked_mul(multiplier)
-            .ok_or_else(|| format!("{s:?} is too large for a byte count"));
+        let n: u64 = num.parse().map_err(|_| format!("{s:?} is too large for a byte count"))?;
+        return n.checked_mul(multiplier).ok_or_else(|| format!("{s:?} is too large for a byte count"));
     }
-    let x: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number followed by a unit"))?;
+    let x: f64 = num.parse().map_err(|_| format!("{s:?} is not a number followed by a unit"))?;
     let bytes = (x * multiplier as f64).round();
     // 2^64 as f64; anything at or above it does not fit.
     if !bytes.is_finite() || bytes >= 18_446_744_073_709_551_616.0 {

@@ -6,10 +6,7 @@ use crate::schema::Recipe;
 
 /// A TOML key, bare when it can be, quoted otherwise.
 fn key_text(k: &str) -> String {
-    if !k.is_empty()
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
+    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         k.to_owned()
     } else {
         value_text(&toml::Value::String(k.to_owned()))
@@ -22,10 +19,7 @@ fn value_text(v: &toml::Value) -> String {
     match serde::Serialize::serialize(v, toml::ser::ValueSerializer::new(&mut s)) {
         Ok(_) => s,
         // Only reachable for values TOML cannot hold; keep the file parseable.
-        Err(e) => format!(
-            "\"<unserializable: {}>\"",
-            shorten(&e.to_string()).replace(['"', '\\'], "'")
-        ),
+        Err(e) => format!("\"<unserializable: {}>\"", shorten(&e.to_string()).replace(['"', '\\'], "'")),
     }
 }
 
@@ -44,10 +38,7 @@ pub fn to_toml_string(r: &Recipe) -> String {
         let table = match table {
             Ok(t) => t,
             Err(e) => {
-                out.push_str(&format!(
-                    "# this section could not be written: {}\n",
-                    shorten(&e).replace('\n', " ")
-                ));
+                out.push_str(&format!("# this section could not be written: {}\n", shorten(&e).replace('\n', " ")));
                 continue;
             }
         };
@@ -61,11 +52,7 @@ pub fn to_toml_string(r: &Recipe) -> String {
             let mut names: Vec<&String> = table.keys().filter(|k| spec.key(k).is_none()).collect();
             names.sort();
             for name in names {
-                out.push_str(&format!(
-                    "{} = {}\n",
-                    key_text(name),
-                    value_text(&table[name.as_str()])
-                ));
+                out.push_str(&format!("{} = {}\n", key_text(name), value_text(&table[name.as_str()])));
             }
         }
     }

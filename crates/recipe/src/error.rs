@@ -53,13 +53,7 @@ impl RecipeError {
         message: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Self {
-            origin: origin.into(),
-            line: None,
-            key,
-            message: sentence(message),
-            fix: sentence(fix),
-        }
+        Self { origin: origin.into(), line: None, key, message: sentence(message), fix: sentence(fix) }
     }
 }
 
@@ -79,10 +73,7 @@ impl Ctx {
     /// The origin of the value at `key` (`section.key`, possibly with a `[i]`/`.x` tail).
     pub(crate) fn origin(&self, key: &str) -> &str {
         let overridden = self.overridden.iter().any(|o| {
-            key == o
-                || key
-                    .strip_prefix(o.as_str())
-                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+            key == o || key.strip_prefix(o.as_str()).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
         });
         if overridden {
             SET_ORIGIN
@@ -99,12 +90,7 @@ impl Ctx {
         why: &str,
         fix: impl Into<String>,
     ) -> RecipeError {
-        RecipeError::new(
-            self.origin(key),
-            Some(key.to_owned()),
-            format!("`{key}` = {value} is invalid: {why}"),
-            fix,
-        )
+        RecipeError::new(self.origin(key), Some(key.to_owned()), format!("`{key}` = {value} is invalid: {why}"), fix)
     }
 }
 
@@ -137,15 +123,9 @@ pub(crate) fn syntax(err: &toml::de::Error, text: &str, origin: &str) -> RecipeE
             let start = span.start.min(text.len());
             let before = &text.as_bytes()[..start];
             let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-            let line_start = before
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |p| p + 1);
+            let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
             // Column in chars, counting only whole UTF-8 characters.
-            let col = String::from_utf8_lossy(&before[line_start..])
-                .chars()
-                .count()
-                + 1;
+            let col = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
             (Some(line), Some(col))
         }
         None => (None, None),
@@ -197,10 +177,7 @@ fn render_path(prefix: Option<&str>, segments: &[serde_path_to_error::Segment]) 
 }
 
 /// The value at `segments` inside `root`, if there is one.
-fn lookup<'a>(
-    root: &'a toml::Value,
-    segments: &[serde_path_to_error::Segment],
-) -> Option<&'a toml::Value> {
+fn lookup<'a>(root: &'a toml::Value, segments: &[serde_path_to_error::Segment]) -> Option<&'a toml::Value> {
     use serde_path_to_error::Segment;
     let mut cur = root;
     for seg in segments {
@@ -242,18 +219,12 @@ pub(crate) fn from_serde(
     cx: &Ctx,
 ) -> RecipeError {
     let mut segments: Vec<serde_path_to_error::Segment> = err.path().iter().cloned().collect();
-    let msg = err
-        .inner()
-        .message()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let msg = err.inner().message().split_whitespace().collect::<Vec<_>>().join(" ");
     // For an unknown or missing field the path may already end at that field: keep the
     // path of the table that holds it, and name the field separately.
     if msg.starts_with("unknown field `") || msg.starts_with("missing field `") {
         let name = backticked(&msg).first().copied().unwrap_or("");
-        if matches!(segments.last(), Some(serde_path_to_error::Segment::Map { key }) if key == name)
-        {
+        if matches!(segments.last(), Some(serde_path_to_error::Segment::Map { key }) if key == name) {
             segments.pop();
         }
     }
@@ -271,16 +242,8 @@ pub(crate) fn from_serde(
         let name = words.first().copied().unwrap_or("?");
         let valid = &words[words.len().min(1)..];
         let key = join(name);
-        let where_ = if path.is_empty() {
-            String::new()
-        } else {
-            format!(" in `{path}`")
-        };
-        let valid_list = if valid.is_empty() {
-            "none".to_owned()
-        } else {
-            valid.join(", ")
-        };
+        let where_ = if path.is_empty() { String::new() } else { format!(" in `{path}`") };
+        let valid_list = if valid.is_empty() { "none".to_owned() } else { valid.join(", ") };
         let fix = match keys::did_you_mean(name, valid.iter().copied()) {
             Some(s) => format!("did you mean `{}`? Rename or remove `{key}`", join(s)),
             None => format!("remove `{key}` or use one of the valid keys"),
@@ -299,10 +262,7 @@ pub(crate) fn from_serde(
             cx.origin(&path),
             Some(key.clone()),
             format!("`{key}` is missing: it is required here"),
-            format!(
-                "add `{name}` to `{}`",
-                if path.is_empty() { "the table" } else { &path }
-            ),
+            format!("add `{name}` to `{}`", if path.is_empty() { "the table" } else { &path }),
         );
     }
     if msg.starts_with("unknown variant `") {
@@ -310,30 +270,20 @@ pub(crate) fn from_serde(
         let bad = words.first().copied().unwrap_or("?");
         let valid = &words[words.len().min(1)..];
         let fix = match keys::did_you_mean(bad, valid.iter().copied()) {
-            Some(s) => format!(
-                "did you mean \"{s}\"? Set {path} to one of: {}",
-                valid.join(", ")
-            ),
+            Some(s) => format!("did you mean \"{s}\"? Set {path} to one of: {}", valid.join(", ")),
             None => format!("set {path} to one of: {}", valid.join(", ")),
         };
         return RecipeError::new(
             cx.origin(&path),
             Some(path.clone()),
-            format!(
-                "`{path}` = \"{bad}\" is not one of the allowed values ({})",
-                valid.join(", ")
-            ),
+            format!("`{path}` = \"{bad}\" is not one of the allowed values ({})", valid.join(", ")),
             fix,
         );
     }
 
     // A wrong type or an out-of-range value.
     let value = lookup(root, &segments).map(show);
-    let spec = if prefix.is_none() {
-        keys::key_spec(&path)
-    } else {
-        None
-    };
+    let spec = if prefix.is_none() { keys::key_spec(&path) } else { None };
     let expected = match spec {
         Some(s) => s.kind.expected().to_owned(),
         None => expected_from_serde(&msg),
@@ -392,10 +342,7 @@ mod tests {
 
     #[test]
     fn origin_follows_overrides() {
-        let mut cx = Ctx {
-            file: "f.toml".into(),
-            ..Ctx::default()
-        };
+        let mut cx = Ctx { file: "f.toml".into(), ..Ctx::default() };
         cx.overridden.insert("faults.oom_at".into());
         assert_eq!(cx.origin("faults.oom_at[0].step"), SET_ORIGIN);
         assert_eq!(cx.origin("faults.oom_at"), SET_ORIGIN);

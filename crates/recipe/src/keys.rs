@@ -44,9 +44,7 @@ impl Kind {
                 "an array of inline tables with `step` (integer >= 1) and `phase` \
                  (\"forward\", \"backward\", \"optimizer\" or \"eval\")"
             }
-            Kind::CapacityList => {
-                "an array of inline tables with `step` (integer >= 1) and `samples` (integer >= 1)"
-            }
+            Kind::CapacityList => "an array of inline tables with `step` (integer >= 1) and `samples` (integer >= 1)",
         }
     }
 
@@ -108,11 +106,7 @@ impl SectionSpec {
 }
 
 const fn k(name: &'static str, kind: Kind) -> KeySpec {
-    KeySpec {
-        name,
-        kind,
-        unset: "",
-    }
+    KeySpec { name, kind, unset: "" }
 }
 
 const fn opt(name: &'static str, kind: Kind, unset: &'static str) -> KeySpec {
@@ -134,11 +128,7 @@ pub(crate) const SECTIONS: &[SectionSpec] = &[
             k("log_every", Kind::UInt),
         ],
     },
-    SectionSpec {
-        name: "model",
-        free_form: true,
-        keys: &[k("kind", Kind::Str)],
-    },
+    SectionSpec { name: "model", free_form: true, keys: &[k("kind", Kind::Str)] },
     SectionSpec {
         name: "data",
         free_form: false,
@@ -172,11 +162,7 @@ pub(crate) const SECTIONS: &[SectionSpec] = &[
     SectionSpec {
         name: "lr_schedule",
         free_form: false,
-        keys: &[
-            k("kind", Kind::Str),
-            k("warmup_steps", Kind::UInt),
-            k("final_lr_fraction", Kind::Float),
-        ],
+        keys: &[k("kind", Kind::Str), k("warmup_steps", Kind::UInt), k("final_lr_fraction", Kind::Float)],
     },
     SectionSpec {
         name: "training",
@@ -203,11 +189,7 @@ pub(crate) const SECTIONS: &[SectionSpec] = &[
     SectionSpec {
         name: "checkpoint",
         free_form: false,
-        keys: &[
-            k("every", Kind::UInt),
-            k("keep", Kind::UInt),
-            k("on_oom", Kind::Bool),
-        ],
+        keys: &[k("every", Kind::UInt), k("keep", Kind::UInt), k("on_oom", Kind::Bool)],
     },
     SectionSpec {
         name: "supervisor",
@@ -218,11 +200,7 @@ pub(crate) const SECTIONS: &[SectionSpec] = &[
         name: "faults",
         free_form: false,
         keys: &[
-            opt(
-                "simulate_memory_samples",
-                Kind::UInt,
-                "no simulated capacity",
-            ),
+            opt("simulate_memory_samples", Kind::UInt, "no simulated capacity"),
             k("simulate_memory_changes", Kind::CapacityList),
             k("oom_at", Kind::FaultList),
             k("panic_at", Kind::FaultList),
@@ -248,10 +226,7 @@ pub(crate) fn section_list() -> String {
 }
 
 /// The candidate closest to `word` when it is close enough to be a likely typo.
-pub(crate) fn did_you_mean<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let word = word.to_lowercase();
     let limit = (word.chars().count() / 3).max(1) + 1;
     candidates
@@ -278,9 +253,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[(i - 1) * w + j] + 1)
-                .min(d[i * w + j - 1] + 1)
-                .min(d[(i - 1) * w + j - 1] + cost);
+            let mut best = (d[(i - 1) * w + j] + 1).min(d[i * w + j - 1] + 1).min(d[(i - 1) * w + j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 best = best.min(d[(i - 2) * w + j - 2] + 1);
             }
@@ -328,18 +301,12 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(
-            did_you_mean("trainng", SECTIONS.iter().map(|s| s.name)),
-            Some("training")
-        );
+        assert_eq!(did_you_mean("trainng", SECTIONS.iter().map(|s| s.name)), Some("training"));
         assert_eq!(did_you_mean("step", ["steps", "epochs"]), Some("steps"));
         assert_eq!(did_you_mean("zzzzzz", ["steps", "epochs"]), None);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("cdua", "cuda"), 1);
-        assert_eq!(
-            did_you_mean("cdua", ["cpu", "ndarray", "flex", "cuda"]),
-            Some("cuda")
-        );
+        assert_eq!(did_you_mean("cdua", ["cpu", "ndarray", "flex", "cuda"]), Some("cuda"));
     }
 }

@@ -57,10 +57,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, RecipeError> {
              permissions; a recipe is a UTF-8 TOML file",
         )
     })?;
-    let base = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     parse(&text, &origin, base, overrides)
 }
 
@@ -73,22 +70,14 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, RecipeError> {
 /// `--set` to the current directory; it is stored absolute and the file must exist);
 /// semantic rules. Fills `training.steps` with [`DEFAULT_STEPS`] when neither
 /// `training.steps` nor `training.epochs` is given.
-pub fn parse(
-    text: &str,
-    origin: &str,
-    base_dir: &Path,
-    overrides: &[String],
-) -> Result<Recipe, RecipeError> {
+pub fn parse(text: &str, origin: &str, base_dir: &Path, overrides: &[String]) -> Result<Recipe, RecipeError> {
     let mut table: toml::Table = text.parse().map_err(|e| error::syntax(&e, text, origin))?;
     let overridden = overrides::apply(&mut table, overrides, origin)?;
-    let cx = Ctx {
-        file: origin.to_owned(),
-        overridden,
-    };
+    let cx = Ctx { file: origin.to_owned(), overridden };
     check_structure(&table, &cx)?;
     let root = toml::Value::Table(table);
-    let mut recipe: Recipe = serde_path_to_error::deserialize(root.clone())
-        .map_err(|e| error::from_serde(&e, &root, None, &cx))?;
+    let mut recipe: Recipe =
+        serde_path_to_error::deserialize(root.clone()).map_err(|e| error::from_serde(&e, &root, None, &cx))?;
     if let Some(p) = &recipe.data.path {
         let rel = Path::new(p);
         let joined = if rel.is_absolute() || cx.overridden.contains("data.path") {
@@ -107,13 +96,7 @@ pub fn parse(
 /// `training.steps` when no run length is given. `data.path` is checked as written;
 /// `origin` names the recipe in errors.
 pub fn validate(recipe: &mut Recipe, origin: &str) -> Result<(), RecipeError> {
-    validate::check(
-        recipe,
-        &Ctx {
-            file: origin.to_owned(),
-            ..Ctx::default()
-        },
-    )
+    validate::check(recipe, &Ctx { file: origin.to_owned(), ..Ctx::default() })
 }
 
 /// Deserializes one component's own keys, such as a model's `recipe.model.params` (which
@@ -128,12 +111,8 @@ pub fn params<T: serde::de::DeserializeOwned>(
     origin: &str,
 ) -> Result<T, RecipeError> {
     let root = toml::Value::Table(table.clone());
-    let cx = Ctx {
-        file: origin.to_owned(),
-        ..Ctx::default()
-    };
-    serde_path_to_error::deserialize(root.clone())
-        .map_err(|e| error::from_serde(&e, &root, Some(section), &cx))
+    let cx = Ctx { file: origin.to_owned(), ..Ctx::default() };
+    serde_path_to_error::deserialize(root.clone()).map_err(|e| error::from_serde(&e, &root, Some(section), &cx))
 }
 
 /// Refuses unknown sections, sections that are not tables, unknown keys in fixed sections
@@ -141,29 +120,19 @@ pub fn params<T: serde::de::DeserializeOwned>(
 fn check_structure(table: &toml::Table, cx: &Ctx) -> Result<(), RecipeError> {
     for (name, value) in table {
         let Some(spec) = keys::section(name) else {
-            let owners: Vec<String> = keys::SECTIONS
-                .iter()
-                .filter(|s| s.key(name).is_some())
-                .map(|s| format!("{}.{name}", s.name))
-                .collect();
-            let fix =
-                if let Some(s) = keys::did_you_mean(name, keys::SECTIONS.iter().map(|s| s.name)) {
-                    format!("did you mean [{s}]? Rename or remove `{name}`")
-                } else if !owners.is_empty() {
-                    format!(
-                        "keys belong inside a section: move `{name}` under its section, as {}",
-                        owners.join(" or ")
-                    )
-                } else {
-                    format!("remove `{name}` or use one of the valid sections")
-                };
+            let owners: Vec<String> =
+                keys::SECTIONS.iter().filter(|s| s.key(name).is_some()).map(|s| format!("{}.{name}", s.name)).collect();
+            let fix = if let Some(s) = keys::did_you_mean(name, keys::SECTIONS.iter().map(|s| s.name)) {
+                format!("did you mean [{s}]? Rename or remove `{name}`")
+            } else if !owners.is_empty() {
+                format!("keys belong inside a section: move `{name}` under its section, as {}", owners.join(" or "))
+            } else {
+                format!("remove `{name}` or use one of the valid sections")
+            };
             return Err(RecipeError::new(
                 cx.origin(name),
                 Some(name.clone()),
-                format!(
-                    "`{name}` is not a recipe section. Valid sections: {}",
-                    keys::section_list()
-                ),
+                format!("`{name}` is not a recipe section. Valid sections: {}", keys::section_list()),
                 fix,
             ));
         };
@@ -171,10 +140,7 @@ fn check_structure(table: &toml::Table, cx: &Ctx) -> Result<(), RecipeError> {
             return Err(RecipeError::new(
                 cx.origin(name),
                 Some(name.clone()),
-                format!(
-                    "`{name}` = {} must be a section (a table), not a plain value",
-                    error::show(value)
-                ),
+                format!("`{name}` = {} must be a section (a table), not a plain value", error::show(value)),
                 format!("write it as a line [{name}] followed by key = value lines"),
             ));
         };
@@ -184,10 +150,7 @@ fn check_structure(table: &toml::Table, cx: &Ctx) -> Result<(), RecipeError> {
                 return Err(RecipeError::new(
                     cx.origin(&key),
                     Some(key.clone()),
-                    format!(
-                        "`{key}` = {} has the wrong type: expected a string in double quotes",
-                        error::show(kind)
-                    ),
+                    format!("`{key}` = {} has the wrong type: expected a string in double quotes", error::show(kind)),
                     format!("set {key} to a registered kind such as \"mlp\""),
                 ));
             }
@@ -206,20 +169,14 @@ fn check_structure(table: &toml::Table, cx: &Ctx) -> Result<(), RecipeError> {
             let fix = if let Some(k) = keys::did_you_mean(key, spec.keys.iter().map(|k| k.name)) {
                 format!("did you mean `{name}.{k}`? Rename or remove `{dotted}`")
             } else if !elsewhere.is_empty() {
-                format!(
-                    "`{key}` belongs in {}: move it there",
-                    elsewhere.join(" or ")
-                )
+                format!("`{key}` belongs in {}: move it there", elsewhere.join(" or "))
             } else {
                 format!("remove `{dotted}` or use one of the valid keys of [{name}]")
             };
             return Err(RecipeError::new(
                 cx.origin(&dotted),
                 Some(dotted.clone()),
-                format!(
-                    "`{dotted}` is not a key of [{name}]. Valid keys: {}",
-                    spec.key_list()
-                ),
+                format!("`{dotted}` is not a key of [{name}]. Valid keys: {}", spec.key_list()),
                 fix,
             ));
         }

@@ -60,10 +60,7 @@ pub(crate) fn apply(
             return Err(RecipeError::new(
                 SET_ORIGIN,
                 Some(lhs.to_owned()),
-                format!(
-                    "`{lhs}` names an unknown section `{section}`. Valid sections: {}",
-                    keys::section_list()
-                ),
+                format!("`{lhs}` names an unknown section `{section}`. Valid sections: {}", keys::section_list()),
                 format!(
                     "{hint}{} one of the valid sections, as section.key=value",
                     if hint.is_empty() { "use" } else { "Use" }
@@ -87,22 +84,14 @@ pub(crate) fn apply(
             return Err(RecipeError::new(
                 SET_ORIGIN,
                 Some(lhs.to_owned()),
-                format!(
-                    "`{lhs}` is not a key of [{section}]. Valid keys: {}",
-                    spec.key_list()
-                ),
-                format!(
-                    "{hint}{} one of the valid keys of [{section}]",
-                    if hint.is_empty() { "use" } else { "Use" }
-                ),
+                format!("`{lhs}` is not a key of [{section}]. Valid keys: {}", spec.key_list()),
+                format!("{hint}{} one of the valid keys of [{section}]", if hint.is_empty() { "use" } else { "Use" }),
             ));
         }
         let textual = key_spec.is_some_and(|k| k.kind.is_textual());
         let value = parse_value(rhs.trim(), textual);
 
-        let entry = table
-            .entry(section.to_owned())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = table.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let mut cur = entry.as_table_mut().ok_or_else(|| {
             RecipeError::new(
                 file,
@@ -116,9 +105,7 @@ pub(crate) fn apply(
         for part in parents {
             walked.push('.');
             walked.push_str(part);
-            let next = cur
-                .entry((*part).to_owned())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let next = cur.entry((*part).to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             cur = next.as_table_mut().ok_or_else(|| {
                 RecipeError::new(
                     SET_ORIGIN,
@@ -136,10 +123,7 @@ pub(crate) fn apply(
     let steps = set.contains("training.steps");
     let epochs = set.contains("training.epochs");
     if steps != epochs {
-        if let Some(t) = table
-            .get_mut("training")
-            .and_then(toml::Value::as_table_mut)
-        {
+        if let Some(t) = table.get_mut("training").and_then(toml::Value::as_table_mut) {
             t.remove(if steps { "epochs" } else { "steps" });
         }
     }
@@ -149,10 +133,11 @@ pub(crate) fn apply(
 /// `text` as a TOML value, or as a plain string when it is not one (or when the key holds
 /// text and `text` is not a quoted string).
 pub(crate) fn parse_value(text: &str, textual: bool) -> toml::Value {
-    let parsed = format!("v = {text}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| if t.len() == 1 { t.remove("v") } else { None });
+    let parsed =
+        format!("v = {text}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| if t.len() == 1 { t.remove("v") } else { None });
     match parsed {
         Some(v @ toml::Value::String(_)) => v,
         Some(v) if !textual => v,
@@ -180,29 +165,21 @@ mod tests {
         assert_eq!(parse_value("\"auto\"", false), Value::String("auto".into()));
         assert_eq!(parse_value("auto", false), Value::String("auto".into()));
         assert_eq!(parse_value("8GiB", false), Value::String("8GiB".into()));
-        assert_eq!(
-            parse_value("[0.9, 0.99]", false),
-            Value::Array(vec![Value::Float(0.9), Value::Float(0.99)])
-        );
+        assert_eq!(parse_value("[0.9, 0.99]", false), Value::Array(vec![Value::Float(0.9), Value::Float(0.99)]));
         assert_eq!(parse_value("123", true), Value::String("123".into()));
         assert_eq!(parse_value("\"123\"", true), Value::String("123".into()));
         assert_eq!(parse_value("", false), Value::String(String::new()));
         // An attempt to smuggle in a second key stays one string.
-        assert_eq!(
-            parse_value("1\nx = 2", false),
-            Value::String("1\nx = 2".into())
-        );
+        assert_eq!(parse_value("1\nx = 2", false), Value::String("1\nx = 2".into()));
         let v = parse_value("[{ step = 3, phase = \"forward\" }]", false);
         assert_eq!(v.as_array().map(Vec::len), Some(1));
     }
 
     #[test]
     fn sets_keys_and_creates_sections() {
-        let (t, set) = apply_to(
-            "[training]\nsteps = 3\n",
-            &["training.steps=7", "run.name = abc", "model.layers.width=8"],
-        )
-        .unwrap();
+        let (t, set) =
+            apply_to("[training]\nsteps = 3\n", &["training.steps=7", "run.name = abc", "model.layers.width=8"])
+                .unwrap();
         assert_eq!(t["training"]["steps"], Value::Integer(7));
         assert_eq!(t["run"]["name"], Value::String("abc".into()));
         assert_eq!(t["model"]["layers"]["width"], Value::Integer(8));
@@ -222,14 +199,7 @@ mod tests {
 
     #[test]
     fn malformed_overrides_explain_the_syntax() {
-        for bad in [
-            "training.steps",
-            "steps=3",
-            ".steps=3",
-            "training.=3",
-            "=3",
-            "model.a..b=1",
-        ] {
+        for bad in ["training.steps", "steps=3", ".steps=3", "training.=3", "=3", "model.a..b=1"] {
             let e = apply_to("", &[bad]).unwrap_err();
             assert_eq!(e.origin, SET_ORIGIN, "{bad}");
             assert!(e.fix.contains("section.key=value"), "{bad}: {e}");
@@ -239,17 +209,11 @@ mod tests {
     #[test]
     fn unknown_section_or_key_lists_valid_ones() {
         let e = apply_to("", &["trainng.steps=3"]).unwrap_err();
-        assert!(
-            e.message.contains("[training]") && e.message.contains("[micro_batch]"),
-            "{e}"
-        );
+        assert!(e.message.contains("[training]") && e.message.contains("[micro_batch]"), "{e}");
         assert!(e.fix.contains("training.steps"), "{e}");
         let e = apply_to("", &["training.step=3"]).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("training.step"));
-        assert!(
-            e.message.contains("effective_batch") && e.message.contains("eval_every"),
-            "{e}"
-        );
+        assert!(e.message.contains("effective_batch") && e.message.contains("eval_every"), "{e}");
         assert!(e.fix.contains("training.steps"), "{e}");
         let e = apply_to("", &["training.steps.x=3"]).unwrap_err();
         assert!(e.message.contains("not a key"), "{e}");

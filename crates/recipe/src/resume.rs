@@ -48,9 +48,7 @@ pub fn is_resumable(key: &str) -> bool {
 }
 
 /// Each section of `r` as a TOML table, in catalogue order.
-pub(crate) fn section_tables(
-    r: &Recipe,
-) -> Vec<(&'static keys::SectionSpec, Result<toml::Table, String>)> {
+pub(crate) fn section_tables(r: &Recipe) -> Vec<(&'static keys::SectionSpec, Result<toml::Table, String>)> {
     fn table<T: serde::Serialize>(t: &T) -> Result<toml::Table, String> {
         match toml::Value::try_from(t) {
             Ok(toml::Value::Table(t)) => Ok(t),
@@ -136,10 +134,8 @@ pub(crate) fn leaves(r: &Recipe) -> Vec<(String, String)> {
 /// learning-rate schedule, `training.effective_batch` and `run.seed`. Keys a run may
 /// change on resume ([`is_resumable`]) do not enter it; neither does key order in the file.
 pub fn fingerprint(r: &Recipe) -> String {
-    let mut relevant: Vec<(String, String)> = leaves(r)
-        .into_iter()
-        .filter(|(k, _)| !is_resumable(k) && k != "data.path")
-        .collect();
+    let mut relevant: Vec<(String, String)> =
+        leaves(r).into_iter().filter(|(k, _)| !is_resumable(k) && k != "data.path").collect();
     relevant.sort();
     let mut h = Sha256::new();
     h.update(b"oomph-recipe fingerprint v1\n");
@@ -156,14 +152,8 @@ pub fn fingerprint(r: &Recipe) -> String {
 /// order, free-form (model) keys after the fixed ones, by name.
 fn recipe_order(key: &str) -> (usize, usize, String) {
     let (section, rest) = key.split_once('.').unwrap_or((key, ""));
-    let s = SECTIONS
-        .iter()
-        .position(|s| s.name == section)
-        .unwrap_or(usize::MAX);
-    let k = SECTIONS
-        .get(s)
-        .and_then(|spec| spec.keys.iter().position(|k| k.name == rest))
-        .unwrap_or(usize::MAX);
+    let s = SECTIONS.iter().position(|s| s.name == section).unwrap_or(usize::MAX);
+    let k = SECTIONS.get(s).and_then(|spec| spec.keys.iter().position(|k| k.name == rest)).unwrap_or(usize::MAX);
     (s, k, key.to_owned())
 }
 
@@ -176,19 +166,12 @@ pub fn diff(old: &Recipe, new: &Recipe) -> Vec<FieldChange> {
     keys.sort_by_key(|k| recipe_order(k));
     keys.dedup();
     let get = |side: &[(String, String)], key: &str| {
-        side.iter()
-            .find(|(k, _)| k == key)
-            .map_or_else(|| UNSET.to_owned(), |(_, v)| v.clone())
+        side.iter().find(|(k, _)| k == key).map_or_else(|| UNSET.to_owned(), |(_, v)| v.clone())
     };
     keys.into_iter()
         .filter_map(|key| {
             let (o, n) = (get(&a, key), get(&b, key));
-            (o != n).then(|| FieldChange {
-                key: key.clone(),
-                old: o,
-                new: n,
-                resumable: is_resumable(key),
-            })
+            (o != n).then(|| FieldChange { key: key.clone(), old: o, new: n, resumable: is_resumable(key) })
         })
         .collect()
 }
@@ -212,10 +195,7 @@ mod tests {
         same.micro_batch.initial = MicroInitial::Fixed(4);
         same.run.backend = "cuda".into();
         same.run.name = "other".into();
-        same.faults.oom_at.push(FaultAt {
-            step: 2,
-            phase: Phase::Backward,
-        });
+        same.faults.oom_at.push(FaultAt { step: 2, phase: Phase::Backward });
         same.data.path = Some("/elsewhere/data.csv".into());
         assert_eq!(fingerprint(&same), f0);
 
@@ -223,9 +203,7 @@ mod tests {
             |r| r.run.seed = 7,
             |r| r.model.kind = "gpt".into(),
             |r| {
-                r.model
-                    .params
-                    .insert("hidden".into(), toml::Value::Integer(8));
+                r.model.params.insert("hidden".into(), toml::Value::Integer(8));
             },
             |r| r.data.task = "regression".into(),
             |r| r.data.valid_fraction = 0.2,
@@ -262,25 +240,12 @@ mod tests {
         new.checkpoint.keep = 4;
         let mut inner = toml::Table::new();
         inner.insert("width".into(), toml::Value::Integer(3));
-        new.model
-            .params
-            .insert("enc".into(), toml::Value::Table(inner));
+        new.model.params.insert("enc".into(), toml::Value::Table(inner));
         let d = diff(&old, &new);
         let keys: Vec<&str> = d.iter().map(|c| c.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "model.enc.width",
-                "optimizer.lr",
-                "training.steps",
-                "checkpoint.keep"
-            ]
-        );
+        assert_eq!(keys, ["model.enc.width", "optimizer.lr", "training.steps", "checkpoint.keep"]);
         let steps = &d[2];
-        assert_eq!(
-            (steps.old.as_str(), steps.new.as_str(), steps.resumable),
-            (UNSET, "10", true)
-        );
+        assert_eq!((steps.old.as_str(), steps.new.as_str(), steps.resumable), (UNSET, "10", true));
         assert!(!d[0].resumable && !d[1].resumable && d[3].resumable);
         assert_eq!(d[1].old, "0.001");
         // Removed keys show up too.

@@ -87,10 +87,7 @@ fn default_model_kind() -> String {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        Self {
-            kind: "mlp".into(),
-            params: toml::Table::new(),
-        }
+        Self { kind: "mlp".into(), params: toml::Table::new() }
     }
 }
 
@@ -190,11 +187,7 @@ pub struct LrScheduleSection {
 
 impl Default for LrScheduleSection {
     fn default() -> Self {
-        Self {
-            kind: "constant".into(),
-            warmup_steps: 0,
-            final_lr_fraction: 0.0,
-        }
+        Self { kind: "constant".into(), warmup_steps: 0, final_lr_fraction: 0.0 }
     }
 }
 
@@ -216,13 +209,7 @@ pub struct TrainingSection {
 
 impl Default for TrainingSection {
     fn default() -> Self {
-        Self {
-            steps: None,
-            epochs: None,
-            effective_batch: 32,
-            eval_every: 0,
-            eval_batch: None,
-        }
+        Self { steps: None, epochs: None, effective_batch: 32, eval_every: 0, eval_batch: None }
     }
 }
 
@@ -320,13 +307,7 @@ pub struct MicroBatchSection {
 
 impl Default for MicroBatchSection {
     fn default() -> Self {
-        Self {
-            initial: MicroInitial::Auto,
-            min: 1,
-            max: None,
-            grow_after: 50,
-            max_retries_per_step: 8,
-        }
+        Self { initial: MicroInitial::Auto, min: 1, max: None, grow_after: 50, max_retries_per_step: 8 }
     }
 }
 
@@ -344,11 +325,7 @@ pub struct CheckpointSection {
 
 impl Default for CheckpointSection {
     fn default() -> Self {
-        Self {
-            every: 100,
-            keep: 3,
-            on_oom: true,
-        }
+        Self { every: 100, keep: 3, on_oom: true }
     }
 }
 
@@ -364,10 +341,7 @@ pub struct SupervisorSection {
 
 impl Default for SupervisorSection {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            max_restarts: 5,
-        }
+        Self { enabled: true, max_restarts: 5 }
     }
 }
 

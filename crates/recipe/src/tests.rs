@@ -132,33 +132,17 @@ panic_at = [{ step = 9, phase = "optimizer" }]
     assert_eq!(r.model.params["attn"]["heads"].as_integer(), Some(4));
     assert!(!r.model.params.contains_key("kind"));
     assert_eq!(r.data.label_column.as_deref(), Some("3"));
-    assert_eq!(
-        PathBuf::from(r.data.path.as_deref().unwrap()),
-        std::path::absolute(d.path().join("data.csv")).unwrap()
-    );
+    assert_eq!(PathBuf::from(r.data.path.as_deref().unwrap()), std::path::absolute(d.path().join("data.csv")).unwrap());
     assert_eq!(r.optimizer.lr, 1.0);
     assert_eq!(r.training.steps, None);
     assert_eq!(r.training.epochs, Some(3));
     assert_eq!(r.micro_batch.initial, MicroInitial::Fixed(48));
-    assert_eq!(
-        r.faults.oom_at[1],
-        FaultAt {
-            step: 4,
-            phase: Phase::Eval
-        }
-    );
-    assert_eq!(
-        r.faults.simulate_memory_changes,
-        vec![CapacityChange {
-            step: 10,
-            samples: 16
-        }]
-    );
+    assert_eq!(r.faults.oom_at[1], FaultAt { step: 4, phase: Phase::Eval });
+    assert_eq!(r.faults.simulate_memory_changes, vec![CapacityChange { step: 10, samples: 16 }]);
 
     // Round trip through the resolved form, read from another directory.
     let text2 = to_toml_string(&r);
-    let r2 = parse(&text2, "resolved.toml", Path::new("/"), &[])
-        .unwrap_or_else(|e| panic!("{e}\n{text2}"));
+    let r2 = parse(&text2, "resolved.toml", Path::new("/"), &[]).unwrap_or_else(|e| panic!("{e}\n{text2}"));
     assert_eq!(r, r2, "{text2}");
     assert_eq!(fingerprint(&r), fingerprint(&r2));
     assert!(diff(&r, &r2).is_empty());
@@ -166,15 +150,10 @@ panic_at = [{ step = 9, phase = "optimizer" }]
 
 #[test]
 fn round_trip_of_defaults_and_odd_model_keys() {
-    let mut r = ok(
-        "[model]\n\"odd key\" = \"x\"\nwhen = 1979-05-27T07:32:00Z\nlist = [1, 2]\nempty = {}\n",
-    );
+    let mut r = ok("[model]\n\"odd key\" = \"x\"\nwhen = 1979-05-27T07:32:00Z\nlist = [1, 2]\nempty = {}\n");
     assert!(r.model.params.contains_key("when"));
     let text = to_toml_string(&r);
-    assert!(
-        text.contains("# max is unset: the effective batch"),
-        "{text}"
-    );
+    assert!(text.contains("# max is unset: the effective batch"), "{text}");
     assert_eq!(parse(&text, "x", Path::new("."), &[]).unwrap(), r);
     r = ok("");
     let text = to_toml_string(&r);
@@ -220,20 +199,10 @@ fn load_resolves_data_path_against_the_recipe_directory() {
     // A missing data file, a directory, and a file-based kind without a path.
     std::fs::write(&p, "[data]\nkind = \"csv\"\npath = \"missing.csv\"\n").unwrap();
     let e = load(&p, &[]).unwrap_err();
-    blames(
-        &e,
-        &p.display().to_string(),
-        "data.path",
-        &["missing.csv", "no such file"],
-    );
+    blames(&e, &p.display().to_string(), "data.path", &["missing.csv", "no such file"]);
     std::fs::write(&p, "[data]\nkind = \"csv\"\npath = \".\"\n").unwrap();
     let e = load(&p, &[]).unwrap_err();
-    blames(
-        &e,
-        &p.display().to_string(),
-        "data.path",
-        &["not a regular file"],
-    );
+    blames(&e, &p.display().to_string(), "data.path", &["not a regular file"]);
     std::fs::write(&p, "[data]\nkind = \"csv\"\n").unwrap();
     let e = load(&p, &[]).unwrap_err();
     assert_eq!(e.key.as_deref(), Some("data.path"), "{e}");
@@ -267,17 +236,7 @@ fn unknown_key_in_each_section_lists_valid_keys() {
 #[test]
 fn unknown_section_lists_sections() {
     let e = err("[trainng]\nsteps = 3\n");
-    blames(
-        &e,
-        "r.toml",
-        "trainng",
-        &[
-            "[training]",
-            "[micro_batch]",
-            "[faults]",
-            "did you mean [training]",
-        ],
-    );
+    blames(&e, "r.toml", "trainng", &["[training]", "[micro_batch]", "[faults]", "did you mean [training]"]);
     let e = err("steps = 3\n");
     blames(&e, "r.toml", "steps", &["training.steps"]);
     let e = err("run = 3\n");
@@ -292,62 +251,18 @@ fn wrong_types_name_key_value_and_expected_type() {
             "training.effective_batch",
             &["\"abc\"", "non-negative integer", "32"],
         ),
-        (
-            "[training]\neffective_batch = -1\n",
-            "training.effective_batch",
-            &["-1", "non-negative integer"],
-        ),
-        (
-            "[training]\nsteps = 2.5\n",
-            "training.steps",
-            &["2.5", "non-negative integer"],
-        ),
-        (
-            "[optimizer]\nlr = \"fast\"\n",
-            "optimizer.lr",
-            &["\"fast\"", "a number", "0.001"],
-        ),
-        (
-            "[optimizer]\nbetas = [0.9]\n",
-            "optimizer.betas",
-            &["[0.9]", "two numbers"],
-        ),
-        (
-            "[optimizer]\nbetas = 0.9\n",
-            "optimizer.betas",
-            &["0.9", "two numbers"],
-        ),
-        (
-            "[checkpoint]\non_oom = \"yes\"\n",
-            "checkpoint.on_oom",
-            &["\"yes\"", "true or false"],
-        ),
+        ("[training]\neffective_batch = -1\n", "training.effective_batch", &["-1", "non-negative integer"]),
+        ("[training]\nsteps = 2.5\n", "training.steps", &["2.5", "non-negative integer"]),
+        ("[optimizer]\nlr = \"fast\"\n", "optimizer.lr", &["\"fast\"", "a number", "0.001"]),
+        ("[optimizer]\nbetas = [0.9]\n", "optimizer.betas", &["[0.9]", "two numbers"]),
+        ("[optimizer]\nbetas = 0.9\n", "optimizer.betas", &["0.9", "two numbers"]),
+        ("[checkpoint]\non_oom = \"yes\"\n", "checkpoint.on_oom", &["\"yes\"", "true or false"]),
         ("[run]\nname = 5\n", "run.name", &["5", "string"]),
-        (
-            "[run]\ngpu_memory_limit = 8\n",
-            "run.gpu_memory_limit",
-            &["8", "string"],
-        ),
-        (
-            "[micro_batch]\ninitial = 0\n",
-            "micro_batch.initial",
-            &["0", "\"auto\" or a positive integer"],
-        ),
-        (
-            "[micro_batch]\ninitial = \"big\"\n",
-            "micro_batch.initial",
-            &["\"big\"", "\"auto\""],
-        ),
-        (
-            "[micro_batch]\ninitial = -4\n",
-            "micro_batch.initial",
-            &["-4"],
-        ),
-        (
-            "[data]\nlabel_column = -1\n",
-            "data.label_column",
-            &["-1", "column"],
-        ),
+        ("[run]\ngpu_memory_limit = 8\n", "run.gpu_memory_limit", &["8", "string"]),
+        ("[micro_batch]\ninitial = 0\n", "micro_batch.initial", &["0", "\"auto\" or a positive integer"]),
+        ("[micro_batch]\ninitial = \"big\"\n", "micro_batch.initial", &["\"big\"", "\"auto\""]),
+        ("[micro_batch]\ninitial = -4\n", "micro_batch.initial", &["-4"]),
+        ("[data]\nlabel_column = -1\n", "data.label_column", &["-1", "column"]),
         ("[faults]\noom_at = 3\n", "faults.oom_at", &["3", "step"]),
         ("[model]\nkind = 5\n", "model.kind", &["5", "string"]),
     ];
@@ -360,23 +275,13 @@ fn wrong_types_name_key_value_and_expected_type() {
 #[test]
 fn fault_entries_are_checked_inside() {
     let e = err("[faults]\noom_at = [{ step = 3, phase = \"fwd\" }]\n");
-    blames(
-        &e,
-        "r.toml",
-        "faults.oom_at[0].phase",
-        &["\"fwd\"", "forward", "backward"],
-    );
+    blames(&e, "r.toml", "faults.oom_at[0].phase", &["\"fwd\"", "forward", "backward"]);
     let e = err("[faults]\noom_at = [{ step = 3 }]\n");
     blames(&e, "r.toml", "faults.oom_at[0].phase", &["missing"]);
     let e = err("[faults]\npanic_at = [{ step = 3, phase = \"eval\", when = 1 }]\n");
     blames(&e, "r.toml", "faults.panic_at[0].when", &["step", "phase"]);
     let e = err("[faults]\nsimulate_memory_changes = [{ step = \"x\", samples = 1 }]\n");
-    blames(
-        &e,
-        "r.toml",
-        "faults.simulate_memory_changes[0].step",
-        &["\"x\"", "integer"],
-    );
+    blames(&e, "r.toml", "faults.simulate_memory_changes[0].step", &["\"x\"", "integer"]);
 }
 
 /// Every semantic rule, with the key it blames and words its message must contain.
@@ -435,9 +340,21 @@ fn semantic_rules() {
         ("[checkpoint]\nkeep = 0", "checkpoint.keep", &["= 0"]),
         ("[faults]\nsimulate_memory_samples = 0", "faults.simulate_memory_samples", &["= 0"]),
         ("[faults]\noom_at = [{ step = 0, phase = \"forward\" }]", "faults.oom_at[0].step", &["count from 1"]),
-        ("[faults]\npanic_at = [{ step = 1, phase = \"eval\" }, { step = 0, phase = \"eval\" }]", "faults.panic_at[1].step", &[]),
-        ("[faults]\nsimulate_memory_changes = [{ step = 0, samples = 4 }]", "faults.simulate_memory_changes[0].step", &[]),
-        ("[faults]\nsimulate_memory_changes = [{ step = 2, samples = 0 }]", "faults.simulate_memory_changes[0].samples", &[]),
+        (
+            "[faults]\npanic_at = [{ step = 1, phase = \"eval\" }, { step = 0, phase = \"eval\" }]",
+            "faults.panic_at[1].step",
+            &[],
+        ),
+        (
+            "[faults]\nsimulate_memory_changes = [{ step = 0, samples = 4 }]",
+            "faults.simulate_memory_changes[0].step",
+            &[],
+        ),
+        (
+            "[faults]\nsimulate_memory_changes = [{ step = 2, samples = 0 }]",
+            "faults.simulate_memory_changes[0].samples",
+            &[],
+        ),
     ];
     for (text, key, words) in cases {
         let e = err(text);
@@ -500,63 +417,25 @@ fn overrides_apply_with_types() {
     assert_eq!(r.model.kind, "gpt");
     assert_eq!(r.model.params["n_layer"].as_integer(), Some(4));
     assert_eq!(r.model.params["attn"]["heads"].as_integer(), Some(2));
-    assert_eq!(
-        r.faults.oom_at,
-        vec![FaultAt {
-            step: 2,
-            phase: Phase::Backward
-        }]
-    );
+    assert_eq!(r.faults.oom_at, vec![FaultAt { step: 2, phase: Phase::Backward }]);
 
-    let r = parse(
-        "[micro_batch]\ninitial = 8\n",
-        "r.toml",
-        Path::new("."),
-        &sets(&["micro_batch.initial=auto"]),
-    )
-    .unwrap();
+    let r =
+        parse("[micro_batch]\ninitial = 8\n", "r.toml", Path::new("."), &sets(&["micro_batch.initial=auto"])).unwrap();
     assert_eq!(r.micro_batch.initial, MicroInitial::Auto);
     // Later overrides win.
-    let r = parse(
-        "",
-        "r.toml",
-        Path::new("."),
-        &sets(&["run.seed=1", "run.seed=2"]),
-    )
-    .unwrap();
+    let r = parse("", "r.toml", Path::new("."), &sets(&["run.seed=1", "run.seed=2"])).unwrap();
     assert_eq!(r.run.seed, 2);
     // Switching the run length unit from the command line.
-    let r = parse(
-        "[training]\nepochs = 3\n",
-        "r.toml",
-        Path::new("."),
-        &sets(&["training.steps=5"]),
-    )
-    .unwrap();
+    let r = parse("[training]\nepochs = 3\n", "r.toml", Path::new("."), &sets(&["training.steps=5"])).unwrap();
     assert_eq!((r.training.steps, r.training.epochs), (Some(5), None));
 }
 
 #[test]
 fn override_errors() {
     let e = err_with("", &["training.stepz=3"]);
-    blames(
-        &e,
-        "--set",
-        "training.stepz",
-        &[
-            "steps",
-            "epochs",
-            "effective_batch",
-            "did you mean `training.steps`",
-        ],
-    );
+    blames(&e, "--set", "training.stepz", &["steps", "epochs", "effective_batch", "did you mean `training.steps`"]);
     let e = err_with("", &["optimiser.lr=3"]);
-    blames(
-        &e,
-        "--set",
-        "optimiser.lr",
-        &["[optimizer]", "did you mean `optimizer.lr`"],
-    );
+    blames(&e, "--set", "optimiser.lr", &["[optimizer]", "did you mean `optimizer.lr`"]);
     let e = err_with("", &["steps=3"]);
     assert!(e.to_string().contains("section.key=value"), "{e}");
     let e = err_with("", &["training.steps"]);
@@ -565,18 +444,10 @@ fn override_errors() {
     let e = err_with("", &["training.effective_batch=0"]);
     blames(&e, "--set", "training.effective_batch", &["= 0"]);
     let e = err_with("", &["training.effective_batch=many"]);
-    blames(
-        &e,
-        "--set",
-        "training.effective_batch",
-        &["\"many\"", "non-negative integer"],
-    );
+    blames(&e, "--set", "training.effective_batch", &["\"many\"", "non-negative integer"]);
     let e = err_with("", &["faults.oom_at=[{ step = 0, phase = \"eval\" }]"]);
     blames(&e, "--set", "faults.oom_at[0].step", &[]);
-    let e = err_with(
-        "[training]\nsteps = 5\n",
-        &["training.epochs=2", "training.steps=3"],
-    );
+    let e = err_with("[training]\nsteps = 5\n", &["training.epochs=2", "training.steps=3"]);
     assert_eq!(e.origin, "--set", "{e}");
     // ...while the file's own mistakes stay the file's.
     let e = err_with("[checkpoint]\nkeep = 1\n", &["training.steps=5"]);
@@ -594,12 +465,7 @@ struct Mlp {
 
 impl Default for Mlp {
     fn default() -> Self {
-        Self {
-            hidden: 64,
-            layers: 2,
-            activation: "relu".into(),
-            dropout: 0.0,
-        }
+        Self { hidden: 64, layers: 2, activation: "relu".into(), dropout: 0.0 }
     }
 }
 
@@ -620,40 +486,17 @@ struct Inner {
 fn params_deserializes_model_keys() {
     let r = ok("[model]\nkind = \"mlp\"\nhidden = 128\nactivation = \"gelu\"\n");
     let m: Mlp = params(&r.model.params, "model", "r.toml").unwrap();
-    assert_eq!(
-        m,
-        Mlp {
-            hidden: 128,
-            activation: "gelu".into(),
-            ..Mlp::default()
-        }
-    );
+    assert_eq!(m, Mlp { hidden: 128, activation: "gelu".into(), ..Mlp::default() });
     let m: Mlp = params(&Recipe::default().model.params, "model", "r.toml").unwrap();
     assert_eq!(m, Mlp::default());
 
     let r = ok("[model]\nhiden = 128\n");
     let e = params::<Mlp>(&r.model.params, "model", "r.toml").unwrap_err();
-    blames(
-        &e,
-        "r.toml",
-        "model.hiden",
-        &[
-            "hidden",
-            "layers",
-            "activation",
-            "dropout",
-            "did you mean `model.hidden`",
-        ],
-    );
+    blames(&e, "r.toml", "model.hiden", &["hidden", "layers", "activation", "dropout", "did you mean `model.hidden`"]);
 
     let r = ok("[model]\nhidden = \"wide\"\n");
     let e = params::<Mlp>(&r.model.params, "model", "r.toml").unwrap_err();
-    blames(
-        &e,
-        "r.toml",
-        "model.hidden",
-        &["\"wide\"", "non-negative integer"],
-    );
+    blames(&e, "r.toml", "model.hidden", &["\"wide\"", "non-negative integer"]);
 
     let r = ok("[model]\nn_layer = 2\ninner = { width = -3 }\n");
     let e = params::<Strict>(&r.model.params, "model", "r.toml").unwrap_err();
@@ -664,10 +507,7 @@ fn params_deserializes_model_keys() {
     let r = ok("[model]\nn_layer = 1\ninner = { width = 3 }\n");
     assert_eq!(
         params::<Strict>(&r.model.params, "model", "r.toml").unwrap(),
-        Strict {
-            n_layer: 1,
-            inner: Inner { width: 3 }
-        }
+        Strict { n_layer: 1, inner: Inner { width: 3 } }
     );
 }
 
@@ -681,12 +521,7 @@ fn validate_works_on_recipes_built_in_code() {
     blames(&e, "code", "checkpoint.keep", &[]);
     let mut r = Recipe::default();
     r.run.seed = u64::MAX;
-    blames(
-        &validate(&mut r, "code").unwrap_err(),
-        "code",
-        "run.seed",
-        &[],
-    );
+    blames(&validate(&mut r, "code").unwrap_err(), "code", "run.seed", &[]);
     // Unvalidated odd values still serialize without panicking.
     let text = to_toml_string(&r);
     assert!(text.contains("[run]"));
@@ -694,13 +529,8 @@ fn validate_works_on_recipes_built_in_code() {
 
 #[test]
 fn resolved_recipe_round_trips_after_overrides() {
-    let r = parse(
-        "[model]\nkind = \"gpt\"\n",
-        "r.toml",
-        Path::new("."),
-        &sets(&["model.d=3", "training.epochs=1"]),
-    )
-    .unwrap();
+    let r = parse("[model]\nkind = \"gpt\"\n", "r.toml", Path::new("."), &sets(&["model.d=3", "training.epochs=1"]))
+        .unwrap();
     let back = parse(&to_toml_string(&r), "resolved.toml", Path::new("."), &[]).unwrap();
     assert_eq!(back, r);
 }
@@ -726,28 +556,14 @@ fn garbage_never_panics() {
     let seed_text = to_toml_string(&ok(
         "[model]\nx = { a = [1, 2] }\n[faults]\noom_at = [{ step = 3, phase = \"forward\" }]\n[micro_batch]\nmax = 8\n",
     ));
-    let alphabet: Vec<char> = "[]{}=\".,'#\n\t 0123456789-+eE_aZé\\ntruefalsinf"
-        .chars()
-        .collect();
+    let alphabet: Vec<char> = "[]{}=\".,'#\n\t 0123456789-+eE_aZé\\ntruefalsinf".chars().collect();
     let keys: Vec<String> = keys::SECTIONS
         .iter()
         .flat_map(|s| s.keys.iter().map(move |k| format!("{}.{}", s.name, k.name)))
         .chain(["model.q".to_string(), "x".into(), "".into(), "a.b.c".into()])
         .collect();
-    let values = [
-        "0",
-        "-1",
-        "1e400",
-        "nan",
-        "\"",
-        "[",
-        "{ step = 0 }",
-        "auto",
-        "",
-        "99999999999999999999",
-        "[1, \"a\"]",
-        "==",
-    ];
+    let values =
+        ["0", "-1", "1e400", "nan", "\"", "[", "{ step = 0 }", "auto", "", "99999999999999999999", "[1, \"a\"]", "=="];
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     for _ in 0..1500 {
         let mut chars: Vec<char> = seed_text.chars().collect();
@@ -763,13 +579,7 @@ fn garbage_never_panics() {
         }
         let text: String = chars.into_iter().collect();
         let o: Vec<String> = (0..rng.below(3))
-            .map(|_| {
-                format!(
-                    "{}={}",
-                    keys[rng.below(keys.len())],
-                    values[rng.below(values.len())]
-                )
-            })
+            .map(|_| format!("{}={}", keys[rng.below(keys.len())], values[rng.below(values.len())]))
             .collect();
         match parse(&text, "fuzz.toml", Path::new("."), &o) {
             Ok(r) => {

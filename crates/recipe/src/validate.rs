@@ -28,22 +28,14 @@ fn one_of(cx: &Ctx, key: &str, value: &str, allowed: &[&str], what: &str) -> R {
     if allowed.contains(&value) {
         return Ok(());
     }
-    let list = allowed
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let hint = did_you_mean(value, allowed.iter().copied())
-        .map(|s| format!("did you mean \"{s}\"? "))
-        .unwrap_or_default();
+    let list = allowed.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    let hint =
+        did_you_mean(value, allowed.iter().copied()).map(|s| format!("did you mean \"{s}\"? ")).unwrap_or_default();
     Err(cx.invalid(
         key,
         format!("{value:?}"),
         &format!("{what} must be one of {list}"),
-        format!(
-            "{hint}{} {key} to one of {list}",
-            if hint.is_empty() { "set" } else { "Set" }
-        ),
+        format!("{hint}{} {key} to one of {list}", if hint.is_empty() { "set" } else { "Set" }),
     ))
 }
 
@@ -51,68 +43,32 @@ fn at_least(cx: &Ctx, key: &str, value: usize, min: usize, why: &str, example: u
     if value >= min {
         return Ok(());
     }
-    let what = if min == 1 {
-        "a positive integer".to_owned()
-    } else {
-        format!("an integer >= {min}")
-    };
-    Err(cx.invalid(
-        key,
-        value,
-        why,
-        format!("set {key} to {what} such as {example}"),
-    ))
+    let what = if min == 1 { "a positive integer".to_owned() } else { format!("an integer >= {min}") };
+    Err(cx.invalid(key, value, why, format!("set {key} to {what} such as {example}")))
 }
 
 fn positive_finite(cx: &Ctx, key: &str, value: f64, why: &str, example: &str) -> R {
     if value.is_finite() && value > 0.0 {
         return Ok(());
     }
-    Err(cx.invalid(
-        key,
-        format!("{value:?}"),
-        why,
-        format!("set {key} to a finite number > 0 such as {example}"),
-    ))
+    Err(cx.invalid(key, format!("{value:?}"), why, format!("set {key} to a finite number > 0 such as {example}")))
 }
 
 fn non_negative_finite(cx: &Ctx, key: &str, value: f64, why: &str, example: &str) -> R {
     if value.is_finite() && value >= 0.0 {
         return Ok(());
     }
-    Err(cx.invalid(
-        key,
-        format!("{value:?}"),
-        why,
-        format!("set {key} to a finite number >= 0 such as {example}"),
-    ))
+    Err(cx.invalid(key, format!("{value:?}"), why, format!("set {key} to a finite number >= 0 such as {example}")))
 }
 
 /// `value` in `[0, 1)` (`closed`: `[0, 1]`).
-fn unit_interval(
-    cx: &Ctx,
-    key: &str,
-    shown: &str,
-    value: f64,
-    closed: bool,
-    why: &str,
-    example: &str,
-) -> R {
+fn unit_interval(cx: &Ctx, key: &str, shown: &str, value: f64, closed: bool, why: &str, example: &str) -> R {
     let ok = value >= 0.0 && if closed { value <= 1.0 } else { value < 1.0 };
     if ok {
         return Ok(());
     }
-    let range = if closed {
-        "between 0 and 1 inclusive"
-    } else {
-        "at least 0 and below 1"
-    };
-    Err(cx.invalid(
-        key,
-        shown,
-        why,
-        format!("set {key} to a number {range}, such as {example}"),
-    ))
+    let range = if closed { "between 0 and 1 inclusive" } else { "at least 0 and below 1" };
+    Err(cx.invalid(key, shown, why, format!("set {key} to a number {range}, such as {example}")))
 }
 
 /// Checks every rule on `r`, filling `training.steps` when no run length is given.
@@ -158,14 +114,7 @@ fn run(r: &Recipe, cx: &Ctx) -> R {
         ));
     }
     one_of(cx, "run.backend", &run.backend, BACKENDS, "the backend")?;
-    at_least(
-        cx,
-        "run.log_every",
-        run.log_every,
-        1,
-        "a log line every 0 steps is meaningless",
-        10,
-    )?;
+    at_least(cx, "run.log_every", run.log_every, 1, "a log line every 0 steps is meaningless", 10)?;
     if let Some(limit) = &run.gpu_memory_limit {
         match parse_bytes(limit) {
             Ok(0) => {
@@ -243,39 +192,12 @@ fn data(r: &Recipe, cx: &Ctx) -> R {
         "0.1",
     )?;
     one_of(cx, "data.task", &d.task, TASKS, "the task")?;
-    non_negative_finite(
-        cx,
-        "data.noise",
-        d.noise,
-        "noise is a standard deviation / flip probability",
-        "0.1",
-    )?;
+    non_negative_finite(cx, "data.noise", d.noise, "noise is a standard deviation / flip probability", "0.1")?;
     if d.kind == "synthetic" {
-        at_least(
-            cx,
-            "data.samples",
-            d.samples,
-            2,
-            "a synthetic dataset needs samples to train and validate on",
-            2048,
-        )?;
-        at_least(
-            cx,
-            "data.features",
-            d.features,
-            1,
-            "a sample needs at least one feature",
-            16,
-        )?;
+        at_least(cx, "data.samples", d.samples, 2, "a synthetic dataset needs samples to train and validate on", 2048)?;
+        at_least(cx, "data.features", d.features, 1, "a sample needs at least one feature", 16)?;
         if d.task == "classification" {
-            at_least(
-                cx,
-                "data.classes",
-                d.classes,
-                2,
-                "classification needs at least two classes",
-                4,
-            )?;
+            at_least(cx, "data.classes", d.classes, 2, "classification needs at least two classes", 4)?;
         }
     }
     Ok(())
@@ -284,20 +206,8 @@ fn data(r: &Recipe, cx: &Ctx) -> R {
 fn optimizer(r: &Recipe, cx: &Ctx) -> R {
     let o = &r.optimizer;
     one_of(cx, "optimizer.kind", &o.kind, OPTIMIZERS, "the optimizer")?;
-    positive_finite(
-        cx,
-        "optimizer.lr",
-        o.lr,
-        "the learning rate must be a finite number above zero",
-        "0.001",
-    )?;
-    non_negative_finite(
-        cx,
-        "optimizer.weight_decay",
-        o.weight_decay,
-        "weight decay cannot be negative",
-        "0.01",
-    )?;
+    positive_finite(cx, "optimizer.lr", o.lr, "the learning rate must be a finite number above zero", "0.001")?;
+    non_negative_finite(cx, "optimizer.weight_decay", o.weight_decay, "weight decay cannot be negative", "0.01")?;
     let betas = format!("[{:?}, {:?}]", o.betas[0], o.betas[1]);
     for (i, b) in o.betas.iter().enumerate() {
         if !(0.0..1.0).contains(b) {
@@ -309,13 +219,7 @@ fn optimizer(r: &Recipe, cx: &Ctx) -> R {
             ));
         }
     }
-    positive_finite(
-        cx,
-        "optimizer.eps",
-        o.eps,
-        "epsilon guards a division and must be above zero",
-        "1e-8",
-    )?;
+    positive_finite(cx, "optimizer.eps", o.eps, "epsilon guards a division and must be above zero", "1e-8")?;
     unit_interval(
         cx,
         "optimizer.momentum",
@@ -339,13 +243,7 @@ fn optimizer(r: &Recipe, cx: &Ctx) -> R {
 
 fn lr_schedule(r: &Recipe, cx: &Ctx) -> R {
     let s = &r.lr_schedule;
-    one_of(
-        cx,
-        "lr_schedule.kind",
-        &s.kind,
-        LR_SCHEDULES,
-        "the schedule",
-    )?;
+    one_of(cx, "lr_schedule.kind", &s.kind, LR_SCHEDULES, "the schedule")?;
     unit_interval(
         cx,
         "lr_schedule.final_lr_fraction",
@@ -375,24 +273,10 @@ fn training(r: &mut Recipe, cx: &Ctx) -> R {
         _ => {}
     }
     if let Some(s) = t.steps {
-        at_least(
-            cx,
-            "training.steps",
-            s,
-            1,
-            "a run must take at least one optimizer step",
-            100,
-        )?;
+        at_least(cx, "training.steps", s, 1, "a run must take at least one optimizer step", 100)?;
     }
     if let Some(e) = t.epochs {
-        at_least(
-            cx,
-            "training.epochs",
-            e,
-            1,
-            "a run must make at least one pass over the data",
-            1,
-        )?;
+        at_least(cx, "training.epochs", e, 1, "a run must make at least one pass over the data", 1)?;
     }
     at_least(
         cx,
@@ -403,14 +287,7 @@ fn training(r: &mut Recipe, cx: &Ctx) -> R {
         32,
     )?;
     if let Some(b) = t.eval_batch {
-        at_least(
-            cx,
-            "training.eval_batch",
-            b,
-            1,
-            "evaluation must process at least one sample at a time",
-            64,
-        )?;
+        at_least(cx, "training.eval_batch", b, 1, "evaluation must process at least one sample at a time", 64)?;
     }
     Ok(())
 }
@@ -418,30 +295,14 @@ fn training(r: &mut Recipe, cx: &Ctx) -> R {
 fn micro_batch(r: &Recipe, cx: &Ctx) -> R {
     let m = &r.micro_batch;
     let eb = r.training.effective_batch;
-    at_least(
-        cx,
-        "micro_batch.min",
-        m.min,
-        1,
-        "a micro-batch must hold at least one sample",
-        1,
-    )?;
+    at_least(cx, "micro_batch.min", m.min, 1, "a micro-batch must hold at least one sample", 1)?;
     if let Some(max) = m.max {
-        at_least(
-            cx,
-            "micro_batch.max",
-            max,
-            1,
-            "a micro-batch must hold at least one sample",
-            eb.max(1),
-        )?;
+        at_least(cx, "micro_batch.max", max, 1, "a micro-batch must hold at least one sample", eb.max(1))?;
         if m.min > max {
             return Err(cx.invalid(
                 "micro_batch.min",
                 m.min,
-                &format!(
-                    "it is larger than micro_batch.max = {max}, so no micro-batch size is allowed"
-                ),
+                &format!("it is larger than micro_batch.max = {max}, so no micro-batch size is allowed"),
                 format!("set micro_batch.min to at most {max}, or raise micro_batch.max"),
             ));
         }
@@ -458,23 +319,13 @@ fn micro_batch(r: &Recipe, cx: &Ctx) -> R {
         ));
     }
     if let MicroInitial::Fixed(i) = m.initial {
-        at_least(
-            cx,
-            "micro_batch.initial",
-            i,
-            1,
-            "a micro-batch must hold at least one sample",
-            eb.max(1),
-        )?;
+        at_least(cx, "micro_batch.initial", i, 1, "a micro-batch must hold at least one sample", eb.max(1))?;
         if i < m.min {
             return Err(cx.invalid(
                 "micro_batch.initial",
                 i,
                 &format!("it is below micro_batch.min = {}", m.min),
-                format!(
-                    "set micro_batch.initial to at least {}, or to \"auto\"",
-                    m.min
-                ),
+                format!("set micro_batch.initial to at least {}, or to \"auto\"", m.min),
             ));
         }
         if let Some(max) = m.max {
@@ -531,14 +382,7 @@ fn faults(r: &Recipe, cx: &Ctx) -> R {
         )?;
     }
     for (i, c) in f.simulate_memory_changes.iter().enumerate() {
-        at_least(
-            cx,
-            &format!("faults.simulate_memory_changes[{i}].step"),
-            c.step,
-            1,
-            "steps count from 1",
-            1,
-        )?;
+        at_least(cx, &format!("faults.simulate_memory_changes[{i}].step"), c.step, 1, "steps count from 1", 1)?;
         at_least(
             cx,
             &format!("faults.simulate_memory_changes[{i}].samples"),
@@ -550,14 +394,7 @@ fn faults(r: &Recipe, cx: &Ctx) -> R {
     }
     for (name, list) in [("oom_at", &f.oom_at), ("panic_at", &f.panic_at)] {
         for (i, fa) in list.iter().enumerate() {
-            at_least(
-                cx,
-                &format!("faults.{name}[{i}].step"),
-                fa.step,
-                1,
-                "steps count from 1",
-                1,
-            )?;
+            at_least(cx, &format!("faults.{name}[{i}].step"), fa.step, 1, "steps count from 1", 1)?;
         }
     }
     Ok(())

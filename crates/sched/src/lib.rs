@@ -20,6 +20,4 @@ pub mod policy;
 
 pub use oom::{classify, is_oom, panics, OomKind, SIMULATED_OOM_PREFIX};
 pub use plan::{max_chunk, next_larger, next_smaller, plan_chunks};
-pub use policy::{
-    Event, GiveUp, GiveUpKind, MemoryHint, Policy, PolicyConfig, PolicyState, ShrinkReason,
-};
+pub use policy::{Event, GiveUp, GiveUpKind, MemoryHint, Policy, PolicyConfig, PolicyState, ShrinkReason};

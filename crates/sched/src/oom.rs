@@ -148,9 +148,8 @@ pub fn classify(message: &str) -> Option<OomKind> {
         return Some(OomKind::HostAlloc);
     }
     let lower = message.to_ascii_lowercase();
-    let generic = has_oom_phrase(&lower)
-        || has_identifier(message, "OutOfMemory")
-        || has_identifier(message, "BufferTooBig");
+    let generic =
+        has_oom_phrase(&lower) || has_identifier(message, "OutOfMemory") || has_identifier(message, "BufferTooBig");
     if !generic {
         return None;
     }
@@ -207,10 +206,8 @@ fn has_identifier(message: &str, ident: &str) -> bool {
     while let Some(i) = message[from..].find(ident) {
         let start = from + i;
         let end = start + ident.len();
-        let before_ok =
-            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
-        let after_ok =
-            end == bytes.len() || !(bytes[end].is_ascii_lowercase() || bytes[end].is_ascii_digit());
+        let before_ok = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let after_ok = end == bytes.len() || !(bytes[end].is_ascii_lowercase() || bytes[end].is_ascii_digit());
         if before_ok && after_ok {
             return true;
         }
@@ -270,10 +267,7 @@ mod tests {
     fn cuda_driver() {
         // cudarc-0.19.10/src/driver/result.rs: DriverError Display = Debug =
         //   DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of memory")
-        assert_eq!(
-            kind("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"),
-            Some(OomKind::CudaDriver)
-        );
+        assert_eq!(kind("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"), Some(OomKind::CudaDriver));
         assert_eq!(
             kind("CUDA allocation error: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"),
             Some(OomKind::CudaDriver)
@@ -281,10 +275,7 @@ mod tests {
         assert_eq!(kind("cudaErrorMemoryAllocation"), Some(OomKind::CudaDriver));
         assert_eq!(kind("hipErrorOutOfMemory"), Some(OomKind::CudaDriver));
         // libtorch (tch backend) phrase.
-        assert_eq!(
-            kind("CUDA out of memory. Tried to allocate 2.00 GiB"),
-            Some(OomKind::CudaDriver)
-        );
+        assert_eq!(kind("CUDA out of memory. Tried to allocate 2.00 GiB"), Some(OomKind::CudaDriver));
     }
 
     #[test]
@@ -305,10 +296,7 @@ mod tests {
     fn host_allocation() {
         // std library/std/src/alloc.rs default_alloc_error_hook:
         //   "memory allocation of {} bytes failed"
-        assert_eq!(
-            kind("memory allocation of 17179869184 bytes failed"),
-            Some(OomKind::HostAlloc)
-        );
+        assert_eq!(kind("memory allocation of 17179869184 bytes failed"), Some(OomKind::HostAlloc));
         assert_eq!(
             kind("worker stderr: memory allocation of 8 bytes failed\nAborted (core dumped)"),
             Some(OomKind::HostAlloc)
@@ -323,15 +311,14 @@ mod tests {
             kind("failed to spawn thread: Os { code: 12, kind: OutOfMemory, message: \"Cannot allocate memory\" }"),
             Some(OomKind::HostAlloc)
         );
-        assert_eq!(
-            kind("terminate called after throwing an instance of 'std::bad_alloc'"),
-            Some(OomKind::HostAlloc)
-        );
+        assert_eq!(kind("terminate called after throwing an instance of 'std::bad_alloc'"), Some(OomKind::HostAlloc));
     }
 
     #[test]
     fn simulated() {
-        let m = format!("{SIMULATED_OOM_PREFIX}: a micro-batch of 64 samples does not fit the simulated capacity of 12 samples");
+        let m = format!(
+            "{SIMULATED_OOM_PREFIX}: a micro-batch of 64 samples does not fit the simulated capacity of 12 samples"
+        );
         assert_eq!(kind(&m), Some(OomKind::Simulated));
         let m = format!("{SIMULATED_OOM_PREFIX}: injected by faults.oom_at in forward of step 3");
         assert_eq!(kind(&m), Some(OomKind::Simulated));
@@ -340,14 +327,8 @@ mod tests {
     #[test]
     fn generic_phrases() {
         assert_eq!(kind("out of memory"), Some(OomKind::DeviceAlloc));
-        assert_eq!(
-            kind("device OUT OF MEMORY while allocating"),
-            Some(OomKind::DeviceAlloc)
-        );
-        assert_eq!(
-            kind("AllocationError::OutOfMemory"),
-            Some(OomKind::DeviceAlloc)
-        );
+        assert_eq!(kind("device OUT OF MEMORY while allocating"), Some(OomKind::DeviceAlloc));
+        assert_eq!(kind("AllocationError::OutOfMemory"), Some(OomKind::DeviceAlloc));
         assert_eq!(kind("Err(OutOfMemory)"), Some(OomKind::DeviceAlloc));
     }
 
@@ -388,9 +369,6 @@ mod tests {
     #[test]
     fn kind_names() {
         assert_eq!(OomKind::HostAlloc.to_string(), "host_alloc");
-        assert_eq!(
-            serde_json::to_string(&OomKind::CudaDriver).unwrap(),
-            "\"cuda_driver\""
-        );
+        assert_eq!(serde_json::to_string(&OomKind::CudaDriver).unwrap(), "\"cuda_driver\"");
     }
 }

@@ -36,9 +36,7 @@ pub fn plan_chunks(total: usize, limit: usize) -> Vec<usize> {
     let k = div_ceil(total, limit);
     let base = total / k;
     let rem = total % k;
-    (0..k)
-        .map(|i| if i < rem { base + 1 } else { base })
-        .collect()
+    (0..k).map(|i| if i < rem { base + 1 } else { base }).collect()
 }
 
 /// The largest chunk [`plan_chunks`] produces for `total` under `limit`:
@@ -148,10 +146,7 @@ mod tests {
 
     #[test]
     fn achievable_sizes_for_64() {
-        assert_eq!(
-            achievable_sizes(64),
-            vec![1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 16, 22, 32, 64]
-        );
+        assert_eq!(achievable_sizes(64), vec![1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 16, 22, 32, 64]);
         assert_eq!(achievable_sizes(1), vec![1]);
         assert_eq!(achievable_sizes(0), Vec::<usize>::new());
     }
@@ -169,12 +164,7 @@ mod tests {
                 let larger = set.iter().copied().filter(|&x| x > s).min();
                 assert_eq!(next_smaller(total, s), smaller, "total {total} s {s}");
                 assert_eq!(next_larger(total, s), larger, "total {total} s {s}");
-                let atl = set
-                    .iter()
-                    .copied()
-                    .filter(|&x| x >= s.max(1))
-                    .min()
-                    .unwrap_or(total);
+                let atl = set.iter().copied().filter(|&x| x >= s.max(1)).min().unwrap_or(total);
                 assert_eq!(at_least(total, s), atl, "total {total} s {s}");
                 if s >= 1 {
                     let le = set.iter().copied().filter(|&x| x <= s).max().unwrap();

@@ -71,14 +71,7 @@ impl PolicyConfig {
     /// `max = effective_batch`, `initial = auto`, `grow_after = 50`,
     /// `max_retries_per_step = 8`.
     pub fn new(effective_batch: usize) -> Self {
-        Self {
-            effective_batch,
-            min: 1,
-            max: effective_batch,
-            initial: None,
-            grow_after: 50,
-            max_retries_per_step: 8,
-        }
+        Self { effective_batch, min: 1, max: effective_batch, initial: None, grow_after: 50, max_retries_per_step: 8 }
     }
 }
 
@@ -231,20 +224,13 @@ impl fmt::Display for Event {
             Event::Grow { from, to } => {
                 write!(f, "micro-batch limit {from} -> {to} (trying larger)")
             }
-            Event::GrowFailed {
-                at,
-                back_to,
-                next_try_after_steps,
-            } => write!(
+            Event::GrowFailed { at, back_to, next_try_after_steps } => write!(
                 f,
                 "micro-batch {at} ran out of memory; back to {back_to}, next try after \
                  {next_try_after_steps} clean steps"
             ),
             Event::CeilingCleared { ceiling } => {
-                write!(
-                    f,
-                    "micro-batch {ceiling} fits again; forgetting that ceiling"
-                )
+                write!(f, "micro-batch {ceiling} fits again; forgetting that ceiling")
             }
         }
     }
@@ -361,12 +347,7 @@ impl Policy {
         let hi = max_chunk(n, cfg.max);
         // When no achievable size lies in [min, max], honour `max` (a memory bound).
         let lo = at_least(n, cfg.min).min(hi);
-        Policy {
-            cfg,
-            lo,
-            hi,
-            state: PolicyState::default(),
-        }
+        Policy { cfg, lo, hi, state: PolicyState::default() }
     }
 
     fn normalise_state(&mut self) {
@@ -377,10 +358,7 @@ impl Policy {
         s.backoff = s.backoff.min(MAX_BACKOFF);
         s.ooms_this_step = 0;
         s.predicted_this_step = false;
-        s.ceiling = s
-            .ceiling
-            .filter(|&c| c >= 1 && c <= n)
-            .map(|c| at_least(n, c));
+        s.ceiling = s.ceiling.filter(|&c| c >= 1 && c <= n).map(|c| at_least(n, c));
         s.limit = round(s.limit);
         s.growing_from = s.growing_from.map(round).filter(|&g| g < s.limit);
         if let Some(c) = s.ceiling {
@@ -475,8 +453,7 @@ impl Policy {
                 events.push(Event::CeilingCleared { ceiling: c });
             }
         }
-        if ga > 0 && s.backoff > 0 && s.stable_steps >= ga.saturating_mul(1usize << (s.backoff + 1))
-        {
+        if ga > 0 && s.backoff > 0 && s.stable_steps >= ga.saturating_mul(1usize << (s.backoff + 1)) {
             s.backoff -= 1;
             s.stable_steps = 0;
         }
@@ -523,9 +500,7 @@ impl Policy {
     }
 
     fn retest_wait(&self) -> usize {
-        self.cfg
-            .grow_after
-            .saturating_mul(1usize << self.state.backoff.min(MAX_BACKOFF))
+        self.cfg.grow_after.saturating_mul(1usize << self.state.backoff.min(MAX_BACKOFF))
     }
 
     /// Clean steps before the next growth attempt from the current state.
@@ -548,18 +523,10 @@ impl Policy {
     /// `max_retries_per_step + 1`-th failure in the step; the state is still updated (ceiling
     /// lowered, limit shrunk where possible) so that a checkpoint written afterwards carries
     /// what was learnt.
-    pub fn on_oom(
-        &mut self,
-        failed_micro: usize,
-        hint: Option<MemoryHint>,
-    ) -> Result<Vec<Event>, GiveUp> {
+    pub fn on_oom(&mut self, failed_micro: usize, hint: Option<MemoryHint>) -> Result<Vec<Event>, GiveUp> {
         let n = self.n();
         let old = self.state.limit;
-        let failed = if failed_micro == 0 {
-            old
-        } else {
-            failed_micro.min(n)
-        };
+        let failed = if failed_micro == 0 { old } else { failed_micro.min(n) };
         let cap = failed.min(old);
         {
             let s = &mut self.state;
@@ -579,23 +546,11 @@ impl Policy {
                 s.grow_failures += 1;
                 self.set_limit(prev);
                 let next_try_after_steps = self.next_try_after();
-                tracing::debug!(
-                    at = old,
-                    back_to = prev,
-                    "micro-batch policy: growth attempt failed"
-                );
-                events.push(Event::GrowFailed {
-                    at: old,
-                    back_to: prev,
-                    next_try_after_steps,
-                });
+                tracing::debug!(at = old, back_to = prev, "micro-batch policy: growth attempt failed");
+                events.push(Event::GrowFailed { at: old, back_to: prev, next_try_after_steps });
             }
             _ => {
-                let predicted = if self.state.predicted_this_step {
-                    None
-                } else {
-                    self.predicted_fit(hint.as_ref())
-                };
+                let predicted = if self.state.predicted_this_step { None } else { self.predicted_fit(hint.as_ref()) };
                 let (target, reason) = match predicted {
                     Some(p) if p < cap => (p, ShrinkReason::PredictedFit),
                     _ => (cap.div_ceil(2), ShrinkReason::Halved),
@@ -610,22 +565,13 @@ impl Policy {
                     }
                     let reason = self.min_reason(failed, hint.as_ref());
                     tracing::debug!(failed, "micro-batch policy: even the minimum does not fit");
-                    return Err(GiveUp {
-                        micro: failed,
-                        min: self.cfg.min,
-                        reason,
-                        kind: GiveUpKind::MinDoesNotFit,
-                    });
+                    return Err(GiveUp { micro: failed, min: self.cfg.min, reason, kind: GiveUpKind::MinDoesNotFit });
                 }
                 s.predicted_this_step = reason == ShrinkReason::PredictedFit;
                 s.shrinks += 1;
                 self.set_limit(to);
                 tracing::debug!(from = old, to, %reason, "micro-batch policy: shrinking after out-of-memory");
-                events.push(Event::Shrink {
-                    from: old,
-                    to,
-                    reason,
-                });
+                events.push(Event::Shrink { from: old, to, reason });
             }
         }
         if self.state.ooms_this_step > self.cfg.max_retries_per_step {
@@ -634,12 +580,7 @@ impl Policy {
                  `micro_batch.max_retries_per_step` = {} allows.",
                 self.state.ooms_this_step, self.cfg.max_retries_per_step
             );
-            return Err(GiveUp {
-                micro: failed,
-                min: self.cfg.min,
-                reason,
-                kind: GiveUpKind::TooManyRetries,
-            });
+            return Err(GiveUp { micro: failed, min: self.cfg.min, reason, kind: GiveUpKind::TooManyRetries });
         }
         Ok(events)
     }
@@ -653,11 +594,7 @@ impl Policy {
     pub fn lower_ceiling(&mut self, failed_micro: usize) -> Vec<Event> {
         let n = self.n();
         let old = self.state.limit;
-        let failed = if failed_micro == 0 {
-            old
-        } else {
-            failed_micro.min(n)
-        };
+        let failed = if failed_micro == 0 { old } else { failed_micro.min(n) };
         let new_ceiling = at_least(n, failed);
         let mut events = Vec::new();
         let s = &mut self.state;
@@ -674,11 +611,7 @@ impl Policy {
                 s.grow_failures += 1;
                 self.set_limit(prev);
                 let next_try_after_steps = self.next_try_after();
-                events.push(Event::GrowFailed {
-                    at: old,
-                    back_to: prev,
-                    next_try_after_steps,
-                });
+                events.push(Event::GrowFailed { at: old, back_to: prev, next_try_after_steps });
             }
             _ if old >= failed => {
                 let to = max_chunk(n, failed.div_ceil(2)).max(self.lo);
@@ -686,11 +619,7 @@ impl Policy {
                 if to != old {
                     self.state.shrinks += 1;
                     self.set_limit(to);
-                    events.push(Event::Shrink {
-                        from: old,
-                        to,
-                        reason: ShrinkReason::WorkerDied,
-                    });
+                    events.push(Event::Shrink { from: old, to, reason: ShrinkReason::WorkerDied });
                 }
             }
             _ => {}
@@ -707,11 +636,7 @@ impl Policy {
         }
         let obs = &mut self.state.observations;
         obs.retain(|o| o.micro != micro);
-        obs.push(MemoryObservation {
-            micro,
-            peak_bytes,
-            capacity_bytes,
-        });
+        obs.push(MemoryObservation { micro, peak_bytes, capacity_bytes });
         if obs.len() > MAX_OBSERVATIONS {
             let excess = obs.len() - MAX_OBSERVATIONS;
             obs.drain(..excess);
@@ -723,15 +648,8 @@ impl Policy {
     /// distinct sizes, positive slope).
     pub fn memory_model(&self, hint: Option<&MemoryHint>) -> Option<(f64, f64)> {
         let fit = self.fit();
-        if let Some(per) = hint
-            .and_then(|h| h.bytes_per_sample)
-            .filter(|b| b.is_finite() && *b > 0.0)
-        {
-            let fixed = hint
-                .and_then(|h| h.fixed_bytes)
-                .map(|f| f as f64)
-                .or(fit.map(|(a, _)| a))
-                .unwrap_or(0.0);
+        if let Some(per) = hint.and_then(|h| h.bytes_per_sample).filter(|b| b.is_finite() && *b > 0.0) {
+            let fixed = hint.and_then(|h| h.fixed_bytes).map(|f| f as f64).or(fit.map(|(a, _)| a)).unwrap_or(0.0);
             return Some((fixed.max(0.0), per));
         }
         fit
@@ -746,10 +664,7 @@ impl Policy {
         let mx = obs.iter().map(|o| o.micro as f64).sum::<f64>() / k;
         let my = obs.iter().map(|o| o.peak_bytes as f64).sum::<f64>() / k;
         let sxx: f64 = obs.iter().map(|o| (o.micro as f64 - mx).powi(2)).sum();
-        let sxy: f64 = obs
-            .iter()
-            .map(|o| (o.micro as f64 - mx) * (o.peak_bytes as f64 - my))
-            .sum();
+        let sxy: f64 = obs.iter().map(|o| (o.micro as f64 - mx) * (o.peak_bytes as f64 - my)).sum();
         if sxx <= 0.0 {
             return None;
         }
@@ -776,11 +691,7 @@ impl Policy {
             return Some(0);
         }
         let p = (budget / per).floor();
-        Some(if p >= usize::MAX as f64 {
-            usize::MAX
-        } else {
-            p as usize
-        })
+        Some(if p >= usize::MAX as f64 { usize::MAX } else { p as usize })
     }
 
     fn min_reason(&self, failed: usize, hint: Option<&MemoryHint>) -> String {
@@ -803,10 +714,7 @@ impl Policy {
                     bytes(cap as f64)
                 ));
             } else if let Some(req) = h.requested_bytes {
-                parts.push(format!(
-                    "The failed allocation requested {}.",
-                    bytes(req as f64)
-                ));
+                parts.push(format!("The failed allocation requested {}.", bytes(req as f64)));
             }
         }
         if parts.is_empty() {

@@ -70,8 +70,7 @@ use crate::tensors::{correct, tabular_classes, tabular_values, tokens};
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, Tensor};
 use burn::train::{
-    ClassificationOutput, InferenceStep, MultiLabelClassificationOutput, RegressionOutput,
-    SequenceOutput,
+    ClassificationOutput, InferenceStep, MultiLabelClassificationOutput, RegressionOutput, SequenceOutput,
 };
 use oomph_data::Batch;
 use std::marker::PhantomData;
@@ -129,11 +128,7 @@ impl<B: Backend> HasLoss<B> for ClassificationOutput<B> {
     fn metrics(&self) -> Vec<MetricSum<B>> {
         let n = self.targets.dims()[0] as f64;
         let sum = correct(self.output.clone(), self.targets.clone());
-        vec![MetricSum {
-            name: "accuracy",
-            sum,
-            weight: n,
-        }]
+        vec![MetricSum { name: "accuracy", sum, weight: n }]
     }
 }
 
@@ -152,15 +147,8 @@ impl<B: Backend> HasLoss<B> for RegressionOutput<B> {
 
     fn metrics(&self) -> Vec<MetricSum<B>> {
         let [n, t] = self.targets.dims();
-        let sum = (self.output.clone() - self.targets.clone())
-            .powi_scalar(2)
-            .sum()
-            .div_scalar(t.max(1) as f64);
-        vec![MetricSum {
-            name: "mse",
-            sum,
-            weight: n as f64,
-        }]
+        let sum = (self.output.clone() - self.targets.clone()).powi_scalar(2).sum().div_scalar(t.max(1) as f64);
+        vec![MetricSum { name: "mse", sum, weight: n as f64 }]
     }
 }
 
@@ -177,11 +165,7 @@ impl<B: Backend> HasLoss<B> for SequenceOutput<B> {
             None => self.logits.clone().argmax(2).reshape([n, s]),
         };
         let sum = predicted.equal(self.targets.clone()).float().sum();
-        vec![MetricSum {
-            name: "accuracy",
-            sum,
-            weight: (n * s) as f64,
-        }]
+        vec![MetricSum { name: "accuracy", sum, weight: (n * s) as f64 }]
     }
 }
 
@@ -200,10 +184,7 @@ pub struct BurnTrain<B: Backend, M> {
 impl<B: Backend, M: Module<B>> BurnTrain<B, M> {
     /// Wraps `model`.
     pub fn new(model: M) -> Self {
-        Self {
-            model,
-            _backend: PhantomData,
-        }
+        Self { model, _backend: PhantomData }
     }
 
     /// The wrapped model (e.g. to keep using it with burn-train after training).
@@ -222,8 +203,7 @@ where
     /// Runs the model's `InferenceStep` on `batch` (tracked when `B` is an autodiff
     /// backend).
     pub fn forward(&self, batch: &Batch, device: &B::Device) -> M::Output {
-        self.model
-            .step(<M::Input as FromBatch<B>>::from_batch(batch, device))
+        self.model.step(<M::Input as FromBatch<B>>::from_batch(batch, device))
     }
 }
 
@@ -237,17 +217,12 @@ where
     /// `mean_loss * weight`: the sum oomph normalises by the effective batch's weight.
     fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B> {
         let out = self.forward(batch, device);
-        Loss {
-            sum: out.mean_loss().mul_scalar(self.weight(batch)),
-        }
+        Loss { sum: out.mean_loss().mul_scalar(self.weight(batch)) }
     }
 
     fn evaluate(&self, batch: &Batch, device: &B::Device) -> Evaluation<B> {
         let out = self.forward(batch, device);
-        Evaluation {
-            loss_sum: out.mean_loss().mul_scalar(self.weight(batch)),
-            metrics: out.metrics(),
-        }
+        Evaluation { loss_sum: out.mean_loss().mul_scalar(self.weight(batch)), metrics: out.metrics() }
     }
 }
 
@@ -291,15 +266,9 @@ mod tests {
             }
         }
 
-        fn forward_classification(
-            &self,
-            x: Tensor<B, 2>,
-            y: Tensor<B, 1, Int>,
-        ) -> ClassificationOutput<B> {
+        fn forward_classification(&self, x: Tensor<B, 2>, y: Tensor<B, 1, Int>) -> ClassificationOutput<B> {
             let logits = self.out.forward(relu(self.hidden.forward(x)));
-            let loss = CrossEntropyLossConfig::new()
-                .init(&logits.device())
-                .forward(logits.clone(), y.clone());
+            let loss = CrossEntropyLossConfig::new().init(&logits.device()).forward(logits.clone(), y.clone());
             ClassificationOutput::new(loss, logits, y)
         }
     }
@@ -373,28 +342,18 @@ every = 0
     fn run(micro: usize, dir: &Path) -> crate::Summary {
         let r = recipe(micro);
         let splits = data(&r);
-        let (features, classes) = (
-            splits.info.n_features.unwrap(),
-            splits.info.n_classes.unwrap(),
-        );
+        let (features, classes) = (splits.info.n_features.unwrap(), splits.info.n_classes.unwrap());
         let mut session = Session::<Ad>::new(r, "test", Default::default(), dir);
         session.resume = Resume::Never;
         let _turn = serial();
-        train(session, &splits, |device| {
-            BurnTrain::new(Net::<Ad>::new(features, classes, device))
-        })
-        .unwrap()
+        train(session, &splits, |device| BurnTrain::new(Net::<Ad>::new(features, classes, device))).unwrap()
     }
 
     fn weights(path: &Path) -> BTreeMap<String, Vec<f32>> {
         use burn::store::{ModuleStore, SafetensorsStore};
         let mut store = SafetensorsStore::from_file(path);
-        let all = store
-            .get_all_snapshots()
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        all.iter()
-            .map(|(k, s)| (k.clone(), s.to_data().unwrap().to_vec::<f32>().unwrap()))
-            .collect()
+        let all = store.get_all_snapshots().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        all.iter().map(|(k, s)| (k.clone(), s.to_data().unwrap().to_vec::<f32>().unwrap())).collect()
     }
 
     fn step_losses(dir: &Path) -> Vec<f64> {
@@ -425,44 +384,20 @@ every = 0
         let wrapped = BurnTrain::new(net.clone());
         let sum = wrapped.loss(&batch, &device).sum;
         let sum_value = sum.clone().inner().into_scalar().elem::<f64>();
-        assert!(
-            (sum_value - 10.0 * mean).abs() < 1e-4 * sum_value.abs(),
-            "{sum_value} vs 10 x {mean}"
-        );
+        assert!((sum_value - 10.0 * mean).abs() < 1e-4 * sum_value.abs(), "{sum_value} vs 10 x {mean}");
         let ours = GradientsParams::from_grads(sum.backward(), &wrapped);
 
-        let weight_ids = [
-            (net.hidden.weight.id, "hidden.weight"),
-            (net.out.weight.id, "out.weight"),
-        ];
+        let weight_ids = [(net.hidden.weight.id, "hidden.weight"), (net.out.weight.id, "out.weight")];
         for (id, name) in weight_ids {
-            let theirs = out
-                .grads
-                .get::<Flex, 2>(id)
-                .unwrap()
-                .mul_scalar(10.0)
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap();
-            let ours = ours
-                .get::<Flex, 2>(id)
-                .unwrap()
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap();
-            let diff = theirs
-                .iter()
-                .zip(&ours)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let theirs = out.grads.get::<Flex, 2>(id).unwrap().mul_scalar(10.0).into_data().to_vec::<f32>().unwrap();
+            let ours = ours.get::<Flex, 2>(id).unwrap().into_data().to_vec::<f32>().unwrap();
+            let diff = theirs.iter().zip(&ours).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(diff < 1e-5, "{name}: max |diff| {diff:e}");
         }
 
         // Evaluation runs the inner model's InferenceStep and reports accuracy.
         let e = wrapped.valid().evaluate(&batch, &device);
-        assert!(
-            (e.loss_sum.into_scalar().elem::<f64>() - sum_value).abs() < 1e-4 * sum_value.abs()
-        );
+        assert!((e.loss_sum.into_scalar().elem::<f64>() - sum_value).abs() < 1e-4 * sum_value.abs());
         assert_eq!(e.metrics.len(), 1);
         assert_eq!((e.metrics[0].name, e.metrics[0].weight), ("accuracy", 10.0));
     }
@@ -480,31 +415,17 @@ every = 0
         let losses = step_losses(d64.path());
         let (first, last) = (losses[0], *losses.last().unwrap());
         assert!(last < first * 0.8, "loss {first} -> {last}");
-        let acc = s64
-            .valid_accuracy
-            .expect("valid accuracy from ClassificationOutput");
+        let acc = s64.valid_accuracy.expect("valid accuracy from ClassificationOutput");
         assert!(acc > 0.5, "valid accuracy {acc}");
 
-        let (w64, w8) = (
-            weights(&d64.path().join("model.safetensors")),
-            weights(&d8.path().join("model.safetensors")),
-        );
-        assert_eq!(
-            w64.keys().collect::<Vec<_>>(),
-            w8.keys().collect::<Vec<_>>()
-        );
+        let (w64, w8) = (weights(&d64.path().join("model.safetensors")), weights(&d8.path().join("model.safetensors")));
+        assert_eq!(w64.keys().collect::<Vec<_>>(), w8.keys().collect::<Vec<_>>());
         assert!(w64.contains_key("model.hidden.weight"), "{:?}", w64.keys());
         let mut diff = 0f32;
         for (k, a) in &w64 {
-            diff = a
-                .iter()
-                .zip(&w8[k])
-                .map(|(x, y)| (x - y).abs())
-                .fold(diff, f32::max);
+            diff = a.iter().zip(&w8[k]).map(|(x, y)| (x - y).abs()).fold(diff, f32::max);
         }
-        eprintln!(
-            "loss {first} -> {last}, valid accuracy {acc}, micro 64 vs 8: max |diff| {diff:e}"
-        );
+        eprintln!("loss {first} -> {last}, valid accuracy {acc}, micro 64 vs 8: max |diff| {diff:e}");
         assert!(diff < 1e-5, "micro 64 vs micro 8: max |diff| {diff:e}");
     }
 }

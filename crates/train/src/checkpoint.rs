@@ -197,8 +197,8 @@ impl Verified {
 pub fn verify(dir: &Path) -> Result<Verified, String> {
     let mtext = fs::read_to_string(dir.join("manifest.json"))
         .map_err(|e| format!("{}: manifest unreadable ({e})", dir.display()))?;
-    let manifest: Manifest = serde_json::from_str(&mtext)
-        .map_err(|e| format!("{}: manifest corrupt ({e})", dir.display()))?;
+    let manifest: Manifest =
+        serde_json::from_str(&mtext).map_err(|e| format!("{}: manifest corrupt ({e})", dir.display()))?;
     let mut files = Vec::new();
     for entry in &manifest.files {
         let p = dir.join(&entry.name);
@@ -252,9 +252,11 @@ pub fn find(root: &Path, want: Option<usize>) -> Result<Found, String> {
                 have.join(", ")
             ));
         };
-        return verify(dir)
-            .map(|v| Found { checkpoint: Some(v), skipped: vec![] })
-            .map_err(|e| format!("checkpoint for step {step} is unusable: {e}. Fix: --resume auto falls back to the newest intact one."));
+        return verify(dir).map(|v| Found { checkpoint: Some(v), skipped: vec![] }).map_err(|e| {
+            format!(
+                "checkpoint for step {step} is unusable: {e}. Fix: --resume auto falls back to the newest intact one."
+            )
+        });
     }
     for (_, dir) in &all {
         match verify(dir) {

@@ -41,7 +41,9 @@ pub fn check_cuda(index: usize) -> Result<(), TrainError> {
     let cause = panics::since(generation).into_iter().next().map(|r| r.message);
     match r {
         Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(()),
-        Ok(v) => Err(TrainError::BadInput(format!("CUDA device {index} computed 1+2 = {v}; the GPU or driver is faulty."))),
+        Ok(v) => {
+            Err(TrainError::BadInput(format!("CUDA device {index} computed 1+2 = {v}; the GPU or driver is faulty.")))
+        }
         Err(p) => {
             let msg = cause.unwrap_or_else(|| panics::panic_message(p.as_ref()));
             Err(TrainError::BadInput(format!(
@@ -63,7 +65,11 @@ fn short_cause(msg: &str) -> String {
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// Memory telemetry and, with `limit`, the ballast that emulates a smaller device.
-pub fn cuda_env(device: &burn::backend::cuda::CudaDevice, index: usize, limit: Option<u64>) -> Result<BackendEnv, TrainError> {
+pub fn cuda_env(
+    device: &burn::backend::cuda::CudaDevice,
+    index: usize,
+    limit: Option<u64>,
+) -> Result<BackendEnv, TrainError> {
     let client = CudaRuntime::client(device);
     // cubecl-cuda sets the largest single allocation to a quarter of the device's memory.
     let max_alloc = client.properties().memory.max_page_size;

@@ -151,11 +151,7 @@ fn sq_norm_one<B: Backend, const D: usize>(grads: &GradientsParams, id: ParamId)
 }
 
 /// Multiplies every gradient of `module` in `grads` by `factor`.
-pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
-    module: &M,
-    grads: &mut GradientsParams,
-    factor: f64,
-) {
+pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &mut GradientsParams, factor: f64) {
     for (id, rank) in param_ids::<B, M>(module) {
         for_rank!(rank, B::InnerBackend, scale_one, grads, id, factor);
     }

@@ -45,11 +45,9 @@ impl Console {
         let bar = tty.then(|| {
             let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(8));
             b.set_style(
-                ProgressStyle::with_template(
-                    "{bar:28.cyan/blue} {pos}/{len} | {msg} | {elapsed_precise} eta {eta}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{bar:28.cyan/blue} {pos}/{len} | {msg} | {elapsed_precise} eta {eta}")
+                    .expect("static template")
+                    .progress_chars("=> "),
             );
             b
         });
@@ -115,12 +113,8 @@ impl Observer for Console {
     }
 
     fn event(&mut self, r: &EventRecord) {
-        let detail: Vec<String> = r
-            .fields
-            .iter()
-            .filter(|(k, _)| k.as_str() != "message")
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let detail: Vec<String> =
+            r.fields.iter().filter(|(k, _)| k.as_str() != "message").map(|(k, v)| format!("{k}={v}")).collect();
         let mut s = format!("[{}] step {}: {}", r.kind, r.step, detail.join(" "));
         if let Some(m) = r.fields.get("message").and_then(|m| m.as_str()) {
             let m: String = m.chars().take(160).collect();

@@ -84,7 +84,10 @@ where
         let device = session.device.clone();
         B::seed(&device, session.recipe.run.seed);
         let model = (self.init)(&self.config, &data.info, &device).map_err(|e| {
-            TrainError::BadInput(format!("{}: model.kind = \"{}\" cannot be built for this data: {e}", session.origin, session.recipe.model.kind))
+            TrainError::BadInput(format!(
+                "{}: model.kind = \"{}\" cannot be built for this data: {e}",
+                session.origin, session.recipe.model.kind
+            ))
         })?;
         train(session, data, move |_| model)
     }

@@ -35,8 +35,14 @@ pub fn tokens<B: Backend>(batch: &Batch, device: &B::Device) -> (Tensor<B, 2, In
     match batch {
         Batch::Tokens { inputs, targets, seq_len } => {
             let n = inputs.len() / seq_len;
-            let i = Tensor::from_data(TensorData::new(inputs.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n, *seq_len]), device);
-            let t = Tensor::from_data(TensorData::new(targets.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n, *seq_len]), device);
+            let i = Tensor::from_data(
+                TensorData::new(inputs.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n, *seq_len]),
+                device,
+            );
+            let t = Tensor::from_data(
+                TensorData::new(targets.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n, *seq_len]),
+                device,
+            );
             (i, t)
         }
         _ => panic!("oomph: expected a token batch"),

@@ -13,8 +13,8 @@ use crate::faults::{phase_name, Faults};
 use crate::objective::Objective;
 use crate::optim::{clip_global_norm, lr_at, Optim};
 use crate::progress::Observer;
-use crate::recovery::{attempt, cleanup, Failure};
 use crate::records::{EvalRecord, EventRecord, JsonLines, StepRecord, Summary};
+use crate::recovery::{attempt, cleanup, Failure};
 use crate::signals;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -28,9 +28,9 @@ use serde_json::{json, Map, Value};
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 /// `metrics.jsonl` is flushed at most this often (and at every checkpoint, evaluation and
@@ -223,7 +223,10 @@ where
     let recipe = session.recipe.clone();
     let run_dir = session.run_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| {
-        TrainError::BadInput(format!("cannot create the run directory {}: {e}. Fix: pick a writable --run-dir.", run_dir.display()))
+        TrainError::BadInput(format!(
+            "cannot create the run directory {}: {e}. Fix: pick a writable --run-dir.",
+            run_dir.display()
+        ))
     })?;
     std::fs::write(run_dir.join("recipe.resolved.toml"), oomph_recipe::to_toml_string(&recipe))?;
     B::seed(&session.device, recipe.run.seed);
@@ -392,13 +395,18 @@ where
             }
         }
         let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
-        let bad = |what: &str, e: String| TrainError::Checkpoint(format!("{}: {what} cannot be loaded: {e}", ck.dir.display()));
+        let bad = |what: &str, e: String| {
+            TrainError::Checkpoint(format!("{}: {what} cannot be loaded: {e}", ck.dir.display()))
+        };
         let model_bytes = ck.file("model.mpk").ok_or_else(|| bad("model.mpk", "missing".into()))?.to_vec();
         let record = rec.load(model_bytes, &self.s.device).map_err(|e| bad("model.mpk", e.to_string()))?;
         self.model = Some(self.model().clone().load_record(record));
         let optim_bytes = ck.file("optim.mpk").ok_or_else(|| bad("optim.mpk", "missing".into()))?.to_vec();
         self.optim = Some(
-            self.optim().clone().load_bytes(optim_bytes, &self.s.device).map_err(|e| bad("optim.mpk", e.to_string()))?,
+            self.optim()
+                .clone()
+                .load_bytes(optim_bytes, &self.s.device)
+                .map_err(|e| bad("optim.mpk", e.to_string()))?,
         );
         self.policy = Policy::from_state(cfg, st.policy.clone());
         self.sampler = Sampler::with_cursor(self.data.train.len(), st.seed, true, st.cursor);
@@ -602,7 +610,10 @@ where
                             Ok(v) => Ok(v),
                             Err(Failure::Oom { message }) => {
                                 self.oom_events += 1;
-                                self.event("oom", json!({ "phase": "optimizer", "micro_batch": micro, "message": message }));
+                                self.event(
+                                    "oom",
+                                    json!({ "phase": "optimizer", "micro_batch": micro, "message": message }),
+                                );
                                 return Err(TrainError::MemoryDeath {
                                     micro,
                                     message: format!(
@@ -657,7 +668,14 @@ where
 
     /// Handles a failed attempt: non-OOM failures end the run as what they are; OOMs are
     /// recorded, cleaned up, and fed to the policy.
-    fn recover(&mut self, f: Failure, step: usize, phase: Phase, micro: usize, t_attempt: Instant) -> Result<(), TrainError> {
+    fn recover(
+        &mut self,
+        f: Failure,
+        step: usize,
+        phase: Phase,
+        micro: usize,
+        t_attempt: Instant,
+    ) -> Result<(), TrainError> {
         let message = match f {
             Failure::Other { message } => {
                 return Err(TrainError::Failed(format!(
@@ -678,10 +696,12 @@ where
             });
         }
         if phase != Phase::Optimizer {
-            let hint = self.s.memory.as_ref().and_then(|probe| probe()).map(|m| MemoryHint {
-                capacity_bytes: Some(m.capacity),
-                ..Default::default()
-            });
+            let hint = self
+                .s
+                .memory
+                .as_ref()
+                .and_then(|probe| probe())
+                .map(|m| MemoryHint { capacity_bytes: Some(m.capacity), ..Default::default() });
             match self.policy.on_oom(micro, hint) {
                 Ok(evs) => self.policy_events(evs),
                 Err(give_up) => {
@@ -763,7 +783,9 @@ where
             let device = self.s.device.clone();
             let faults = &mut self.faults;
             let step = self.step;
-            let out = attempt::<B, _>(&device, || evaluate_on::<B::InnerBackend, M::InnerModule>(&inner, src, &indices, eb, &device, step, faults));
+            let out = attempt::<B, _>(&device, || {
+                evaluate_on::<B::InnerBackend, M::InnerModule>(&inner, src, &indices, eb, &device, step, faults)
+            });
             drop(inner);
             match out {
                 Ok((loss, metrics)) => {
@@ -924,9 +946,7 @@ where
 pub fn save_safetensors<B: Backend, M: Module<B>>(model: &M, path: &Path) -> Result<(), TrainError> {
     use burn::store::{ModuleSnapshot, SafetensorsStore};
     let mut store = SafetensorsStore::from_file(path).overwrite(true);
-    model
-        .save_into(&mut store)
-        .map_err(|e| TrainError::Failed(format!("writing {} failed: {e}", path.display())))
+    model.save_into(&mut store).map_err(|e| TrainError::Failed(format!("writing {} failed: {e}", path.display())))
 }
 
 /// The forward and backward passes of one attempt at a step: every chunk's loss sum is

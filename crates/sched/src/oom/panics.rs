@@ -39,10 +39,7 @@ struct Ring {
     records: VecDeque<(u64, PanicRecord)>,
 }
 
-static RING: Mutex<Ring> = Mutex::new(Ring {
-    next: 0,
-    records: VecDeque::new(),
-});
+static RING: Mutex<Ring> = Mutex::new(Ring { next: 0, records: VecDeque::new() });
 static INSTALL: Once = Once::new();
 static QUIET_OOM: AtomicBool = AtomicBool::new(false);
 
@@ -68,9 +65,7 @@ pub fn install() {
                     None => format!("{:?}", thread.id()),
                 },
                 message,
-                location: info
-                    .location()
-                    .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
+                location: info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
             };
             let quiet = QUIET_OOM.load(Ordering::Relaxed) && super::is_oom(&record.message);
             if quiet {
@@ -122,19 +117,12 @@ pub fn generation() -> u64 {
 /// The panics recorded since `generation` was taken, oldest first, from every thread.
 /// If more than [`CAPACITY`] panics happened since, only the most recent are returned.
 pub fn since(generation: u64) -> Vec<PanicRecord> {
-    ring()
-        .records
-        .iter()
-        .filter(|(seq, _)| *seq >= generation)
-        .map(|(_, r)| r.clone())
-        .collect()
+    ring().records.iter().filter(|(seq, _)| *seq >= generation).map(|(_, r)| r.clone()).collect()
 }
 
 /// The first out-of-memory panic recorded since `generation`, with its kind.
 pub fn oom_since(generation: u64) -> Option<(PanicRecord, super::OomKind)> {
-    since(generation)
-        .into_iter()
-        .find_map(|r| super::classify(&r.message).map(|k| (r, k)))
+    since(generation).into_iter().find_map(|r| super::classify(&r.message).map(|k| (r, k)))
 }
 
 /// Turns a panic payload (from `catch_unwind` or a hook) into text: the `&str` or `String`
@@ -186,10 +174,7 @@ mod tests {
             .unwrap();
         assert!(handle.join().is_err());
         let seen = since(g);
-        let rec = seen
-            .iter()
-            .find(|r| r.message.contains("123456789"))
-            .expect("the runner-thread panic is recorded");
+        let rec = seen.iter().find(|r| r.message.contains("123456789")).expect("the runner-thread panic is recorded");
         assert_eq!(rec.thread, "device-runner-test");
         assert!(rec.location.as_deref().unwrap_or("").contains("panics.rs"));
         assert_eq!(classify(&rec.message), Some(OomKind::DeviceAlloc));
@@ -218,19 +203,13 @@ mod tests {
         let _serial = serial();
         let g = generation();
         for i in 0..(CAPACITY + 10) {
-            record_panic(PanicRecord {
-                thread: "t".into(),
-                message: format!("synthetic {i}"),
-                location: None,
-            });
+            record_panic(PanicRecord { thread: "t".into(), message: format!("synthetic {i}"), location: None });
         }
         let all = since(0);
         assert!(all.len() <= CAPACITY);
         let mine = since(g);
         assert!(mine.len() <= CAPACITY);
-        assert!(mine
-            .iter()
-            .any(|r| r.message == format!("synthetic {}", CAPACITY + 9)));
+        assert!(mine.iter().any(|r| r.message == format!("synthetic {}", CAPACITY + 9)));
         assert!(generation() >= g + CAPACITY as u64 + 10);
     }
 
@@ -241,9 +220,6 @@ mod tests {
         let p: Box<dyn Any + Send> = Box::new(String::from("owned"));
         assert_eq!(panic_message(p.as_ref()), "owned");
         let p: Box<dyn Any + Send> = Box::new(42u32);
-        assert_eq!(
-            panic_message(p.as_ref()),
-            "<panic payload of a non-string type>"
-        );
+        assert_eq!(panic_message(p.as_ref()), "<panic payload of a non-string type>");
     }
 }

@@ -5,22 +5,8 @@ use super::*;
 use crate::plan::is_achievable;
 use proptest::prelude::*;
 
-fn cfg(
-    n: usize,
-    min: usize,
-    max: usize,
-    initial: Option<usize>,
-    ga: usize,
-    retries: usize,
-) -> PolicyConfig {
-    PolicyConfig {
-        effective_batch: n,
-        min,
-        max,
-        initial,
-        grow_after: ga,
-        max_retries_per_step: retries,
-    }
+fn cfg(n: usize, min: usize, max: usize, initial: Option<usize>, ga: usize, retries: usize) -> PolicyConfig {
+    PolicyConfig { effective_batch: n, min, max, initial, grow_after: ga, max_retries_per_step: retries }
 }
 
 /// What happened in one simulated step.
@@ -36,35 +22,16 @@ fn check_invariants(p: &Policy) {
     let (lo, hi) = p.bounds();
     let s = p.state();
     assert!(lo <= hi, "bounds {lo} > {hi}");
-    assert!(
-        is_achievable(n, lo) && is_achievable(n, hi),
-        "bounds not achievable: {lo} {hi} for {n}"
-    );
+    assert!(is_achievable(n, lo) && is_achievable(n, hi), "bounds not achievable: {lo} {hi} for {n}");
     assert!(hi <= p.config().max && hi <= n);
-    assert!(
-        lo >= p.config().min || lo == hi,
-        "lo {lo} below min {}",
-        p.config().min
-    );
-    assert!(
-        s.limit >= lo && s.limit <= hi,
-        "limit {} outside [{lo}, {hi}]",
-        s.limit
-    );
-    assert!(
-        is_achievable(n, s.limit),
-        "limit {} not achievable for {n}",
-        s.limit
-    );
+    assert!(lo >= p.config().min || lo == hi, "lo {lo} below min {}", p.config().min);
+    assert!(s.limit >= lo && s.limit <= hi, "limit {} outside [{lo}, {hi}]", s.limit);
+    assert!(is_achievable(n, s.limit), "limit {} not achievable for {n}", s.limit);
     assert!(s.backoff <= MAX_BACKOFF);
     if let Some(c) = s.ceiling {
         assert!(is_achievable(n, c), "ceiling {c} not achievable");
         let retest = s.limit == c && p.is_growing();
-        assert!(
-            s.limit < c || retest || p.exhausted(),
-            "limit {} at/above ceiling {c}: {s:?}",
-            s.limit
-        );
+        assert!(s.limit < c || retest || p.exhausted(), "limit {} at/above ceiling {c}: {s:?}", s.limit);
     }
     assert!(s.history.len() <= HISTORY_LEN);
     assert_eq!(s.history.last(), Some(&s.limit));
@@ -85,11 +52,7 @@ fn run_step(p: &mut Policy, capacity: usize, log: &mut Vec<Event>) -> StepOutcom
                 let before = p.limit();
                 match p.on_oom(m, None) {
                     Ok(events) => {
-                        assert!(
-                            p.limit() < m && p.limit() < before,
-                            "after an OOM at {m} the limit is {}",
-                            p.limit()
-                        );
+                        assert!(p.limit() < m && p.limit() < before, "after an OOM at {m} the limit is {}", p.limit());
                         assert!(ooms <= p.config().max_retries_per_step);
                         log.extend(events);
                         check_invariants(p);
@@ -97,18 +60,14 @@ fn run_step(p: &mut Policy, capacity: usize, log: &mut Vec<Event>) -> StepOutcom
                     Err(g) => {
                         check_invariants(p);
                         match g.kind {
-                            GiveUpKind::MinDoesNotFit => assert!(
-                                capacity < p.bounds().0,
-                                "gave up at min with capacity {capacity}: {g}"
-                            ),
+                            GiveUpKind::MinDoesNotFit => {
+                                assert!(capacity < p.bounds().0, "gave up at min with capacity {capacity}: {g}")
+                            }
                             GiveUpKind::TooManyRetries => {
                                 assert_eq!(ooms, p.config().max_retries_per_step + 1)
                             }
                         }
-                        return StepOutcome {
-                            ooms,
-                            result: Err(g),
-                        };
+                        return StepOutcome { ooms, result: Err(g) };
                     }
                 }
             }
@@ -137,19 +96,14 @@ fn run_step(p: &mut Policy, capacity: usize, log: &mut Vec<Event>) -> StepOutcom
                 }
                 log.extend(events);
                 check_invariants(p);
-                return StepOutcome {
-                    ooms,
-                    result: Ok(()),
-                };
+                return StepOutcome { ooms, result: Ok(()) };
             }
         }
     }
 }
 
 fn failed_growths(log: &[Event]) -> usize {
-    log.iter()
-        .filter(|e| matches!(e, Event::GrowFailed { .. }))
-        .count()
+    log.iter().filter(|e| matches!(e, Event::GrowFailed { .. })).count()
 }
 
 #[test]
@@ -205,13 +159,8 @@ fn capacity_12_settles_at_11_then_grows_back_to_64() {
     }
     assert_eq!(p.limit(), 64);
     assert_eq!(p.ceiling(), None);
-    assert!(
-        steps_to_64.unwrap() <= wait + 4 * ga,
-        "took {steps_to_64:?} steps"
-    );
-    assert!(log
-        .iter()
-        .any(|e| matches!(e, Event::CeilingCleared { ceiling: 13 })));
+    assert!(steps_to_64.unwrap() <= wait + 4 * ga, "took {steps_to_64:?} steps");
+    assert!(log.iter().any(|e| matches!(e, Event::CeilingCleared { ceiling: 13 })));
     // After a long stable period the backoff decays back to zero.
     for _ in 0..(ga << (MAX_BACKOFF + 2)) {
         run_step(&mut p, 64, &mut log).result.unwrap();
@@ -231,10 +180,7 @@ fn failed_retests_back_off_exponentially() {
     // Re-tests at waits ga*2, ga*4, ..., ga*64, then every ga*64 steps: about
     // log2(64) + 1000 / (ga * 64) failures, not 1000 / ga.
     let failures = failed_growths(&log);
-    assert!(
-        failures <= MAX_BACKOFF as usize + 1000 / (ga << MAX_BACKOFF) + 2,
-        "{failures} failed growths"
-    );
+    assert!(failures <= MAX_BACKOFF as usize + 1000 / (ga << MAX_BACKOFF) + 2, "{failures} failed growths");
     assert!(failures >= 3);
     assert_eq!(p.state().backoff, MAX_BACKOFF);
     assert_eq!(p.limit(), 11);
@@ -257,10 +203,7 @@ fn oscillating_capacity_has_bounded_failed_growths() {
         // Without backoff a policy would try to grow every `ga` steps (250 failures), and
         // without probation it would chase every rise and pay an OOM at every drop (~70 for
         // period 7). Measured: 8..12 failed growths and 11..19 OOMs.
-        assert!(
-            failures <= 20,
-            "period {period}: {failures} failed growths, {ooms} OOMs"
-        );
+        assert!(failures <= 20, "period {period}: {failures} failed growths, {ooms} OOMs");
         assert!(ooms <= 30, "period {period}: {ooms} OOMs");
         assert_eq!(p.state().backoff, MAX_BACKOFF);
     }
@@ -280,33 +223,13 @@ fn predicted_fit_from_observations() {
     // 0.9 * 4 GiB - 1 GiB = 2662.4 MiB -> 26 samples.
     assert_eq!(p.predicted_fit(None), Some(26));
     // Pretend we are at 64 (e.g. resumed with a large limit) and it fails.
-    let mut p = Policy::from_state(
-        cfg(64, 1, 64, None, 10, 8),
-        PolicyState {
-            limit: 64,
-            ..p.state().clone()
-        },
-    );
+    let mut p = Policy::from_state(cfg(64, 1, 64, None, 10, 8), PolicyState { limit: 64, ..p.state().clone() });
     let ev = p.on_oom(64, None).unwrap();
     // Largest achievable <= 26 is 22.
-    assert_eq!(
-        ev,
-        vec![Event::Shrink {
-            from: 64,
-            to: 22,
-            reason: ShrinkReason::PredictedFit
-        }]
-    );
+    assert_eq!(ev, vec![Event::Shrink { from: 64, to: 22, reason: ShrinkReason::PredictedFit }]);
     // A second failure in the same step does not trust the model again: halve.
     let ev = p.on_oom(22, None).unwrap();
-    assert_eq!(
-        ev,
-        vec![Event::Shrink {
-            from: 22,
-            to: 11,
-            reason: ShrinkReason::Halved
-        }]
-    );
+    assert_eq!(ev, vec![Event::Shrink { from: 22, to: 11, reason: ShrinkReason::Halved }]);
 }
 
 #[test]
@@ -320,29 +243,12 @@ fn predicted_fit_from_hint() {
     };
     // 0.9 * 100000 - 10000 = 80000 -> 80 samples -> achievable <= 80 for 128 is 64.
     let ev = p.on_oom(128, Some(hint)).unwrap();
-    assert_eq!(
-        ev,
-        vec![Event::Shrink {
-            from: 128,
-            to: 64,
-            reason: ShrinkReason::PredictedFit
-        }]
-    );
+    assert_eq!(ev, vec![Event::Shrink { from: 128, to: 64, reason: ShrinkReason::PredictedFit }]);
     // A model that claims the failed size fits is ignored.
     let mut p = Policy::new(cfg(128, 1, 128, None, 10, 8));
-    let big = MemoryHint {
-        capacity_bytes: Some(10_000_000),
-        ..hint
-    };
+    let big = MemoryHint { capacity_bytes: Some(10_000_000), ..hint };
     let ev = p.on_oom(128, Some(big)).unwrap();
-    assert_eq!(
-        ev,
-        vec![Event::Shrink {
-            from: 128,
-            to: 64,
-            reason: ShrinkReason::Halved
-        }]
-    );
+    assert_eq!(ev, vec![Event::Shrink { from: 128, to: 64, reason: ShrinkReason::Halved }]);
 }
 
 #[test]
@@ -359,15 +265,9 @@ fn gives_up_when_min_does_not_fit() {
     assert_eq!((g.micro, g.min), (4, 4));
     let text = g.to_string();
     assert!(text.contains("`micro_batch.min` = 4"), "{text}");
-    assert!(
-        text.contains("9.0 GiB") && text.contains("8.0 GiB"),
-        "{text}"
-    );
+    assert!(text.contains("9.0 GiB") && text.contains("8.0 GiB"), "{text}");
     assert!(text.contains("lower `micro_batch.min`"), "{text}");
-    assert!(
-        text.contains("smaller model") && text.contains("seq_len"),
-        "{text}"
-    );
+    assert!(text.contains("smaller model") && text.contains("seq_len"), "{text}");
     assert!(p.exhausted());
     assert_eq!(p.limit(), 4);
 
@@ -387,11 +287,7 @@ fn gives_up_after_too_many_retries_in_one_step() {
     assert_eq!(p.limit(), 128);
     let g = p.on_oom(128, None).unwrap_err();
     assert_eq!(g.kind, GiveUpKind::TooManyRetries);
-    assert!(
-        g.to_string()
-            .contains("`micro_batch.max_retries_per_step` = 3"),
-        "{g}"
-    );
+    assert!(g.to_string().contains("`micro_batch.max_retries_per_step` = 3"), "{g}");
     // The state still learnt the smaller size.
     assert_eq!(p.limit(), 64);
     // A new step starts a new budget.
@@ -407,18 +303,8 @@ fn failed_growth_returns_to_last_good_size() {
     assert_eq!(ev, vec![Event::Grow { from: 16, to: 32 }]);
     assert!(p.is_growing());
     let ev = p.on_oom(32, None).unwrap();
-    assert_eq!(
-        ev,
-        vec![Event::GrowFailed {
-            at: 32,
-            back_to: 16,
-            next_try_after_steps: 2
-        }]
-    );
-    assert_eq!(
-        (p.limit(), p.ceiling(), p.state().backoff),
-        (16, Some(32), 1)
-    );
+    assert_eq!(ev, vec![Event::GrowFailed { at: 32, back_to: 16, next_try_after_steps: 2 }]);
+    assert_eq!((p.limit(), p.ceiling(), p.state().backoff), (16, Some(32), 1));
     // Only 32 is left above 16 (22 lies between): binary search tries 22 after ga steps.
     p.on_step_ok();
     assert_eq!(p.on_step_ok(), vec![Event::Grow { from: 16, to: 22 }]);
@@ -441,28 +327,14 @@ fn failed_growth_returns_to_last_good_size() {
 fn lower_ceiling_after_worker_death() {
     let mut p = Policy::new(cfg(64, 1, 64, None, 10, 8));
     let ev = p.lower_ceiling(64);
-    assert_eq!(
-        ev,
-        vec![Event::Shrink {
-            from: 64,
-            to: 32,
-            reason: ShrinkReason::WorkerDied
-        }]
-    );
+    assert_eq!(ev, vec![Event::Shrink { from: 64, to: 32, reason: ShrinkReason::WorkerDied }]);
     assert_eq!(p.ceiling(), Some(64));
     // A death at a size above the limit (the checkpoint predates a growth) only lowers the ceiling.
     let ev = p.lower_ceiling(40);
     assert!(ev.is_empty());
     assert_eq!((p.limit(), p.ceiling()), (32, Some(64)));
     let ev = p.lower_ceiling(32);
-    assert_eq!(
-        ev,
-        vec![Event::Shrink {
-            from: 32,
-            to: 16,
-            reason: ShrinkReason::WorkerDied
-        }]
-    );
+    assert_eq!(ev, vec![Event::Shrink { from: 32, to: 16, reason: ShrinkReason::WorkerDied }]);
     assert_eq!(p.ceiling(), Some(32));
     // A growth in flight when the worker died: back to the last good size.
     let mut p = Policy::new(cfg(64, 1, 64, Some(16), 1, 8));
@@ -471,14 +343,7 @@ fn lower_ceiling_after_worker_death() {
     let saved = p.state().clone();
     let mut p = Policy::from_state(p.config().clone(), saved);
     let ev = p.lower_ceiling(32);
-    assert_eq!(
-        ev,
-        vec![Event::GrowFailed {
-            at: 32,
-            back_to: 16,
-            next_try_after_steps: 1
-        }]
-    );
+    assert_eq!(ev, vec![Event::GrowFailed { at: 32, back_to: 16, next_try_after_steps: 1 }]);
     // Death at min: exhausted.
     let mut p = Policy::new(cfg(64, 4, 64, Some(4), 10, 8));
     p.lower_ceiling(4);
@@ -510,19 +375,11 @@ fn from_state_renormalises() {
     check_invariants(&q);
     assert!(q.limit() <= 11);
     // Garbage state.
-    let garbage = PolicyState {
-        limit: 1000,
-        ceiling: Some(3),
-        growing_from: Some(999),
-        backoff: 99,
-        ..Default::default()
-    };
+    let garbage =
+        PolicyState { limit: 1000, ceiling: Some(3), growing_from: Some(999), backoff: 99, ..Default::default() };
     let q = Policy::from_state(cfg(64, 1, 64, None, 3, 8), garbage);
     check_invariants(&q);
-    assert_eq!(
-        (q.limit(), q.ceiling(), q.state().backoff),
-        (2, Some(3), MAX_BACKOFF)
-    );
+    assert_eq!((q.limit(), q.ceiling(), q.state().backoff), (2, Some(3), MAX_BACKOFF));
 }
 
 #[test]
@@ -531,9 +388,7 @@ fn state_and_events_serialise() {
     let mut log = Vec::new();
     p.observe_memory(8, 1000, 10_000);
     for i in 0..40 {
-        run_step(&mut p, if i < 20 { 12 } else { 30 }, &mut log)
-            .result
-            .unwrap();
+        run_step(&mut p, if i < 20 { 12 } else { 30 }, &mut log).result.unwrap();
     }
     let json = serde_json::to_string(p.state()).unwrap();
     let back: PolicyState = serde_json::from_str(&json).unwrap();
@@ -543,20 +398,9 @@ fn state_and_events_serialise() {
     let q = Policy::from_state(cfg(64, 1, 64, None, 2, 8), partial);
     assert_eq!((q.limit(), q.ceiling()), (16, Some(22)));
 
-    let e = Event::Shrink {
-        from: 64,
-        to: 32,
-        reason: ShrinkReason::Halved,
-    };
-    assert_eq!(
-        serde_json::to_string(&e).unwrap(),
-        r#"{"kind":"shrink","from":64,"to":32,"reason":"halved"}"#
-    );
-    let e = Event::GrowFailed {
-        at: 13,
-        back_to: 11,
-        next_try_after_steps: 8,
-    };
+    let e = Event::Shrink { from: 64, to: 32, reason: ShrinkReason::Halved };
+    assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"kind":"shrink","from":64,"to":32,"reason":"halved"}"#);
+    let e = Event::GrowFailed { at: 13, back_to: 11, next_try_after_steps: 8 };
     assert_eq!(
         serde_json::to_string(&e).unwrap(),
         r#"{"kind":"grow_failed","at":13,"back_to":11,"next_try_after_steps":8}"#
@@ -722,14 +566,7 @@ fn oom_during_probation_is_a_failed_growth() {
     assert!(p.on_step_ok().is_empty());
     assert!(p.is_growing());
     let ev = p.on_oom(32, None).unwrap();
-    assert_eq!(
-        ev,
-        vec![Event::GrowFailed {
-            at: 32,
-            back_to: 16,
-            next_try_after_steps: 3
-        }]
-    );
+    assert_eq!(ev, vec![Event::GrowFailed { at: 32, back_to: 16, next_try_after_steps: 3 }]);
     assert_eq!(p.state().backoff, 1);
     // After probation an OOM is an ordinary shrink.
     let mut p = Policy::new(cfg(64, 1, 32, Some(16), 3, 8));
@@ -739,13 +576,6 @@ fn oom_during_probation_is_a_failed_growth() {
     assert_eq!(p.limit(), 32);
     assert!(!p.is_growing());
     let ev = p.on_oom(32, None).unwrap();
-    assert_eq!(
-        ev,
-        vec![Event::Shrink {
-            from: 32,
-            to: 16,
-            reason: ShrinkReason::Halved
-        }]
-    );
+    assert_eq!(ev, vec![Event::Shrink { from: 32, to: 16, reason: ShrinkReason::Halved }]);
     assert_eq!(p.state().backoff, 0);
 }
