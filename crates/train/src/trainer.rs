@@ -855,7 +855,12 @@ where
             self.event_at(
                 "checkpoint",
                 w.step,
-                json!({ "reason": w.reason, "path": w.dir.display().to_string(), "write_s": w.write_s, "stall_s": stall }),
+                json!({
+                    "reason": w.reason,
+                    "path": w.dir.display().to_string(),
+                    "write_s": round_ms(w.write_s),
+                    "stall_s": round_ms(stall),
+                }),
             );
         }
         Ok(())
@@ -1063,6 +1068,11 @@ fn probe<B: Backend>(device: &B::Device) -> bool {
         t.sum().into_scalar().elem::<f64>()
     })
     .is_ok_and(|v| (v - 3.0).abs() < 1e-6)
+}
+
+/// Seconds rounded to the microsecond for event lines.
+fn round_ms(s: f64) -> f64 {
+    (s * 1e6).round() / 1e6
 }
 
 fn fmt_count(n: usize) -> String {
