@@ -28,11 +28,16 @@ pub fn session(recipe: Recipe, dir: &Path) -> Session<B> {
     Session::new(recipe, "test.toml", Default::default(), dir)
 }
 
-/// Loads the data a built-in model kind needs.
-pub fn data_for(recipe: &Recipe) -> Splits {
+/// The built-in model kinds.
+fn builtin() -> Registry<B> {
     let mut reg = Registry::<B>::new();
     Builtin::register(&mut reg);
-    let p = reg.prepare(&recipe.model.kind, &recipe.model.params, "test.toml").unwrap();
+    reg
+}
+
+/// Loads the data a built-in model kind needs.
+pub fn data_for(recipe: &Recipe) -> Splits {
+    let p = builtin().prepare(&recipe.model.kind, &recipe.model.params, "test.toml").unwrap();
     oomph::data::load(&recipe.data, recipe.run.seed, p.needs().seq_len).unwrap()
 }
 
@@ -45,9 +50,7 @@ pub fn train_builtin(recipe: Recipe, dir: &Path) -> Result<Summary, TrainError> 
 /// Trains a prepared session with the built-in registry.
 pub fn train_session(s: Session<B>, data: &Splits) -> Result<Summary, TrainError> {
     let _turn = serial();
-    let mut reg = Registry::<B>::new();
-    Builtin::register(&mut reg);
-    let p = reg.prepare(&s.recipe.model.kind, &s.recipe.model.params, "test.toml").unwrap();
+    let p = builtin().prepare(&s.recipe.model.kind, &s.recipe.model.params, "test.toml").unwrap();
     p.train(s, data)
 }
 

@@ -231,7 +231,7 @@ fn train_command<M: Models>(args: TrainArgs) -> i32 {
             }
             match oomph_report::summary_text(&run_dir) {
                 Ok(t) => println!("{t}"),
-                Err(_) => print_summary(&summary),
+                Err(e) => tracing::warn!("the run finished but its summary could not be read back: {e}"),
             }
             0
         }
@@ -322,36 +322,4 @@ impl<M: Models> WithBackend for Job<M> {
         drop(env);
         result
     }
-}
-
-/// Prints the end-of-run summary (stdout).
-pub fn print_summary(s: &Summary) {
-    println!("{}", summary_text(s));
-}
-
-/// The end-of-run summary as text.
-pub fn summary_text(s: &Summary) -> String {
-    let mut out = String::new();
-    let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
-    out.push_str(&format!("== {} ==\n", s.name));
-    out.push_str(&format!(
-        "steps {} | samples {} | effective batch {} | wall {:.1}s | {} parameters\n",
-        s.steps, s.samples_seen, s.effective_batch, s.wall_s, s.parameters
-    ));
-    out.push_str(&format!("train_loss {} | valid_loss {}", f(s.train_loss), f(s.valid_loss)));
-    for (k, v) in &s.valid_metrics {
-        out.push_str(&format!(" | valid_{k} {v:.4}"));
-    }
-    out.push('\n');
-    let hist: Vec<String> = s.micro_batch_history.iter().map(|m| m.to_string()).collect();
-    out.push_str(&format!(
-        "oom events {} | restarts {} | resumes {} | recovery {:.2}s | micro-batch {}\n",
-        s.oom_events,
-        s.restarts,
-        s.resumes,
-        s.recovery_s,
-        if hist.is_empty() { s.micro_batch_final.to_string() } else { hist.join(" -> ") }
-    ));
-    out.push_str(&format!("model {}", s.model_path));
-    out
 }

@@ -280,8 +280,6 @@ mod tests {
     use super::*;
 
     fn payload(step: usize) -> Payload {
-        let state = serde_json::json!({});
-        let _ = state;
         Payload { step, files: vec![("a.bin".into(), vec![step as u8; 100]), ("state.json".into(), b"{}".to_vec())] }
     }
 

@@ -7,9 +7,11 @@ use oomph_sched::oom::SIMULATED_OOM_PREFIX;
 use std::collections::BTreeSet;
 
 /// Fault state for a run: which one-shot faults have already fired.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Faults {
     cfg: FaultsSection,
+    /// No fault configured (checked on every chunk: decided once).
+    empty: bool,
     /// Indices of the `oom_at` (`true`) and `panic_at` (`false`) entries that fired.
     fired: BTreeSet<(bool, usize)>,
 }
@@ -27,12 +29,13 @@ pub fn phase_name(p: Phase) -> &'static str {
 impl Faults {
     /// Faults from the recipe's `[faults]` section.
     pub fn new(cfg: FaultsSection) -> Self {
-        Self { cfg, fired: BTreeSet::new() }
+        let empty = cfg == FaultsSection::default();
+        Self { cfg, empty, fired: BTreeSet::new() }
     }
 
     /// Whether any fault is configured.
     pub fn is_empty(&self) -> bool {
-        self.cfg == FaultsSection::default()
+        self.empty
     }
 
     /// The simulated capacity (in samples per micro-batch) in force at `step`, if any.

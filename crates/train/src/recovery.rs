@@ -42,8 +42,7 @@ pub fn attempt<B: Backend, T>(device: &B::Device, f: impl FnOnce() -> T) -> Resu
     let generation = oom::panics::generation();
     let result = catch_unwind(AssertUnwindSafe(f));
     let sync = B::sync(device);
-    let elsewhere = oom::panics::since(generation);
-    let oom_elsewhere = elsewhere.iter().find(|r| oom::is_oom(&r.message));
+    let oom_elsewhere = oom::panics::oom_since(generation).map(|(record, _)| record);
     match result {
         Ok(value) => {
             if let Some(rec) = oom_elsewhere {

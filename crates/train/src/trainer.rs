@@ -468,6 +468,7 @@ where
         let r = &self.s.recipe;
         let n = r.training.effective_batch;
         let plan = self.policy.plan();
+        let (min, max) = self.policy.bounds();
         let info = &self.data.info;
         let mut lines = vec![
             format!("oomph: {} ({})", r.run.name, self.s.origin),
@@ -481,8 +482,8 @@ where
                 if plan.len() == 1 { "" } else { "s" },
                 plan[0],
                 if plan.iter().any(|&c| c != plan[0]) { format!(" (sizes {plan:?})") } else { String::new() },
-                self.policy_cfg_min(),
-                self.policy_cfg_max(),
+                min,
+                max,
                 match r.micro_batch.initial {
                     MicroInitial::Auto => "auto".to_string(),
                     MicroInitial::Fixed(m) => m.to_string(),
@@ -505,14 +506,6 @@ where
             tracing::info!("{l}");
         }
         self.s.observer.start(self.step, self.total, &lines);
-    }
-
-    fn policy_cfg_min(&self) -> usize {
-        policy_config(&self.s.recipe).min
-    }
-
-    fn policy_cfg_max(&self) -> usize {
-        policy_config(&self.s.recipe).max
     }
 
     fn run_loop(&mut self) -> Result<Summary, TrainError> {
