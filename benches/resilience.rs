@@ -800,6 +800,10 @@ fn direct<M: AutodiffModule<Fx> + PlainLoss<Fx>>(model: M, r: &Recipe, data: &Sp
         restarts: 0,
         resumes: 0,
         reason: "bench".into(),
+        data: None,
+        total_steps: Some(steps),
+        nonfinite_steps: 0,
+        nonfinite_run: 0,
     };
     let payload = Payload {
         step: steps,
@@ -809,6 +813,7 @@ fn direct<M: AutodiffModule<Fx> + PlainLoss<Fx>>(model: M, r: &Recipe, data: &Sp
             ("recipe.toml".into(), oomph::recipe::to_toml_string(r).into_bytes()),
             ("state.json".into(), serde_json::to_vec_pretty(&state).unwrap()),
         ],
+        simulate_full_disk: false,
     };
     let d = tempfile::tempdir().unwrap();
     let t = Instant::now();

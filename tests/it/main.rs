@@ -2,6 +2,7 @@
 
 mod accumulation;
 mod cli;
+mod lose_nothing;
 mod recovery;
 mod resume;
 mod supervisor;

@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod inspect;
+pub mod lock;
 pub mod supervise;
 
 pub use alloc::TrackingAllocator;
@@ -25,6 +26,13 @@ pub const ENV_WORKER: &str = "OOMPH_WORKER";
 pub const ENV_LOWER_CEILING: &str = "OOMPH_LOWER_CEILING";
 /// Environment variable: restarts so far.
 pub const ENV_RESTARTS: &str = "OOMPH_RESTARTS";
+/// Environment variable: the evaluation batch a previous worker died at (evaluate below it).
+pub const ENV_LOWER_EVAL: &str = "OOMPH_LOWER_EVAL";
+/// Environment variable: a previous worker died inside an optimizer update (run the first
+/// update in place).
+pub const ENV_IN_PLACE_UPDATE: &str = "OOMPH_IN_PLACE_UPDATE";
+/// Environment variable: overrides `--resume` for a restarted worker (`auto`).
+pub const ENV_RESUME: &str = "OOMPH_RESUME";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -155,8 +163,31 @@ fn check_command<M: Models>(path: &Path, set: &[String]) -> i32 {
     if let Err(c) = check_model::<M>(&mut recipe, &origin) {
         return c;
     }
+    if let Err(c) = check_data::<M>(&recipe, &origin) {
+        return c;
+    }
     print!("{}", oomph_recipe::to_toml_string(&recipe));
     0
+}
+
+/// Loads the data and builds the model for it once (on the CPU), so `oomph check` rejects
+/// what `oomph train` would: data errors, an effective batch larger than the training split,
+/// a model that cannot take the data.
+fn check_data<M: Models>(recipe: &Recipe, origin: &str) -> Result<(), i32> {
+    let fail = |msg: String| {
+        eprintln!("error: {msg}");
+        EXIT_BAD_INPUT
+    };
+    let mut reg = Registry::<oomph_train::backend::FlexTrain>::new();
+    oomph_models::Builtin::register(&mut reg);
+    M::register(&mut reg);
+    let prepared = reg.prepare(&recipe.model.kind, &recipe.model.params, origin).map_err(|e| fail(e.to_string()))?;
+    let data = oomph_data::load(&recipe.data, recipe.run.seed, prepared.needs().seq_len)
+        .map_err(|e| fail(format!("{origin}: {e}")))?;
+    oomph_train::trainer::check_data_fits(recipe, origin, &data).map_err(|e| fail(e.to_string()))?;
+    prepared.check(&data, &Default::default()).map_err(|e| {
+        fail(format!("{origin}: model.kind = \"{}\" cannot be built for this data: {e}", recipe.model.kind))
+    })
 }
 
 /// The run directory a recipe and arguments imply.
@@ -184,22 +215,43 @@ fn train_command<M: Models>(args: TrainArgs) -> i32 {
     if let Err(c) = check_model::<M>(&mut recipe, &origin) {
         return c;
     }
-    let resume = match parse_resume(&args.resume) {
+    let is_worker = std::env::var_os(ENV_WORKER).is_some();
+    // `--resume` applies to the first worker only: a restarted one resumes from the newest
+    // intact checkpoint of the run.
+    let resume_arg = match std::env::var(ENV_RESUME) {
+        Ok(r) if is_worker => r,
+        _ => args.resume.clone(),
+    };
+    let resume = match parse_resume(&resume_arg) {
         Ok(r) => r,
         Err(c) => return c,
     };
     let run_dir = run_dir_for(&recipe, args.run_dir.as_deref());
-    let is_worker = std::env::var_os(ENV_WORKER).is_some();
+    // One run directory, one writer: held by this command (and its worker) until they exit.
+    let inherited = if is_worker { lock::RunLock::inherited(&run_dir) } else { None };
+    let _lock = match inherited {
+        Some(l) => l,
+        None => match lock::RunLock::acquire(&run_dir) {
+            Ok(l) => l,
+            Err(msg) => {
+                eprintln!("error: {msg}");
+                return EXIT_BAD_INPUT;
+            }
+        },
+    };
     if !is_worker {
         if let Err(c) = prepare_run_dir(&run_dir, resume, args.overwrite) {
             return c;
         }
         if recipe.supervisor.enabled && !args.no_supervise {
-            return supervise::supervise(&recipe, &run_dir);
+            return supervise::supervise(&recipe, &run_dir, &_lock);
         }
     }
-    let lower_ceiling = std::env::var(ENV_LOWER_CEILING).ok().and_then(|v| v.parse().ok());
-    let restarts = std::env::var(ENV_RESTARTS).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let env_num = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
+    let lower_ceiling = env_num(ENV_LOWER_CEILING);
+    let lower_eval = env_num(ENV_LOWER_EVAL);
+    let first_update_in_place = std::env::var_os(ENV_IN_PLACE_UPDATE).is_some();
+    let restarts = env_num(ENV_RESTARTS).unwrap_or(0);
     if std::fs::create_dir_all(&run_dir).is_ok() {
         alloc::arm(&run_dir.join("worker-death.txt"));
     }
@@ -210,6 +262,8 @@ fn train_command<M: Models>(args: TrainArgs) -> i32 {
         run_dir,
         resume,
         lower_ceiling,
+        lower_eval,
+        first_update_in_place,
         restarts,
         plain: args.plain,
         _m: std::marker::PhantomData,
@@ -262,10 +316,26 @@ fn prepare_run_dir(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<()
     let has_run = run_dir.join("checkpoints").is_dir() || run_dir.join("metrics.jsonl").is_file();
     if resume == Resume::Never && has_run {
         if overwrite {
-            std::fs::remove_dir_all(run_dir).map_err(|e| {
-                eprintln!("error: cannot remove the old run in {}: {e}.", run_dir.display());
+            // Everything but the lock this command holds.
+            let entries = std::fs::read_dir(run_dir).map_err(|e| {
+                eprintln!("error: cannot list the old run in {}: {e}.", run_dir.display());
                 1
             })?;
+            for e in entries.flatten() {
+                if e.file_name() == lock::LOCK_FILE {
+                    continue;
+                }
+                let p = e.path();
+                let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                removed.map_err(|err| {
+                    eprintln!(
+                        "error: removing {} of the old run failed: {err}. Fix: remove it by hand or pick another \
+                         --run-dir.",
+                        p.display()
+                    );
+                    1
+                })?;
+            }
         } else {
             eprintln!(
                 "error: the run directory {} already holds a run, and --resume never refuses to overwrite it. \
@@ -284,6 +354,8 @@ struct Job<M> {
     run_dir: PathBuf,
     resume: Resume,
     lower_ceiling: Option<usize>,
+    lower_eval: Option<usize>,
+    first_update_in_place: bool,
     restarts: usize,
     plain: bool,
     _m: std::marker::PhantomData<M>,
@@ -312,6 +384,8 @@ impl<M: Models> WithBackend for Job<M> {
             observer,
             resume: self.resume,
             lower_ceiling: self.lower_ceiling,
+            lower_eval: self.lower_eval,
+            first_update_in_place: self.first_update_in_place,
             restarts: self.restarts,
             banner: Vec::new(),
             stop: Default::default(),

@@ -161,20 +161,27 @@ fn column_desc(names: Option<&[String]>, index: usize) -> String {
     }
 }
 
-/// Read a whole file as UTF-8 text, naming the file and the first bad byte on failure.
-pub(crate) fn read_utf8(path: &Path) -> Result<String, DataError> {
-    let bytes = std::fs::read(path).map_err(|error| DataError::Io { path: path.to_path_buf(), error })?;
-    String::from_utf8(bytes).map_err(|e| {
+/// Read a whole file as UTF-8 text, with the SHA-256 (lowercase hex) of its bytes, naming the
+/// file and the first bad byte on failure.
+pub(crate) fn read_utf8_hashed(path: &Path) -> Result<(String, String), DataError> {
+    let (bytes, sha256) = crate::identity::read_file_hashed(path)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
         let line = 1 + e.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count();
         DataError::NotUtf8 { path: path.to_path_buf(), offset, line }
-    })
+    })?;
+    Ok((text, sha256))
 }
 
 /// Read a CSV file into a [`Tabular`] dataset (unsplit, not standardised).
 pub fn read_csv(path: &Path, options: &CsvOptions) -> Result<Tabular, DataError> {
-    let text = read_utf8(path)?;
-    parse_csv(path, &text, options)
+    read_csv_hashed(path, options).map(|(data, _)| data)
+}
+
+/// [`read_csv`], with the SHA-256 (lowercase hex) of the bytes it parsed.
+pub(crate) fn read_csv_hashed(path: &Path, options: &CsvOptions) -> Result<(Tabular, String), DataError> {
+    let (text, sha256) = read_utf8_hashed(path)?;
+    Ok((parse_csv(path, &text, options)?, sha256))
 }
 
 /// Parse CSV text (as read from `path`, which is only used in messages) into a [`Tabular`].
@@ -338,23 +345,108 @@ fn resolve_label_column(
 
 /// Turn label strings into class indices.
 ///
-/// Integer labels that are exactly `0..K-1` keep their values; other integer labels are
-/// mapped in numeric order; anything else is mapped in sorted (byte-wise) order of the
-/// distinct strings. `names[i]` is the label text of class `i`.
+/// Labels are trimmed. When every label parses as a finite number, classes are keyed by
+/// numeric value, so `1`, `1.0`, `+1` and `1e0` are one class; classes are numbered in
+/// ascending numeric order (so labels that are exactly `0..K-1` keep their values), and a
+/// class's name is its canonical text: an integer value prints as `1`, any other value as
+/// Rust's shortest `f64` text. Integer labels are compared exactly, also beyond the integers
+/// an `f64` holds exactly. Otherwise classes are the distinct trimmed strings in sorted
+/// (byte-wise) order. `names[i]` is the label text of class `i`.
 pub fn classes_from_strings(labels: impl IntoIterator<Item = String>) -> Targets {
-    let labels: Vec<String> = labels.into_iter().collect();
-    let ints: Option<Vec<i64>> = labels.iter().map(|s| s.parse::<i64>().ok()).collect();
-    if let Some(ints) = ints {
-        let uniq: Vec<i64> = ints.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
-        let names = uniq.iter().map(i64::to_string).collect();
-        let labels = ints.iter().map(|v| uniq.binary_search(v).expect("value is in its own set") as u32).collect();
+    let labels: Vec<String> = labels.into_iter().map(|s| s.trim().to_string()).collect();
+    let numbers: Option<Vec<LabelValue>> = labels.iter().map(|s| LabelValue::parse(s)).collect();
+    if let Some(numbers) = numbers {
+        let uniq: Vec<LabelValue> = numbers.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+        let names = uniq.iter().map(LabelValue::canonical).collect();
         // For dense 0..K-1 labels the rank of a value is the value itself.
+        let labels = numbers.iter().map(|v| uniq.binary_search(v).expect("value is in its own set") as u32).collect();
         return Targets::Classes { labels, names };
     }
     let uniq: Vec<String> = labels.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
     let idx = labels.iter().map(|s| uniq.binary_search(s).expect("value is in its own set") as u32).collect();
     Targets::Classes { labels: idx, names: uniq }
 }
+
+/// The numeric value of a class label, compared exactly.
+///
+/// **Invariant:** a value that is an integer in `i64`'s range is always `Int`, so equal values
+/// have equal representations and derived equality is numeric equality; a `Float` is either
+/// not an integer or outside `i64`'s range (kept by
+/// `csv::tests::label_values_order_like_numbers_and_names_round_trip`).
+#[derive(Debug, Clone, Copy)]
+enum LabelValue {
+    /// An integer value.
+    Int(i64),
+    /// A finite value that is not an integer in `i64`'s range.
+    Float(f64),
+}
+
+/// 2^63 as an `f64`: the smallest value above `i64::MAX`.
+const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+
+impl LabelValue {
+    /// The value of a trimmed label, or `None` if it is not a finite number.
+    fn parse(s: &str) -> Option<Self> {
+        if let Ok(i) = s.parse::<i64>() {
+            return Some(LabelValue::Int(i));
+        }
+        let v = s.parse::<f64>().ok().filter(|v| v.is_finite())?;
+        if v.fract() == 0.0 && (-TWO_POW_63..TWO_POW_63).contains(&v) {
+            // Exact: an integral f64 in this range is an i64 (and -0 becomes 0).
+            Some(LabelValue::Int(v as i64))
+        } else {
+            Some(LabelValue::Float(v))
+        }
+    }
+
+    /// The class name: integers without a fraction, others as Rust's shortest `f64` text.
+    fn canonical(&self) -> String {
+        match *self {
+            LabelValue::Int(i) => i.to_string(),
+            LabelValue::Float(v) => v.to_string(),
+        }
+    }
+}
+
+/// Exact order of an integer and a `Float` (which is never equal to an `i64`).
+fn cmp_int_float(i: i64, f: f64) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    if f >= TWO_POW_63 {
+        Ordering::Less
+    } else if f < -TWO_POW_63 {
+        Ordering::Greater
+    } else if i <= f.floor() as i64 {
+        // In range, `f` is not an integer, so `f > floor(f) >= i`.
+        Ordering::Less
+    } else {
+        Ordering::Greater
+    }
+}
+
+impl Ord for LabelValue {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (*self, *other) {
+            (LabelValue::Int(a), LabelValue::Int(b)) => a.cmp(&b),
+            (LabelValue::Float(a), LabelValue::Float(b)) => a.total_cmp(&b),
+            (LabelValue::Int(a), LabelValue::Float(b)) => cmp_int_float(a, b),
+            (LabelValue::Float(a), LabelValue::Int(b)) => cmp_int_float(b, a).reverse(),
+        }
+    }
+}
+
+impl PartialOrd for LabelValue {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for LabelValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for LabelValue {}
 
 #[cfg(test)]
 mod tests {
@@ -430,6 +522,59 @@ mod tests {
         let (l, n) = classes(&classes_from_strings(["10", "-1", "7"].map(String::from)));
         assert_eq!(l, vec![2, 0, 1]);
         assert_eq!(n, vec!["-1", "7", "10"]);
+    }
+
+    #[test]
+    fn numeric_labels_are_keyed_by_value_not_by_spelling() {
+        // Regression: `1` and `1.0` (and other spellings of one) were different classes.
+        let spellings = ["1", "1.0", "1.00", " 1", "+1", "1e0", "0", "2.5", "-0"];
+        let (l, n) = classes(&classes_from_strings(spellings.map(String::from)));
+        assert_eq!(n, vec!["0", "1", "2.5"]);
+        assert_eq!(l, vec![1, 1, 1, 1, 1, 1, 0, 2, 0]);
+
+        let t = parse_csv(p(), "x,y\n1,1\n2,1.0\n3,+1\n4,0.0\n", &opts(true, None, Task::Classification)).unwrap();
+        assert_eq!(classes(&t.targets), (vec![1, 1, 1, 0], vec!["0".to_string(), "1".to_string()]));
+    }
+
+    #[test]
+    fn numeric_labels_are_ordered_by_value_with_canonical_names() {
+        let (l, n) = classes(&classes_from_strings(["10", "-0.5", "2", "0.25", "2.0", "1e1"].map(String::from)));
+        assert_eq!(n, vec!["-0.5", "0.25", "2", "10"]);
+        assert_eq!(l, vec![3, 0, 2, 1, 2, 3]);
+        // Integers beyond f64's exact range stay distinct and ordered.
+        let (l, n) = classes(&classes_from_strings(["9007199254740993", "9007199254740992"].map(String::from)));
+        assert_eq!(n, vec!["9007199254740992", "9007199254740993"]);
+        assert_eq!(l, vec![1, 0]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn label_values_order_like_numbers_and_names_round_trip(
+            a in -(1i64 << 53)..(1i64 << 53),
+            b in -1e15f64..1e15,
+            scale in 0u32..6,
+        ) {
+            // Both values are exact in f64 here, so f64 comparison is the true order.
+            let b = b / f64::from(10u32.pow(scale));
+            let (x, y) = (LabelValue::parse(&a.to_string()).unwrap(), LabelValue::parse(&b.to_string()).unwrap());
+            proptest::prop_assert_eq!(x.cmp(&y), (a as f64).total_cmp(&(b + 0.0)));
+            proptest::prop_assert_eq!(y.cmp(&x), (b + 0.0).total_cmp(&(a as f64)));
+            for v in [x, y] {
+                let back = LabelValue::parse(&v.canonical()).unwrap();
+                proptest::prop_assert!(back == v && back.canonical() == v.canonical());
+            }
+            let dotted = LabelValue::parse(&format!("{a}.0")).unwrap();
+            proptest::prop_assert!(dotted == x && dotted.canonical() == a.to_string());
+        }
+    }
+
+    #[test]
+    fn labels_that_are_not_all_finite_numbers_stay_trimmed_strings() {
+        let (l, n) = classes(&classes_from_strings(["1", "1.0", " a "].map(String::from)));
+        assert_eq!(n, vec!["1", "1.0", "a"]);
+        assert_eq!(l, vec![0, 1, 2]);
+        let (_, n) = classes(&classes_from_strings(["1", "inf", "NaN"].map(String::from)));
+        assert_eq!(n, vec!["1", "NaN", "inf"]);
     }
 
     #[test]

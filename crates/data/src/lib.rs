@@ -13,9 +13,11 @@
 //! batches into tensors. The [`Sampler`] yields sample indices in an order fixed by
 //! `(seed, epoch)` and resumes exactly from a checkpointed [`Cursor`]. Randomness comes from
 //! the crate's own [`rng::SplitMix64`], so data is identical across platforms and versions.
+//! Each load also records a [`DataIdentity`] (shape plus content hash) for resume checks.
 
 pub mod csv;
 pub mod error;
+pub mod identity;
 pub mod rng;
 pub mod sampler;
 pub mod source;
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::csv::{read_csv, CsvOptions, Task};
 pub use crate::error::{DataError, NumberProblem};
+pub use crate::identity::{file_sha256, samples_sha256, DataIdentity};
 pub use crate::sampler::{Cursor, Sampler};
 pub use crate::source::{Batch, BatchTargets, Source};
 pub use crate::synthetic::{synthetic_tabular, SyntheticSpec};
@@ -228,6 +231,8 @@ pub struct Splits {
     pub info: DataInfo,
     /// The standardisation applied to both tabular splits (fitted on train), if any.
     pub standardization: Option<Standardization>,
+    /// What the data is, for checking that a resumed run trains on the same data.
+    pub identity: DataIdentity,
 }
 
 /// The file a file-based `data.kind` reads.
@@ -239,6 +244,11 @@ fn data_path(section: &oomph_recipe::DataSection) -> Result<&Path, DataError> {
 ///
 /// `seed` fixes synthetic data. Use [`load`] to get training and validation splits.
 pub fn read_dataset(section: &oomph_recipe::DataSection, seed: u64) -> Result<Dataset, DataError> {
+    read_dataset_hashed(section, seed).map(|(data, _)| data)
+}
+
+/// [`read_dataset`], with the SHA-256 (lowercase hex) of the file's bytes for file-based kinds.
+fn read_dataset_hashed(section: &oomph_recipe::DataSection, seed: u64) -> Result<(Dataset, Option<String>), DataError> {
     match section.kind.as_str() {
         "csv" => {
             let options = CsvOptions {
@@ -246,7 +256,8 @@ pub fn read_dataset(section: &oomph_recipe::DataSection, seed: u64) -> Result<Da
                 label_column: section.label_column.clone(),
                 task: Task::parse(&section.task)?,
             };
-            Ok(Dataset::Tabular(read_csv(data_path(section)?, &options)?))
+            let (data, sha256) = csv::read_csv_hashed(data_path(section)?, &options)?;
+            Ok((Dataset::Tabular(data), Some(sha256)))
         }
         "synthetic" => {
             let spec = SyntheticSpec {
@@ -256,9 +267,12 @@ pub fn read_dataset(section: &oomph_recipe::DataSection, seed: u64) -> Result<Da
                 classes: section.classes,
                 noise: section.noise,
             };
-            Ok(Dataset::Tabular(synthetic_tabular(&spec, seed)?))
+            Ok((Dataset::Tabular(synthetic_tabular(&spec, seed)?), None))
         }
-        "text" => Ok(Dataset::Text(read_text(data_path(section)?)?)),
+        "text" => {
+            let (text, sha256) = text::read_text_hashed(data_path(section)?)?;
+            Ok((Dataset::Text(text), Some(sha256)))
+        }
         other => Err(DataError::UnknownKind { kind: other.to_string() }),
     }
 }
@@ -271,7 +285,9 @@ pub fn read_dataset(section: &oomph_recipe::DataSection, seed: u64) -> Result<Da
 /// index splits (each split keeps file order); the text split is contiguous (the last
 /// `valid_fraction` of the tokens), with one vocabulary built from the whole text. With
 /// `standardize`, tabular features (csv and synthetic) are standardised with the training
-/// split's statistics; regression targets are left as they are.
+/// split's statistics; regression targets are left as they are. The result's
+/// [`Splits::identity`] hashes the file's bytes (csv, text) or the generated samples of both
+/// splits before standardisation (synthetic).
 pub fn load(section: &oomph_recipe::DataSection, seed: u64, seq_len: Option<usize>) -> Result<Splits, DataError> {
     let frac = section.valid_fraction;
     if !(0.0..1.0).contains(&frac) {
@@ -293,17 +309,18 @@ pub fn load(section: &oomph_recipe::DataSection, seed: u64, seq_len: Option<usiz
     } else {
         None
     };
-    let splits = match read_dataset(section, seed)? {
-        Dataset::Tabular(data) => {
+    let splits = match read_dataset_hashed(section, seed)? {
+        (Dataset::Tabular(data), file_sha256) => {
             let name = match section.kind.as_str() {
                 "csv" => format!("CSV file `{}`", data_path(section)?.display()),
                 _ => "synthetic data".to_string(),
             };
-            tabular_splits(&section.kind, &name, data, frac, seed, section.standardize)?
+            tabular_splits(&section.kind, &name, data, frac, seed, section.standardize, file_sha256)?
         }
-        Dataset::Text(text) => {
+        (Dataset::Text(text), file_sha256) => {
             let seq_len = text_seq_len.expect("checked above for text data");
-            text_splits(data_path(section)?, text, frac, seq_len)?
+            let sha256 = file_sha256.expect("text data is read from a file");
+            text_splits(data_path(section)?, text, frac, seq_len, sha256)?
         }
     };
     tracing::info!(train = splits.info.train_len, valid = splits.info.valid_len, "data: {}", splits.info.description);
@@ -316,7 +333,9 @@ fn valid_count(total: usize, fraction: f64) -> usize {
 }
 
 /// Split a table into shuffled train/valid row sets (each kept in file order) and
-/// standardise them with the training statistics when asked.
+/// standardise them with the training statistics when asked. `file_sha256` is the digest
+/// of the file the table was read from; without one (generated data) the identity hashes
+/// the samples of both splits before standardisation.
 fn tabular_splits(
     kind: &str,
     name: &str,
@@ -324,6 +343,7 @@ fn tabular_splits(
     frac: f64,
     seed: u64,
     standardize: bool,
+    file_sha256: Option<String>,
 ) -> Result<Splits, DataError> {
     let total = data.len();
     let n_valid = valid_count(total, frac);
@@ -350,6 +370,7 @@ fn tabular_splits(
     train_idx.sort_unstable();
     let mut train = data.select(train_idx);
     let mut valid = data.select(valid_idx);
+    let content_sha256 = file_sha256.unwrap_or_else(|| samples_sha256(&train, &valid));
     let standardization = standardize.then(|| {
         let s = Standardization::fit(&train);
         s.apply(&mut train);
@@ -375,6 +396,18 @@ fn tabular_splits(
     if let Some(1) = n_classes {
         tracing::warn!("{name}: the label column holds a single class");
     }
+    let identity = DataIdentity {
+        kind: kind.to_string(),
+        task: task.to_string(),
+        n_features: Some(data.n_features),
+        n_classes,
+        class_names: class_names.clone(),
+        vocabulary: None,
+        seq_len: None,
+        train_len: n_train,
+        valid_len: n_valid,
+        content_sha256,
+    };
     Ok(Splits {
         info: DataInfo {
             kind: kind.to_string(),
@@ -391,11 +424,13 @@ fn tabular_splits(
         train: Source::Tabular(train),
         valid: Source::Tabular(valid),
         standardization,
+        identity,
     })
 }
 
 /// Split a text contiguously: the last `round(tokens * frac)` tokens are validation.
-fn text_splits(path: &Path, text: Text, frac: f64, seq_len: usize) -> Result<Splits, DataError> {
+/// `sha256` is the digest of the file's bytes.
+fn text_splits(path: &Path, text: Text, frac: f64, seq_len: usize, sha256: String) -> Result<Splits, DataError> {
     let total = text.len();
     let n_valid = valid_count(total, frac);
     let n_train = total - n_valid;
@@ -418,6 +453,7 @@ fn text_splits(path: &Path, text: Text, frac: f64, seq_len: usize) -> Result<Spl
         });
     }
     let vocab_size = text.vocab_size();
+    let vocabulary: String = text.vocab.iter().collect();
     let Text { mut tokens, vocab } = text;
     let valid_tokens = tokens.split_off(n_train);
     let train = Source::Text { text: Text { tokens, vocab: vocab.clone() }, seq_len };
@@ -427,6 +463,18 @@ fn text_splits(path: &Path, text: Text, frac: f64, seq_len: usize) -> Result<Spl
          {n_valid} tokens (the last {frac} of the text), windows of {seq_len}+1 tokens",
         path.display()
     );
+    let identity = DataIdentity {
+        kind: "text".into(),
+        task: "language-model".into(),
+        n_features: None,
+        n_classes: None,
+        class_names: None,
+        vocabulary: Some(vocabulary),
+        seq_len: Some(seq_len),
+        train_len: train.len(),
+        valid_len: valid.len(),
+        content_sha256: sha256,
+    };
     Ok(Splits {
         info: DataInfo {
             kind: "text".into(),
@@ -443,6 +491,7 @@ fn text_splits(path: &Path, text: Text, frac: f64, seq_len: usize) -> Result<Spl
         train,
         valid,
         standardization: None,
+        identity,
     })
 }
 

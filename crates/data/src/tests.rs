@@ -244,3 +244,88 @@ fn shipped_text_loads() {
     let b = s.valid.batch(&[0, s.valid.len() - 1]);
     assert_eq!((b.len(), b.weight()), (2, 128));
 }
+
+fn text_section(path: &Path) -> DataSection {
+    DataSection { kind: "text".into(), path: Some(path.to_string_lossy().into_owned()), ..DataSection::default() }
+}
+
+#[test]
+fn csv_identity_is_stable_across_loads_and_follows_the_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_index_csv(dir.path(), 40);
+    let section = csv_section(&path);
+    let first = load(&section, 7, None).unwrap().identity;
+    assert_eq!(first, load(&section, 7, None).unwrap().identity);
+    assert_eq!(first.content_sha256, file_sha256(&path).unwrap());
+    assert_eq!(
+        (first.kind.as_str(), first.task.as_str(), first.n_features, first.n_classes),
+        ("csv", "classification", Some(2), Some(2))
+    );
+    assert_eq!(first.class_names, Some(vec!["a".to_string(), "b".to_string()]));
+    assert_eq!((first.vocabulary.as_deref(), first.seq_len, first.train_len, first.valid_len), (None, None, 36, 4));
+
+    // One changed feature value: same shape, other bytes.
+    let edited = std::fs::read_to_string(&path).unwrap().replacen("\n3,5,", "\n3,6,", 1);
+    std::fs::write(&path, edited).unwrap();
+    let now = load(&section, 7, None).unwrap().identity;
+    assert_ne!(now.content_sha256, first.content_sha256);
+    let lines = first.differences(&now);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("content: sha256 ") && lines[0].ends_with("(the file's bytes changed)"), "{lines:?}");
+}
+
+#[test]
+fn text_files_of_equal_length_with_other_characters_differ_in_vocabulary_and_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.txt"), dir.path().join("b.txt"));
+    std::fs::write(&a, "abc".repeat(20)).unwrap();
+    std::fs::write(&b, "abd".repeat(20)).unwrap();
+    let (ia, ib) =
+        (load(&text_section(&a), 0, Some(4)).unwrap().identity, load(&text_section(&b), 0, Some(4)).unwrap().identity);
+    assert_eq!(ia.vocabulary.as_deref(), Some("abc"));
+    assert_eq!(ib.vocabulary.as_deref(), Some("abd"));
+    assert_eq!((ia.seq_len, ia.train_len, ia.valid_len), (Some(4), ib.train_len, ib.valid_len));
+    assert_ne!(ia.content_sha256, ib.content_sha256);
+    assert_eq!(ia.content_sha256, file_sha256(&a).unwrap());
+    let lines = ia.differences(&ib);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        "vocabulary: 3 characters -> 3 characters (the character-to-index mapping differs from index 2: 'c' -> 'd')"
+    );
+    assert!(lines[1].starts_with("content: sha256 "), "{lines:?}");
+    assert_eq!(ia, load(&text_section(&a), 0, Some(4)).unwrap().identity);
+}
+
+#[test]
+fn synthetic_identity_identifies_the_generated_samples() {
+    let section = DataSection::default();
+    let a = load(&section, 42, None).unwrap();
+    assert_eq!(a.identity, load(&section, 42, None).unwrap().identity);
+    let (Source::Tabular(train), Source::Tabular(valid)) = (&a.train, &a.valid) else { panic!("tabular") };
+    assert_ne!(a.identity.content_sha256, samples_sha256(train, valid), "hashed before standardisation");
+    let raw = load(&DataSection { standardize: false, ..section.clone() }, 42, None).unwrap();
+    let (Source::Tabular(train), Source::Tabular(valid)) = (&raw.train, &raw.valid) else { panic!("tabular") };
+    assert_eq!(a.identity.content_sha256, samples_sha256(train, valid));
+    assert_eq!(a.identity.class_names, Some(vec!["0".into(), "1".into(), "2".into(), "3".into()]));
+
+    let other = load(&section, 43, None).unwrap().identity;
+    assert_eq!(
+        a.identity.differences(&other),
+        vec![format!(
+            "content: sha256 {}… -> {}… (the generated samples changed)",
+            &a.identity.content_sha256[..8],
+            &other.content_sha256[..8]
+        )]
+    );
+}
+
+#[test]
+fn shipped_text_identity_records_the_vocabulary_in_index_order() {
+    let s = load(&text_section(Path::new(&shipped("shakespeare_tragedies.txt"))), 0, Some(64)).unwrap();
+    let (train, _) = text(&s.train);
+    let vocabulary = s.identity.vocabulary.clone().unwrap();
+    assert_eq!(vocabulary.chars().collect::<Vec<_>>(), train.vocab);
+    assert_eq!(vocabulary.chars().count(), 73);
+    assert_eq!(s.identity.content_sha256, file_sha256(Path::new(&shipped("shakespeare_tragedies.txt"))).unwrap());
+}

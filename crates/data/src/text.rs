@@ -57,7 +57,12 @@ impl Text {
 
 /// Read a UTF-8 text file as a character-level [`Text`].
 pub fn read_text(path: &Path) -> Result<Text, DataError> {
-    let raw = crate::csv::read_utf8(path)?;
+    read_text_hashed(path).map(|(text, _)| text)
+}
+
+/// [`read_text`], with the SHA-256 (lowercase hex) of the bytes it read.
+pub(crate) fn read_text_hashed(path: &Path) -> Result<(Text, String), DataError> {
+    let (raw, sha256) = crate::csv::read_utf8_hashed(path)?;
     let s = raw.strip_prefix('\u{feff}').unwrap_or(&raw);
     let s = if s.contains('\r') { s.replace("\r\n", "\n") } else { s.to_string() };
     if s.is_empty() {
@@ -67,7 +72,7 @@ pub fn read_text(path: &Path) -> Result<Text, DataError> {
             fix: "point `data.path` at a non-empty UTF-8 text file.".into(),
         });
     }
-    Ok(Text::from_text(&s))
+    Ok((Text::from_text(&s), sha256))
 }
 
 /// The `i`-th character of the synthetic alphabet: printable ASCII `!`..`~` first, then

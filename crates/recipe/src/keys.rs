@@ -27,6 +27,8 @@ pub(crate) enum Kind {
     FaultList,
     /// An array of `{ step, samples }` tables.
     CapacityList,
+    /// An array of step numbers.
+    StepList,
 }
 
 impl Kind {
@@ -42,9 +44,10 @@ impl Kind {
             Kind::Column => "a column name in double quotes or a 0-based column index",
             Kind::FaultList => {
                 "an array of inline tables with `step` (integer >= 1) and `phase` \
-                 (\"forward\", \"backward\", \"optimizer\" or \"eval\")"
+                 (\"forward\", \"backward\", \"optimizer\", \"eval\" or \"checkpoint\")"
             }
             Kind::CapacityList => "an array of inline tables with `step` (integer >= 1) and `samples` (integer >= 1)",
+            Kind::StepList => "an array of step numbers (integers >= 1)",
         }
     }
 
@@ -60,6 +63,7 @@ impl Kind {
             Kind::Column => "\"label\"",
             Kind::FaultList => "[{ step = 3, phase = \"forward\" }]",
             Kind::CapacityList => "[{ step = 10, samples = 16 }]",
+            Kind::StepList => "[10, 20]",
         }
     }
 
@@ -173,6 +177,7 @@ pub(crate) const SECTIONS: &[SectionSpec] = &[
             k("effective_batch", Kind::UInt),
             k("eval_every", Kind::UInt),
             opt("eval_batch", Kind::UInt, "the training micro-batch limit"),
+            k("max_nonfinite_steps", Kind::UInt),
         ],
     },
     SectionSpec {
@@ -204,6 +209,10 @@ pub(crate) const SECTIONS: &[SectionSpec] = &[
             k("simulate_memory_changes", Kind::CapacityList),
             k("oom_at", Kind::FaultList),
             k("panic_at", Kind::FaultList),
+            k("die_at", Kind::FaultList),
+            k("abort_at", Kind::FaultList),
+            k("nan_at", Kind::StepList),
+            k("disk_full_at", Kind::StepList),
         ],
     },
 ];

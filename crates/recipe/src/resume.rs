@@ -35,6 +35,7 @@ pub fn is_resumable(key: &str) -> bool {
         "training.epochs",
         "training.eval_every",
         "training.eval_batch",
+        "training.max_nonfinite_steps",
         "run.backend",
         "run.device",
         "run.gpu_memory_limit",

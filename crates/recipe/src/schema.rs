@@ -205,11 +205,24 @@ pub struct TrainingSection {
     pub eval_every: usize,
     /// Micro-batch used for evaluation. Default: the training micro-batch limit.
     pub eval_batch: Option<usize>,
+    /// Consecutive steps with a non-finite loss or gradient norm (each one skipped: no update)
+    /// after which the run stops with exit code 5. At least 1. Default `10`.
+    pub max_nonfinite_steps: usize,
 }
+
+/// Default of `training.max_nonfinite_steps`.
+pub const DEFAULT_MAX_NONFINITE_STEPS: usize = 10;
 
 impl Default for TrainingSection {
     fn default() -> Self {
-        Self { steps: None, epochs: None, effective_batch: 32, eval_every: 0, eval_batch: None }
+        Self {
+            steps: None,
+            epochs: None,
+            effective_batch: 32,
+            eval_every: 0,
+            eval_batch: None,
+            max_nonfinite_steps: DEFAULT_MAX_NONFINITE_STEPS,
+        }
     }
 }
 
@@ -357,6 +370,8 @@ pub enum Phase {
     Optimizer,
     /// Evaluation.
     Eval,
+    /// Writing a checkpoint (`faults.die_at` only).
+    Checkpoint,
 }
 
 /// One injected failure.
@@ -392,4 +407,18 @@ pub struct FaultsSection {
     pub oom_at: Vec<FaultAt>,
     /// Simulated non-OOM panics (a model bug) at given steps and phases.
     pub panic_at: Vec<FaultAt>,
+    /// Simulated worker deaths at given steps and phases: the worker aborts exactly as after
+    /// a failed host allocation (`memory allocation of N bytes failed`, SIGABRT), so the
+    /// supervisor restarts it. Each entry fires once per run (remembered in the run
+    /// directory's `faults-fired.txt`, since the process that fired it is gone).
+    pub die_at: Vec<FaultAt>,
+    /// Simulated crashes that are not memory failures (the worker aborts with SIGABRT, no
+    /// allocation failed): the supervisor must not restart them. Each fires once per run.
+    pub abort_at: Vec<FaultAt>,
+    /// Steps whose loss is made non-finite (NaN), as a diverging step's would be: the step is
+    /// skipped. Fires on every attempt of the step, also after a resume.
+    pub nan_at: Vec<usize>,
+    /// Steps whose checkpoint write fails as on a full disk (`No space left on device`),
+    /// after part of the checkpoint was written. Each fires once per run.
+    pub disk_full_at: Vec<usize>,
 }

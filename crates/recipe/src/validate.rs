@@ -5,7 +5,7 @@
 use crate::bytes::parse_bytes;
 use crate::error::{Ctx, RecipeError};
 use crate::keys::did_you_mean;
-use crate::schema::{MicroInitial, Recipe};
+use crate::schema::{MicroInitial, Phase, Recipe};
 use std::path::Path;
 
 /// The backends `run.backend` may name.
@@ -289,6 +289,14 @@ fn training(r: &mut Recipe, cx: &Ctx) -> R {
     if let Some(b) = t.eval_batch {
         at_least(cx, "training.eval_batch", b, 1, "evaluation must process at least one sample at a time", 64)?;
     }
+    at_least(
+        cx,
+        "training.max_nonfinite_steps",
+        t.max_nonfinite_steps,
+        1,
+        "a run must tolerate at least one skipped non-finite step before it stops",
+        10,
+    )?;
     Ok(())
 }
 
@@ -392,9 +400,27 @@ fn faults(r: &Recipe, cx: &Ctx) -> R {
             16,
         )?;
     }
-    for (name, list) in [("oom_at", &f.oom_at), ("panic_at", &f.panic_at)] {
+    for (name, list) in
+        [("oom_at", &f.oom_at), ("panic_at", &f.panic_at), ("die_at", &f.die_at), ("abort_at", &f.abort_at)]
+    {
         for (i, fa) in list.iter().enumerate() {
             at_least(cx, &format!("faults.{name}[{i}].step"), fa.step, 1, "steps count from 1", 1)?;
+            if fa.phase == Phase::Checkpoint && !matches!(name, "die_at" | "abort_at") {
+                return Err(cx.invalid(
+                    &format!("faults.{name}[{i}].phase"),
+                    "\"checkpoint\"",
+                    "a checkpoint is written off the training loop, where an in-process fault cannot be recovered",
+                    format!(
+                        "use phase \"forward\", \"backward\", \"optimizer\" or \"eval\" for faults.{name} \
+                         (faults.die_at and faults.disk_full_at simulate failures while checkpointing)"
+                    ),
+                ));
+            }
+        }
+    }
+    for (name, list) in [("nan_at", &f.nan_at), ("disk_full_at", &f.disk_full_at)] {
+        for (i, &s) in list.iter().enumerate() {
+            at_least(cx, &format!("faults.{name}[{i}]"), s, 1, "steps count from 1", 1)?;
         }
     }
     Ok(())

@@ -23,6 +23,12 @@
 //!   capacity that flaps up and down makes the policy back off instead of chasing it.
 //! - **Give up** ([`GiveUp`]) when even `min` does not fit, or after more than
 //!   `max_retries_per_step` out-of-memory failures within one optimizer step.
+//! - **The automatic start is a search, not a retry.** With `initial = None` the first step
+//!   starts at `max` and shrinks until a size fits ([`Policy::is_searching`]); the per-step
+//!   budget does not apply to it, because every failure strictly lowers the limit and the
+//!   search ends by itself: at most about `2 * ceil(log2(max / min)) + 2` failures (each halving
+//!   may be preceded by one predicted-fit shrink), giving up only when the lower bound fails.
+//!   Every later step, and every step of a fixed `initial`, keeps the budget.
 //!
 //! The whole state is [`PolicyState`], serialisable, stored in every checkpoint so that a
 //! restarted worker does not rediscover the ceiling by crashing again.
@@ -63,6 +69,8 @@ pub struct PolicyConfig {
     /// Clean optimizer steps before trying a larger limit. 0 disables growing.
     pub grow_after: usize,
     /// Out-of-memory failures tolerated within one optimizer step; one more gives up.
+    /// Does not apply while an automatic start searches for its first fitting size
+    /// ([`Policy::is_searching`]): that search is bounded by the size range instead.
     pub max_retries_per_step: usize,
 }
 
@@ -110,7 +118,8 @@ pub struct PolicyState {
     pub ooms_this_step: usize,
     /// Whether the current step already shrank to a predicted size (a second failure halves).
     pub predicted_this_step: bool,
-    /// Optimizer steps completed.
+    /// Optimizer steps completed. While it is 0 and `initial` is auto, the policy is still
+    /// searching for its first fitting size ([`Policy::is_searching`]).
     pub steps: u64,
     /// Out-of-memory failures in total (including worker deaths reported to
     /// [`Policy::lower_ceiling`]).
@@ -256,7 +265,8 @@ pub struct MemoryHint {
 pub enum GiveUpKind {
     /// Even the smallest allowed micro-batch (`micro_batch.min`) does not fit.
     MinDoesNotFit,
-    /// More than `micro_batch.max_retries_per_step` failures within one optimizer step.
+    /// More than `micro_batch.max_retries_per_step` failures within one optimizer step (never
+    /// while an automatic start searches for its first fitting size).
     TooManyRetries,
 }
 
@@ -298,7 +308,8 @@ impl GiveUp {
                  micro-batch was far too large for this device (each failure roughly halves it) \
                  or free memory is shrinking (another process on the device?). To fix this: \
                  raise `micro_batch.max_retries_per_step`, set `micro_batch.initial` closer to \
-                 what fits, or free device memory.",
+                 what fits (or to \"auto\", whose first step searches down from `micro_batch.max` \
+                 without this limit), or free device memory.",
                 self.reason, self.micro, self.min
             ),
         }
@@ -425,6 +436,15 @@ impl Policy {
         self.state.growing_from.is_some()
     }
 
+    /// Whether the policy is still searching for its first fitting size in an automatic start:
+    /// `initial` is auto (`None`) and no optimizer step has completed yet (`steps == 0`, which a
+    /// restored [`PolicyState`] carries across restarts). While searching, out-of-memory
+    /// failures are not limited by `max_retries_per_step`: each one strictly lowers the limit,
+    /// so the search ends on its own, and it gives up only when the lower bound fails.
+    pub fn is_searching(&self) -> bool {
+        self.cfg.initial.is_none() && self.state.steps == 0
+    }
+
     /// Whether even the lowest allowed limit is known to fail (a ceiling at or below the
     /// lower bound). Any further out-of-memory gives up.
     pub fn exhausted(&self) -> bool {
@@ -520,14 +540,16 @@ impl Policy {
     /// A failed growth attempt returns to the last good limit; otherwise the limit is roughly
     /// halved, or set to the size the memory model (observations or `hint`) predicts to fit.
     /// Gives up when no allowed size is smaller, or when this is the
-    /// `max_retries_per_step + 1`-th failure in the step; the state is still updated (ceiling
-    /// lowered, limit shrunk where possible) so that a checkpoint written afterwards carries
-    /// what was learnt.
+    /// `max_retries_per_step + 1`-th failure in the step (except while an automatic start
+    /// [is searching](Self::is_searching) for its first fitting size); the state is still
+    /// updated (ceiling lowered, limit shrunk where possible) so that a checkpoint written
+    /// afterwards carries what was learnt.
     pub fn on_oom(&mut self, failed_micro: usize, hint: Option<MemoryHint>) -> Result<Vec<Event>, GiveUp> {
         let n = self.n();
         let old = self.state.limit;
         let failed = if failed_micro == 0 { old } else { failed_micro.min(n) };
         let cap = failed.min(old);
+        let searching = self.is_searching();
         {
             let s = &mut self.state;
             s.ooms += 1;
@@ -563,7 +585,14 @@ impl Policy {
                     if old != self.lo {
                         self.set_limit(self.lo);
                     }
-                    let reason = self.min_reason(failed, hint.as_ref());
+                    let mut reason = self.min_reason(failed, hint.as_ref());
+                    if searching {
+                        reason.push_str(&format!(
+                            " The automatic start (`micro_batch.initial = \"auto\"`) searched down from \
+                             {} sample(s) to {failed} in the first step without finding a size that fits.",
+                            self.hi
+                        ));
+                    }
                     tracing::debug!(failed, "micro-batch policy: even the minimum does not fit");
                     return Err(GiveUp { micro: failed, min: self.cfg.min, reason, kind: GiveUpKind::MinDoesNotFit });
                 }
@@ -574,10 +603,14 @@ impl Policy {
                 events.push(Event::Shrink { from: old, to, reason });
             }
         }
-        if self.state.ooms_this_step > self.cfg.max_retries_per_step {
+        if !searching && self.state.ooms_this_step > self.cfg.max_retries_per_step {
+            let context = match (self.state.steps, self.cfg.initial) {
+                (0, Some(initial)) => format!("It was the first step, started at `micro_batch.initial` = {initial}."),
+                (steps, _) => format!("{steps} step(s) had completed before this one."),
+            };
             let reason = format!(
                 "{} out-of-memory failures happened in this step, more than \
-                 `micro_batch.max_retries_per_step` = {} allows.",
+                 `micro_batch.max_retries_per_step` = {} allows. {context}",
                 self.state.ooms_this_step, self.cfg.max_retries_per_step
             );
             return Err(GiveUp { micro: failed, min: self.cfg.min, reason, kind: GiveUpKind::TooManyRetries });

@@ -15,6 +15,11 @@ use std::path::{Path, PathBuf};
 /// Format version written in manifests.
 pub const FORMAT: u32 = 1;
 
+/// Where checkpoints later than a resumed one are moved (kept, not deleted).
+pub const ABANDONED: &str = "abandoned";
+/// Where damaged checkpoints are moved when a resume skips them.
+pub const DAMAGED: &str = "damaged";
+
 /// The training state saved beside the model and optimizer records.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainState {
@@ -46,6 +51,18 @@ pub struct TrainState {
     pub resumes: usize,
     /// Why this checkpoint was written (`every`, `oom`, `final`, `signal`).
     pub reason: String,
+    /// What the run trains on (absent in checkpoints written before it was recorded).
+    #[serde(default)]
+    pub data: Option<oomph_data::DataIdentity>,
+    /// The run length in force when this was written (absent in older checkpoints).
+    #[serde(default)]
+    pub total_steps: Option<usize>,
+    /// Steps skipped so far because their loss or gradient norm was not finite.
+    #[serde(default)]
+    pub nonfinite_steps: usize,
+    /// Consecutive non-finite steps just before this checkpoint.
+    #[serde(default)]
+    pub nonfinite_run: usize,
 }
 
 /// One file of a checkpoint.
@@ -66,6 +83,10 @@ pub struct Manifest {
     pub format: u32,
     /// Step of the checkpoint.
     pub step: usize,
+    /// Write order in the run directory (1 for the first checkpoint, then increasing);
+    /// retention keeps the newest writes, not the highest steps. 0 in older checkpoints.
+    #[serde(default)]
+    pub seq: u64,
     /// Every other file with its size and checksum.
     pub files: Vec<FileEntry>,
 }
@@ -76,6 +97,40 @@ pub struct Payload {
     pub step: usize,
     /// (file name, contents).
     pub files: Vec<(String, Vec<u8>)>,
+    /// SIMULATION (`faults.disk_full_at`): the write fails with "No space left on device"
+    /// after its first file, as on a full disk.
+    pub simulate_full_disk: bool,
+}
+
+/// A failed checkpoint write: what was being done to which path. The partial
+/// `step-N.tmp/` has been removed and the checkpoints before it are untouched.
+#[derive(Debug)]
+pub struct WriteError {
+    /// The operation, e.g. `writing`.
+    pub op: &'static str,
+    /// The path it was done to.
+    pub path: PathBuf,
+    /// The error.
+    pub source: std::io::Error,
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} failed: {}", self.op, self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+/// Attaches an operation and a path to an I/O result.
+trait Ctx<T> {
+    fn at(self, op: &'static str, path: &Path) -> Result<T, WriteError>;
+}
+
+impl<T> Ctx<T> for std::io::Result<T> {
+    fn at(self, op: &'static str, path: &Path) -> Result<T, WriteError> {
+        self.map_err(|source| WriteError { op, path: path.to_path_buf(), source })
+    }
 }
 
 /// Hex SHA-256 of bytes.
@@ -97,79 +152,217 @@ fn fsync_dir(dir: &Path) {
 }
 
 /// Writes a checkpoint atomically under `root` (the `checkpoints/` directory) and prunes all
-/// but the newest `keep` complete checkpoints. Returns the final directory.
-pub fn write(root: &Path, payload: &Payload, keep: usize) -> std::io::Result<PathBuf> {
-    fs::create_dir_all(root)?;
+/// but the `keep` most recently written complete checkpoints. Returns the final directory.
+///
+/// On failure the partial `step-N.tmp/` is removed, the checkpoints already there are left
+/// intact, and the error names the operation and the path. Rewriting a step that already has
+/// a checkpoint swaps the new one in atomically (Linux `RENAME_EXCHANGE`; elsewhere the old
+/// one stays findable as `step-N.old` until the new one is in place), so there is never a
+/// moment without a complete copy of that step.
+pub fn write(root: &Path, payload: &Payload, keep: usize) -> Result<PathBuf, WriteError> {
+    fs::create_dir_all(root).at("creating", root)?;
     let tmp = root.join(format!("{}.tmp", dir_name(payload.step)));
     let fin = root.join(dir_name(payload.step));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
+    if let Err(e) = write_tmp(root, &tmp, payload) {
+        let _ = fs::remove_dir_all(&tmp);
+        fsync_dir(root);
+        return Err(e);
     }
-    fs::create_dir_all(&tmp)?;
-    let mut entries = Vec::new();
-    for (name, bytes) in &payload.files {
-        let mut f = File::create(tmp.join(name))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        entries.push(FileEntry { name: name.clone(), bytes: bytes.len() as u64, sha256: sha256_hex(bytes) });
-    }
-    let manifest = Manifest { format: FORMAT, step: payload.step, files: entries };
-    let mut f = File::create(tmp.join("manifest.json"))?;
-    f.write_all(serde_json::to_string_pretty(&manifest).map_err(std::io::Error::other)?.as_bytes())?;
-    f.sync_all()?;
-    fsync_dir(&tmp);
-    if fin.exists() {
-        discard(root, &fin)?;
-    }
-    fs::rename(&tmp, &fin)?;
-    fsync_dir(root);
+    install(root, &tmp, &fin)?;
     prune(root, keep)?;
     Ok(fin)
 }
 
-/// Complete checkpoint directories (with a manifest) under `root`, newest first.
+/// Writes every file and the manifest (last) into `tmp`, fsyncing each.
+fn write_tmp(root: &Path, tmp: &Path, payload: &Payload) -> Result<(), WriteError> {
+    if tmp.exists() {
+        fs::remove_dir_all(tmp).at("removing the leftover", tmp)?;
+    }
+    fs::create_dir_all(tmp).at("creating", tmp)?;
+    let mut entries = Vec::new();
+    for (i, (name, bytes)) in payload.files.iter().enumerate() {
+        let p = tmp.join(name);
+        if payload.simulate_full_disk && i == 1 {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+                .at("writing (simulated by faults.disk_full_at)", &p);
+        }
+        let mut f = File::create(&p).at("creating", &p)?;
+        f.write_all(bytes).at("writing", &p)?;
+        f.sync_all().at("syncing", &p)?;
+        entries.push(FileEntry { name: name.clone(), bytes: bytes.len() as u64, sha256: sha256_hex(bytes) });
+    }
+    let manifest = Manifest { format: FORMAT, step: payload.step, seq: next_seq(root), files: entries };
+    let p = tmp.join("manifest.json");
+    let text = serde_json::to_string_pretty(&manifest).map_err(std::io::Error::other).at("serialising", &p)?;
+    let mut f = File::create(&p).at("creating", &p)?;
+    f.write_all(text.as_bytes()).at("writing", &p)?;
+    f.sync_all().at("syncing", &p)?;
+    fsync_dir(tmp);
+    Ok(())
+}
+
+/// Moves the finished `tmp` to `fin`, replacing a checkpoint of the same step atomically.
+fn install(root: &Path, tmp: &Path, fin: &Path) -> Result<(), WriteError> {
+    if !fin.exists() {
+        fs::rename(tmp, fin).at("renaming into place", tmp)?;
+        fsync_dir(root);
+        return Ok(());
+    }
+    if exchange(tmp, fin).is_ok() {
+        // `tmp` now holds the old checkpoint.
+        fsync_dir(root);
+        return discard(root, tmp);
+    }
+    // Without an atomic exchange the old copy stays findable as `step-N.old` (see `list`)
+    // until the new one is in place.
+    let old = fin.with_extension("old");
+    if old.exists() {
+        fs::remove_dir_all(&old).at("removing the leftover", &old)?;
+    }
+    fs::rename(fin, &old).at("renaming aside", fin)?;
+    fsync_dir(root);
+    fs::rename(tmp, fin).at("renaming into place", tmp)?;
+    fsync_dir(root);
+    discard(root, &old)
+}
+
+/// Atomically swaps two directories (Linux `renameat2(RENAME_EXCHANGE)`).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    const RENAME_EXCHANGE: libc::c_uint = 2;
+    // SAFETY: two valid NUL-terminated paths; the syscall reads them only.
+    let r = unsafe {
+        libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), RENAME_EXCHANGE)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
+/// The step of a checkpoint directory name: `step-N`, or `step-N.old` (a replaced copy that
+/// counts only while `step-N` itself is missing).
+fn parse_name(name: &str) -> Option<(usize, bool)> {
+    let rest = name.strip_prefix("step-")?;
+    match rest.strip_suffix(".old") {
+        Some(n) => n.parse().ok().map(|s| (s, true)),
+        None => rest.parse().ok().map(|s| (s, false)),
+    }
+}
+
+/// Complete checkpoint directories (with a manifest) under `root`, highest step first.
 pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
-    let mut v: Vec<(usize, PathBuf)> = fs::read_dir(root)
+    let mut found: Vec<(usize, bool, PathBuf)> = fs::read_dir(root)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let step = name.strip_prefix("step-")?.parse::<usize>().ok()?;
+            let (step, old) = parse_name(&e.file_name().to_string_lossy())?;
             let p = e.path();
-            p.join("manifest.json").is_file().then_some((step, p))
+            p.join("manifest.json").is_file().then_some((step, old, p))
         })
         .collect();
+    let current: Vec<usize> = found.iter().filter(|c| !c.1).map(|c| c.0).collect();
+    found.retain(|(step, old, _)| !old || !current.contains(step));
+    let mut v: Vec<(usize, PathBuf)> = found.into_iter().map(|(s, _, p)| (s, p)).collect();
     v.sort_by_key(|e| std::cmp::Reverse(e.0));
     v
+}
+
+/// The write order of a checkpoint (its manifest's `seq`; 0 when unreadable or older).
+fn seq_of(dir: &Path) -> u64 {
+    fs::read_to_string(dir.join("manifest.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Manifest>(&t).ok())
+        .map(|m| m.seq)
+        .unwrap_or(0)
+}
+
+/// The next write-order number: one more than any complete checkpoint's.
+fn next_seq(root: &Path) -> u64 {
+    list(root).iter().map(|(_, d)| seq_of(d)).max().unwrap_or(0) + 1
+}
+
+/// Complete checkpoints, most recently written first (ties: higher step first).
+pub fn by_write_order(root: &Path) -> Vec<(usize, PathBuf)> {
+    let mut v: Vec<(u64, usize, PathBuf)> = list(root).into_iter().map(|(s, d)| (seq_of(&d), s, d)).collect();
+    v.sort_by_key(|b| std::cmp::Reverse((b.0, b.1)));
+    v.into_iter().map(|(_, s, d)| (s, d)).collect()
 }
 
 /// Removes a checkpoint directory so that a crash at any moment never leaves a
 /// half-deleted directory that still looks complete: it is first renamed (atomically) out of
 /// the `step-N` namespace, then deleted.
-fn discard(root: &Path, dir: &Path) -> std::io::Result<()> {
+fn discard(root: &Path, dir: &Path) -> Result<(), WriteError> {
     let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let trash = root.join(format!("{name}.trash"));
     if trash.exists() {
-        fs::remove_dir_all(&trash)?;
+        fs::remove_dir_all(&trash).at("removing", &trash)?;
     }
-    fs::rename(dir, &trash)?;
+    fs::rename(dir, &trash).at("renaming out of the checkpoint namespace", dir)?;
     fsync_dir(root);
-    fs::remove_dir_all(&trash)
+    fs::remove_dir_all(&trash).at("removing", &trash)
 }
 
-fn prune(root: &Path, keep: usize) -> std::io::Result<()> {
-    for (_, p) in list(root).into_iter().skip(keep.max(1)) {
+fn prune(root: &Path, keep: usize) -> Result<(), WriteError> {
+    for (_, p) in by_write_order(root).into_iter().skip(keep.max(1)) {
         discard(root, &p)?;
     }
-    // Leftovers of writes or deletions that a crash interrupted are garbage.
-    for e in fs::read_dir(root)?.flatten() {
+    // Leftovers of writes or deletions that a crash interrupted are garbage, and so is a
+    // replaced copy once its successor is in place.
+    let listed: Vec<PathBuf> = list(root).into_iter().map(|(_, p)| p).collect();
+    for e in fs::read_dir(root).at("listing", root)?.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if name.ends_with(".tmp") || name.ends_with(".trash") {
+        let garbage = name.ends_with(".tmp")
+            || name.ends_with(".trash")
+            || (name.ends_with(".old") && name.starts_with("step-") && !listed.contains(&e.path()));
+        if garbage {
             let _ = fs::remove_dir_all(e.path());
         }
     }
     Ok(())
+}
+
+/// Moves a checkpoint directory out of the `step-N` namespace into `root/<into>/`, keeping
+/// it (a name that is taken gets a `.2`, `.3`, ... suffix). Returns the new path.
+pub fn set_aside(root: &Path, dir: &Path, into: &str) -> Result<PathBuf, WriteError> {
+    let target_dir = root.join(into);
+    fs::create_dir_all(&target_dir).at("creating", &target_dir)?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = name.strip_suffix(".old").unwrap_or(&name).to_string();
+    let mut target = target_dir.join(&name);
+    let mut k = 2;
+    while target.exists() {
+        target = target_dir.join(format!("{name}.{k}"));
+        k += 1;
+    }
+    fs::rename(dir, &target).at("moving aside", dir)?;
+    fsync_dir(root);
+    fsync_dir(&target_dir);
+    Ok(target)
+}
+
+/// Moves every checkpoint later than `step` into `root/abandoned/`: resuming from an earlier
+/// step starts a new history, and retention, `--resume auto` and the final weights must never
+/// pick up the abandoned one. Returns the steps moved.
+pub fn abandon_after(root: &Path, step: usize) -> Result<Vec<usize>, WriteError> {
+    let mut moved = Vec::new();
+    for (s, dir) in list(root).into_iter().rev() {
+        if s > step {
+            set_aside(root, &dir, ABANDONED)?;
+            moved.push(s);
+        }
+    }
+    Ok(moved)
 }
 
 /// A checkpoint whose checksums were verified.
@@ -234,8 +427,8 @@ pub fn verify(dir: &Path) -> Result<Verified, String> {
 pub struct Found {
     /// The verified checkpoint, if any.
     pub checkpoint: Option<Verified>,
-    /// Warnings about damaged checkpoints that were skipped.
-    pub skipped: Vec<String>,
+    /// Damaged checkpoints that were skipped: their directory and what is wrong.
+    pub skipped: Vec<(PathBuf, String)>,
 }
 
 /// Finds the newest verifiable checkpoint under `root` (or exactly step `want`).
@@ -261,7 +454,7 @@ pub fn find(root: &Path, want: Option<usize>) -> Result<Found, String> {
     for (_, dir) in &all {
         match verify(dir) {
             Ok(v) => return Ok(Found { checkpoint: Some(v), skipped }),
-            Err(e) => skipped.push(e),
+            Err(e) => skipped.push((dir.clone(), e)),
         }
     }
     if !skipped.is_empty() {
@@ -269,7 +462,7 @@ pub fn find(root: &Path, want: Option<usize>) -> Result<Found, String> {
             "every checkpoint in {} is damaged: {}. Fix: remove the run directory (or pass --resume never \
              --overwrite) to start over.",
             root.display(),
-            skipped.join("; ")
+            skipped.iter().map(|s| s.1.as_str()).collect::<Vec<_>>().join("; ")
         ));
     }
     Ok(Found { checkpoint: None, skipped })
@@ -280,7 +473,11 @@ mod tests {
     use super::*;
 
     fn payload(step: usize) -> Payload {
-        Payload { step, files: vec![("a.bin".into(), vec![step as u8; 100]), ("state.json".into(), b"{}".to_vec())] }
+        Payload {
+            step,
+            files: vec![("a.bin".into(), vec![step as u8; 100]), ("state.json".into(), b"{}".to_vec())],
+            simulate_full_disk: false,
+        }
     }
 
     #[test]
@@ -305,5 +502,84 @@ mod tests {
         // A directory without manifest does not count.
         std::fs::create_dir_all(d.path().join("step-99")).unwrap();
         assert_eq!(list(d.path())[0].0, 30);
+    }
+
+    fn steps(root: &Path) -> Vec<usize> {
+        list(root).iter().map(|x| x.0).collect()
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_writes_not_the_highest_steps() {
+        let d = tempfile::tempdir().unwrap();
+        for s in [10, 20, 50] {
+            write(d.path(), &payload(s), 2).unwrap();
+        }
+        assert_eq!(steps(d.path()), vec![50, 20]);
+        // A resumed history writes lower steps after step 50: those are the newest.
+        write(d.path(), &payload(30), 2).unwrap();
+        write(d.path(), &payload(40), 2).unwrap();
+        assert_eq!(steps(d.path()), vec![40, 30], "step-50 was written first, so it goes first");
+    }
+
+    #[test]
+    fn abandoning_moves_later_checkpoints_out_of_the_namespace() {
+        let d = tempfile::tempdir().unwrap();
+        for s in [30, 40, 50] {
+            write(d.path(), &payload(s), 3).unwrap();
+        }
+        assert_eq!(abandon_after(d.path(), 30).unwrap(), vec![40, 50]);
+        assert_eq!(steps(d.path()), vec![30]);
+        assert!(d.path().join("abandoned/step-40/manifest.json").is_file());
+        assert!(d.path().join("abandoned/step-50/manifest.json").is_file());
+        // The new history's checkpoints are what retention keeps.
+        for s in [31, 32, 33] {
+            write(d.path(), &payload(s), 3).unwrap();
+        }
+        assert_eq!(steps(d.path()), vec![33, 32, 31]);
+        // Abandoning step 50 twice keeps both copies.
+        write(d.path(), &payload(50), 3).unwrap();
+        abandon_after(d.path(), 33).unwrap();
+        assert!(d.path().join("abandoned/step-50.2/manifest.json").is_file());
+    }
+
+    #[test]
+    fn a_failed_write_names_its_path_removes_its_temporary_directory_and_keeps_the_others() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &payload(10), 2).unwrap();
+        let mut p = payload(20);
+        p.simulate_full_disk = true;
+        let e = write(d.path(), &p, 2).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("step-20.tmp") && msg.contains("No space left on device"), "{msg}");
+        assert_eq!(e.source.raw_os_error(), Some(libc::ENOSPC));
+        assert!(!d.path().join("step-20.tmp").exists(), "the partial checkpoint is removed");
+        assert_eq!(steps(d.path()), vec![10]);
+        assert_eq!(std::fs::read(d.path().join("step-10/a.bin")).unwrap(), vec![10u8; 100]);
+    }
+
+    #[test]
+    fn rewriting_a_step_swaps_the_new_copy_in_and_leaves_nothing_behind() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &payload(10), 2).unwrap();
+        let mut p = payload(10);
+        p.files[0].1 = vec![99u8; 100];
+        write(d.path(), &p, 2).unwrap();
+        assert_eq!(std::fs::read(d.path().join("step-10/a.bin")).unwrap(), vec![99u8; 100]);
+        let names: Vec<String> =
+            std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+        assert_eq!(names, vec!["step-10".to_string()]);
+    }
+
+    #[test]
+    fn a_replaced_copy_counts_only_while_its_successor_is_missing() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &payload(10), 2).unwrap();
+        // A crash between "step-10 -> step-10.old" and "step-10.tmp -> step-10".
+        std::fs::rename(d.path().join("step-10"), d.path().join("step-10.old")).unwrap();
+        assert_eq!(steps(d.path()), vec![10]);
+        assert!(list(d.path())[0].1.ends_with("step-10.old"));
+        write(d.path(), &payload(10), 2).unwrap();
+        assert_eq!(list(d.path()), vec![(10, d.path().join("step-10"))]);
+        assert!(!d.path().join("step-10.old").exists(), "the replaced copy is garbage once step-10 exists");
     }
 }

@@ -8,6 +8,9 @@ pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_DOES_NOT_FIT: i32 = 3;
 /// Exit code: no usable checkpoint.
 pub const EXIT_CHECKPOINT: i32 = 4;
+/// Exit code: the run diverged: `training.max_nonfinite_steps` consecutive steps had a
+/// non-finite loss or gradient norm (each was skipped; no weights were changed by them).
+pub const EXIT_DIVERGED: i32 = 5;
 /// Exit code: the worker died of memory in a way the process cannot survive; the supervisor
 /// restarts it from the newest checkpoint.
 pub const EXIT_MEMORY_DEATH: i32 = 75;
@@ -34,6 +37,9 @@ pub enum TrainError {
         /// What happened.
         message: String,
     },
+    /// Too many consecutive non-finite steps; the weights were never touched by them.
+    #[error("{0}")]
+    Diverged(String),
     /// Interrupted by a signal after a final checkpoint at `step`.
     #[error("interrupted at step {step}; the run was checkpointed and resumes with the same command")]
     Interrupted {
@@ -52,6 +58,7 @@ impl TrainError {
             TrainError::BadInput(_) => EXIT_BAD_INPUT,
             TrainError::DoesNotFit(_) => EXIT_DOES_NOT_FIT,
             TrainError::Checkpoint(_) => EXIT_CHECKPOINT,
+            TrainError::Diverged(_) => EXIT_DIVERGED,
             TrainError::MemoryDeath { .. } => EXIT_MEMORY_DEATH,
             TrainError::Interrupted { .. } => EXIT_INTERRUPTED,
             TrainError::Failed(_) => 1,
@@ -59,8 +66,24 @@ impl TrainError {
     }
 }
 
-impl From<std::io::Error> for TrainError {
-    fn from(e: std::io::Error) -> Self {
-        TrainError::Failed(format!("I/O error: {e}"))
+impl TrainError {
+    /// An I/O failure, named by its operation and path, with a fix that fits its cause.
+    /// `op` is a verb phrase such as `"writing"`; the error's own text follows.
+    pub fn io(op: &str, path: &std::path::Path, e: &std::io::Error) -> Self {
+        TrainError::Failed(format!("{op} {} failed: {e}. {}", path.display(), io_fix(e)))
+    }
+}
+
+/// The fix for an I/O error, by its cause.
+pub fn io_fix(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => {
+            "Fix: free disk space (or point --run-dir at a larger disk), then run the same command again: it \
+             resumes from the newest intact checkpoint (--resume auto)"
+        }
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+            "Fix: make the run directory writable (or pick another --run-dir), then run the same command again"
+        }
+        _ => "Fix: check that the run directory's disk is healthy and writable, then run the same command again",
     }
 }

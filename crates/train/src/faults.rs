@@ -1,10 +1,25 @@
 //! SIMULATION ONLY: the `[faults]` recipe section. Injected failures are raised as panics
 //! carrying the same kind of message a real failure carries, so they travel through exactly
-//! the same classification and recovery path (`recovery::attempt`) as real ones.
+//! the same classification and recovery path (`recovery::attempt`) as real ones. A simulated
+//! out-of-memory first makes a real (impossible) allocation fail through the global
+//! allocator, as a survivable allocation failure would.
+//!
+//! Faults that end the process (`die_at`, `abort_at`) or the run (`disk_full_at`) fire once
+//! per *run*: the process that fired one is gone, so they are remembered in the run
+//! directory's `faults-fired.txt`.
 
 use oomph_recipe::{FaultsSection, Phase};
 use oomph_sched::oom::SIMULATED_OOM_PREFIX;
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// The file in the run directory that remembers the run-wide one-shot faults that fired.
+pub const FIRED_FILE: &str = "faults-fired.txt";
+
+/// An allocation no machine can satisfy: the system allocator returns null for it (and the
+/// tracking allocator notes the failure) without touching memory.
+const IMPOSSIBLE: usize = 1 << 62;
 
 /// Fault state for a run: which one-shot faults have already fired.
 #[derive(Debug, Clone)]
@@ -14,6 +29,10 @@ pub struct Faults {
     empty: bool,
     /// Indices of the `oom_at` (`true`) and `panic_at` (`false`) entries that fired.
     fired: BTreeSet<(bool, usize)>,
+    /// Run-wide one-shot faults that fired (`die_at 0`, `disk_full_at 3`, ...), and where
+    /// they are remembered.
+    fired_in_run: BTreeSet<String>,
+    fired_file: Option<PathBuf>,
 }
 
 /// The name of a phase as written in recipes and events.
@@ -23,14 +42,132 @@ pub fn phase_name(p: Phase) -> &'static str {
         Phase::Backward => "backward",
         Phase::Optimizer => "optimizer",
         Phase::Eval => "eval",
+        Phase::Checkpoint => "checkpoint",
     }
+}
+
+/// Ends the process exactly as a failed host allocation does: the global allocator returns
+/// null for an impossible size (the tracking allocator notes it) and the standard library's
+/// handler prints `memory allocation of N bytes failed` and aborts.
+pub fn simulated_allocation_death() -> ! {
+    let layout = std::alloc::Layout::from_size_align(IMPOSSIBLE, 8).expect("a valid layout");
+    // SAFETY: a non-zero-sized layout; the null result is handled by aborting.
+    let p = unsafe { std::alloc::alloc(layout) };
+    if p.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `p` was allocated with `layout` just above.
+    unsafe { std::alloc::dealloc(p, layout) };
+    std::process::abort()
+}
+
+/// A real allocation failure that the process survives (`try_reserve` of an impossible size),
+/// as the allocator of a backend that turns failures into errors would see it.
+fn survivable_allocation_failure() {
+    let mut v: Vec<u8> = Vec::new();
+    let _ = v.try_reserve_exact(IMPOSSIBLE);
 }
 
 impl Faults {
     /// Faults from the recipe's `[faults]` section.
     pub fn new(cfg: FaultsSection) -> Self {
         let empty = cfg == FaultsSection::default();
-        Self { cfg, empty, fired: BTreeSet::new() }
+        Self { cfg, empty, fired: BTreeSet::new(), fired_in_run: BTreeSet::new(), fired_file: None }
+    }
+
+    /// Faults of a run in `run_dir`: the run-wide one-shot faults that already fired there
+    /// (in an earlier worker) do not fire again.
+    pub fn for_run(cfg: FaultsSection, run_dir: &std::path::Path) -> Self {
+        let mut f = Self::new(cfg);
+        if !f.empty {
+            let path = run_dir.join(FIRED_FILE);
+            f.fired_in_run = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
+            f.fired_file = Some(path);
+        }
+        f
+    }
+
+    /// Remembers that run-wide fault `key` fired (synced before the fault acts).
+    fn remember(&mut self, key: String) {
+        if let Some(path) = &self.fired_file {
+            if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = writeln!(file, "{key}");
+                let _ = file.sync_all();
+            }
+        }
+        self.fired_in_run.insert(key);
+    }
+
+    /// The first entry of run-wide list `name` due at (`step`, `phase`) that has not fired in
+    /// this run; marks it fired.
+    fn take_run_fault(&mut self, name: &str, step: usize, phase: Phase) -> bool {
+        let list = match name {
+            "die_at" => &self.cfg.die_at,
+            _ => &self.cfg.abort_at,
+        };
+        let due = list
+            .iter()
+            .enumerate()
+            .find(|(i, f)| f.step == step && f.phase == phase && !self.fired_in_run.contains(&format!("{name} {i}")))
+            .map(|(i, _)| i);
+        match due {
+            Some(i) => {
+                self.remember(format!("{name} {i}"));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Called at the start of `phase` of `step`: ends the process when `faults.die_at` (as a
+    /// failed host allocation: `memory allocation of N bytes failed`, SIGABRT, with the
+    /// allocation note the supervisor reads) or `faults.abort_at` (SIGABRT, no allocation
+    /// failed) says so.
+    pub fn check_process(&mut self, step: usize, phase: Phase) {
+        if self.empty {
+            return;
+        }
+        if self.take_run_fault("die_at", step, phase) {
+            eprintln!("SIMULATION: faults.die_at ends the worker in {} of step {step}", phase_name(phase));
+            simulated_allocation_death();
+        }
+        if self.take_run_fault("abort_at", step, phase) {
+            eprintln!(
+                "SIMULATION: faults.abort_at aborts the worker in {} of step {step} (not a memory failure)",
+                phase_name(phase)
+            );
+            std::process::abort();
+        }
+    }
+
+    /// Whether the checkpoint writer is to die (`faults.die_at` with phase `checkpoint`) while
+    /// writing the checkpoint of `step`; the writer thread then calls
+    /// [`simulated_allocation_death`].
+    pub fn checkpoint_death(&mut self, step: usize) -> bool {
+        !self.empty && self.take_run_fault("die_at", step, Phase::Checkpoint)
+    }
+
+    /// Whether the loss of `step` is to be made non-finite (`faults.nan_at`).
+    pub fn nan_loss(&self, step: usize) -> bool {
+        !self.empty && self.cfg.nan_at.contains(&step)
+    }
+
+    /// Whether the checkpoint of `step` is to fail as on a full disk (once per run).
+    pub fn disk_full(&mut self, step: usize) -> bool {
+        if self.empty || !self.cfg.disk_full_at.contains(&step) {
+            return false;
+        }
+        let key = format!("disk_full_at {step}");
+        if self.fired_in_run.contains(&key) {
+            return false;
+        }
+        self.remember(key);
+        true
     }
 
     /// Whether any fault is configured.
@@ -58,9 +195,11 @@ impl Faults {
         if self.is_empty() {
             return;
         }
+        self.check_process(step, phase);
         if matches!(phase, Phase::Forward | Phase::Eval) {
             if let Some(cap) = self.capacity(step) {
                 if micro > cap {
+                    survivable_allocation_failure();
                     std::panic::panic_any(format!(
                         "{SIMULATED_OOM_PREFIX}: a micro-batch of {micro} samples does not fit the \
                          simulated capacity of {cap} samples (faults.simulate_memory_samples) in {} \
@@ -77,6 +216,7 @@ impl Faults {
         };
         if let Some(i) = due(&self.cfg.oom_at, &self.fired, true) {
             self.fired.insert((true, i));
+            survivable_allocation_failure();
             std::panic::panic_any(format!(
                 "{SIMULATED_OOM_PREFIX}: injected by faults.oom_at in {name} of step {step}"
             ));

@@ -10,8 +10,10 @@
 //! adapter [`adapter::BurnTrain`].
 
 pub mod adapter;
+pub mod alloc;
 pub mod backend;
 pub mod checkpoint;
+pub mod current;
 pub mod error;
 pub mod faults;
 #[cfg(feature = "cuda")]
@@ -19,6 +21,7 @@ pub mod gpu;
 pub mod objective;
 pub mod optim;
 pub mod progress;
+pub mod random;
 pub mod records;
 pub mod recovery;
 pub mod registry;

@@ -157,8 +157,12 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: 
     }
 }
 
-/// Global L2 norm of all gradients of `module` (one device read).
-pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f64 {
+/// The sum of the squares of all gradients of `module`, on the device (no read), `[1]`;
+/// `None` when no parameter has a gradient.
+pub fn sq_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> Option<Tensor<B::InnerBackend, 1>> {
     let mut total: Option<Tensor<B::InnerBackend, 1>> = None;
     for (id, rank) in param_ids::<B, M>(module) {
         let part: Option<Tensor<B::InnerBackend, 1>> = for_rank!(rank, B::InnerBackend, sq_norm_one, grads, id);
@@ -169,7 +173,48 @@ pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: 
             });
         }
     }
-    total.map(|t| t.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0)
+    total
+}
+
+/// Global L2 norm of all gradients of `module` (one device read).
+pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f64 {
+    sq_norm::<B, M>(module, grads).map(|t| t.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0)
+}
+
+/// Scales `grads` down to global norm `max_norm` when their norm `norm` (already known)
+/// exceeds it.
+pub fn clip_to<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    norm: f64,
+    max_norm: f64,
+) {
+    if norm.is_finite() && norm > max_norm {
+        scale_grads::<B, M>(module, grads, max_norm / (norm + 1e-6));
+    }
+}
+
+struct AllFinite<B: Backend> {
+    bad: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for AllFinite<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let t = param.val();
+        // x - x is 0 for every finite x and NaN for NaN and infinities; its sum cannot overflow.
+        let part = (t.clone() - t).sum();
+        self.bad = Some(match self.bad.take() {
+            Some(b) => b + part,
+            None => part,
+        });
+    }
+}
+
+/// Whether every float parameter of `module` is finite (one device read).
+pub fn params_finite<B: Backend, M: burn::module::Module<B>>(module: &M) -> bool {
+    let mut v = AllFinite::<B> { bad: None };
+    module.visit(&mut v);
+    v.bad.is_none_or(|t| t.into_scalar().elem::<f64>().is_finite())
 }
 
 /// Clips `grads` to global norm `max_norm`; returns the norm before clipping.

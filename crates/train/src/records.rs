@@ -2,6 +2,7 @@
 //! `events.jsonl` (oom, shrink, grow, checkpoint, restart, resume, ...) and `summary.json`.
 //! Every line is flushed as it is written so a running or crashed run can be read.
 
+use crate::error::TrainError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -18,7 +19,9 @@ pub struct StepRecord {
     pub step: usize,
     /// Training samples consumed so far (`step * effective_batch`).
     pub samples_seen: u64,
-    /// Mean training loss over the step's effective batch.
+    /// Mean training loss over the step's effective batch (`null` in the file when it was
+    /// not finite; read back as NaN).
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Learning rate used by this step.
     pub lr: f64,
@@ -32,9 +35,12 @@ pub struct StepRecord {
     pub wall_s: f64,
     /// OOM events so far in the run.
     pub oom_events: usize,
-    /// Global gradient norm before clipping, when clipping is on.
+    /// Global gradient norm before clipping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_norm: Option<f64>,
+    /// The step was skipped (no update) because its loss or gradient norm was not finite.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
     /// Device memory in use (bytes), where the backend reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_used: Option<u64>,
@@ -120,6 +126,14 @@ pub struct Summary {
     /// previous write); the writes themselves run on a background thread.
     #[serde(default)]
     pub checkpoint_stall_s: f64,
+    /// Steps skipped because their loss or gradient norm was not finite (no update).
+    #[serde(default)]
+    pub nonfinite_steps: usize,
+}
+
+/// A float written as `null` (JSON has no NaN or infinity) reads back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Appends JSON lines to a file.
@@ -133,22 +147,27 @@ pub struct JsonLines {
 
 impl JsonLines {
     /// Opens `path` for appending (creating it); every line is flushed as it is written.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    pub fn open(path: &Path) -> Result<Self, TrainError> {
         Self::open_with(path, Duration::ZERO)
     }
 
     /// Like [`JsonLines::open`], but a line is flushed only when the previous flush is at
     /// least `flush_every` old (the first line always); call [`JsonLines::flush`] at
     /// checkpoints and at the end. Dropping the writer flushes too.
-    pub fn open_with(path: &Path, flush_every: Duration) -> std::io::Result<Self> {
-        let f = OpenOptions::new().create(true).append(true).open(path)?;
+    pub fn open_with(path: &Path, flush_every: Duration) -> Result<Self, TrainError> {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| TrainError::io("opening (for appending)", path, &e))?;
         Ok(Self { out: BufWriter::new(f), path: path.to_path_buf(), flush_every, last_flush: None })
     }
 
     /// Writes one value as a line.
-    pub fn write<T: Serialize>(&mut self, value: &T) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, value)?;
-        self.out.write_all(b"\n")?;
+    pub fn write<T: Serialize>(&mut self, value: &T) -> Result<(), TrainError> {
+        let mut line = serde_json::to_vec(value).map_err(|e| TrainError::Failed(format!("serialising a line: {e}")))?;
+        line.push(b'\n');
+        self.out.write_all(&line).map_err(|e| TrainError::io("appending to", &self.path, &e))?;
         if self.last_flush.is_none_or(|t| t.elapsed() >= self.flush_every) {
             self.flush()?;
         }
@@ -156,9 +175,9 @@ impl JsonLines {
     }
 
     /// Flushes the lines written so far to the file.
-    pub fn flush(&mut self) -> std::io::Result<()> {
+    pub fn flush(&mut self) -> Result<(), TrainError> {
         self.last_flush = Some(Instant::now());
-        self.out.flush()
+        self.out.flush().map_err(|e| TrainError::io("appending to", &self.path, &e))
     }
 
     /// The file's path.

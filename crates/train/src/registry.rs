@@ -35,6 +35,9 @@ pub trait Prepared<B: AutodiffBackend> {
     fn needs(&self) -> DataNeeds;
     /// The model's keys with every default filled in (for the resolved recipe).
     fn resolved_params(&self) -> toml::Table;
+    /// Builds the model for `data` once and drops it, so `oomph check` rejects what training
+    /// would (burn initialises parameters lazily, so this allocates little).
+    fn check(&self, data: &Splits, device: &B::Device) -> Result<(), String>;
     /// Trains on `data` in `session`.
     fn train(self: Box<Self>, session: Session<B>, data: &Splits) -> Result<Summary, TrainError>;
 }
@@ -77,6 +80,10 @@ where
 
     fn resolved_params(&self) -> toml::Table {
         toml::Table::try_from(&self.config).unwrap_or_default()
+    }
+
+    fn check(&self, data: &Splits, device: &B::Device) -> Result<(), String> {
+        (self.init)(&self.config, &data.info, device).map(drop)
     }
 
     fn train(self: Box<Self>, session: Session<B>, data: &Splits) -> Result<Summary, TrainError> {

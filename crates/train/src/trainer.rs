@@ -8,11 +8,13 @@
 
 use crate::backend::MemoryProbe;
 use crate::checkpoint::{self, Payload, TrainState};
+use crate::current::{Current, CurrentFile};
 use crate::error::TrainError;
 use crate::faults::{phase_name, Faults};
 use crate::objective::Objective;
-use crate::optim::{clip_global_norm, lr_at, Optim};
+use crate::optim::{clip_to, lr_at, params_finite, sq_norm, Optim};
 use crate::progress::Observer;
+use crate::random;
 use crate::records::{EvalRecord, EventRecord, JsonLines, StepRecord, Summary};
 use crate::recovery::{attempt, cleanup, Failure};
 use crate::signals;
@@ -68,6 +70,13 @@ pub struct Session<B: Backend> {
     /// Set by a supervisor after a worker died of memory at this micro-batch: the policy's
     /// ceiling is lowered below it on resume.
     pub lower_ceiling: Option<usize>,
+    /// Set by a supervisor after a worker died of memory while evaluating with this
+    /// evaluation micro-batch: evaluation runs below it on resume.
+    pub lower_eval: Option<usize>,
+    /// Set by a supervisor after a worker died inside an optimizer update: this process's
+    /// first update runs in place too (the copy-based first update needs room for a second
+    /// copy of the parameters and optimizer state).
+    pub first_update_in_place: bool,
     /// Supervisor restarts so far (added to the summary).
     pub restarts: usize,
     /// Extra lines for the start-up banner (e.g. device memory).
@@ -91,6 +100,8 @@ impl<B: Backend> Session<B> {
             observer: Box::new(crate::progress::Silent),
             resume: Resume::Auto,
             lower_ceiling: None,
+            lower_eval: None,
+            first_update_in_place: false,
             restarts: 0,
             banner: Vec::new(),
             stop: Arc::default(),
@@ -117,6 +128,22 @@ pub fn total_steps(recipe: &Recipe, train_len: usize) -> usize {
     }
 }
 
+/// Checks what can only be checked against the loaded data: an effective batch no larger than
+/// the training split.
+pub fn check_data_fits(recipe: &Recipe, origin: &str, data: &Splits) -> Result<(), TrainError> {
+    let n = recipe.training.effective_batch;
+    let len = data.train.len();
+    if n > len {
+        return Err(TrainError::BadInput(format!(
+            "{origin}: `training.effective_batch` = {n} is larger than the training split, which holds {len} \
+             samples ({}): one step would hold some samples more than once. Fix: set \
+             training.effective_batch to at most {len}, or use more data.",
+            data.info.description
+        )));
+    }
+    Ok(())
+}
+
 /// The policy configuration a recipe implies.
 pub fn policy_config(recipe: &Recipe) -> PolicyConfig {
     let n = recipe.training.effective_batch;
@@ -137,9 +164,9 @@ pub fn policy_config(recipe: &Recipe) -> PolicyConfig {
 
 /// The background checkpoint write in flight, if any.
 struct Writer {
-    handle: Option<JoinHandle<std::io::Result<PathBuf>>>,
-    /// Step and reason of the write in flight.
-    pending: Option<(usize, String, Instant)>,
+    handle: Option<JoinHandle<Result<PathBuf, checkpoint::WriteError>>>,
+    /// Step and reason of the write in flight, and the checkpoints directory.
+    pending: Option<(usize, String, Instant, PathBuf)>,
 }
 
 /// A finished checkpoint write.
@@ -155,12 +182,24 @@ impl Writer {
     fn wait(&mut self) -> Result<(f64, Option<Written>), TrainError> {
         let t = Instant::now();
         let Some(h) = self.handle.take() else { return Ok((0.0, None)) };
-        let dir = h
-            .join()
-            .map_err(|_| TrainError::Failed("the checkpoint writer thread panicked".into()))?
-            .map_err(|e| TrainError::Failed(format!("writing a checkpoint failed: {e}")))?;
+        let joined = h.join();
+        let pending = self.pending.take();
+        let dir = joined.map_err(|_| TrainError::Failed("the checkpoint writer thread panicked".into()))?.map_err(
+            |e| {
+                let (step, root) = pending.as_ref().map(|p| (p.0, p.3.clone())).unwrap_or_default();
+                let intact = checkpoint::list(&root)
+                    .first()
+                    .map(|(s, d)| format!("the checkpoints before it are intact (newest: {}, step {s})", d.display()))
+                    .unwrap_or_else(|| "no earlier checkpoint exists".into());
+                TrainError::Failed(format!(
+                    "writing the checkpoint of step {step} failed: {e}. The partial checkpoint was removed and {intact}. \
+                     {}",
+                    crate::error::io_fix(&e.source)
+                ))
+            },
+        )?;
         let stalled = t.elapsed().as_secs_f64();
-        let written = self.pending.take().map(|(step, reason, started)| Written {
+        let written = pending.map(|(step, reason, started, _)| Written {
             step,
             reason,
             dir,
@@ -185,8 +224,10 @@ struct Run<'a, B: AutodiffBackend, M: AutodiffModule<B>> {
     optim: Option<Optim<M, B>>,
     /// Optimizer updates completed by this process.
     updates_done: usize,
-    /// `current.json`, kept open.
-    current: Option<std::fs::File>,
+    /// `current.json`, mapped.
+    current: Option<CurrentFile>,
+    /// The main thread's phase, as written to `current.json`.
+    phase: Phase,
     policy: Policy,
     sampler: Sampler,
     faults: Faults,
@@ -206,6 +247,11 @@ struct Run<'a, B: AutodiffBackend, M: AutodiffModule<B>> {
     writer: Writer,
     last_eval: Option<EvalRecord>,
     checkpoint_stall_s: f64,
+    /// Steps skipped because their loss or gradient norm was not finite, in total and in a row.
+    nonfinite_steps: usize,
+    nonfinite_run: usize,
+    /// The model's parameter count.
+    parameters: usize,
 }
 
 /// Trains a model built by `init` on `data` according to `session`; returns the summary
@@ -228,9 +274,13 @@ where
             run_dir.display()
         ))
     })?;
-    std::fs::write(run_dir.join("recipe.resolved.toml"), oomph_recipe::to_toml_string(&recipe))?;
+    check_data_fits(&recipe, &session.origin, data)?;
+    let resolved = run_dir.join("recipe.resolved.toml");
+    std::fs::write(&resolved, oomph_recipe::to_toml_string(&recipe))
+        .map_err(|e| TrainError::io("writing", &resolved, &e))?;
     B::seed(&session.device, recipe.run.seed);
     let model = init(&session.device);
+    let parameters = model.num_params();
     let optim = Optim::new(&recipe.optimizer);
     let cfg = policy_config(&recipe);
     let policy = Policy::new(cfg.clone());
@@ -243,9 +293,10 @@ where
         optim: Some(optim),
         updates_done: 0,
         current: None,
+        phase: Phase::Forward,
         policy,
         sampler: Sampler::new(train_len, recipe.run.seed, true),
-        faults: Faults::new(recipe.faults.clone()),
+        faults: Faults::for_run(recipe.faults.clone(), &run_dir),
         step: 0,
         total,
         samples_seen: 0,
@@ -262,6 +313,9 @@ where
         writer: Writer { handle: None, pending: None },
         last_eval: None,
         checkpoint_stall_s: 0.0,
+        nonfinite_steps: 0,
+        nonfinite_run: 0,
+        parameters,
         s: session,
     };
     run.resume_if_any(cfg)?;
@@ -323,26 +377,32 @@ where
         self.write_current();
     }
 
-    /// `current.json`: the micro-batch in force, read by the supervisor after a worker died
-    /// without a word (SIGKILL from the OOM killer). Overwritten in place with one
-    /// fixed-length write (JSON allows the padding): 0.7 µs instead of 115 µs for a rename.
+    /// `current.json`: the step, phase and sizes in force, read by the supervisor after a
+    /// worker died without a word (see [`crate::current`]).
     fn write_current(&mut self) {
-        use std::os::unix::fs::FileExt;
-        let v = json!({ "pid": std::process::id(), "step": self.step + 1, "micro_batch": self.policy.limit() });
-        let mut line = v.to_string();
-        line.extend(std::iter::repeat_n(' ', 127usize.saturating_sub(line.len())));
-        line.push('\n');
         if self.current.is_none() {
-            self.current = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(self.s.run_dir.join("current.json"))
-                .ok();
+            self.current = CurrentFile::open(&self.s.run_dir.join("current.json"));
         }
-        if let Some(f) = &self.current {
-            let _ = f.write_all_at(line.as_bytes(), 0);
+        let checkpoint_step = self.writer.pending.as_ref().map(|p| p.0);
+        let c = Current {
+            pid: std::process::id(),
+            step: self.step + 1,
+            phase: phase_name(self.phase).to_string(),
+            micro_batch: self.policy.limit(),
+            eval_batch: self.eval_batch,
+            min_micro_batch: self.policy.bounds().0,
+            parameters: self.parameters,
+            checkpoint_step,
+        };
+        if let Some(f) = &mut self.current {
+            f.write(&c);
         }
+    }
+
+    /// Enters `phase` (recorded in `current.json`).
+    fn enter(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.write_current();
     }
 
     fn ckpt_root(&self) -> PathBuf {
@@ -355,18 +415,25 @@ where
             Resume::Auto => None,
             Resume::Step(s) => Some(s),
         };
-        let found = checkpoint::find(&self.ckpt_root(), want).map_err(TrainError::Checkpoint)?;
-        for w in &found.skipped {
-            tracing::warn!("skipping damaged checkpoint: {w}");
-            self.event("checkpoint_skipped", json!({ "message": w }));
+        let root = self.ckpt_root();
+        let found = checkpoint::find(&root, want).map_err(TrainError::Checkpoint)?;
+        for (dir, why) in &found.skipped {
+            // A damaged checkpoint never holds a retention slot: it leaves the namespace (kept
+            // for inspection).
+            let moved = checkpoint::set_aside(&root, dir, checkpoint::DAMAGED)
+                .map_err(|e| TrainError::io(e.op, &e.path, &e.source))?;
+            let line = format!("skipped damaged checkpoint ({why}); moved to {}", moved.display());
+            tracing::warn!("{line}");
+            self.s.banner.push(line);
+            self.event("checkpoint_skipped", json!({ "message": why, "moved_to": moved.display().to_string() }));
         }
         let Some(ck) = found.checkpoint else { return self.start_fresh() };
         let st = ck.state.clone();
-        let changes = ck
+        let old_recipe = ck
             .file("recipe.toml")
             .and_then(|b| std::str::from_utf8(b).ok())
-            .and_then(|t| oomph_recipe::parse(t, "checkpoint", &ck.dir, &[]).ok())
-            .map(|old| oomph_recipe::diff(&old, &self.s.recipe));
+            .and_then(|t| oomph_recipe::parse(t, "checkpoint", &ck.dir, &[]).ok());
+        let changes = old_recipe.as_ref().map(|old| oomph_recipe::diff(old, &self.s.recipe));
         if st.recipe_fingerprint != self.fingerprint {
             let listed = changes
                 .as_ref()
@@ -387,12 +454,44 @@ where
                 self.s.run_dir.display()
             )));
         }
+        if let Some(old) = &st.data {
+            let diffs = old.differences(&self.data.identity);
+            if !diffs.is_empty() {
+                return Err(TrainError::BadInput(format!(
+                    "{}: cannot resume the run in {}: its checkpoint (step {}) was trained on other data ({}). \
+                     Resuming would train the saved weights on data they were not built for. Fix: point data.path \
+                     back at the data the run was trained on, or train into a new --run-dir (or --resume never \
+                     --overwrite) to start over on this data.",
+                    self.s.origin,
+                    self.s.run_dir.display(),
+                    st.step,
+                    diffs.join("; ")
+                )));
+            }
+        }
+        if self.total < st.step {
+            return Err(TrainError::BadInput(format!(
+                "{}: the run length ({} steps) is below the checkpoint's step {} in {}: the run has already gone \
+                 further. Fix: set training.steps to at least {} (or training.epochs to match), or resume from an \
+                 earlier checkpoint with --resume STEP.",
+                self.s.origin,
+                self.total,
+                st.step,
+                ck.dir.display(),
+                st.step
+            )));
+        }
         for c in changes.unwrap_or_default() {
             if c.resumable {
                 let line = format!("changed on resume: {} {} -> {}", c.key, c.old, c.new);
                 tracing::info!("{line}");
                 self.s.banner.push(line);
             }
+        }
+        let old_total = st.total_steps.or_else(|| old_recipe.as_ref().map(|r| total_steps(r, self.data.train.len())));
+        if let Some(line) = old_total.and_then(|old| self.schedule_change(old, st.step)) {
+            tracing::info!("{line}");
+            self.s.banner.push(line);
         }
         let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
         let bad = |what: &str, e: String| {
@@ -408,25 +507,90 @@ where
                 .load_bytes(optim_bytes, &self.s.device)
                 .map_err(|e| bad("optim.mpk", e.to_string()))?,
         );
+        // One linear history: checkpoints later than the one resumed belong to an abandoned
+        // future. They leave the `step-N` namespace (kept under `abandoned/`), so retention,
+        // `--resume auto` and the final weights never pick them up.
+        let abandoned =
+            checkpoint::abandon_after(&root, st.step).map_err(|e| TrainError::io(e.op, &e.path, &e.source))?;
+        if !abandoned.is_empty() {
+            let names: Vec<String> = abandoned.iter().map(|s| checkpoint::dir_name(*s)).collect();
+            let line = format!(
+                "resuming from step {} abandons the later checkpoints {}: moved to {}",
+                st.step,
+                names.join(", "),
+                root.join(checkpoint::ABANDONED).display()
+            );
+            tracing::warn!("{line}");
+            self.s.banner.push(line);
+            self.event_at("abandoned", st.step, json!({ "steps": abandoned }));
+        }
         self.policy = Policy::from_state(cfg, st.policy.clone());
         self.sampler = Sampler::with_cursor(self.data.train.len(), st.seed, true, st.cursor);
         self.step = st.step;
         self.samples_seen = st.samples_seen;
-        self.eval_batch = st.eval_batch.max(1);
+        // The evaluation batch learned by the run (lowered after OOMs) holds unless the recipe
+        // now asks for another one.
+        let eval_changed =
+            old_recipe.as_ref().is_some_and(|r| r.training.eval_batch != self.s.recipe.training.eval_batch);
+        self.eval_batch = match (eval_changed, self.s.recipe.training.eval_batch) {
+            (true, Some(b)) => b,
+            (true, None) => self.policy.limit(),
+            (false, _) => st.eval_batch,
+        }
+        .max(1);
         self.last_loss = st.last_loss;
         self.oom_events = st.oom_events;
         self.recovery_s = st.recovery_s;
         self.wall_before = st.wall_s;
         self.resumes = st.resumes + 1;
+        self.nonfinite_steps = st.nonfinite_steps;
+        self.nonfinite_run = st.nonfinite_run;
         self.truncate_metrics(st.step)?;
         self.event_at("resume", st.step, json!({ "from_step": st.step, "checkpoint": ck.dir.display().to_string(), "micro_batch": self.policy.limit() }));
         self.s.banner.push(format!("resuming from {} (step {}/{})", ck.dir.display(), st.step, self.total));
         self.finish_resume()
     }
 
+    /// What a changed run length does to the learning-rate schedule, in one line (`None` when
+    /// the length did not change).
+    fn schedule_change(&self, old_total: usize, at: usize) -> Option<String> {
+        if old_total == self.total {
+            return None;
+        }
+        let r = &self.s.recipe;
+        let sched = &r.lr_schedule;
+        let next = at + 1;
+        let (was, now) =
+            (lr_at(next, old_total, r.optimizer.lr, sched), lr_at(next, self.total, r.optimizer.lr, sched));
+        Some(if sched.kind == "constant" {
+            format!(
+                "run length {old_total} -> {} steps: the learning rate is constant{}, so the schedule is unchanged",
+                self.total,
+                if sched.warmup_steps > 0 { " after its warmup" } else { "" }
+            )
+        } else {
+            format!(
+                "run length {old_total} -> {} steps: the {} schedule now decays over {} steps instead of {old_total}; \
+                 from step {next} the learning rate follows the new schedule ({was:.4e} -> {now:.4e} at step {next})",
+                self.total, sched.kind, self.total
+            )
+        })
+    }
+
     /// No checkpoint to resume from: lines a dead worker left in `metrics.jsonl` before its
-    /// first checkpoint are dropped, since every step is run again.
+    /// first checkpoint are dropped, since every step is run again, and checkpoints of an
+    /// earlier history (a library caller's `Resume::Never`) leave the namespace.
     fn start_fresh(&mut self) -> Result<(), TrainError> {
+        let root = self.ckpt_root();
+        let abandoned = checkpoint::abandon_after(&root, 0).map_err(|e| TrainError::io(e.op, &e.path, &e.source))?;
+        if !abandoned.is_empty() {
+            let line = format!(
+                "starting over abandons the existing checkpoints (steps {abandoned:?}): moved to {}",
+                root.join(checkpoint::ABANDONED).display()
+            );
+            tracing::warn!("{line}");
+            self.s.banner.push(line);
+        }
         self.truncate_metrics(0)?;
         self.finish_resume()
     }
@@ -436,6 +600,14 @@ where
             let evs = self.policy.lower_ceiling(m);
             self.policy_events(evs);
         }
+        if let Some(e) = self.s.lower_eval {
+            let to = (e / 2).max(1);
+            if to < self.eval_batch {
+                let from = self.eval_batch;
+                self.event("shrink", json!({ "from": from, "to": to, "reason": "worker_death", "scope": "eval" }));
+                self.eval_batch = to;
+            }
+        }
         self.write_current();
         Ok(())
     }
@@ -443,7 +615,11 @@ where
     /// Keeps only the metric lines up to `step` (steps after it are re-run).
     fn truncate_metrics(&mut self, step: usize) -> Result<(), TrainError> {
         let path = self.metrics.path().to_path_buf();
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(TrainError::io("reading", &path, &e)),
+        };
         let kept: Vec<&str> = text
             .lines()
             .filter(|l| {
@@ -453,13 +629,21 @@ where
                     .is_some_and(|s| s as usize <= step)
             })
             .collect();
-        let tmp = path.with_extension("jsonl.tmp");
         let mut body = kept.join("\n");
         if !body.is_empty() {
             body.push('\n');
         }
-        std::fs::write(&tmp, body)?;
-        std::fs::rename(&tmp, &path)?;
+        if body.len() == text.len() {
+            return Ok(());
+        }
+        let tmp = path.with_extension("jsonl.tmp");
+        let written = std::fs::write(&tmp, body)
+            .map_err(|e| TrainError::io("writing", &tmp, &e))
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| TrainError::io("renaming into place", &tmp, &e)));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         self.metrics = JsonLines::open_with(&path, METRICS_FLUSH)?;
         Ok(())
     }
@@ -473,7 +657,7 @@ where
         let mut lines = vec![
             format!("oomph: {} ({})", r.run.name, self.s.origin),
             format!("backend {} | run dir {}", self.s.backend_name, self.s.run_dir.display()),
-            format!("model {} | {} parameters", r.model.kind, fmt_count(self.model().num_params())),
+            format!("model {} | {} parameters", r.model.kind, fmt_count(self.parameters)),
             format!("data {}", info.description),
             format!(
                 "effective {} = {} chunk{} x {}{} | micro-batch min {} max {} (initial {}) | {} steps",
@@ -549,6 +733,7 @@ where
             let plan = self.policy.plan();
             let micro = plan[0];
             let t_attempt = Instant::now();
+            self.enter(Phase::Forward);
             B::seed(&self.s.device, step_seed(self.s.recipe.run.seed, step));
             let phase = Cell::new(Phase::Forward);
             let device = self.s.device.clone();
@@ -556,10 +741,11 @@ where
             let faults = &mut self.faults;
             let src = &self.data.train;
             let generation = oomph_sched::panics::generation();
+            let seed = self.s.recipe.run.seed;
             let out = attempt::<B, _>(&device, || {
-                accumulate::<B, M>(model, src, &indices, &plan, &device, step, faults, &phase, generation)
+                accumulate::<B, M>(model, src, &indices, &plan, &device, step, faults, &phase, generation, seed)
             });
-            let (grads, loss) = match out {
+            let (mut grads, loss, norm) = match out {
                 Ok(v) => v,
                 Err(f) => {
                     had_oom = true;
@@ -567,9 +753,15 @@ where
                     continue;
                 }
             };
-            let mut grads = grads;
+            if !(loss.is_finite() && norm.is_finite()) {
+                // Never let a non-finite loss or gradient reach the weights: the step is skipped.
+                drop(grads);
+                self.skip_step(step, loss, norm, lr, &plan, t0)?;
+                return Ok(had_oom);
+            }
+            self.enter(Phase::Optimizer);
             let phase = Cell::new(Phase::Optimizer);
-            let out = if self.updates_done == 0 {
+            let out = if self.updates_done == 0 && !self.s.first_update_in_place {
                 // The first update of a process allocates the optimizer state (Adam's moments):
                 // it runs on copies of the handles, so a failed update leaves the model and the
                 // optimizer untouched and is retried in-process.
@@ -578,16 +770,19 @@ where
                 let faults = &mut self.faults;
                 attempt::<B, _>(&device, || {
                     faults.check(step, Phase::Optimizer, 0);
-                    let norm = clip.map(|c| clip_global_norm::<B, M>(&model, &mut grads, c));
+                    if let Some(c) = clip {
+                        clip_to::<B, M>(&model, &mut grads, norm, c);
+                    }
                     let m = optim.step(lr, model, grads);
-                    (m, optim, norm)
+                    (m, optim)
                 })
             } else {
-                // Later updates consume the only handles, so the backend updates parameters and
-                // moments in place (no second copy: a lower memory peak, and faster). Simulated
-                // faults still fire before anything is touched; a real failure inside the update
-                // leaves a half-updated model, so the worker ends and the supervisor resumes
-                // from the newest checkpoint.
+                // Later updates (and, after a worker died inside an update, the first one too)
+                // consume the only handles, so the backend updates parameters and moments in
+                // place (no second copy: a lower memory peak, and faster). Simulated faults
+                // still fire before anything is touched; a real failure inside the update leaves
+                // a half-updated model, so the worker ends and the supervisor resumes from the
+                // newest checkpoint.
                 let faults = &mut self.faults;
                 match attempt::<B, _>(&device, || faults.check(step, Phase::Optimizer, 0)) {
                     Err(f) => Err(f),
@@ -595,9 +790,11 @@ where
                         let model = self.model.take().expect("model");
                         let mut optim = self.optim.take().expect("optimizer");
                         let updated = attempt::<B, _>(&device, move || {
-                            let norm = clip.map(|c| clip_global_norm::<B, M>(&model, &mut grads, c));
+                            if let Some(c) = clip {
+                                clip_to::<B, M>(&model, &mut grads, norm, c);
+                            }
                             let m = optim.step(lr, model, grads);
-                            (m, optim, norm)
+                            (m, optim)
                         });
                         match updated {
                             Ok(v) => Ok(v),
@@ -625,11 +822,11 @@ where
                 }
             };
             match out {
-                Ok((m, o, norm)) => {
+                Ok((m, o)) => {
                     self.model = Some(m);
                     self.optim = Some(o);
                     self.updates_done += 1;
-                    self.finish_step(step, loss, lr, &plan, t0, norm, had_oom)?;
+                    self.finish_step(step, loss, lr, &plan, t0, Some(norm), had_oom)?;
                     return Ok(had_oom);
                 }
                 Err(f) => {
@@ -648,8 +845,8 @@ where
                              parameters, {} MiB in float32, about 4x that for AdamW), independent of the \
                              micro-batch. Fix: a smaller model, `optimizer.kind = \"sgd\"`, or a device \
                              with more memory.",
-                            fmt_count(self.model().num_params()),
-                            self.model().num_params() * 4 / (1024 * 1024)
+                            fmt_count(self.parameters),
+                            self.parameters * 4 / (1024 * 1024)
                         );
                         self.event("give_up", json!({ "phase": "optimizer", "message": msg }));
                         return Err(TrainError::DoesNotFit(msg));
@@ -657,6 +854,74 @@ where
                 }
             }
         }
+    }
+
+    /// A step whose loss or gradient norm is not finite: no update; recorded as a skipped step
+    /// (its samples count as consumed, so resuming and the sampler stay in step); after
+    /// `training.max_nonfinite_steps` in a row the run stops.
+    fn skip_step(
+        &mut self,
+        step: usize,
+        loss: f64,
+        norm: f64,
+        lr: f64,
+        plan: &[usize],
+        t0: Instant,
+    ) -> Result<(), TrainError> {
+        self.nonfinite_steps += 1;
+        self.nonfinite_run += 1;
+        let n = self.s.recipe.training.effective_batch;
+        self.step = step;
+        self.samples_seen += n as u64;
+        let evs = self.policy.on_step_ok();
+        let rec = StepRecord {
+            kind: "step".into(),
+            step,
+            samples_seen: self.samples_seen,
+            loss,
+            lr,
+            micro_batch: plan[0],
+            chunks: plan.len(),
+            samples_per_sec: n as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+            wall_s: self.wall_before + self.wall(),
+            oom_events: self.oom_events,
+            grad_norm: norm.is_finite().then_some(norm),
+            skipped: true,
+            mem_used: None,
+            mem_reserved: None,
+            mem_total: None,
+        };
+        self.metrics.write(&rec)?;
+        self.s.observer.step(&rec, self.total);
+        self.event_at(
+            "nonfinite_step",
+            step,
+            json!({ "loss": loss.to_string(), "grad_norm": norm.to_string(), "lr": lr, "in_a_row": self.nonfinite_run }),
+        );
+        if !evs.is_empty() {
+            self.policy_events(evs);
+        }
+        crate::alloc::survived();
+        let limit = self.s.recipe.training.max_nonfinite_steps;
+        if self.nonfinite_run >= limit {
+            self.metrics.flush()?;
+            self.settle_writer()?;
+            let last_good = checkpoint::list(&self.ckpt_root())
+                .first()
+                .map(|(s, d)| format!("the newest checkpoint, {} (step {s}), holds finite weights", d.display()))
+                .unwrap_or_else(|| "no checkpoint was written yet".into());
+            let msg = format!(
+                "the run diverged: {} steps in a row (training.max_nonfinite_steps = {limit}) ended with a \
+                 non-finite loss or gradient norm, the last at step {step} (loss {loss}, gradient norm {norm}, \
+                 learning rate {lr:.4e}). None of them changed the weights; {last_good}. Fix: lower optimizer.lr, \
+                 set optimizer.grad_clip_norm or add warmup (lr_schedule.warmup_steps), and start over in a new \
+                 --run-dir (or --resume never --overwrite).",
+                self.nonfinite_run
+            );
+            self.event_at("diverged", step, json!({ "message": msg }));
+            return Err(TrainError::Diverged(msg));
+        }
+        Ok(())
     }
 
     /// Handles a failed attempt: non-OOM failures end the run as what they are; OOMs are
@@ -680,6 +945,7 @@ where
             Failure::Oom { message } => message,
         };
         cleanup::<B>(&self.s.device);
+        crate::alloc::survived();
         self.oom_events += 1;
         self.event("oom", json!({ "phase": phase_name(phase), "micro_batch": micro, "message": message }));
         if !probe::<B>(&self.s.device) {
@@ -723,6 +989,9 @@ where
         self.step = step;
         self.samples_seen += n as u64;
         self.last_loss = Some(loss);
+        self.nonfinite_run = 0;
+        // Any allocation failure noted during this step was survived.
+        crate::alloc::survived();
         let evs = self.policy.on_step_ok();
         let mem = self.s.memory.as_ref().and_then(|probe| probe());
         if let Some(m) = mem {
@@ -741,15 +1010,13 @@ where
             wall_s: self.wall_before + self.wall(),
             oom_events: self.oom_events,
             grad_norm,
+            skipped: false,
             mem_used: mem.map(|m| m.in_use),
             mem_reserved: mem.map(|m| m.reserved),
             mem_total: mem.map(|m| m.capacity),
         };
         self.metrics.write(&rec)?;
         self.s.observer.step(&rec, self.total);
-        if !loss.is_finite() {
-            self.event("non_finite_loss", json!({ "loss": loss.to_string() }));
-        }
         if step == 1 && self.s.recipe.micro_batch.initial == MicroInitial::Auto {
             self.event_at(
                 "auto_settled",
@@ -770,7 +1037,9 @@ where
         }
         let indices = eval_indices(src);
         loop {
-            let eb = self.eval_batch.min(indices.len()).max(1);
+            self.eval_batch = self.eval_batch.min(indices.len()).max(1);
+            let eb = self.eval_batch;
+            self.enter(Phase::Eval);
             let t = Instant::now();
             let inner = self.model().valid();
             let device = self.s.device.clone();
@@ -805,6 +1074,7 @@ where
                 }
                 Err(Failure::Oom { message }) => {
                     cleanup::<B>(&self.s.device);
+                    crate::alloc::survived();
                     self.oom_events += 1;
                     self.event("oom", json!({ "phase": "eval", "micro_batch": eb, "message": message }));
                     if eb <= 1 {
@@ -837,12 +1107,20 @@ where
             restarts: self.s.restarts,
             resumes: self.resumes,
             reason: reason.into(),
+            data: Some(self.data.identity.clone()),
+            total_steps: Some(self.total),
+            nonfinite_steps: self.nonfinite_steps,
+            nonfinite_run: self.nonfinite_run,
         }
     }
 
     /// Waits for the checkpoint write in flight and records its completion.
     fn settle_writer(&mut self) -> Result<(), TrainError> {
-        let (stall, written) = self.writer.wait()?;
+        let waited = self.writer.wait();
+        if self.writer.pending.is_none() {
+            self.write_current();
+        }
+        let (stall, written) = waited?;
         self.checkpoint_stall_s += stall;
         if let Some(w) = written {
             self.event_at(
@@ -868,10 +1146,23 @@ where
     }
 
     /// Snapshots the state on this thread (cheap: tensor handles) and serialises and writes
-    /// it on a background thread; waits for the previous write first.
+    /// it on a background thread; waits for the previous write first. Weights that are not
+    /// finite are never written: the step is refused with an event, and the checkpoints before
+    /// it stay the newest.
     fn checkpoint(&mut self, reason: &str) -> Result<(), TrainError> {
         self.metrics.flush()?;
         self.settle_writer()?;
+        self.enter(Phase::Checkpoint);
+        if !params_finite::<B, M>(self.model()) {
+            let msg = format!(
+                "the weights after step {} are not finite; no checkpoint is written, so the newest one stays the \
+                 last with finite weights",
+                self.step
+            );
+            tracing::warn!("{msg}");
+            self.event_at("checkpoint_refused", self.step, json!({ "reason": reason, "message": msg }));
+            return Ok(());
+        }
         let t = Instant::now();
         let record = self.model().clone().into_record();
         let optim = self.optim().clone();
@@ -880,13 +1171,27 @@ where
         let keep = self.s.recipe.checkpoint.keep;
         let recipe_text = oomph_recipe::to_toml_string(&self.s.recipe);
         let step = self.step;
+        let die = self.faults.checkpoint_death(step);
+        let simulate_full_disk = self.faults.disk_full(step);
+        let writer_root = root.clone();
         let handle = std::thread::Builder::new()
             .name("oomph-checkpoint".into())
             .spawn(move || {
+                crate::alloc::mark_checkpoint_thread();
+                if die {
+                    eprintln!("SIMULATION: faults.die_at ends the worker while writing the checkpoint of step {step}");
+                    crate::faults::simulated_allocation_death();
+                }
+                let failed = |what: &'static str, e: String| checkpoint::WriteError {
+                    op: what,
+                    path: writer_root.join(checkpoint::dir_name(step)),
+                    source: std::io::Error::other(e),
+                };
                 let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
-                let model = rec.record(record, ()).map_err(std::io::Error::other)?;
-                let optim = optim.to_bytes().map_err(std::io::Error::other)?;
-                let state = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
+                let model = rec.record(record, ()).map_err(|e| failed("serialising the model for", e.to_string()))?;
+                let optim = optim.to_bytes().map_err(|e| failed("serialising the optimizer for", e.to_string()))?;
+                let state = serde_json::to_vec_pretty(&state)
+                    .map_err(|e| failed("serialising the state for", e.to_string()))?;
                 let payload = Payload {
                     step,
                     files: vec![
@@ -895,13 +1200,15 @@ where
                         ("recipe.toml".into(), recipe_text.into_bytes()),
                         ("state.json".into(), state),
                     ],
+                    simulate_full_disk,
                 };
-                checkpoint::write(&root, &payload, keep)
+                checkpoint::write(&writer_root, &payload, keep)
             })
             .map_err(|e| TrainError::Failed(format!("cannot start the checkpoint writer: {e}")))?;
         self.writer.handle = Some(handle);
-        self.writer.pending = Some((step, reason.to_string(), t));
+        self.writer.pending = Some((step, reason.to_string(), t, root));
         self.checkpoint_stall_s += t.elapsed().as_secs_f64();
+        self.write_current();
         Ok(())
     }
 
@@ -928,12 +1235,14 @@ where
             recovery_s: self.recovery_s,
             restarts: self.s.restarts,
             resumes: self.resumes,
-            parameters: self.model().num_params(),
+            parameters: self.parameters,
             model_path: model_path.display().to_string(),
             checkpoint_stall_s: self.checkpoint_stall_s,
+            nonfinite_steps: self.nonfinite_steps,
         };
         let text = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Failed(e.to_string()))?;
-        std::fs::write(self.s.run_dir.join("summary.json"), text)?;
+        let path = self.s.run_dir.join("summary.json");
+        std::fs::write(&path, text).map_err(|e| TrainError::io("writing", &path, &e))?;
         let _ = std::fs::remove_file(self.s.run_dir.join("current.json"));
         self.s.observer.finish(&summary);
         Ok(summary)
@@ -949,7 +1258,8 @@ pub fn save_safetensors<B: Backend, M: Module<B>>(model: &M, path: &Path) -> Res
 
 /// The forward and backward passes of one attempt at a step: every chunk's loss sum is
 /// divided by the effective batch's total weight before its backward pass, so the summed
-/// gradients are those of the mean loss. Returns the gradients and the mean loss.
+/// gradients are those of the mean loss. Returns the gradients, the mean loss and the
+/// gradients' global L2 norm.
 #[allow(clippy::too_many_arguments)]
 fn accumulate<B, M>(
     model: &M,
@@ -961,33 +1271,41 @@ fn accumulate<B, M>(
     faults: &mut Faults,
     phase: &Cell<Phase>,
     generation: u64,
-) -> (GradientsParams, f64)
+    seed: u64,
+) -> (GradientsParams, f64, f64)
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Objective<B>,
 {
-    let mut batches = Vec::with_capacity(plan.len());
+    // Each chunk's batch is built when it runs (and once before, for its weight): host memory
+    // follows the micro-batch, not the effective batch.
+    let mut chunks = Vec::with_capacity(plan.len());
     let mut offset = 0;
     for &size in plan {
-        batches.push(src.batch(&indices[offset..offset + size]));
+        chunks.push(&indices[offset..offset + size]);
         offset += size;
     }
-    let total: f64 = batches.iter().map(|b| model.weight(b)).sum();
+    let total: f64 = chunks.iter().map(|c| model.weight(&src.batch(c))).sum();
     let scale = 1.0 / total.max(f64::MIN_POSITIVE);
     let mut acc = GradientsAccumulator::<M>::new();
     let mut single = None;
     let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
-    for batch in &batches {
+    for chunk in &chunks {
+        let batch = src.batch(chunk);
         phase.set(Phase::Forward);
         faults.check(step, Phase::Forward, batch.len());
-        let loss = model.loss(batch, device).sum.mul_scalar(scale);
+        let mut loss = random::with_chunk(seed, step, chunk, || model.loss(&batch, device)).sum.mul_scalar(scale);
+        if faults.nan_loss(step) {
+            loss = loss.mul_scalar(f64::NAN);
+        }
+        drop(batch);
         let detached = loss.clone().inner();
         loss_sum = Some(match loss_sum {
             Some(t) => t + detached,
             None => detached,
         });
         phase.set(Phase::Backward);
-        faults.check(step, Phase::Backward, batch.len());
+        faults.check(step, Phase::Backward, chunk.len());
         let grads = GradientsParams::from_grads(loss.backward(), model);
         // A device allocation that failed on another thread (cubecl's runner) surfaces here,
         // at the end of the micro-batch, rather than after the remaining chunks.
@@ -1001,8 +1319,17 @@ where
         }
     }
     let grads = single.unwrap_or_else(|| acc.grads());
-    let loss = loss_sum.map(|t| t.into_scalar().elem::<f64>()).unwrap_or(f64::NAN);
-    (grads, loss)
+    // The loss and the gradients' squared norm come back in one device read.
+    let sq = sq_norm::<B, M>(model, &grads);
+    let (loss, norm) = match (loss_sum, sq) {
+        (Some(l), Some(q)) => {
+            let v: Vec<f64> = Tensor::cat(vec![l, q], 0).into_data().iter::<f64>().collect();
+            (v[0], v[1].sqrt())
+        }
+        (Some(l), None) => (l.into_scalar().elem::<f64>(), 0.0),
+        (None, _) => (f64::NAN, f64::NAN),
+    };
+    (grads, loss, norm)
 }
 
 /// Indices evaluated: every sample for tabular data, non-overlapping windows for text.

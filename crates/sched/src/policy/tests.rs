@@ -37,10 +37,25 @@ fn check_invariants(p: &Policy) {
     assert_eq!(s.history.last(), Some(&s.limit));
 }
 
+/// `ceil(log2(x))` for `x >= 1`.
+fn ceil_log2(x: usize) -> usize {
+    (usize::BITS - x.max(1).saturating_sub(1).leading_zeros()) as usize
+}
+
+/// The most out-of-memory failures the first step of an automatic start may take: a halving
+/// per power of two between the bounds, each possibly preceded by one predicted-fit shrink,
+/// plus the final failure at the lower bound and one failed growth in a restored state.
+fn search_bound(p: &Policy) -> usize {
+    let (lo, hi) = p.bounds();
+    2 * ceil_log2(hi.div_ceil(lo)) + 3
+}
+
 /// Runs one optimizer step on a device where micro-batches larger than `capacity` fail.
 /// Checks the per-call rules as it goes and returns what happened.
 fn run_step(p: &mut Policy, capacity: usize, log: &mut Vec<Event>) -> StepOutcome {
     let n = p.config().effective_batch;
+    let searching = p.is_searching();
+    let budget = if searching { search_bound(p) } else { p.config().max_retries_per_step };
     let mut ooms = 0;
     loop {
         let plan = p.plan();
@@ -53,7 +68,7 @@ fn run_step(p: &mut Policy, capacity: usize, log: &mut Vec<Event>) -> StepOutcom
                 match p.on_oom(m, None) {
                     Ok(events) => {
                         assert!(p.limit() < m && p.limit() < before, "after an OOM at {m} the limit is {}", p.limit());
-                        assert!(ooms <= p.config().max_retries_per_step);
+                        assert!(ooms <= budget, "{ooms} OOMs, budget {budget} (searching: {searching})");
                         log.extend(events);
                         check_invariants(p);
                     }
@@ -64,6 +79,7 @@ fn run_step(p: &mut Policy, capacity: usize, log: &mut Vec<Event>) -> StepOutcom
                                 assert!(capacity < p.bounds().0, "gave up at min with capacity {capacity}: {g}")
                             }
                             GiveUpKind::TooManyRetries => {
+                                assert!(!searching, "the automatic start gave up on its budget: {g}");
                                 assert_eq!(ooms, p.config().max_retries_per_step + 1)
                             }
                         }
@@ -279,15 +295,19 @@ fn gives_up_when_min_does_not_fit() {
 }
 
 #[test]
-fn gives_up_after_too_many_retries_in_one_step() {
-    let mut p = Policy::new(cfg(1024, 1, 1024, None, 10, 3));
+fn fixed_initial_gives_up_after_too_many_retries_in_one_step() {
+    // A fixed initial size keeps the per-step budget: the fourth failure gives up.
+    let mut p = Policy::new(cfg(1024, 1, 1024, Some(1024), 10, 3));
+    assert!(!p.is_searching());
     for _ in 0..3 {
         p.on_oom(p.limit(), None).unwrap();
     }
     assert_eq!(p.limit(), 128);
     let g = p.on_oom(128, None).unwrap_err();
     assert_eq!(g.kind, GiveUpKind::TooManyRetries);
-    assert!(g.to_string().contains("`micro_batch.max_retries_per_step` = 3"), "{g}");
+    let text = g.to_string();
+    assert!(text.contains("`micro_batch.max_retries_per_step` = 3"), "{text}");
+    assert!(text.contains("the first step, started at `micro_batch.initial` = 1024"), "{text}");
     // The state still learnt the smaller size.
     assert_eq!(p.limit(), 64);
     // A new step starts a new budget.
@@ -486,8 +506,9 @@ proptest! {
                 check_invariants(&p);
                 prop_assert!(p.limit() < failed || p.exhausted());
             }
+            let budget = if p.is_searching() { search_bound(&p) } else { retries + 1 };
             let out = run_step(&mut p, capacity_at(&sched, step), &mut log);
-            prop_assert!(out.ooms <= retries + 1);
+            prop_assert!(out.ooms <= budget, "{} OOMs, budget {}", out.ooms, budget);
             if out.result.is_err() {
                 break;
             }
@@ -578,4 +599,138 @@ fn oom_during_probation_is_a_failed_growth() {
     let ev = p.on_oom(32, None).unwrap();
     assert_eq!(ev, vec![Event::Shrink { from: 32, to: 16, reason: ShrinkReason::Halved }]);
     assert_eq!(p.state().backoff, 0);
+}
+
+// ------------------------------------------- the automatic start is searched, not budgeted
+
+/// Regression: with `initial = auto` the first step used to give up after
+/// `max_retries_per_step + 1` out-of-memory failures (1024 -> ... -> 4 is nine of them with
+/// the default budget of 8) although size 2 fits.
+#[test]
+fn auto_start_is_not_capped_by_the_retry_budget() {
+    let mut p = Policy::new(cfg(1024, 1, 1024, None, 50, 8));
+    let capacity = 3;
+    let mut ooms = 0;
+    while let Some(&m) = p.plan().iter().find(|&&m| m > capacity) {
+        ooms += 1;
+        p.on_oom(m, None).unwrap_or_else(|g| panic!("gave up after {ooms} OOMs at {m}: {g}"));
+        check_invariants(&p);
+    }
+    p.on_step_ok();
+    assert!(p.limit() <= capacity && p.plan().iter().all(|&m| m <= capacity), "{:?}", p.state());
+    // 1024 -> 512 -> ... -> 4 -> 2: nine halvings, none of them a give-up.
+    assert_eq!((p.limit(), ooms), (2, 9));
+    assert_eq!(p.state().steps, 1);
+}
+
+#[test]
+fn auto_start_keeps_the_budget_after_its_first_step() {
+    let mut p = Policy::new(cfg(1024, 1, 1024, None, 0, 3));
+    assert!(p.is_searching());
+    let mut log = Vec::new();
+    run_step(&mut p, 1024, &mut log).result.unwrap();
+    assert!(!p.is_searching());
+    // Memory drops to 3 samples: a later step has the ordinary per-step budget.
+    let out = run_step(&mut p, 3, &mut log);
+    let g = out.result.unwrap_err();
+    assert_eq!((g.kind, out.ooms), (GiveUpKind::TooManyRetries, 4));
+    assert!(g.to_string().contains("1 step(s) had completed before this one"), "{g}");
+    assert_eq!(p.limit(), 64);
+}
+
+#[test]
+fn auto_start_search_survives_a_restart() {
+    let restart = |p: &Policy| {
+        let json = serde_json::to_string(p.state()).unwrap();
+        Policy::from_state(p.config().clone(), serde_json::from_str(&json).unwrap())
+    };
+    let mut p = Policy::new(cfg(1024, 1, 1024, None, 50, 2));
+    for _ in 0..3 {
+        p.on_oom(p.limit(), None).unwrap();
+    }
+    assert_eq!(p.limit(), 128);
+    // A state saved mid-search (`checkpoint.on_oom`) resumes the search, still without a budget.
+    let mut p = restart(&p);
+    assert!(p.is_searching());
+    let mut log = Vec::new();
+    let out = run_step(&mut p, 100, &mut log);
+    out.result.unwrap();
+    assert_eq!((out.ooms, p.limit(), p.state().steps), (1, 64, 1));
+    // Once a step has completed, a restored policy keeps the per-step budget.
+    let mut p = restart(&p);
+    assert!(!p.is_searching());
+    for _ in 0..2 {
+        p.on_oom(p.limit(), None).unwrap();
+    }
+    assert_eq!(p.on_oom(p.limit(), None).unwrap_err().kind, GiveUpKind::TooManyRetries);
+    // A worker that dies of memory during the search is restarted still searching.
+    let mut p = Policy::new(cfg(1024, 1, 1024, None, 50, 2));
+    p.lower_ceiling(1024);
+    let mut p = restart(&p);
+    assert!(p.is_searching());
+    run_step(&mut p, 3, &mut log).result.unwrap();
+    assert_eq!(p.limit(), 2);
+}
+
+#[test]
+fn auto_start_gives_up_only_when_min_fails_and_says_so() {
+    let mut p = Policy::new(cfg(1024, 4, 1024, None, 50, 8));
+    let mut log = Vec::new();
+    let out = run_step(&mut p, 2, &mut log);
+    let g = out.result.unwrap_err();
+    // 1024, 512, ..., 4: nine sizes tried, more than the per-step budget, yet only the
+    // minimum's failure ends the search.
+    assert_eq!((g.kind, g.micro, g.min, out.ooms), (GiveUpKind::MinDoesNotFit, 4, 4, 9));
+    let text = g.to_string();
+    assert!(text.contains("searched down from 1024 sample(s) to 4 in the first step"), "{text}");
+    assert!(text.contains("without finding a size that fits"), "{text}");
+    assert!(!text.contains("max_retries_per_step"), "{text}");
+    assert!(p.exhausted());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// An automatic start settles on a fitting, achievable size in its first step whatever the
+    /// capacity, within a logarithmic number of failures, even with a misleading memory model
+    /// (predicted-fit shrinks) and a restart from the saved state in the middle of the search.
+    #[test]
+    fn auto_start_settles_on_a_fitting_size(
+        (n, capacity) in (1usize..=100_000).prop_flat_map(|n| (Just(n), 1..=n)),
+        retries in 0usize..12,
+        model in prop::option::of((0u64..1 << 30, 1u64..1 << 20, 1u64..1 << 36)),
+        restart_after in prop::option::of(0usize..20),
+    ) {
+        let mut p = Policy::new(cfg(n, 1, n, None, 50, retries));
+        if let Some((fixed, per, cap)) = model {
+            for m in [1, 2] {
+                p.observe_memory(m, fixed + per * m as u64, cap);
+            }
+        }
+        let mut ooms = 0;
+        while let Some(&m) = p.plan().iter().find(|&&m| m > capacity) {
+            prop_assert!(p.is_searching());
+            if restart_after == Some(ooms) {
+                let json = serde_json::to_string(p.state()).unwrap();
+                p = Policy::from_state(p.config().clone(), serde_json::from_str(&json).unwrap());
+            }
+            ooms += 1;
+            let before = p.limit();
+            let res = p.on_oom(m, None);
+            prop_assert!(res.is_ok(), "gave up after {} OOMs at {}: {:?}", ooms, m, res);
+            prop_assert!(p.limit() < before);
+            check_invariants(&p);
+        }
+        p.on_step_ok();
+        check_invariants(&p);
+        prop_assert!(!p.is_searching());
+        prop_assert!(is_achievable(n, p.limit()) && p.limit() <= capacity);
+        prop_assert!(p.plan().iter().all(|&m| m <= capacity));
+        prop_assert!(ooms <= 2 * ceil_log2(n) + 3, "{} OOMs for N = {}", ooms, n);
+        if model.is_none() {
+            // Plain halving: one failure per power of two, and never below half the capacity.
+            prop_assert!(ooms <= ceil_log2(n), "{} OOMs for N = {}", ooms, n);
+            prop_assert!(p.limit() >= max_chunk(n, (capacity + 1).div_ceil(2)));
+        }
+    }
 }

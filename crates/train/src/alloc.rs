@@ -1,0 +1,148 @@
+//! A global-allocator wrapper that leaves a note when an allocation fails.
+//!
+//! A failed host allocation aborts a Rust process ("memory allocation of N bytes failed",
+//! SIGABRT) before any Rust code can react. The wrapper writes `alloc-failure <bytes>` to a
+//! file the worker opened at start (with `write(2)` only: no allocation, async-signal-safe),
+//! so the supervisor can tell a memory death from any other abort. Declare it in your binary:
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static ALLOC: oomph_train::alloc::TrackingAllocator = oomph_train::alloc::TrackingAllocator;
+//!
+//! fn main() {}
+//! ```
+//!
+//! A failure the process survives (a fallible allocation, a backend that turns it into an
+//! error) must not make a later, unrelated abort look like a memory death: the trainer calls
+//! [`survived`] after every step and every recovered out-of-memory, which clears the note.
+//! A failure on the checkpoint writer thread is noted as such (`alloc-failure N checkpoint`),
+//! so the supervisor blames the checkpoint, not the micro-batch.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+static DEATH_FD: AtomicI32 = AtomicI32::new(-1);
+/// Whether a note has been written since it was last cleared.
+static NOTED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Set on the checkpoint writer thread.
+    static IN_CHECKPOINT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The system allocator plus a note on failure.
+pub struct TrackingAllocator;
+
+fn note_failure(size: usize) {
+    let fd = DEATH_FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    let mut buf = [0u8; 64];
+    let prefix = b"alloc-failure ";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 24];
+    let mut n = size;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let d = &digits[i..];
+    let mut end = prefix.len() + d.len();
+    buf[prefix.len()..end].copy_from_slice(d);
+    if IN_CHECKPOINT.try_with(Cell::get).unwrap_or(false) {
+        let tag = b" checkpoint";
+        buf[end..end + tag.len()].copy_from_slice(tag);
+        end += tag.len();
+    }
+    buf[end] = b'\n';
+    NOTED.store(true, Ordering::Relaxed);
+    // SAFETY: writing a stack buffer to a file descriptor we own, at offset 0 (one line).
+    unsafe {
+        libc::pwrite(fd, buf.as_ptr().cast(), end + 1, 0);
+    }
+}
+
+// SAFETY: delegates every call to `System`; only observes null results.
+unsafe impl GlobalAlloc for TrackingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc(layout) };
+        if p.is_null() {
+            note_failure(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if p.is_null() {
+            note_failure(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if p.is_null() {
+            note_failure(new_size);
+        }
+        p
+    }
+}
+
+/// Marks this thread as the checkpoint writer: an allocation failure on it is noted as a
+/// checkpoint's.
+pub fn mark_checkpoint_thread() {
+    IN_CHECKPOINT.with(|c| c.set(true));
+}
+
+/// The process survived every allocation failure noted so far: clears the note. Cheap when
+/// nothing was noted (one atomic load).
+pub fn survived() {
+    if NOTED.swap(false, Ordering::Relaxed) {
+        let fd = DEATH_FD.load(Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: truncating a file descriptor we own.
+            unsafe {
+                libc::ftruncate(fd, 0);
+            }
+        }
+    }
+}
+
+/// What a worker's note says: the size of the allocation that failed and whether it failed
+/// on the checkpoint writer thread. `None` when the note is empty (no memory death).
+pub fn read_note(path: &std::path::Path) -> Option<(u64, bool)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().next()?;
+    let rest = line.strip_prefix("alloc-failure ")?;
+    let mut words = rest.split_whitespace();
+    let bytes = words.next()?.parse().ok()?;
+    Some((bytes, words.next() == Some("checkpoint")))
+}
+
+/// Opens (truncating) the file that receives allocation-failure notes.
+pub fn arm(path: &std::path::Path) {
+    use std::os::unix::io::IntoRawFd;
+    if let Ok(f) = std::fs::File::create(path) {
+        let old = DEATH_FD.swap(f.into_raw_fd(), Ordering::SeqCst);
+        if old >= 0 {
+            // SAFETY: we own the previous descriptor.
+            unsafe { libc::close(old) };
+        }
+    }
+}

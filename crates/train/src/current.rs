@@ -1,0 +1,120 @@
+//! `current.json`: what a worker is doing right now (step, phase, sizes in force), for the
+//! supervisor to read after the worker died without a word (SIGKILL from the OOM killer, an
+//! aborted allocation). It is a fixed-length file mapped into memory, so an update is a
+//! memory copy, not a system call (the loop updates it at every phase change); the kernel
+//! keeps the page when the process dies, so the supervisor reads what was last written.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Length of the file: the JSON object padded with spaces (JSON allows them), then `\n`.
+const LEN: usize = 512;
+
+/// What `current.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Current {
+    /// The worker's process id.
+    pub pid: u32,
+    /// The optimizer step in progress (1-based).
+    pub step: usize,
+    /// `forward`, `backward`, `optimizer`, `eval` or `checkpoint` (the main thread's phase;
+    /// a checkpoint written in the background is `checkpoint_step`).
+    pub phase: String,
+    /// The training micro-batch limit in force.
+    pub micro_batch: usize,
+    /// The evaluation micro-batch in force.
+    pub eval_batch: usize,
+    /// The smallest training micro-batch the recipe allows.
+    pub min_micro_batch: usize,
+    /// Model parameters (for the memory report).
+    pub parameters: usize,
+    /// The step whose checkpoint is being written in the background, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_step: Option<usize>,
+}
+
+/// The mapped `current.json` of a running worker.
+pub struct CurrentFile {
+    ptr: *mut u8,
+    last: Current,
+}
+
+impl CurrentFile {
+    /// Creates (or reuses) `path` and maps it; `None` when that fails (the supervisor then
+    /// knows less, training goes on).
+    pub fn open(path: &Path) -> Option<Self> {
+        use std::os::unix::io::AsRawFd;
+        let f = std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(path).ok()?;
+        f.set_len(LEN as u64).ok()?;
+        // SAFETY: mapping LEN bytes of a file we just sized to LEN; the mapping outlives the
+        // descriptor (closed when `f` drops), as mmap(2) allows.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return None;
+        }
+        Some(Self { ptr: ptr.cast(), last: Current::default() })
+    }
+
+    /// Writes `c` unless it is what the file already holds.
+    pub fn write(&mut self, c: &Current) {
+        if *c == self.last {
+            return;
+        }
+        let mut text = serde_json::to_string(c).unwrap_or_default();
+        if text.len() >= LEN {
+            return;
+        }
+        text.extend(std::iter::repeat_n(' ', LEN - 1 - text.len()));
+        text.push('\n');
+        // SAFETY: `ptr` maps LEN writable bytes and `text` is exactly LEN bytes long.
+        unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), self.ptr, LEN) };
+        self.last = c.clone();
+    }
+
+    /// What was last written.
+    pub fn last(&self) -> &Current {
+        &self.last
+    }
+}
+
+impl Drop for CurrentFile {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in `open`.
+        unsafe { libc::munmap(self.ptr.cast(), LEN) };
+    }
+}
+
+/// Reads a worker's `current.json` (`None` when absent or unreadable).
+pub fn read(path: &Path) -> Option<Current> {
+    serde_json::from_str(std::fs::read_to_string(path).ok()?.trim()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_through_the_mapping_and_read_back() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("current.json");
+        let mut f = CurrentFile::open(&p).unwrap();
+        let mut c = Current { pid: 7, step: 3, phase: "forward".into(), micro_batch: 16, ..Default::default() };
+        f.write(&c);
+        assert_eq!(read(&p), Some(c.clone()));
+        c.phase = "optimizer".into();
+        c.checkpoint_step = Some(2);
+        f.write(&c);
+        drop(f);
+        assert_eq!(read(&p), Some(c));
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), LEN as u64);
+    }
+}

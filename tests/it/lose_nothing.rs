@@ -1,0 +1,648 @@
+//! The failure paths around the first-order ones: restarts, resumes, retention, non-finite
+//! steps, evaluation deaths, full disks, double launches. Each test drives the real binary
+//! (supervisor and worker) on a tiny run in a temp dir; simulated failures come from the
+//! `[faults]` section, real ones from resource limits.
+
+use crate::accumulation::TOL;
+use crate::util::*;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The run these tests disturb: a small MLP, AdamW at a constant learning rate, a
+/// micro-batch of 16 in an effective batch of 32, checkpoints every 2 steps, 3 kept.
+const BASE: &str = r#"
+[run]
+name = "lose"
+seed = 5
+[model]
+kind = "mlp"
+hidden = [32]
+[data]
+kind = "synthetic"
+samples = 400
+features = 8
+classes = 3
+[optimizer]
+kind = "adamw"
+lr = 0.01
+[training]
+steps = 12
+effective_batch = 32
+eval_every = 4
+[micro_batch]
+initial = 16
+grow_after = 1000
+[checkpoint]
+every = 2
+keep = 3
+"#;
+
+/// A recipe file and the runs made from it, in one temp dir.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub recipe: PathBuf,
+}
+
+impl Fixture {
+    /// A fixture for `text` (a recipe).
+    pub fn new(text: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = write_recipe(dir.path(), "r.toml", text);
+        Self { dir, recipe }
+    }
+
+    /// The run directory named `name`.
+    pub fn run(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `oomph train RECIPE --run-dir RUN ARGS...` (supervised unless ARGS say otherwise).
+    pub fn cmd(&self, name: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_oomph"));
+        c.arg("train").arg(&self.recipe).arg("--run-dir").arg(self.run(name)).args(args).current_dir(root());
+        c
+    }
+
+    /// Runs `cmd` to completion.
+    pub fn train(&self, name: &str, args: &[&str]) -> Output {
+        self.cmd(name, args).output().expect("run oomph")
+    }
+
+    /// Trains `name` undisturbed in one process and asserts it finished.
+    pub fn reference(&self, name: &str, args: &[&str]) -> PathBuf {
+        let mut a = vec!["--no-supervise"];
+        a.extend_from_slice(args);
+        let o = self.train(name, &a);
+        assert!(o.status.success(), "{}", text(&o));
+        self.run(name)
+    }
+}
+
+/// Events of `kind` in a run directory.
+pub fn events(run: &Path, kind: &str) -> Vec<serde_json::Value> {
+    lines(&run.join("events.jsonl")).into_iter().filter(|v| v["kind"] == kind).collect()
+}
+
+/// The step numbers of `metrics.jsonl`'s step lines, in file order.
+pub fn step_lines(run: &Path) -> Vec<u64> {
+    lines(&run.join("metrics.jsonl"))
+        .iter()
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect()
+}
+
+/// Checkpoint steps that count, highest first.
+fn checkpoint_steps(run: &Path) -> Vec<usize> {
+    oomph::train::checkpoint::list(&run.join("checkpoints")).iter().map(|c| c.0).collect()
+}
+
+/// Asserts two runs' final tensors are equal bit for bit.
+pub fn assert_same_bits(a: &Path, b: &Path) {
+    let (ta, tb) = (tensors(&a.join("model.safetensors")), tensors(&b.join("model.safetensors")));
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    for (k, va) in &ta {
+        let same = va.iter().zip(&tb[k]).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{k} differs between {} and {}", a.display(), b.display());
+    }
+}
+
+/// No `*.tmp` file or directory anywhere under `dir`.
+pub fn assert_no_tmp(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        assert!(!name.ends_with(".tmp"), "{} was left behind", e.path().display());
+        if e.path().is_dir() {
+            assert_no_tmp(&e.path());
+        }
+    }
+}
+
+/// `--set faults.die_at=[{step=S, phase="P"}]`.
+fn die_at(step: usize, phase: &str) -> String {
+    format!("faults.die_at=[{{step={step}, phase=\"{phase}\"}}]")
+}
+
+#[test]
+fn a_restarted_worker_resumes_from_the_newest_checkpoint_even_after_resume_never() {
+    let f = Fixture::new(BASE);
+    let reference = f.reference("reference", &[]);
+    let die = die_at(7, "forward");
+    let o = f.train("never", &["--resume", "never", "--set", &die]);
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    let run = f.run("never");
+    let restarts = events(&run, "restart");
+    assert_eq!(restarts.len(), 1, "{all}");
+    assert_eq!(restarts[0]["phase"], "forward");
+    let resumes: Vec<u64> = events(&run, "resume").iter().map(|v| v["from_step"].as_u64().unwrap()).collect();
+    assert_eq!(resumes, vec![6], "the restarted worker resumed from step 6, not from scratch: {all}");
+    assert_eq!(step_lines(&run), (1..=12).collect::<Vec<_>>(), "each step once in metrics.jsonl");
+    // The death lowered the micro-batch (16 -> 8): equal within the accumulation tolerance.
+    let diff = max_param_diff(&reference, &run);
+    assert!(diff < TOL, "differs from the undisturbed run by {diff:e}");
+}
+
+#[test]
+fn a_restarted_worker_resumes_this_runs_newest_checkpoint_not_the_step_the_first_was_given() {
+    let f = Fixture::new(BASE);
+    let reference = f.reference("reference", &[]);
+    let o = f.train("run", &["--no-supervise", "--set", "training.steps=8"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(checkpoint_steps(&f.run("run")), vec![8, 6, 4]);
+    // From step 4, to 12: the first worker abandons 6 and 8 and writes 6, 8, 10 (step-4 leaves
+    // by retention), then dies inside the update of step 11; its successor must not look for
+    // step-4 again.
+    let die = die_at(11, "optimizer");
+    let o = f.train("run", &["--resume", "4", "--set", &die]);
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    let run = f.run("run");
+    let resumes: Vec<u64> = events(&run, "resume").iter().map(|v| v["from_step"].as_u64().unwrap()).collect();
+    assert_eq!(resumes, vec![4, 10], "{all}");
+    let restart = &events(&run, "restart")[0];
+    assert_eq!(restart["phase"], "optimizer");
+    assert!(restart["action"].as_str().unwrap().contains("in place"), "{restart}");
+    // A death in the update changes no size: the run is the reference, bit for bit.
+    for v in lines(&run.join("metrics.jsonl")).iter().filter(|v| v["kind"] == "step") {
+        assert_eq!(v["micro_batch"], 16, "{v}");
+    }
+    assert_same_bits(&reference, &run);
+}
+
+#[test]
+fn resuming_from_an_earlier_step_starts_one_linear_history() {
+    let f = Fixture::new(BASE);
+    let reference = f.reference("reference", &["--set", "training.steps=10"]);
+    let run = f.run("run");
+    assert!(f.train("run", &["--no-supervise"]).status.success());
+    assert_eq!(checkpoint_steps(&run), vec![12, 10, 8]);
+    let o = f.train("run", &["--resume", "8", "--set", "training.steps=10"]);
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert!(all.contains("abandons the later checkpoints step-10, step-12"), "{all}");
+    assert_eq!(checkpoint_steps(&run), vec![10, 8], "the new history's checkpoints are the ones kept");
+    for s in [10, 12] {
+        assert!(run.join(format!("checkpoints/abandoned/step-{s}/manifest.json")).is_file(), "step-{s} is kept aside");
+    }
+    assert_same_bits(&reference, &run);
+    // The next automatic resume continues the new history, not the abandoned one.
+    let o = f.train("run", &["--set", "training.steps=10"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(events(&run, "resume").last().unwrap()["from_step"], 10);
+    assert_same_bits(&reference, &run);
+}
+
+#[test]
+fn a_damaged_checkpoint_leaves_the_namespace_and_holds_no_retention_slot() {
+    let f = Fixture::new(BASE);
+    let run = f.run("run");
+    assert!(f.train("run", &["--no-supervise", "--set", "training.steps=8"]).status.success());
+    let victim = run.join("checkpoints/step-8/model.mpk");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x10;
+    std::fs::write(&victim, bytes).unwrap();
+    let o = f.train("run", &["--set", "training.steps=12"]);
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert_eq!(events(&run, "resume")[0]["from_step"], 6);
+    assert!(run.join("checkpoints/damaged/step-8").is_dir(), "{all}");
+    assert_eq!(checkpoint_steps(&run), vec![12, 10, 8], "three intact checkpoints are kept");
+}
+
+/// A character text with the given alphabet, `n` characters long.
+fn text_file(dir: &Path, name: &str, alphabet: &str, n: usize) -> PathBuf {
+    let chars: Vec<char> = alphabet.chars().collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let body: String = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chars[(x % chars.len() as u64) as usize]
+        })
+        .collect();
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+const GPT: &str = r#"
+[run]
+name = "gpt"
+seed = 2
+[model]
+kind = "gpt"
+n_layer = 1
+n_head = 2
+d_model = 16
+seq_len = 8
+[data]
+kind = "text"
+path = "PATH"
+[optimizer]
+kind = "adamw"
+lr = 0.003
+[lr_schedule]
+kind = "cosine"
+warmup_steps = 1
+[training]
+steps = 4
+effective_batch = 8
+[checkpoint]
+every = 2
+"#;
+
+#[test]
+fn resume_checks_the_data_and_the_run_length() {
+    let d = tempfile::tempdir().unwrap();
+    let a = text_file(d.path(), "a.txt", "abcdefghijklmnopqrstuvwxyz .,;", 4000);
+    let b = text_file(d.path(), "b.txt", "0123456789", 4000);
+    let f = Fixture::new(&GPT.replace("PATH", a.to_str().unwrap()));
+    assert!(f.train("run", &["--no-supervise"]).status.success());
+    // Another file: refused with exit 2, naming what differs and the fix.
+    let other = format!("data.path={:?}", b.to_str().unwrap());
+    let o = f.train("run", &["--set", &other, "--set", "training.steps=6"]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{all}");
+    assert!(all.contains("vocabulary") && all.contains("--run-dir"), "{all}");
+    // The same bytes under another name are the same data.
+    let copy = d.path().join("copy.txt");
+    std::fs::copy(&a, &copy).unwrap();
+    let same = format!("data.path={:?}", copy.to_str().unwrap());
+    // A run length below the checkpoint's step is an error, not a silent no-op.
+    let o = f.train("run", &["--set", &same, "--set", "training.steps=2"]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{all}");
+    assert!(all.contains("below the checkpoint's step 4"), "{all}");
+    // A longer run says what it does to the schedule.
+    let o = f.train("run", &["--set", &same, "--set", "training.steps=8"]);
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert!(all.contains("run length 4 -> 8 steps") && all.contains("cosine"), "{all}");
+}
+
+/// A wide MLP: a training micro-batch of 16 fits in 300 MiB of address space, an
+/// evaluation batch of 256 (forward only, but 256 rows of 262144 activations) does not.
+const WIDE_EVAL: &str = r#"
+[run]
+name = "wide-eval"
+seed = 1
+[model]
+kind = "mlp"
+hidden = [262144]
+[data]
+kind = "synthetic"
+samples = 1024
+features = 8
+classes = 3
+valid_fraction = 0.5
+[optimizer]
+kind = "sgd"
+lr = 0.05
+[training]
+steps = 4
+effective_batch = 16
+eval_every = 2
+eval_batch = 256
+[micro_batch]
+initial = 16
+grow_after = 1000
+[checkpoint]
+every = 1
+[supervisor]
+max_restarts = 4
+"#;
+
+#[test]
+fn a_death_in_evaluation_lowers_the_evaluation_batch_not_the_training_one() {
+    let f = Fixture::new(WIDE_EVAL);
+    let mut cmd = f.cmd("run", &[]);
+    let limit: libc::rlim_t = 300 << 20;
+    cmd.env("MALLOC_ARENA_MAX", "2");
+    // SAFETY: setrlimit in the child before exec; no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            let l = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    let run = f.run("run");
+    let restarts = events(&run, "restart");
+    assert!(!restarts.is_empty(), "evaluation at 256 must die under the limit: {all}");
+    for r in &restarts {
+        assert_eq!(r["phase"], "eval", "{r}");
+        assert!(r["cause"].as_str().unwrap().contains("host allocation"), "{r}");
+    }
+    for v in lines(&run.join("metrics.jsonl")) {
+        if v["kind"] == "step" {
+            assert_eq!(v["micro_batch"], 16, "training keeps its micro-batch: {v}");
+        } else {
+            assert!(v["eval_batch"].as_u64().unwrap() < 256, "{v}");
+        }
+    }
+}
+
+#[test]
+fn a_memory_death_at_the_smallest_size_stops_at_once_with_a_memory_report() {
+    let f = Fixture::new(BASE);
+    let die = die_at(3, "forward");
+    let o = f.train("run", &["--set", "micro_batch.min=16", "--set", &die]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{all}");
+    assert!(all.contains("micro_batch.min") && all.contains("Memory report"), "{all}");
+    let restarts = events(&f.run("run"), "restart");
+    assert_eq!(restarts.len(), 1, "no restart was spent: {all}");
+    assert_eq!(restarts[0]["action"], "stop");
+}
+
+#[test]
+fn a_non_finite_step_is_skipped_and_never_reaches_the_weights() {
+    let f = Fixture::new(BASE);
+    let o = f.train("run", &["--set", "faults.nan_at=[5]"]);
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    let run = f.run("run");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["nonfinite_steps"], 1);
+    assert_eq!(s["steps"], 12);
+    let step5: Vec<_> =
+        lines(&run.join("metrics.jsonl")).into_iter().filter(|v| v["step"] == 5 && v["kind"] == "step").collect();
+    assert_eq!(step5.len(), 1);
+    assert_eq!(step5[0]["skipped"], true);
+    assert!(step5[0]["loss"].is_null(), "{}", step5[0]);
+    assert_eq!(events(&run, "nonfinite_step").len(), 1);
+    // The report keeps the skipped step.
+    let o = oomph(&["report", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    for t in tensors(&run.join("model.safetensors")).values() {
+        assert!(t.iter().all(|x| x.is_finite()));
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_with_exit_5_and_no_checkpoint_holds_non_finite_weights() {
+    let f = Fixture::new(BASE);
+    let o = f.train(
+        "run",
+        &[
+            "--set",
+            "optimizer.kind=sgd",
+            "--set",
+            "optimizer.lr=1e30",
+            "--set",
+            "checkpoint.every=1",
+            "--set",
+            "training.steps=40",
+        ],
+    );
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(5), "{all}");
+    assert!(all.contains("training.max_nonfinite_steps") && all.contains("learning rate"), "{all}");
+    let run = f.run("run");
+    let skipped = events(&run, "nonfinite_step");
+    assert_eq!(skipped.len(), 10, "the documented default: 10 in a row");
+    let r = recipe(BASE, &["optimizer.kind=sgd"]);
+    let data = data_for(&r);
+    let cfg: oomph::models::mlp::MlpConfig = oomph::recipe::params(&r.model.params, "model", "test").unwrap();
+    for (step, dir) in oomph::train::checkpoint::list(&run.join("checkpoints")) {
+        let v = oomph::train::checkpoint::verify(&dir).unwrap();
+        let model = oomph::models::mlp::init::<B>(&cfg, &data.info, &Default::default()).unwrap();
+        use oomph::burn::module::Module;
+        use oomph::burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+        let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
+        let record = Recorder::<B>::load(&rec, v.file("model.mpk").unwrap().to_vec(), &Default::default()).unwrap();
+        let model = model.load_record(record);
+        assert!(
+            oomph::train::optim::params_finite::<B, _>(&model),
+            "checkpoint of step {step} holds non-finite weights"
+        );
+    }
+}
+
+#[test]
+fn the_automatic_start_is_bounded_by_the_size_range_not_the_retry_budget() {
+    let o = oomph(&[
+        "train",
+        "configs/digits-mlp-debug.toml",
+        "--no-supervise",
+        "--run-dir",
+        tempfile::tempdir().unwrap().path().join("r").to_str().unwrap(),
+        "--set",
+        "training.effective_batch=1024",
+        "--set",
+        "micro_batch.initial=\"auto\"",
+        "--set",
+        "faults.simulate_memory_samples=3",
+        "--set",
+        "training.steps=2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn an_effective_batch_larger_than_the_training_split_is_refused_by_check_and_train() {
+    for cmd in ["check", "train"] {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("r");
+        let mut args = vec![cmd, "configs/digits-mlp-debug.toml", "--set", "training.effective_batch=1000000000000"];
+        if cmd == "train" {
+            args.extend(["--run-dir", run.to_str().unwrap()]);
+        }
+        let o = oomph(&args);
+        let all = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {all}");
+        assert!(all.contains("1000000000000") && all.contains("1438"), "{cmd}: names both sizes: {all}");
+    }
+}
+
+#[test]
+fn check_rejects_what_train_rejects() {
+    let o =
+        oomph(&["check", "configs/digits-mlp-debug.toml", "--set", "data.kind=\"synthetic\"", "--set", "data.noise=2"]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{all}");
+    assert!(all.contains("noise"), "{all}");
+    // A model that cannot take the data.
+    let o = oomph(&["check", "configs/digits-mlp-debug.toml", "--set", "model.kind=\"gpt\""]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn a_failed_checkpoint_write_loses_nothing_and_resume_auto_continues() {
+    let f = Fixture::new(BASE);
+    let reference = f.reference("reference", &[]);
+    let o = f.train("run", &["--set", "faults.disk_full_at=[6]"]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{all}");
+    assert!(all.contains("step-6.tmp") && all.contains("No space left on device") && all.contains("Fix:"), "{all}");
+    let run = f.run("run");
+    assert_no_tmp(&run);
+    assert_eq!(checkpoint_steps(&run), vec![4, 2]);
+    let o = f.train("run", &["--set", "faults.disk_full_at=[6]"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(events(&run, "resume")[0]["from_step"], 4);
+    assert_eq!(step_lines(&run), (1..=12).collect::<Vec<_>>());
+    assert_same_bits(&reference, &run);
+}
+
+#[test]
+fn a_write_error_while_resuming_names_the_file_and_leaves_no_temporary_file() {
+    let f = Fixture::new(BASE);
+    let run = f.run("run");
+    assert!(f.train("run", &["--no-supervise"]).status.success());
+    // Lose the newest checkpoints: resuming from step 8 drops the metric lines after it.
+    for s in [10, 12] {
+        std::fs::remove_dir_all(run.join(format!("checkpoints/step-{s}"))).unwrap();
+    }
+    let metrics = std::fs::metadata(run.join("metrics.jsonl")).unwrap().len();
+    let recipe_len = std::fs::metadata(run.join("recipe.resolved.toml")).unwrap().len();
+    // Files may not grow past this: the rewritten metrics.jsonl (2/3 of it) cannot be written.
+    let limit = (metrics / 2).max(recipe_len + 64);
+    assert!(limit < metrics * 2 / 3, "the fixture's metrics file is too small for this test");
+    let mut cmd = f.cmd("run", &["--no-supervise"]);
+    // SAFETY: setrlimit and signal in the child before exec; no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let l = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{all}");
+    assert!(all.contains("metrics.jsonl.tmp") && all.contains("File too large") && all.contains("Fix:"), "{all}");
+    assert_no_tmp(&run);
+    assert_eq!(std::fs::metadata(run.join("metrics.jsonl")).unwrap().len(), metrics, "nothing lost");
+}
+
+#[test]
+fn an_allocation_failure_that_was_survived_does_not_make_a_later_abort_a_memory_death() {
+    let f = Fixture::new(BASE);
+    let o = f.train(
+        "run",
+        &[
+            "--set",
+            "faults.oom_at=[{step=2, phase=\"forward\"}]",
+            "--set",
+            "faults.abort_at=[{step=4, phase=\"forward\"}]",
+        ],
+    );
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(128 + libc::SIGABRT), "{all}");
+    assert!(events(&f.run("run"), "restart").is_empty(), "an abort that is not a memory death is not restarted: {all}");
+    assert_eq!(events(&f.run("run"), "oom").len(), 1, "the survived failure happened");
+}
+
+/// Waits until `run`'s `current.json` names a worker that has done a few steps; returns its pid.
+fn running_worker(run: &Path, child: &mut std::process::Child) -> i32 {
+    let t = Instant::now();
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be disturbed");
+        assert!(t.elapsed() < Duration::from_secs(60), "no progress");
+        if let Some(c) = oomph::train::current::read(&run.join("current.json")) {
+            if c.step > 3 && c.pid != child.id() {
+                return c.pid as i32;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_ctrl_c_that_arrives_while_no_worker_runs_stops_the_run() {
+    let f = Fixture::new(BASE);
+    let mut child =
+        f.cmd("run", &["--set", "training.steps=100000"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let worker = running_worker(&f.run("run"), &mut child);
+    // The worker cannot react (stopped), the supervisor gets Ctrl-C, then the worker dies.
+    // SAFETY: kill(2) on our own processes.
+    unsafe {
+        libc::kill(worker, libc::SIGSTOP);
+        libc::kill(child.id() as i32, libc::SIGINT);
+        std::thread::sleep(Duration::from_millis(50));
+        libc::kill(worker, libc::SIGKILL);
+    }
+    let o = child.wait_with_output().unwrap();
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(130), "{all}");
+    assert!(events(&f.run("run"), "restart").is_empty(), "no worker was started after the interrupt: {all}");
+}
+
+#[test]
+fn a_sigkill_of_unknown_cause_is_restarted_and_said_so() {
+    let f = Fixture::new(BASE);
+    let reference = f.reference("reference", &["--set", "training.steps=300"]);
+    let mut child =
+        f.cmd("run", &["--set", "training.steps=300"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let worker = running_worker(&f.run("run"), &mut child);
+    // SAFETY: kill(2) on our own process.
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    let o = child.wait_with_output().unwrap();
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    let restarts = events(&f.run("run"), "restart");
+    assert_eq!(restarts.len(), 1, "{all}");
+    assert!(restarts[0]["cause"].as_str().unwrap().contains("cause unknown"), "{}", restarts[0]);
+    assert!(all.contains("cause unknown"), "the restart line says so: {all}");
+    let diff = max_param_diff(&reference, &f.run("run"));
+    assert!(diff < TOL, "{diff:e}");
+}
+
+#[test]
+fn a_second_command_on_a_running_run_directory_is_refused_and_report_and_inspect_still_work() {
+    let f = Fixture::new(BASE);
+    let run = f.run("run");
+    let mut first =
+        f.cmd("run", &["--set", "training.steps=100000"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    running_worker(&run, &mut first);
+    let t = Instant::now();
+    while checkpoint_steps(&run).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let o = f.train("run", &["--set", "training.steps=100000"]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{all}");
+    assert!(all.contains(&format!("pid {}", first.id())) && all.contains("in use"), "{all}");
+    assert!(oomph(&["report", run.to_str().unwrap()]).status.success());
+    assert!(oomph(&["inspect", run.to_str().unwrap()]).status.success());
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    assert_eq!(first.wait().unwrap().code(), Some(130));
+    // Released with its holders: the same command now resumes.
+    let o = f.train("run", &["--set", "training.steps=20"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn the_evaluation_batch_can_change_on_resume() {
+    let f = Fixture::new(BASE);
+    let run = f.run("run");
+    assert!(f
+        .train("run", &["--no-supervise", "--set", "training.steps=4", "--set", "training.eval_batch=20"])
+        .status
+        .success());
+    let o = f.train("run", &["--set", "training.steps=8", "--set", "training.eval_batch=7"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let evals: Vec<u64> = lines(&run.join("metrics.jsonl"))
+        .iter()
+        .filter(|v| v["kind"] == "eval")
+        .map(|v| v["eval_batch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(evals, vec![20, 7], "{evals:?}");
+}
