@@ -19,7 +19,7 @@ static ALLOC: oomph::cli::TrackingAllocator = oomph::cli::TrackingAllocator;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::serde::{Deserialize, Serialize};
 use burn::tensor::activation::{gelu, relu};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -27,6 +27,7 @@ use burn::tensor::{Int, Tensor};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use oomph::data::{Batch, DataInfo};
 use oomph::train::adapter::{BurnTrain, FromBatch};
+use oomph::train::random;
 use oomph::train::tensors::{correct, cross_entropy_per_row, tabular_classes};
 use oomph::train::{DataNeeds, Evaluation, Loss, MetricSum, Models, Objective, Registry};
 
@@ -96,18 +97,24 @@ impl Default for ResMlpConfig {
 }
 
 /// One pre-norm residual block: `x + W2 dropout(gelu(W1 norm(x)))`.
+///
+/// Dropout goes through `oomph::train::random::dropout`: its masks are keyed by (seed, step,
+/// sample, call site), so splitting, retrying or resuming a step draws the same ones (burn's
+/// `Dropout` draws from the backend RNG, whose masks depend on the chunk's shape).
 #[derive(Module, Debug)]
 struct ResBlock<B: Backend> {
     norm: LayerNorm<B>,
     up: Linear<B>,
     down: Linear<B>,
-    dropout: Dropout,
+    dropout: f64,
+    /// This block's dropout call site.
+    site: u64,
 }
 
 impl<B: Backend> ResBlock<B> {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let h = self.up.forward(self.norm.forward(x.clone()));
-        x + self.down.forward(self.dropout.forward(gelu(h)))
+        x + self.down.forward(random::dropout(gelu(h), self.dropout, self.site))
     }
 }
 
@@ -132,11 +139,12 @@ impl<B: Backend> ResMlp<B> {
         }
         let w = cfg.width;
         let blocks = (0..cfg.blocks)
-            .map(|_| ResBlock {
+            .map(|i| ResBlock {
                 norm: LayerNormConfig::new(w).init(device),
                 up: LinearConfig::new(w, 2 * w).init(device),
                 down: LinearConfig::new(2 * w, w).init(device),
-                dropout: DropoutConfig::new(cfg.dropout).init(),
+                dropout: cfg.dropout,
+                site: random::site_at(random::site("resmlp.block.dropout"), i),
             })
             .collect();
         Ok(Self {

@@ -1,7 +1,9 @@
 //! oomph's integration tests: one binary, small helpers in `util`.
 
 mod accumulation;
+mod chaos;
 mod cli;
+mod dropout;
 mod lose_nothing;
 mod recovery;
 mod resume;

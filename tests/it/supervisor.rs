@@ -90,26 +90,6 @@ fn a_real_allocation_failure_kills_the_worker_and_the_supervisor_finishes_the_ru
     assert!(diff < TOL, "restarted run differs from the reference by {diff:e}");
 }
 
-/// Pids of `pid`'s descendants (from /proc).
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut all = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(p) = frontier.pop() {
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            // pid (comm) state ppid ...
-            let ppid =
-                stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|x| x.parse::<u32>().ok());
-            if ppid == Some(p) {
-                all.push(child);
-                frontier.push(child);
-            }
-        }
-    }
-    all
-}
-
 const KILL: &str = r#"
 [run]
 name = "kill"
@@ -171,11 +151,7 @@ fn sigkill_of_the_whole_tree_at_random_moments_then_rerun_is_bit_identical() {
             break; // finished before this kill
         }
         // A machine crash: every process of the tree at once.
-        let tree = descendants(child.id());
-        for pid in tree.iter().rev().chain(std::iter::once(&child.id())) {
-            // SAFETY: kill(2) on our own children.
-            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
-        }
+        kill_tree(child.id());
         let _ = child.wait();
         kills += 1;
         if std::fs::read_dir(run.join("checkpoints"))

@@ -112,3 +112,62 @@ pub fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// Pids of `pid`'s descendants (from /proc).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...
+            let ppid =
+                stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|x| x.parse::<u32>().ok());
+            if ppid == Some(p) {
+                all.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    all
+}
+
+/// A process's state letter from /proc (`None` once it is gone).
+fn proc_state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).map(str::to_string)
+}
+
+/// Kills `pid` and every process below it at once, as a machine crash would, and returns
+/// once all of them are dead (zombies count as dead: they hold no file). The root is
+/// stopped first, so it cannot start a worker between the listing and the kill.
+pub fn kill_tree(pid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    while proc_state(pid).is_some_and(|s| !matches!(s.as_str(), "T" | "t" | "Z")) {
+        assert!(std::time::Instant::now() < deadline, "process {pid} does not stop");
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    let tree: Vec<u32> = descendants(pid).into_iter().rev().chain(std::iter::once(pid)).collect();
+    for p in &tree {
+        // SAFETY: kill(2) on our own processes.
+        unsafe { libc::kill(*p as i32, libc::SIGKILL) };
+    }
+    // A zombie leader may still have threads finishing (a checkpoint writer inside fsync holds
+    // the process's files until it exits): wait for every thread.
+    let alive = |p: u32| {
+        std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten().any(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("Z");
+            state != "Z" && state != "X"
+        })
+    };
+    for p in &tree {
+        while alive(*p) {
+            assert!(std::time::Instant::now() < deadline, "process {p} survives SIGKILL");
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}

@@ -1,13 +1,18 @@
 //! `gpt`: a decoder-only transformer for character-level language modelling. Its
 //! activation memory grows with micro-batch x seq_len, which makes it the memory-heavy
 //! workload of oomph's OOM work.
+//!
+//! Pre-norm blocks (`x + attn(ln1(x))`, then `x + mlp(ln2(x))`) with causal multi-head
+//! self-attention and a GELU MLP. Dropout (embeddings, attention weights, attention output,
+//! MLP output) is keyed by `(seed, step, sample, call site)` ([`oomph_train::random::dropout`]),
+//! so a sample's masks do not depend on how the effective batch is split into micro-batches.
 
 use burn::module::Module;
-use burn::nn::attention::generate_autoregressive_mask;
-use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput};
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 use oomph_data::{Batch, DataInfo};
+use oomph_train::random::{dropout, site, site_at};
 use oomph_train::tensors::{correct, cross_entropy_per_row, tokens};
 use oomph_train::{DataNeeds, Evaluation, Loss, MetricSum, Objective};
 use serde::{Deserialize, Serialize};
@@ -41,12 +46,44 @@ impl Default for GptConfig {
 pub struct Gpt<B: Backend> {
     tok: Embedding<B>,
     pos: Embedding<B>,
-    drop: Dropout,
-    blocks: TransformerEncoder<B>,
+    blocks: Vec<Block<B>>,
     norm: LayerNorm<B>,
     head: Linear<B>,
     seq_len: usize,
+    /// Dropout probability of the embeddings (the blocks hold their own).
+    dropout: f64,
 }
+
+/// One pre-norm decoder block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    ln1: LayerNorm<B>,
+    /// Query, key and value projections, fused: `d_model -> 3 * d_model`, without bias. A key
+    /// bias only shifts each query's scores by a constant, which the softmax ignores: its
+    /// gradient is zero up to rounding, and Adam turns that rounding noise into a random walk
+    /// that differs with the micro-batch split. A value bias is the same as the projection's
+    /// bias (attention weights sum to 1); the query bias goes with them.
+    qkv: Linear<B>,
+    /// Attention output projection.
+    proj: Linear<B>,
+    ln2: LayerNorm<B>,
+    /// MLP: `d_model -> d_ff`, GELU, `d_ff -> d_model`.
+    fc: Linear<B>,
+    out: Linear<B>,
+    n_head: usize,
+    dropout: f64,
+    /// The block's index, part of its dropout call sites.
+    layer: usize,
+}
+
+/// Dropout call sites; a block's are `site_at(SITE, layer)`.
+const EMBEDDING_DROPOUT: u64 = site("gpt.embedding.dropout");
+const ATTENTION_WEIGHTS_DROPOUT: u64 = site("gpt.attention.weights.dropout");
+const ATTENTION_OUTPUT_DROPOUT: u64 = site("gpt.attention.output.dropout");
+const MLP_OUTPUT_DROPOUT: u64 = site("gpt.mlp.output.dropout");
+
+/// What masked attention scores are set to before the softmax (as burn's attention does).
+const MASKED_SCORE: f32 = -1.0e4;
 
 /// The gpt needs windows of `seq_len + 1` characters.
 pub fn needs(cfg: &GptConfig) -> DataNeeds {
@@ -73,14 +110,23 @@ pub fn init<B: Backend>(cfg: &GptConfig, info: &DataInfo, device: &B::Device) ->
     Ok(Gpt {
         tok: EmbeddingConfig::new(vocab, cfg.d_model).init(device),
         pos: EmbeddingConfig::new(cfg.seq_len, cfg.d_model).init(device),
-        drop: DropoutConfig::new(cfg.dropout).init(),
-        blocks: TransformerEncoderConfig::new(cfg.d_model, d_ff, cfg.n_head, cfg.n_layer)
-            .with_dropout(cfg.dropout)
-            .with_norm_first(true)
-            .init(device),
+        blocks: (0..cfg.n_layer)
+            .map(|layer| Block {
+                ln1: LayerNormConfig::new(cfg.d_model).init(device),
+                qkv: LinearConfig::new(cfg.d_model, 3 * cfg.d_model).with_bias(false).init(device),
+                proj: LinearConfig::new(cfg.d_model, cfg.d_model).init(device),
+                ln2: LayerNormConfig::new(cfg.d_model).init(device),
+                fc: LinearConfig::new(cfg.d_model, d_ff).init(device),
+                out: LinearConfig::new(d_ff, cfg.d_model).init(device),
+                n_head: cfg.n_head,
+                dropout: cfg.dropout,
+                layer,
+            })
+            .collect(),
         norm: LayerNormConfig::new(cfg.d_model).init(device),
         head: LinearConfig::new(cfg.d_model, vocab).init(device),
         seq_len: cfg.seq_len,
+        dropout: cfg.dropout,
     })
 }
 
@@ -91,9 +137,12 @@ impl<B: Backend> Gpt<B> {
         let device = inputs.device();
         let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &device).reshape([1, t]).repeat_dim(0, n);
         let x = self.tok.forward(inputs) + self.pos.forward(positions);
-        let x = self.drop.forward(x);
-        let mask = generate_autoregressive_mask::<B>(n, t, &device);
-        let x = self.blocks.forward(TransformerEncoderInput::new(x).mask_attn(mask));
+        let mut x = dropout(x, self.dropout, EMBEDDING_DROPOUT);
+        // `true` above the diagonal: position i attends to positions <= i.
+        let causal = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &device).reshape([1, 1, t, t]);
+        for block in &self.blocks {
+            x = block.forward(x, causal.clone());
+        }
         self.head.forward(self.norm.forward(x))
     }
 
@@ -103,6 +152,29 @@ impl<B: Backend> Gpt<B> {
         let logits = self.forward(inputs);
         let vocab = logits.dims()[2];
         (logits.reshape([n * t, vocab]), targets.reshape([n * t]))
+    }
+}
+
+impl<B: Backend> Block<B> {
+    /// `[n, t, d_model]` to `[n, t, d_model]`; `causal` is `[1, 1, t, t]`, `true` where a
+    /// query may not attend.
+    fn forward(&self, x: Tensor<B, 3>, causal: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+        let [n, t, d] = x.dims();
+        let (h, p) = (self.n_head, self.dropout);
+        let mut qkv = self
+            .qkv
+            .forward(self.ln1.forward(x.clone()))
+            .chunk(3, 2)
+            .into_iter()
+            .map(|m| m.reshape([n, t, h, d / h]).swap_dims(1, 2));
+        let (q, k, v) = (qkv.next().unwrap(), qkv.next().unwrap(), qkv.next().unwrap());
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar(((d / h) as f64).sqrt());
+        let weights = softmax(scores.mask_fill(causal, MASKED_SCORE), 3);
+        let weights = dropout(weights, p, site_at(ATTENTION_WEIGHTS_DROPOUT, self.layer));
+        let context = weights.matmul(v).swap_dims(1, 2).reshape([n, t, d]);
+        let x = x + dropout(self.proj.forward(context), p, site_at(ATTENTION_OUTPUT_DROPOUT, self.layer));
+        let y = self.out.forward(gelu(self.fc.forward(self.ln2.forward(x.clone()))));
+        x + dropout(y, p, site_at(MLP_OUTPUT_DROPOUT, self.layer))
     }
 }
 

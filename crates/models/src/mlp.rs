@@ -1,10 +1,14 @@
 //! `mlp`: a multi-layer perceptron for tabular classification and regression.
+//!
+//! Its dropout is keyed by `(seed, step, sample, layer)` ([`oomph_train::random::dropout`]), so
+//! a sample's masks do not depend on how the effective batch is split into micro-batches.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{gelu, relu};
 use burn::tensor::{backend::Backend, Tensor};
 use oomph_data::{Batch, DataInfo};
+use oomph_train::random::{dropout, site, site_at};
 use oomph_train::tensors::{correct, cross_entropy_per_row, tabular_classes, tabular_values};
 use oomph_train::{DataNeeds, Evaluation, Loss, MetricSum, Objective};
 use serde::{Deserialize, Serialize};
@@ -31,10 +35,14 @@ impl Default for MlpConfig {
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     layers: Vec<Linear<B>>,
-    dropout: Dropout,
+    /// Dropout probability after each hidden layer.
+    dropout: f64,
     gelu: bool,
     regression: bool,
 }
+
+/// The call site of the dropout after hidden layer `i` is `site_at(DROPOUT, i)`.
+const DROPOUT: u64 = site("mlp.dropout");
 
 /// What the mlp needs from the data loader: nothing beyond tabular rows.
 pub fn needs(_: &MlpConfig) -> DataNeeds {
@@ -63,7 +71,7 @@ pub fn init<B: Backend>(cfg: &MlpConfig, info: &DataInfo, device: &B::Device) ->
     dims.extend(&cfg.hidden);
     dims.push(outputs);
     let layers = dims.windows(2).map(|w| LinearConfig::new(w[0], w[1]).init(device)).collect();
-    Ok(Mlp { layers, dropout: DropoutConfig::new(cfg.dropout).init(), gelu, regression })
+    Ok(Mlp { layers, dropout: cfg.dropout, gelu, regression })
 }
 
 impl<B: Backend> Mlp<B> {
@@ -74,7 +82,7 @@ impl<B: Backend> Mlp<B> {
             x = layer.forward(x);
             if i < last {
                 x = if self.gelu { gelu(x) } else { relu(x) };
-                x = self.dropout.forward(x);
+                x = dropout(x, self.dropout, site_at(DROPOUT, i));
             }
         }
         x

@@ -35,6 +35,13 @@ pub struct Evaluation<B: Backend> {
 /// so it covers both the autodiff model used for training and the inner model used for
 /// evaluation).
 ///
+/// Randomness: draw it through [`crate::random`] (for example
+/// `oomph_train::random::dropout(x, p, site)` instead of burn's `Dropout`), whose draws are
+/// keyed by (seed, step, sample index, call site), so the same sample gets the same mask
+/// however the effective batch is split into chunks, retried after an out-of-memory, or
+/// resumed. burn's own `Dropout` draws from the backend RNG in chunk order, so a split changes
+/// its masks and the run.
+///
 /// ```
 /// use burn::module::Module;
 /// use burn::nn::{Linear, LinearConfig};
