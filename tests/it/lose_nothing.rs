@@ -136,7 +136,7 @@ fn a_restarted_worker_resumes_from_the_newest_checkpoint_even_after_resume_never
     let run = f.run("never");
     let restarts = events(&run, "restart");
     assert_eq!(restarts.len(), 1, "{all}");
-    assert_eq!(restarts[0]["phase"], "forward");
+    assert_eq!(restarts[0]["phase"], "train");
     let resumes: Vec<u64> = events(&run, "resume").iter().map(|v| v["from_step"].as_u64().unwrap()).collect();
     assert_eq!(resumes, vec![6], "the restarted worker resumed from step 6, not from scratch: {all}");
     assert_eq!(step_lines(&run), (1..=12).collect::<Vec<_>>(), "each step once in metrics.jsonl");
@@ -382,9 +382,10 @@ fn a_non_finite_step_is_skipped_and_never_reaches_the_weights() {
     assert_eq!(step5[0]["skipped"], true);
     assert!(step5[0]["loss"].is_null(), "{}", step5[0]);
     assert_eq!(events(&run, "nonfinite_step").len(), 1);
-    // The report keeps the skipped step.
+    // The report keeps the skipped step and says so.
     let o = oomph(&["report", run.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("non-finite 1 step(s) skipped (no update): 5"), "{}", text(&o));
     for t in tensors(&run.join("model.safetensors")).values() {
         assert!(t.iter().all(|x| x.is_finite()));
     }
@@ -412,6 +413,9 @@ fn a_diverging_run_stops_with_exit_5_and_no_checkpoint_holds_non_finite_weights(
     let run = f.run("run");
     let skipped = events(&run, "nonfinite_step");
     assert_eq!(skipped.len(), 10, "the documented default: 10 in a row");
+    let o = oomph(&["report", run.to_str().unwrap()]);
+    assert!(text(&o).contains("DIVERGED at step"), "{}", text(&o));
+    assert!(!run.join("current.json").exists(), "no worker runs any more");
     let r = recipe(BASE, &["optimizer.kind=sgd"]);
     let data = data_for(&r);
     let cfg: oomph::models::mlp::MlpConfig = oomph::recipe::params(&r.model.params, "model", "test").unwrap();
@@ -625,7 +629,8 @@ fn a_second_command_on_a_running_run_directory_is_refused_and_report_and_inspect
     unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
     assert_eq!(first.wait().unwrap().code(), Some(130));
     // Released with its holders: the same command now resumes.
-    let o = f.train("run", &["--set", "training.steps=20"]);
+    let steps = format!("training.steps={}", checkpoint_steps(&run)[0] + 2);
+    let o = f.train("run", &["--set", &steps]);
     assert!(o.status.success(), "{}", text(&o));
 }
 
@@ -645,4 +650,42 @@ fn the_evaluation_batch_can_change_on_resume() {
         .map(|v| v["eval_batch"].as_u64().unwrap())
         .collect();
     assert_eq!(evals, vec![20, 7], "{evals:?}");
+}
+
+#[test]
+fn overwrite_replaces_only_a_run_and_never_empties_a_directory_that_holds_other_files() {
+    let f = Fixture::new(BASE);
+    let run = f.run("run");
+    assert!(f.train("run", &["--no-supervise", "--set", "training.steps=4"]).status.success());
+    std::fs::create_dir_all(run.join("src")).unwrap();
+    std::fs::write(run.join("src/main.py"), "x").unwrap();
+    let o = f.train("run", &["--resume", "never", "--overwrite"]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{all}");
+    assert!(all.contains("main.py") || all.contains("src"), "names what is not oomph's: {all}");
+    assert!(run.join("src/main.py").is_file() && run.join("checkpoints").is_dir(), "nothing was removed");
+    std::fs::remove_dir_all(run.join("src")).unwrap();
+    let o = f.train("run", &["--resume", "never", "--overwrite", "--set", "training.steps=4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(events(&run, "resume").is_empty(), "started over");
+    // --overwrite without --resume never is a mistake, said so.
+    let o = f.train("run", &["--overwrite"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn resuming_a_finished_run_adds_no_line_and_counts_restarts_across_commands() {
+    let f = Fixture::new(BASE);
+    let run = f.run("run");
+    // A worker death in one command, then the same command again after the run finished.
+    let die = die_at(5, "optimizer");
+    assert!(f.train("run", &["--set", &die]).status.success());
+    let before = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let o = f.train("run", &["--set", &die]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(), before, "no line added or lost");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["restarts"], 1, "the first command's restart still counts");
+    assert_eq!(s["resumes"], 2);
 }

@@ -111,6 +111,13 @@ pub fn main_with<M: Models>() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
+    if !matches!(cli.cmd, Cmd::Train(_)) {
+        // `oomph inspect RUN | head` ends quietly when the reader goes away, as other command
+        // line tools do (Rust ignores SIGPIPE, which turns the next print into a panic).
+        // Training keeps ignoring it: a closed pipe must not end a run.
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let code = match cli.cmd {
         Cmd::Train(args) => train_command::<M>(args),
         Cmd::Check { recipe, set } => check_command::<M>(&recipe, &set),
@@ -186,7 +193,11 @@ fn check_data<M: Models>(recipe: &Recipe, origin: &str) -> Result<(), i32> {
         .map_err(|e| fail(format!("{origin}: {e}")))?;
     oomph_train::trainer::check_data_fits(recipe, origin, &data).map_err(|e| fail(e.to_string()))?;
     prepared.check(&data, &Default::default()).map_err(|e| {
-        fail(format!("{origin}: model.kind = \"{}\" cannot be built for this data: {e}", recipe.model.kind))
+        fail(format!(
+            "{origin}: model.kind = \"{}\" cannot be built for this data: {e}. Fix: pick a model.kind that takes \
+             {} data, or change the [data] section to data this model takes.",
+            recipe.model.kind, recipe.data.kind
+        ))
     })
 }
 
@@ -311,40 +322,108 @@ fn report_command(run_dir: &Path) -> i32 {
     }
 }
 
-/// Refuses to silently reuse a run directory with `--resume never`.
+/// The files oomph writes at the top of a run directory.
+const RUN_FILES: &[&str] = &[
+    "recipe.resolved.toml",
+    "metrics.jsonl",
+    "metrics.jsonl.tmp",
+    "events.jsonl",
+    "checkpoints",
+    "model.safetensors",
+    "model.safetensors.tmp",
+    "summary.json",
+    "summary.tmp",
+    "report.png",
+    "report.svg",
+    "report.tmp",
+    "worker-death.txt",
+    "current.json",
+    oomph_train::faults::FIRED_FILE,
+    lock::LOCK_FILE,
+];
+
+/// Whether `name` inside `checkpoints/` is oomph's.
+fn is_checkpoint_entry(name: &str) -> bool {
+    name.starts_with("step-") || name == oomph_train::checkpoint::ABANDONED || name == oomph_train::checkpoint::DAMAGED
+}
+
+/// What in `run_dir` is not oomph's (top-level entries, and entries of `checkpoints/`).
+fn foreign_entries(run_dir: &Path) -> Vec<PathBuf> {
+    let names = |dir: &Path| -> Vec<(String, PathBuf)> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .collect()
+    };
+    let mut foreign: Vec<PathBuf> =
+        names(run_dir).into_iter().filter(|(n, _)| !RUN_FILES.contains(&n.as_str())).map(|(_, p)| p).collect();
+    foreign.extend(
+        names(&run_dir.join("checkpoints")).into_iter().filter(|(n, _)| !is_checkpoint_entry(n)).map(|(_, p)| p),
+    );
+    foreign.sort();
+    foreign
+}
+
+/// Refuses to silently reuse a run directory with `--resume never`; with `--overwrite`,
+/// removes the old run's files (oomph's only: a directory that holds anything else is
+/// refused, never emptied).
 fn prepare_run_dir(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<(), i32> {
-    let has_run = run_dir.join("checkpoints").is_dir() || run_dir.join("metrics.jsonl").is_file();
-    if resume == Resume::Never && has_run {
-        if overwrite {
-            // Everything but the lock this command holds.
-            let entries = std::fs::read_dir(run_dir).map_err(|e| {
-                eprintln!("error: cannot list the old run in {}: {e}.", run_dir.display());
-                1
-            })?;
-            for e in entries.flatten() {
-                if e.file_name() == lock::LOCK_FILE {
-                    continue;
-                }
-                let p = e.path();
-                let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-                removed.map_err(|err| {
-                    eprintln!(
-                        "error: removing {} of the old run failed: {err}. Fix: remove it by hand or pick another \
-                         --run-dir.",
-                        p.display()
-                    );
-                    1
-                })?;
-            }
-        } else {
-            eprintln!(
-                "error: the run directory {} already holds a run, and --resume never refuses to overwrite it. \
-                 Fix: --resume auto to continue that run, add --overwrite to replace it, or pick another --run-dir.",
-                run_dir.display()
-            );
-            return Err(EXIT_BAD_INPUT);
-        }
+    if overwrite && resume != Resume::Never {
+        eprintln!(
+            "error: --overwrite replaces an existing run and only goes with --resume never. Fix: add --resume never \
+             to start over in {}, or drop --overwrite to continue the run.",
+            run_dir.display()
+        );
+        return Err(EXIT_BAD_INPUT);
     }
+    let non_empty = |p: &Path| std::fs::read_dir(p).map(|mut r| r.next().is_some()).unwrap_or(false);
+    let metrics = std::fs::metadata(run_dir.join("metrics.jsonl")).map(|m| m.len() > 0).unwrap_or(false);
+    let has_run = non_empty(&run_dir.join("checkpoints")) || metrics;
+    if resume != Resume::Never || !has_run {
+        return Ok(());
+    }
+    if !overwrite {
+        eprintln!(
+            "error: the run directory {} already holds a run, and --resume never refuses to overwrite it. \
+             Fix: --resume auto to continue that run, add --overwrite to replace it, or pick another --run-dir.",
+            run_dir.display()
+        );
+        return Err(EXIT_BAD_INPUT);
+    }
+    let foreign = foreign_entries(run_dir);
+    if !foreign.is_empty() {
+        let shown: Vec<String> = foreign.iter().take(5).map(|p| p.display().to_string()).collect();
+        eprintln!(
+            "error: --overwrite would replace the run in {}, but the directory also holds files that oomph did not \
+             write ({}{}); nothing was removed. Fix: pick another --run-dir, or move those files away first.",
+            run_dir.display(),
+            shown.join(", "),
+            if foreign.len() > 5 { format!(" and {} more", foreign.len() - 5) } else { String::new() }
+        );
+        return Err(EXIT_BAD_INPUT);
+    }
+    let mut removed = Vec::new();
+    for name in RUN_FILES.iter().filter(|n| **n != lock::LOCK_FILE) {
+        let p = run_dir.join(name);
+        let result = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else if p.exists() {
+            std::fs::remove_file(&p)
+        } else {
+            continue;
+        };
+        result.map_err(|err| {
+            eprintln!(
+                "error: removing {} of the old run failed: {err}. Fix: remove it by hand or pick another --run-dir.",
+                p.display()
+            );
+            1
+        })?;
+        removed.push(*name);
+    }
+    eprintln!("oomph: --overwrite removed the old run in {} ({})", run_dir.display(), removed.join(", "));
     Ok(())
 }
 

@@ -158,7 +158,7 @@ pub enum Decision {
 pub struct DeathAt {
     /// Step in progress.
     pub step: usize,
-    /// Phase (`forward`, `backward`, `optimizer`, `eval`, `checkpoint`, or `unknown`).
+    /// Phase (`train`, `optimizer`, `eval`, `checkpoint`, or `unknown`).
     pub phase: String,
     /// Training micro-batch in force.
     pub micro: Option<usize>,
@@ -287,11 +287,26 @@ fn memory_report(at: &DeathAt, current: Option<&Current>) -> String {
     if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0 && lim.rlim_cur != libc::RLIM_INFINITY {
         parts.push(format!("address-space limit (ulimit -v) {} MiB", lim.rlim_cur / (1024 * 1024)));
     }
-    format!(
-        "{}. Fix: lower micro_batch.min or training.eval_batch, use a smaller model, free memory on the machine \
-         or device, or raise the limit.",
-        parts.join("; ")
-    )
+    let fix = match at.phase.as_str() {
+        "eval" => {
+            "Fix: evaluation needs this memory even for one sample per micro-batch: use a smaller model, free \
+                   memory on the machine or device, or raise the limit."
+        }
+        "optimizer" => {
+            "Fix: the update needs room for the parameters, their gradients and the optimizer state \
+                        whatever the micro-batch: use a smaller model or optimizer.kind = \"sgd\", free memory on the \
+                        machine or device, or raise the limit."
+        }
+        "checkpoint" => {
+            "Fix: writing a checkpoint needs host memory for a serialised copy of the model and optimizer \
+                         state: free host memory or raise the limit."
+        }
+        _ => {
+            "Fix: lower micro_batch.min (or micro_batch.max), use a smaller model, free memory on the machine or \
+              device, or raise the limit."
+        }
+    };
+    format!("{}. {fix}", parts.join("; "))
 }
 
 fn record_restart(run_dir: &Path, at: &DeathAt, death: &Death, restarts: usize, action: &str, wall_s: f64) {
@@ -307,6 +322,12 @@ fn record_restart(run_dir: &Path, at: &DeathAt, death: &Death, restarts: usize, 
     if let Ok(mut ev) = JsonLines::open(&run_dir.join("events.jsonl")) {
         let _ = ev.write(&rec);
     }
+}
+
+/// The supervisor stops with `code`: no worker runs any more, so `current.json` goes.
+fn stop(run_dir: &Path, code: i32) -> i32 {
+    let _ = std::fs::remove_file(run_dir.join("current.json"));
+    code
 }
 
 /// Runs the current command line as a supervised worker until it finishes, fails for a
@@ -339,7 +360,7 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
                 "oomph supervisor: interrupted between two workers; the run stops here and the same command resumes \
                  it from its newest checkpoint"
             );
-            return EXIT_INTERRUPTED;
+            return stop(run_dir, EXIT_INTERRUPTED);
         }
         let mut cmd = Command::new(&exe);
         cmd.args(&args).env(ENV_WORKER, "1").env(ENV_RESTARTS, restarts.to_string());
@@ -380,6 +401,11 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
             }
         };
         CHILD.store(child.id() as i32, Ordering::SeqCst);
+        if STOP.load(Ordering::SeqCst) {
+            // The signal came while the worker was being started, before it could be forwarded.
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        }
         // The signal handler only forwards with kill(2); std retries waitpid on EINTR.
         let status = match child.wait() {
             Ok(s) => s,
@@ -392,14 +418,35 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
         if status.success() {
             return 0;
         }
+        let interrupted = STOP.load(Ordering::SeqCst);
         let Some(death) = classify(status, run_dir, kills_before) else {
-            return status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            if interrupted && (status.code() == Some(EXIT_INTERRUPTED) || status.signal() == Some(libc::SIGINT)) {
+                if status.signal().is_some() {
+                    eprintln!(
+                        "oomph supervisor: interrupted while the worker was starting; the same command resumes the \
+                         run from its newest checkpoint"
+                    );
+                }
+                return stop(run_dir, EXIT_INTERRUPTED);
+            }
+            return stop(run_dir, status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)));
         };
-        if STOP.load(Ordering::SeqCst) {
-            eprintln!("oomph supervisor: the worker died ({}) after an interrupt; not restarting", death.describe());
-            return EXIT_INTERRUPTED;
+        if interrupted {
+            eprintln!(
+                "oomph supervisor: the worker died ({}) after an interrupt; not restarting. The same command resumes \
+                 the run from its newest checkpoint",
+                death.describe()
+            );
+            return stop(run_dir, EXIT_INTERRUPTED);
         }
-        let (at, current) = where_it_died(run_dir);
+        let (mut at, current) = where_it_died(run_dir);
+        if matches!(death, Death::HostAlloc { checkpoint: true, .. }) {
+            // The checkpoint writer runs in the background: the death belongs to its step.
+            at.phase = "checkpoint".into();
+            if let Some(s) = current.as_ref().and_then(|c| c.checkpoint_step) {
+                at.step = s;
+            }
+        }
         restarts += 1;
         let report = memory_report(&at, current.as_ref());
         let decision = if restarts > recipe.supervisor.max_restarts {
@@ -419,7 +466,7 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
             Decision::Stop { code, message } => {
                 record_restart(run_dir, &at, &death, restarts, "stop", started.elapsed().as_secs_f64());
                 eprintln!("error: {message}");
-                return code;
+                return stop(run_dir, code);
             }
             Decision::Restart { lower_micro: m, lower_eval: e, in_place: ip, action } => {
                 record_restart(run_dir, &at, &death, restarts, &action, started.elapsed().as_secs_f64());
@@ -465,20 +512,19 @@ mod tests {
     #[test]
     fn the_phase_that_died_is_the_one_lowered() {
         let alloc = Death::HostAlloc { bytes: 64, checkpoint: false };
-        assert_eq!(restart(decide(&alloc, &at(5, "forward", 32, 256), 1, &[], "")), (Some(32), None, false));
-        assert_eq!(restart(decide(&alloc, &at(5, "backward", 32, 256), 1, &[], "")), (Some(32), None, false));
+        assert_eq!(restart(decide(&alloc, &at(5, "train", 32, 256), 1, &[], "")), (Some(32), None, false));
         assert_eq!(restart(decide(&alloc, &at(5, "eval", 32, 256), 1, &[], "")), (None, Some(256), false));
         assert_eq!(restart(decide(&alloc, &at(5, "optimizer", 32, 256), 1, &[], "")), (None, None, true));
         assert_eq!(restart(decide(&alloc, &at(5, "checkpoint", 32, 256), 1, &[], "")), (None, None, false));
         // A failure on the checkpoint writer thread is the checkpoint's, whatever the loop was doing.
         let ck = Death::HostAlloc { bytes: 64, checkpoint: true };
-        assert_eq!(restart(decide(&ck, &at(5, "forward", 32, 256), 1, &[], "")), (None, None, false));
+        assert_eq!(restart(decide(&ck, &at(5, "train", 32, 256), 1, &[], "")), (None, None, false));
     }
 
     #[test]
     fn a_death_at_the_smallest_size_stops_at_once() {
         let d = Death::BackendUnusable;
-        let (code, msg) = stop(decide(&d, &at(3, "forward", 4, 8), 4, &[], "REPORT"));
+        let (code, msg) = stop(decide(&d, &at(3, "train", 4, 8), 4, &[], "REPORT"));
         assert_eq!(code, EXIT_DOES_NOT_FIT);
         assert!(msg.contains("micro_batch.min") && msg.contains("REPORT"), "{msg}");
         let (code, _) = stop(decide(&d, &at(3, "eval", 4, 1), 1, &[], ""));
@@ -493,7 +539,7 @@ mod tests {
         assert_eq!(code, EXIT_DOES_NOT_FIT);
         assert!(msg.contains("twice at step 7"), "{msg}");
         // Other sizes at the same step: a restart can still help.
-        restart(decide(&d, &at(7, "forward", 8, 16), 1, &[at(7, "forward", 16, 16)], ""));
+        restart(decide(&d, &at(7, "train", 8, 16), 1, &[at(7, "train", 16, 16)], ""));
     }
 
     #[test]
@@ -501,13 +547,13 @@ mod tests {
         let known = Death::Killed { oom_counter_readable: true };
         assert!(!known.is_memory());
         assert!(known.describe().contains("cause unknown"));
-        assert_eq!(restart(decide(&known, &at(2, "forward", 32, 32), 1, &[], "")), (None, None, false));
-        let (code, _) = stop(decide(&known, &at(2, "forward", 32, 32), 1, &[at(2, "forward", 32, 32)], ""));
+        assert_eq!(restart(decide(&known, &at(2, "train", 32, 32), 1, &[], "")), (None, None, false));
+        let (code, _) = stop(decide(&known, &at(2, "train", 32, 32), 1, &[at(2, "train", 32, 32)], ""));
         assert_eq!(code, 1, "not a memory failure, so not exit 3");
         let unreadable = Death::Killed { oom_counter_readable: false };
         assert!(unreadable.is_memory() && unreadable.describe().contains("cause unknown"));
-        assert_eq!(restart(decide(&unreadable, &at(2, "forward", 32, 32), 1, &[], "")), (Some(32), None, false));
+        assert_eq!(restart(decide(&unreadable, &at(2, "train", 32, 32), 1, &[], "")), (Some(32), None, false));
         let oom = Death::OomKiller;
-        assert_eq!(restart(decide(&oom, &at(2, "forward", 32, 32), 1, &[], "")), (Some(32), None, false));
+        assert_eq!(restart(decide(&oom, &at(2, "train", 32, 32), 1, &[], "")), (Some(32), None, false));
     }
 }

@@ -27,6 +27,9 @@ pub(crate) struct Step {
     pub wall_s: f64,
     #[serde(default)]
     pub oom_events: u64,
+    /// Skipped because its loss or gradient norm was not finite (no update).
+    #[serde(default)]
+    pub skipped: bool,
     #[serde(default)]
     pub mem_used: Option<u64>,
     #[serde(default)]

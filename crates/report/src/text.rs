@@ -68,6 +68,9 @@ pub(crate) fn format_summary(run: &Run) -> String {
         if let Some(e) = run.events.iter().rev().find(|e| e.kind == "give_up") {
             let _ = writeln!(out, "  gave up at step {}: {}", e.step, e.str("message").unwrap_or("(no message)"));
         }
+        if let Some(e) = run.events.iter().rev().find(|e| e.kind == "diverged") {
+            let _ = writeln!(out, "  DIVERGED at step {}: {}", e.step, e.str("message").unwrap_or("(no message)"));
+        }
     }
     if run.skipped_lines > 0 {
         let _ = writeln!(out, "  skipped {} unreadable line(s) (e.g. a torn last line of a crash)", run.skipped_lines);
@@ -116,6 +119,13 @@ pub(crate) fn format_summary(run: &Run) -> String {
         "oom        oom events {} | restarts {} | resumes {} | time lost to recovery {recovery}",
         t.ooms, t.restarts, t.resumes
     );
+
+    let skipped: Vec<u64> = run.steps.iter().filter(|s| s.skipped).map(|s| s.step).collect();
+    if !skipped.is_empty() {
+        let shown: Vec<String> = skipped.iter().take(10).map(u64::to_string).collect();
+        let more = if skipped.len() > 10 { format!(" and {} more", skipped.len() - 10) } else { String::new() };
+        let _ = writeln!(out, "non-finite {} step(s) skipped (no update): {}{more}", skipped.len(), shown.join(", "));
+    }
 
     let hist = run.micro_batch_history();
     let hist_text = if hist.is_empty() {

@@ -15,10 +15,11 @@ const LEN: usize = 512;
 pub struct Current {
     /// The worker's process id.
     pub pid: u32,
-    /// The optimizer step in progress (1-based).
+    /// The optimizer step the phase belongs to: the one in progress for `train` and
+    /// `optimizer`, the one just completed for `eval` and `checkpoint`.
     pub step: usize,
-    /// `forward`, `backward`, `optimizer`, `eval` or `checkpoint` (the main thread's phase;
-    /// a checkpoint written in the background is `checkpoint_step`).
+    /// `train` (forward and backward passes), `optimizer` (the update), `eval` or `checkpoint`
+    /// (the main thread's phase; a checkpoint written in the background is `checkpoint_step`).
     pub phase: String,
     /// The training micro-batch limit in force.
     pub micro_batch: usize,

@@ -176,6 +176,30 @@ pub fn sq_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     total
 }
 
+fn sum_one<B: Backend, const D: usize>(grads: &GradientsParams, id: ParamId) -> Option<Tensor<B, 1>> {
+    grads.get::<B, D>(id).map(|g| g.sum())
+}
+
+/// The sum of every element of every gradient of `module`, on the device (no read), `[1]`:
+/// finite exactly when every element is (short of an overflow of the sum itself), at one
+/// read-only pass over the gradients, where the squared norm needs a squared copy.
+pub fn grad_sum<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> Option<Tensor<B::InnerBackend, 1>> {
+    let mut total: Option<Tensor<B::InnerBackend, 1>> = None;
+    for (id, rank) in param_ids::<B, M>(module) {
+        let part: Option<Tensor<B::InnerBackend, 1>> = for_rank!(rank, B::InnerBackend, sum_one, grads, id);
+        if let Some(p) = part {
+            total = Some(match total {
+                Some(t) => t + p,
+                None => p,
+            });
+        }
+    }
+    total
+}
+
 /// Global L2 norm of all gradients of `module` (one device read).
 pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f64 {
     sq_norm::<B, M>(module, grads).map(|t| t.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0)

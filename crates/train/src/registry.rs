@@ -92,8 +92,9 @@ where
         B::seed(&device, session.recipe.run.seed);
         let model = (self.init)(&self.config, &data.info, &device).map_err(|e| {
             TrainError::BadInput(format!(
-                "{}: model.kind = \"{}\" cannot be built for this data: {e}",
-                session.origin, session.recipe.model.kind
+                "{}: model.kind = \"{}\" cannot be built for this data: {e}. Fix: pick a model.kind that takes {} \
+                 data, or change the [data] section to data this model takes.",
+                session.origin, session.recipe.model.kind, session.recipe.data.kind
             ))
         })?;
         train(session, data, move |_| model)

@@ -323,6 +323,14 @@ where
     signals::install();
     let result = run.run_loop();
     let written = run.settle_writer();
+    if let Err(e) = &result {
+        // The supervisor reads `current.json` after a memory death; after anything else no
+        // worker runs any more.
+        if !matches!(e, TrainError::MemoryDeath { .. }) {
+            drop(run.current.take());
+            let _ = std::fs::remove_file(run_dir.join("current.json"));
+        }
+    }
     let summary = result?;
     written?;
     Ok(summary)
@@ -384,10 +392,17 @@ where
             self.current = CurrentFile::open(&self.s.run_dir.join("current.json"));
         }
         let checkpoint_step = self.writer.pending.as_ref().map(|p| p.0);
+        // Evaluation and checkpoints belong to the step just done; training to the next one.
+        let (step, phase) = match self.phase {
+            Phase::Forward | Phase::Backward => (self.step + 1, "train"),
+            Phase::Optimizer => (self.step + 1, "optimizer"),
+            Phase::Eval => (self.step, "eval"),
+            Phase::Checkpoint => (self.step, "checkpoint"),
+        };
         let c = Current {
             pid: std::process::id(),
-            step: self.step + 1,
-            phase: phase_name(self.phase).to_string(),
+            step,
+            phase: phase.to_string(),
             micro_batch: self.policy.limit(),
             eval_batch: self.eval_batch,
             min_micro_batch: self.policy.bounds().0,
@@ -423,7 +438,7 @@ where
             let moved = checkpoint::set_aside(&root, dir, checkpoint::DAMAGED)
                 .map_err(|e| TrainError::io(e.op, &e.path, &e.source))?;
             let line = format!("skipped damaged checkpoint ({why}); moved to {}", moved.display());
-            tracing::warn!("{line}");
+            tracing::info!("{line}");
             self.s.banner.push(line);
             self.event("checkpoint_skipped", json!({ "message": why, "moved_to": moved.display().to_string() }));
         }
@@ -520,7 +535,7 @@ where
                 names.join(", "),
                 root.join(checkpoint::ABANDONED).display()
             );
-            tracing::warn!("{line}");
+            tracing::info!("{line}");
             self.s.banner.push(line);
             self.event_at("abandoned", st.step, json!({ "steps": abandoned }));
         }
@@ -588,7 +603,7 @@ where
                 "starting over abandons the existing checkpoints (steps {abandoned:?}): moved to {}",
                 root.join(checkpoint::ABANDONED).display()
             );
-            tracing::warn!("{line}");
+            tracing::info!("{line}");
             self.s.banner.push(line);
         }
         self.truncate_metrics(0)?;
@@ -629,6 +644,12 @@ where
                     .is_some_and(|s| s as usize <= step)
             })
             .collect();
+        // An evaluation already recorded at the step resumed from is not run again.
+        self.last_eval = kept
+            .iter()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<EvalRecord>(l).ok())
+            .find(|e| e.kind == "eval" && e.step == step);
         let mut body = kept.join("\n");
         if !body.is_empty() {
             body.push('\n');
@@ -714,7 +735,14 @@ where
         if self.last_eval.as_ref().is_none_or(|e| e.step != self.step) && !self.data.valid.is_empty() {
             self.evaluate()?;
         }
-        self.checkpoint("final")?;
+        if !self.checkpoint("final")? {
+            return Err(TrainError::Diverged(format!(
+                "the weights after the last step ({}) are not finite, so neither a final checkpoint nor \
+                 model.safetensors was written; the newest checkpoint holds the last finite weights. Fix: lower \
+                 optimizer.lr or set optimizer.grad_clip_norm, and start over in a new --run-dir.",
+                self.step
+            )));
+        }
         self.finish()
     }
 
@@ -743,9 +771,21 @@ where
             let generation = oomph_sched::panics::generation();
             let seed = self.s.recipe.run.seed;
             let out = attempt::<B, _>(&device, || {
-                accumulate::<B, M>(model, src, &indices, &plan, &device, step, faults, &phase, generation, seed)
+                accumulate::<B, M>(
+                    model,
+                    src,
+                    &indices,
+                    &plan,
+                    &device,
+                    step,
+                    faults,
+                    &phase,
+                    generation,
+                    seed,
+                    clip.is_some(),
+                )
             });
-            let (mut grads, loss, norm) = match out {
+            let (mut grads, loss, check) = match out {
                 Ok(v) => v,
                 Err(f) => {
                     had_oom = true;
@@ -753,12 +793,13 @@ where
                     continue;
                 }
             };
-            if !(loss.is_finite() && norm.is_finite()) {
+            if !(loss.is_finite() && check.finite) {
                 // Never let a non-finite loss or gradient reach the weights: the step is skipped.
                 drop(grads);
-                self.skip_step(step, loss, norm, lr, &plan, t0)?;
+                self.skip_step(step, loss, check, lr, &plan, t0)?;
                 return Ok(had_oom);
             }
+            let norm = check.norm.unwrap_or(0.0);
             self.enter(Phase::Optimizer);
             let phase = Cell::new(Phase::Optimizer);
             let out = if self.updates_done == 0 && !self.s.first_update_in_place {
@@ -826,7 +867,7 @@ where
                     self.model = Some(m);
                     self.optim = Some(o);
                     self.updates_done += 1;
-                    self.finish_step(step, loss, lr, &plan, t0, Some(norm), had_oom)?;
+                    self.finish_step(step, loss, lr, &plan, t0, check.norm, had_oom)?;
                     return Ok(had_oom);
                 }
                 Err(f) => {
@@ -863,7 +904,7 @@ where
         &mut self,
         step: usize,
         loss: f64,
-        norm: f64,
+        check: GradCheck,
         lr: f64,
         plan: &[usize],
         t0: Instant,
@@ -885,7 +926,7 @@ where
             samples_per_sec: n as f64 / t0.elapsed().as_secs_f64().max(1e-9),
             wall_s: self.wall_before + self.wall(),
             oom_events: self.oom_events,
-            grad_norm: norm.is_finite().then_some(norm),
+            grad_norm: check.norm.filter(|n| n.is_finite()),
             skipped: true,
             mem_used: None,
             mem_reserved: None,
@@ -896,7 +937,13 @@ where
         self.event_at(
             "nonfinite_step",
             step,
-            json!({ "loss": loss.to_string(), "grad_norm": norm.to_string(), "lr": lr, "in_a_row": self.nonfinite_run }),
+            json!({
+                "loss": loss.to_string(),
+                "gradients_finite": check.finite,
+                "grad_norm": check.norm.map(|n| n.to_string()),
+                "lr": lr,
+                "in_a_row": self.nonfinite_run
+            }),
         );
         if !evs.is_empty() {
             self.policy_events(evs);
@@ -912,8 +959,7 @@ where
                 .unwrap_or_else(|| "no checkpoint was written yet".into());
             let msg = format!(
                 "the run diverged: {} steps in a row (training.max_nonfinite_steps = {limit}) ended with a \
-                 non-finite loss or gradient norm, the last at step {step} (loss {loss}, gradient norm {norm}, \
-                 learning rate {lr:.4e}). None of them changed the weights; {last_good}. Fix: lower optimizer.lr, \
+                 non-finite loss or gradient, the last at step {step} (loss {loss}, learning rate {lr:.4e}). None of them changed the weights; {last_good}. Fix: lower optimizer.lr, \
                  set optimizer.grad_clip_norm or add warmup (lr_schedule.warmup_steps), and start over in a new \
                  --run-dir (or --resume never --overwrite).",
                 self.nonfinite_run
@@ -1147,9 +1193,9 @@ where
 
     /// Snapshots the state on this thread (cheap: tensor handles) and serialises and writes
     /// it on a background thread; waits for the previous write first. Weights that are not
-    /// finite are never written: the step is refused with an event, and the checkpoints before
-    /// it stay the newest.
-    fn checkpoint(&mut self, reason: &str) -> Result<(), TrainError> {
+    /// finite are never written: the step is refused with an event (returns `false`), and the
+    /// checkpoints before it stay the newest.
+    fn checkpoint(&mut self, reason: &str) -> Result<bool, TrainError> {
         self.metrics.flush()?;
         self.settle_writer()?;
         self.enter(Phase::Checkpoint);
@@ -1161,7 +1207,7 @@ where
             );
             tracing::warn!("{msg}");
             self.event_at("checkpoint_refused", self.step, json!({ "reason": reason, "message": msg }));
-            return Ok(());
+            return Ok(false);
         }
         let t = Instant::now();
         let record = self.model().clone().into_record();
@@ -1209,7 +1255,17 @@ where
         self.writer.pending = Some((step, reason.to_string(), t, root));
         self.checkpoint_stall_s += t.elapsed().as_secs_f64();
         self.write_current();
-        Ok(())
+        Ok(true)
+    }
+
+    /// Worker restarts over the whole run (every supervisor invocation): the restart events
+    /// the supervisors recorded, except their final "stop" decisions.
+    fn restarts_in_run(&self) -> usize {
+        let n = crate::records::read_lines::<EventRecord>(&self.s.run_dir.join("events.jsonl"))
+            .iter()
+            .filter(|e| e.kind == "restart" && e.fields.get("action").and_then(|a| a.as_str()) != Some("stop"))
+            .count();
+        n.max(self.s.restarts)
     }
 
     fn finish(&mut self) -> Result<Summary, TrainError> {
@@ -1233,7 +1289,7 @@ where
             micro_batch_final: self.policy.limit(),
             micro_batch_history: history,
             recovery_s: self.recovery_s,
-            restarts: self.s.restarts,
+            restarts: self.restarts_in_run(),
             resumes: self.resumes,
             parameters: self.parameters,
             model_path: model_path.display().to_string(),
@@ -1241,19 +1297,57 @@ where
             nonfinite_steps: self.nonfinite_steps,
         };
         let text = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Failed(e.to_string()))?;
-        let path = self.s.run_dir.join("summary.json");
-        std::fs::write(&path, text).map_err(|e| TrainError::io("writing", &path, &e))?;
+        write_atomically(&self.s.run_dir.join("summary.json"), text.as_bytes())?;
         let _ = std::fs::remove_file(self.s.run_dir.join("current.json"));
         self.s.observer.finish(&summary);
         Ok(summary)
     }
 }
 
-/// Writes the model's weights as safetensors (readable by any safetensors tool).
+/// Writes `bytes` to `path` through a temporary file renamed into place, so `path` always
+/// holds either its old or its new contents.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, bytes)
+        .map_err(|e| TrainError::io("writing", &tmp, &e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| TrainError::io("renaming into place", &tmp, &e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Writes the model's weights as safetensors (readable by any safetensors tool), through a
+/// temporary file renamed into place, so a failed or interrupted write never leaves a
+/// truncated file where the previous weights were.
 pub fn save_safetensors<B: Backend, M: Module<B>>(model: &M, path: &Path) -> Result<(), TrainError> {
     use burn::store::{ModuleSnapshot, SafetensorsStore};
-    let mut store = SafetensorsStore::from_file(path).overwrite(true);
-    model.save_into(&mut store).map_err(|e| TrainError::Failed(format!("writing {} failed: {e}", path.display())))
+    let tmp = path.with_extension("safetensors.tmp");
+    let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
+    let saved = model.save_into(&mut store).map_err(|e| e.to_string()).and_then(|()| {
+        drop(store);
+        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    });
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    saved.map_err(|e| {
+        TrainError::Failed(format!(
+            "writing the final weights {} failed: {e}. The run's checkpoints are intact. Fix: free disk space or \
+             make the run directory writable, then run the same command again (it resumes from the final \
+             checkpoint and writes the weights).",
+            path.display()
+        ))
+    })
+}
+
+/// What a step learned about its gradients.
+#[derive(Debug, Clone, Copy)]
+struct GradCheck {
+    /// Every gradient element is finite.
+    finite: bool,
+    /// The global L2 norm, when it was computed (gradient clipping needs it).
+    norm: Option<f64>,
 }
 
 /// The forward and backward passes of one attempt at a step: every chunk's loss sum is
@@ -1272,7 +1366,8 @@ fn accumulate<B, M>(
     phase: &Cell<Phase>,
     generation: u64,
     seed: u64,
-) -> (GradientsParams, f64, f64)
+    with_norm: bool,
+) -> (GradientsParams, f64, GradCheck)
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Objective<B>,
@@ -1285,13 +1380,18 @@ where
         chunks.push(&indices[offset..offset + size]);
         offset += size;
     }
-    let total: f64 = chunks.iter().map(|c| model.weight(&src.batch(c))).sum();
+    // One chunk (the common case): its batch is built once and reused.
+    let mut prebuilt = (chunks.len() == 1).then(|| src.batch(chunks[0]));
+    let total: f64 = match &prebuilt {
+        Some(b) => model.weight(b),
+        None => chunks.iter().map(|c| model.weight(&src.batch(c))).sum(),
+    };
     let scale = 1.0 / total.max(f64::MIN_POSITIVE);
     let mut acc = GradientsAccumulator::<M>::new();
     let mut single = None;
     let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
     for chunk in &chunks {
-        let batch = src.batch(chunk);
+        let batch = prebuilt.take().unwrap_or_else(|| src.batch(chunk));
         phase.set(Phase::Forward);
         faults.check(step, Phase::Forward, batch.len());
         let mut loss = random::with_chunk(seed, step, chunk, || model.loss(&batch, device)).sum.mul_scalar(scale);
@@ -1319,17 +1419,19 @@ where
         }
     }
     let grads = single.unwrap_or_else(|| acc.grads());
-    // The loss and the gradients' squared norm come back in one device read.
-    let sq = sq_norm::<B, M>(model, &grads);
-    let (loss, norm) = match (loss_sum, sq) {
+    // The loss and the gradient check come back in one device read: the squared norm when
+    // clipping needs the norm, otherwise the plain sum (finite exactly when every element is).
+    let check = if with_norm { sq_norm::<B, M>(model, &grads) } else { crate::optim::grad_sum::<B, M>(model, &grads) };
+    let (loss, check) = match (loss_sum, check) {
         (Some(l), Some(q)) => {
             let v: Vec<f64> = Tensor::cat(vec![l, q], 0).into_data().iter::<f64>().collect();
-            (v[0], v[1].sqrt())
+            (v[0], v[1])
         }
         (Some(l), None) => (l.into_scalar().elem::<f64>(), 0.0),
         (None, _) => (f64::NAN, f64::NAN),
     };
-    (grads, loss, norm)
+    let grads_check = GradCheck { finite: check.is_finite(), norm: with_norm.then(|| check.sqrt()) };
+    (grads, loss, grads_check)
 }
 
 /// Indices evaluated: every sample for tabular data, non-overlapping windows for text.
