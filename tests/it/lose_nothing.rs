@@ -5,7 +5,6 @@
 
 use crate::accumulation::TOL;
 use crate::util::*;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -321,18 +320,8 @@ max_restarts = 4
 fn a_death_in_evaluation_lowers_the_evaluation_batch_not_the_training_one() {
     let f = Fixture::new(WIDE_EVAL);
     let mut cmd = f.cmd("run", &[]);
-    let limit: libc::rlim_t = 300 << 20;
     cmd.env("MALLOC_ARENA_MAX", "2");
-    // SAFETY: setrlimit in the child before exec; no allocation.
-    unsafe {
-        cmd.pre_exec(move || {
-            let l = libc::rlimit { rlim_cur: limit, rlim_max: limit };
-            if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    with_rlimit(&mut cmd, libc::RLIMIT_AS, 300 << 20);
     let o = cmd.output().unwrap();
     let all = text(&o);
     assert!(o.status.success(), "{all}");
@@ -515,17 +504,7 @@ fn a_write_error_while_resuming_names_the_file_and_leaves_no_temporary_file() {
     let limit = (metrics / 2).max(recipe_len + 64);
     assert!(limit < metrics * 2 / 3, "the fixture's metrics file is too small for this test");
     let mut cmd = f.cmd("run", &["--no-supervise"]);
-    // SAFETY: setrlimit and signal in the child before exec; no allocation.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let l = libc::rlimit { rlim_cur: limit, rlim_max: limit };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &l) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    with_rlimit(&mut cmd, libc::RLIMIT_FSIZE, limit);
     let o = cmd.output().unwrap();
     let all = text(&o);
     assert_eq!(o.status.code(), Some(1), "{all}");

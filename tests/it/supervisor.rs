@@ -3,7 +3,6 @@
 
 use crate::accumulation::TOL;
 use crate::util::*;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -51,21 +50,11 @@ fn a_real_allocation_failure_kills_the_worker_and_the_supervisor_finishes_the_ru
     assert!(o.status.success(), "{}", text(&o));
 
     let run = d.path().join("limited");
-    let limit: libc::rlim_t = 300 << 20;
     let mut cmd = oomph_cmd(&["train", p.to_str().unwrap(), "--run-dir", run.to_str().unwrap()]);
     // glibc reserves 64 MiB of address space per malloc arena and thread; two arenas keep the
     // baseline small and stable so the limit bites on the activations.
     cmd.env("MALLOC_ARENA_MAX", "2");
-    // SAFETY: setrlimit in the child before exec; no allocation.
-    unsafe {
-        cmd.pre_exec(move || {
-            let l = libc::rlimit { rlim_cur: limit, rlim_max: limit };
-            if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    with_rlimit(&mut cmd, libc::RLIMIT_AS, 300 << 20);
     let o = cmd.output().unwrap();
     let all = text(&o);
     assert!(o.status.success(), "{all}");

@@ -171,3 +171,22 @@ pub fn kill_tree(pid: u32) {
         }
     }
 }
+
+/// Makes `cmd`'s process start under `resource` (e.g. `libc::RLIMIT_AS`) limited to `limit`;
+/// with `RLIMIT_FSIZE`, SIGXFSZ is ignored so an oversized write fails with EFBIG instead.
+pub fn with_rlimit(cmd: &mut std::process::Command, resource: libc::__rlimit_resource_t, limit: libc::rlim_t) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: signal and setrlimit in the child before exec; no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            if resource == libc::RLIMIT_FSIZE {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            }
+            let l = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            if libc::setrlimit(resource, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -796,7 +796,7 @@ where
             if !(loss.is_finite() && check.finite) {
                 // Never let a non-finite loss or gradient reach the weights: the step is skipped.
                 drop(grads);
-                self.skip_step(step, loss, check, lr, &plan, t0)?;
+                self.skip_step(step, loss, check, lr, &plan, t0, had_oom)?;
                 return Ok(had_oom);
             }
             let norm = check.norm.unwrap_or(0.0);
@@ -867,7 +867,7 @@ where
                     self.model = Some(m);
                     self.optim = Some(o);
                     self.updates_done += 1;
-                    self.finish_step(step, loss, lr, &plan, t0, check.norm, had_oom)?;
+                    self.finish_step(step, loss, lr, &plan, t0, check.norm, had_oom, false)?;
                     return Ok(had_oom);
                 }
                 Err(f) => {
@@ -900,6 +900,7 @@ where
     /// A step whose loss or gradient norm is not finite: no update; recorded as a skipped step
     /// (its samples count as consumed, so resuming and the sampler stay in step); after
     /// `training.max_nonfinite_steps` in a row the run stops.
+    #[allow(clippy::too_many_arguments)]
     fn skip_step(
         &mut self,
         step: usize,
@@ -908,32 +909,11 @@ where
         lr: f64,
         plan: &[usize],
         t0: Instant,
+        had_oom: bool,
     ) -> Result<(), TrainError> {
         self.nonfinite_steps += 1;
         self.nonfinite_run += 1;
-        let n = self.s.recipe.training.effective_batch;
-        self.step = step;
-        self.samples_seen += n as u64;
-        let evs = self.policy.on_step_ok();
-        let rec = StepRecord {
-            kind: "step".into(),
-            step,
-            samples_seen: self.samples_seen,
-            loss,
-            lr,
-            micro_batch: plan[0],
-            chunks: plan.len(),
-            samples_per_sec: n as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-            wall_s: self.wall_before + self.wall(),
-            oom_events: self.oom_events,
-            grad_norm: check.norm.filter(|n| n.is_finite()),
-            skipped: true,
-            mem_used: None,
-            mem_reserved: None,
-            mem_total: None,
-        };
-        self.metrics.write(&rec)?;
-        self.s.observer.step(&rec, self.total);
+        self.finish_step(step, loss, lr, plan, t0, check.norm.filter(|n| n.is_finite()), had_oom, true)?;
         self.event_at(
             "nonfinite_step",
             step,
@@ -945,10 +925,6 @@ where
                 "in_a_row": self.nonfinite_run
             }),
         );
-        if !evs.is_empty() {
-            self.policy_events(evs);
-        }
-        crate::alloc::survived();
         let limit = self.s.recipe.training.max_nonfinite_steps;
         if self.nonfinite_run >= limit {
             self.metrics.flush()?;
@@ -959,8 +935,9 @@ where
                 .unwrap_or_else(|| "no checkpoint was written yet".into());
             let msg = format!(
                 "the run diverged: {} steps in a row (training.max_nonfinite_steps = {limit}) ended with a \
-                 non-finite loss or gradient, the last at step {step} (loss {loss}, learning rate {lr:.4e}). None of them changed the weights; {last_good}. Fix: lower optimizer.lr, \
-                 set optimizer.grad_clip_norm or add warmup (lr_schedule.warmup_steps), and start over in a new \
+                 non-finite loss or gradient, the last at step {step} (loss {loss}, learning rate {lr:.4e}). \
+                 None of them changed the weights; {last_good}. Fix: lower optimizer.lr, set \
+                 optimizer.grad_clip_norm or add warmup (lr_schedule.warmup_steps), and start over in a new \
                  --run-dir (or --resume never --overwrite).",
                 self.nonfinite_run
             );
@@ -1020,6 +997,7 @@ where
         Ok(())
     }
 
+    /// Records a completed step (`skipped`: completed without an update, as non-finite).
     #[allow(clippy::too_many_arguments)]
     fn finish_step(
         &mut self,
@@ -1030,12 +1008,15 @@ where
         t0: Instant,
         grad_norm: Option<f64>,
         had_oom: bool,
+        skipped: bool,
     ) -> Result<(), TrainError> {
         let n = self.s.recipe.training.effective_batch;
         self.step = step;
         self.samples_seen += n as u64;
-        self.last_loss = Some(loss);
-        self.nonfinite_run = 0;
+        if !skipped {
+            self.last_loss = Some(loss);
+            self.nonfinite_run = 0;
+        }
         // Any allocation failure noted during this step was survived.
         crate::alloc::survived();
         let evs = self.policy.on_step_ok();
@@ -1056,7 +1037,7 @@ where
             wall_s: self.wall_before + self.wall(),
             oom_events: self.oom_events,
             grad_norm,
-            skipped: false,
+            skipped,
             mem_used: mem.map(|m| m.in_use),
             mem_reserved: mem.map(|m| m.reserved),
             mem_total: mem.map(|m| m.capacity),
