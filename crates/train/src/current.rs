@@ -34,9 +34,11 @@ pub struct Current {
     pub checkpoint_step: Option<usize>,
 }
 
-/// The mapped `current.json` of a running worker.
+/// The mapped `current.json` of a running worker (or, where the file system cannot map it,
+/// the open file, rewritten with one positioned write per update).
 pub struct CurrentFile {
     ptr: *mut u8,
+    file: Option<std::fs::File>,
     last: Current,
 }
 
@@ -60,9 +62,9 @@ impl CurrentFile {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return None;
+            return Some(Self { ptr: std::ptr::null_mut(), file: Some(f), last: Current::default() });
         }
-        Some(Self { ptr: ptr.cast(), last: Current::default() })
+        Some(Self { ptr: ptr.cast(), file: None, last: Current::default() })
     }
 
     /// Writes `c` unless it is what the file already holds.
@@ -76,8 +78,14 @@ impl CurrentFile {
         }
         text.extend(std::iter::repeat_n(' ', LEN - 1 - text.len()));
         text.push('\n');
-        // SAFETY: `ptr` maps LEN writable bytes and `text` is exactly LEN bytes long.
-        unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), self.ptr, LEN) };
+        match &self.file {
+            Some(f) => {
+                use std::os::unix::fs::FileExt;
+                let _ = f.write_all_at(text.as_bytes(), 0);
+            }
+            // SAFETY: `ptr` maps LEN writable bytes and `text` is exactly LEN bytes long.
+            None => unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), self.ptr, LEN) },
+        }
         self.last = c.clone();
     }
 
@@ -89,8 +97,10 @@ impl CurrentFile {
 
 impl Drop for CurrentFile {
     fn drop(&mut self) {
-        // SAFETY: unmapping the mapping made in `open`.
-        unsafe { libc::munmap(self.ptr.cast(), LEN) };
+        if !self.ptr.is_null() {
+            // SAFETY: unmapping the mapping made in `open`.
+            unsafe { libc::munmap(self.ptr.cast(), LEN) };
+        }
     }
 }
 
