@@ -528,6 +528,10 @@ fn an_allocation_failure_that_was_survived_does_not_make_a_later_abort_a_memory_
     let all = text(&o);
     assert_eq!(o.status.code(), Some(128 + libc::SIGABRT), "{all}");
     assert!(events(&f.run("run"), "restart").is_empty(), "an abort that is not a memory death is not restarted: {all}");
+    assert!(all.contains("not a memory failure") && all.contains("not restarted"), "and it says so: {all}");
+    // An abort while a checkpoint is written is no memory death either.
+    let o = f.train("ck", &["--set", "faults.abort_at=[{step=6, phase=\"checkpoint\"}]"]);
+    assert_eq!(o.status.code(), Some(128 + libc::SIGABRT), "{}", text(&o));
     assert_eq!(events(&f.run("run"), "oom").len(), 1, "the survived failure happened");
 }
 
@@ -644,9 +648,24 @@ fn overwrite_replaces_only_a_run_and_never_empties_a_directory_that_holds_other_
     assert!(all.contains("main.py") || all.contains("src"), "names what is not oomph's: {all}");
     assert!(run.join("src/main.py").is_file() && run.join("checkpoints").is_dir(), "nothing was removed");
     std::fs::remove_dir_all(run.join("src")).unwrap();
+    // Nor a file inside a checkpoint.
+    std::fs::write(run.join("checkpoints/step-4/notes.txt"), "mine").unwrap();
+    let o = f.train("run", &["--resume", "never", "--overwrite"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(run.join("checkpoints/step-4/notes.txt").is_file());
+    std::fs::remove_file(run.join("checkpoints/step-4/notes.txt")).unwrap();
     let o = f.train("run", &["--resume", "never", "--overwrite", "--set", "training.steps=4"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(events(&run, "resume").is_empty(), "started over");
+    // A run that died before its first checkpoint is replaced too: its events and fired faults go.
+    let early = f.run("early");
+    let die = die_at(1, "forward");
+    let o = f.train("early", &["--set", "micro_batch.min=16", "--set", &die]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(early.join("faults-fired.txt").is_file());
+    let o = f.train("early", &["--resume", "never", "--overwrite", "--set", "training.steps=2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(events(&early, "restart").is_empty() && !early.join("faults-fired.txt").exists(), "{}", text(&o));
     // --overwrite without --resume never is a mistake, said so.
     let o = f.train("run", &["--overwrite"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));

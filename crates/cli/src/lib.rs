@@ -342,12 +342,11 @@ const RUN_FILES: &[&str] = &[
     lock::LOCK_FILE,
 ];
 
-/// Whether `name` inside `checkpoints/` is oomph's.
-fn is_checkpoint_entry(name: &str) -> bool {
-    name.starts_with("step-") || name == oomph_train::checkpoint::ABANDONED || name == oomph_train::checkpoint::DAMAGED
-}
+/// The files of a checkpoint directory.
+const CHECKPOINT_FILES: &[&str] = &["model.mpk", "optim.mpk", "recipe.toml", "state.json", "manifest.json"];
 
-/// What in `run_dir` is not oomph's (top-level entries, and entries of `checkpoints/`).
+/// What in `run_dir` is not oomph's: top-level entries, entries of `checkpoints/` (and of its
+/// `abandoned/` and `damaged/`), and files inside checkpoint directories.
 fn foreign_entries(run_dir: &Path) -> Vec<PathBuf> {
     let names = |dir: &Path| -> Vec<(String, PathBuf)> {
         std::fs::read_dir(dir)
@@ -359,9 +358,27 @@ fn foreign_entries(run_dir: &Path) -> Vec<PathBuf> {
     };
     let mut foreign: Vec<PathBuf> =
         names(run_dir).into_iter().filter(|(n, _)| !RUN_FILES.contains(&n.as_str())).map(|(_, p)| p).collect();
-    foreign.extend(
-        names(&run_dir.join("checkpoints")).into_iter().filter(|(n, _)| !is_checkpoint_entry(n)).map(|(_, p)| p),
-    );
+    let root = run_dir.join("checkpoints");
+    let mut step_dirs = Vec::new();
+    for (name, path) in names(&root) {
+        if name == oomph_train::checkpoint::ABANDONED || name == oomph_train::checkpoint::DAMAGED {
+            for (inner, p) in names(&path) {
+                if inner.starts_with("step-") && p.is_dir() {
+                    step_dirs.push(p);
+                } else {
+                    foreign.push(p);
+                }
+            }
+        } else if name.starts_with("step-") && path.is_dir() {
+            step_dirs.push(path);
+        } else {
+            foreign.push(path);
+        }
+    }
+    for dir in step_dirs {
+        foreign
+            .extend(names(&dir).into_iter().filter(|(n, _)| !CHECKPOINT_FILES.contains(&n.as_str())).map(|(_, p)| p));
+    }
     foreign.sort();
     foreign
 }
@@ -381,7 +398,7 @@ fn prepare_run_dir(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<()
     let non_empty = |p: &Path| std::fs::read_dir(p).map(|mut r| r.next().is_some()).unwrap_or(false);
     let metrics = std::fs::metadata(run_dir.join("metrics.jsonl")).map(|m| m.len() > 0).unwrap_or(false);
     let has_run = non_empty(&run_dir.join("checkpoints")) || metrics;
-    if resume != Resume::Never || !has_run {
+    if resume != Resume::Never || (!has_run && !overwrite) {
         return Ok(());
     }
     if !overwrite {
@@ -423,7 +440,9 @@ fn prepare_run_dir(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<()
         })?;
         removed.push(*name);
     }
-    eprintln!("oomph: --overwrite removed the old run in {} ({})", run_dir.display(), removed.join(", "));
+    if !removed.is_empty() {
+        eprintln!("oomph: --overwrite removed the old run in {} ({})", run_dir.display(), removed.join(", "));
+    }
     Ok(())
 }
 

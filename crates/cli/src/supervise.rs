@@ -429,6 +429,15 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
                 }
                 return stop(run_dir, EXIT_INTERRUPTED);
             }
+            if let Some(sig) = status.signal() {
+                // A worker killed by a signal printed nothing of its own.
+                eprintln!(
+                    "oomph supervisor: the worker died of signal {sig}{}, which is not a memory failure (no \
+                     allocation failed), so it is not restarted. Its checkpoints are intact: once the cause is fixed, \
+                     the same command resumes the run from the newest one.",
+                    if sig == libc::SIGABRT { " (SIGABRT, an abort)" } else { "" }
+                );
+            }
             return stop(run_dir, status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)));
         };
         if interrupted {

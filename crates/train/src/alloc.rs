@@ -20,11 +20,15 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 static DEATH_FD: AtomicI32 = AtomicI32::new(-1);
-/// Whether a note has been written since it was last cleared.
-static NOTED: AtomicBool = AtomicBool::new(false);
+/// Which threads wrote a note since it was last cleared: [`OTHER`] and/or [`CHECKPOINT`].
+static NOTED: AtomicU8 = AtomicU8::new(0);
+/// A note from any thread but the checkpoint writer.
+const OTHER: u8 = 1;
+/// A note from the checkpoint writer thread.
+const CHECKPOINT: u8 = 2;
 
 thread_local! {
     /// Set on the checkpoint writer thread.
@@ -56,13 +60,14 @@ fn note_failure(size: usize) {
     let d = &digits[i..];
     let mut end = prefix.len() + d.len();
     buf[prefix.len()..end].copy_from_slice(d);
-    if IN_CHECKPOINT.try_with(Cell::get).unwrap_or(false) {
+    let in_checkpoint = IN_CHECKPOINT.try_with(Cell::get).unwrap_or(false);
+    if in_checkpoint {
         let tag = b" checkpoint";
         buf[end..end + tag.len()].copy_from_slice(tag);
         end += tag.len();
     }
     buf[end] = b'\n';
-    NOTED.store(true, Ordering::Relaxed);
+    NOTED.fetch_or(if in_checkpoint { CHECKPOINT } else { OTHER }, Ordering::Relaxed);
     // SAFETY: writing a stack buffer to a file descriptor we own, at offset 0 (one line).
     unsafe {
         libc::pwrite(fd, buf.as_ptr().cast(), end + 1, 0);
@@ -110,10 +115,25 @@ pub fn mark_checkpoint_thread() {
     IN_CHECKPOINT.with(|c| c.set(true));
 }
 
-/// The process survived every allocation failure noted so far: clears the note. Cheap when
-/// nothing was noted (one atomic load).
+/// The training loop survived every allocation failure noted by threads other than the
+/// checkpoint writer (called after every step and every recovered out-of-memory): clears
+/// their note. A note of the checkpoint writer stays until its write ended
+/// ([`checkpoint_survived`]): the writer may still be dying. Cheap when nothing was noted
+/// (one atomic load).
 pub fn survived() {
-    if NOTED.swap(false, Ordering::Relaxed) {
+    clear(OTHER);
+}
+
+/// The checkpoint writer finished its write: any allocation failure it noted was survived.
+pub fn checkpoint_survived() {
+    clear(CHECKPOINT);
+}
+
+fn clear(which: u8) {
+    if NOTED.load(Ordering::Relaxed) & which == 0 {
+        return;
+    }
+    if NOTED.fetch_and(!which, Ordering::Relaxed) & !which == 0 {
         let fd = DEATH_FD.load(Ordering::Relaxed);
         if fd >= 0 {
             // SAFETY: truncating a file descriptor we own.
@@ -144,5 +164,30 @@ pub fn arm(path: &std::path::Path) {
             // SAFETY: we own the previous descriptor.
             unsafe { libc::close(old) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loop_clears_its_own_notes_but_not_the_checkpoint_writers() {
+        let d = tempfile::tempdir().unwrap();
+        let note = d.path().join("worker-death.txt");
+        arm(&note);
+        note_failure(32);
+        survived();
+        assert_eq!(read_note(&note), None, "a failure the loop survived is forgotten");
+        std::thread::spawn(|| {
+            mark_checkpoint_thread();
+            note_failure(64);
+        })
+        .join()
+        .unwrap();
+        survived();
+        assert_eq!(read_note(&note), Some((64, true)), "the writer may still be dying");
+        checkpoint_survived();
+        assert_eq!(read_note(&note), None);
     }
 }

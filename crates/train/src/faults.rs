@@ -46,6 +46,31 @@ pub fn phase_name(p: Phase) -> &'static str {
     }
 }
 
+/// A simulated fault that ends the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessFault {
+    /// As a failed host allocation (`faults.die_at`).
+    Die,
+    /// SIGABRT that is not a memory failure (`faults.abort_at`).
+    Abort,
+}
+
+impl ProcessFault {
+    /// Ends the process; `when` says where, for the simulation line.
+    pub fn act(self, when: &str) -> ! {
+        match self {
+            ProcessFault::Die => {
+                eprintln!("SIMULATION: faults.die_at ends the worker {when}");
+                simulated_allocation_death()
+            }
+            ProcessFault::Abort => {
+                eprintln!("SIMULATION: faults.abort_at aborts the worker {when} (not a memory failure)");
+                std::process::abort()
+            }
+        }
+    }
+}
+
 /// Ends the process exactly as a failed host allocation does: the global allocator returns
 /// null for an impossible size (the tracking allocator notes it) and the standard library's
 /// handler prints `memory allocation of N bytes failed` and aborts.
@@ -132,24 +157,28 @@ impl Faults {
         if self.empty {
             return;
         }
+        let when = format!("in {} of step {step}", phase_name(phase));
         if self.take_run_fault("die_at", step, phase) {
-            eprintln!("SIMULATION: faults.die_at ends the worker in {} of step {step}", phase_name(phase));
-            simulated_allocation_death();
+            ProcessFault::Die.act(&when);
         }
         if self.take_run_fault("abort_at", step, phase) {
-            eprintln!(
-                "SIMULATION: faults.abort_at aborts the worker in {} of step {step} (not a memory failure)",
-                phase_name(phase)
-            );
-            std::process::abort();
+            ProcessFault::Abort.act(&when);
         }
     }
 
-    /// Whether the checkpoint writer is to die (`faults.die_at` with phase `checkpoint`) while
-    /// writing the checkpoint of `step`; the writer thread then calls
-    /// [`simulated_allocation_death`].
-    pub fn checkpoint_death(&mut self, step: usize) -> bool {
-        !self.empty && self.take_run_fault("die_at", step, Phase::Checkpoint)
+    /// The process-ending fault (`faults.die_at` or `faults.abort_at` with phase `checkpoint`)
+    /// due while writing the checkpoint of `step`, if any; the writer thread acts on it
+    /// ([`ProcessFault::act`]), so a death is noted as the checkpoint writer's.
+    pub fn checkpoint_fault(&mut self, step: usize) -> Option<ProcessFault> {
+        if self.empty {
+            None
+        } else if self.take_run_fault("die_at", step, Phase::Checkpoint) {
+            Some(ProcessFault::Die)
+        } else if self.take_run_fault("abort_at", step, Phase::Checkpoint) {
+            Some(ProcessFault::Abort)
+        } else {
+            None
+        }
     }
 
     /// Whether the loss of `step` is to be made non-finite (`faults.nan_at`).

@@ -117,8 +117,14 @@ impl Observer for Console {
             r.fields.iter().filter(|(k, _)| k.as_str() != "message").map(|(k, v)| format!("{k}={v}")).collect();
         let mut s = format!("[{}] step {}: {}", r.kind, r.step, detail.join(" "));
         if let Some(m) = r.fields.get("message").and_then(|m| m.as_str()) {
-            let m: String = m.chars().take(160).collect();
-            s.push_str(&format!(" ({m})"));
+            // Long messages (a divergence, a give-up) are printed whole as the run's error.
+            let mut short: String = m.chars().take(160).collect();
+            let cut = short.len() < m.len();
+            if cut {
+                // At a word boundary, so no number is cut in half.
+                short.truncate(short.rfind(' ').unwrap_or(short.len()));
+            }
+            s.push_str(&format!(" ({short}{})", if cut { " …" } else { "" }));
         }
         if r.kind != "checkpoint" || self.bar.is_none() {
             self.line(&s);

@@ -619,7 +619,7 @@ where
             let to = (e / 2).max(1);
             if to < self.eval_batch {
                 let from = self.eval_batch;
-                self.event("shrink", json!({ "from": from, "to": to, "reason": "worker_death", "scope": "eval" }));
+                self.event("shrink", json!({ "from": from, "to": to, "reason": "worker_died", "scope": "eval" }));
                 self.eval_batch = to;
             }
         }
@@ -1144,6 +1144,9 @@ where
     /// Waits for the checkpoint write in flight and records its completion.
     fn settle_writer(&mut self) -> Result<(), TrainError> {
         let waited = self.writer.wait();
+        if waited.is_ok() {
+            crate::alloc::checkpoint_survived();
+        }
         if self.writer.pending.is_none() {
             self.write_current();
         }
@@ -1198,16 +1201,15 @@ where
         let keep = self.s.recipe.checkpoint.keep;
         let recipe_text = oomph_recipe::to_toml_string(&self.s.recipe);
         let step = self.step;
-        let die = self.faults.checkpoint_death(step);
+        let fault = self.faults.checkpoint_fault(step);
         let simulate_full_disk = self.faults.disk_full(step);
         let writer_root = root.clone();
         let handle = std::thread::Builder::new()
             .name("oomph-checkpoint".into())
             .spawn(move || {
                 crate::alloc::mark_checkpoint_thread();
-                if die {
-                    eprintln!("SIMULATION: faults.die_at ends the worker while writing the checkpoint of step {step}");
-                    crate::faults::simulated_allocation_death();
+                if let Some(f) = fault {
+                    f.act(&format!("while writing the checkpoint of step {step}"));
                 }
                 let failed = |what: &'static str, e: String| checkpoint::WriteError {
                     op: what,
