@@ -1,4 +1,4 @@
-//! The adaptive micro-batch policy for one effective batch (GUIDE §2).
+//! The adaptive micro-batch policy for one effective batch.
 //!
 //! The policy holds the current micro-batch *limit* (always an achievable size, see
 //! [`crate::plan`]) and decides how it changes:

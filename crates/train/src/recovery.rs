@@ -2,10 +2,10 @@
 //! evaluation) and turns any failure into either an out-of-memory, which the caller recovers
 //! from, or the error it really is.
 //!
-//! Three places are checked, because a device allocation failure can surface in any of them
-//! (see GUIDE §6): a panic on the training thread (`catch_unwind`), the backend's `sync`
-//! result, and panics recorded on *other* threads during the attempt (cubecl's device runner
-//! catches its own allocation panics and only logs them). The one decision of what counts as
+//! Three places are checked, because a device allocation failure can surface in any of them:
+//! a panic on the training thread (`catch_unwind`), the backend's `sync` result, and panics
+//! recorded on *other* threads during the attempt (cubecl 0.10's device runner catches its own
+//! allocation panics and only logs them). The one decision of what counts as
 //! out-of-memory is `oomph_sched::oom::classify`.
 
 use burn::tensor::backend::Backend;

@@ -2,7 +2,7 @@
 //!
 //! A device allocation in burn 0.21 / cubecl 0.10 fails on the device's *runner* thread,
 //! which catches the panic and only logs it; the training thread may never see a panic of
-//! its own (GUIDE §6). So the trainer cannot rely on `catch_unwind` alone: it takes
+//! its own. So the trainer cannot rely on `catch_unwind` alone: it takes
 //! [`generation()`] before an attempt, runs it, and looks at [`since(generation)`](since) for
 //! out-of-memory messages raised on *any* thread during the attempt.
 //!
