@@ -55,6 +55,23 @@ pub struct DataIdentity {
 }
 
 impl DataIdentity {
+    /// The identity of data summarised by `info`, with the vocabulary's characters in token
+    /// order (text) and the content digest.
+    pub fn new(info: &crate::DataInfo, vocabulary: Option<String>, content_sha256: String) -> Self {
+        Self {
+            kind: info.kind.clone(),
+            task: info.task.clone(),
+            n_features: info.n_features,
+            n_classes: info.n_classes,
+            class_names: info.class_names.clone(),
+            vocabulary,
+            seq_len: info.seq_len,
+            train_len: info.train_len,
+            valid_len: info.valid_len,
+            content_sha256,
+        }
+    }
+
     /// One short line per field that differs from `self` (the identity recorded earlier) to
     /// `now` (the data loaded now), in field order; empty when the identities are equal.
     ///

@@ -396,35 +396,24 @@ fn tabular_splits(
     if let Some(1) = n_classes {
         tracing::warn!("{name}: the label column holds a single class");
     }
-    let identity = DataIdentity {
+    let info = DataInfo {
         kind: kind.to_string(),
         task: task.to_string(),
         n_features: Some(data.n_features),
         n_classes,
-        class_names: class_names.clone(),
-        vocabulary: None,
+        class_names,
+        vocab_size: None,
         seq_len: None,
         train_len: n_train,
         valid_len: n_valid,
-        content_sha256,
+        description,
     };
     Ok(Splits {
-        info: DataInfo {
-            kind: kind.to_string(),
-            task: task.to_string(),
-            n_features: Some(data.n_features),
-            n_classes,
-            class_names,
-            vocab_size: None,
-            seq_len: None,
-            train_len: n_train,
-            valid_len: n_valid,
-            description,
-        },
+        identity: DataIdentity::new(&info, None, content_sha256),
+        info,
         train: Source::Tabular(train),
         valid: Source::Tabular(valid),
         standardization,
-        identity,
     })
 }
 
@@ -463,35 +452,24 @@ fn text_splits(path: &Path, text: Text, frac: f64, seq_len: usize, sha256: Strin
          {n_valid} tokens (the last {frac} of the text), windows of {seq_len}+1 tokens",
         path.display()
     );
-    let identity = DataIdentity {
+    let info = DataInfo {
         kind: "text".into(),
         task: "language-model".into(),
         n_features: None,
         n_classes: None,
         class_names: None,
-        vocabulary: Some(vocabulary),
+        vocab_size: Some(vocab_size),
         seq_len: Some(seq_len),
         train_len: train.len(),
         valid_len: valid.len(),
-        content_sha256: sha256,
+        description,
     };
     Ok(Splits {
-        info: DataInfo {
-            kind: "text".into(),
-            task: "language-model".into(),
-            n_features: None,
-            n_classes: None,
-            class_names: None,
-            vocab_size: Some(vocab_size),
-            seq_len: Some(seq_len),
-            train_len: train.len(),
-            valid_len: valid.len(),
-            description,
-        },
+        identity: DataIdentity::new(&info, Some(vocabulary), sha256),
+        info,
         train,
         valid,
         standardization: None,
-        identity,
     })
 }
 

@@ -146,8 +146,21 @@ fn scale_one<B: Backend, const D: usize>(grads: &mut GradientsParams, id: ParamI
     map_grad::<B, D>(grads, id, &mut |g| g.mul_scalar(factor));
 }
 
-fn sq_norm_one<B: Backend, const D: usize>(grads: &GradientsParams, id: ParamId) -> Option<Tensor<B, 1>> {
-    grads.get::<B, D>(id).map(|g| g.powi_scalar(2).sum())
+/// How [`reduce_grads`] reduces each gradient to one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduce {
+    /// The sum of the squares (the squared L2 norm).
+    Squares,
+    /// The plain sum: finite exactly when every element is (short of an overflow of the sum
+    /// itself), at one read-only pass, where the squares need a squared copy.
+    Sum,
+}
+
+fn reduce_one<B: Backend, const D: usize>(grads: &GradientsParams, id: ParamId, how: Reduce) -> Option<Tensor<B, 1>> {
+    grads.get::<B, D>(id).map(|g| match how {
+        Reduce::Squares => g.powi_scalar(2).sum(),
+        Reduce::Sum => g.sum(),
+    })
 }
 
 /// Multiplies every gradient of `module` in `grads` by `factor`.
@@ -157,39 +170,16 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: 
     }
 }
 
-/// The sum of the squares of all gradients of `module`, on the device (no read), `[1]`;
-/// `None` when no parameter has a gradient.
-pub fn sq_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+/// Every gradient of `module` reduced as `how` says and added up, on the device (no read),
+/// `[1]`; `None` when no parameter has a gradient.
+pub fn reduce_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &GradientsParams,
+    how: Reduce,
 ) -> Option<Tensor<B::InnerBackend, 1>> {
     let mut total: Option<Tensor<B::InnerBackend, 1>> = None;
     for (id, rank) in param_ids::<B, M>(module) {
-        let part: Option<Tensor<B::InnerBackend, 1>> = for_rank!(rank, B::InnerBackend, sq_norm_one, grads, id);
-        if let Some(p) = part {
-            total = Some(match total {
-                Some(t) => t + p,
-                None => p,
-            });
-        }
-    }
-    total
-}
-
-fn sum_one<B: Backend, const D: usize>(grads: &GradientsParams, id: ParamId) -> Option<Tensor<B, 1>> {
-    grads.get::<B, D>(id).map(|g| g.sum())
-}
-
-/// The sum of every element of every gradient of `module`, on the device (no read), `[1]`:
-/// finite exactly when every element is (short of an overflow of the sum itself), at one
-/// read-only pass over the gradients, where the squared norm needs a squared copy.
-pub fn grad_sum<B: AutodiffBackend, M: AutodiffModule<B>>(
-    module: &M,
-    grads: &GradientsParams,
-) -> Option<Tensor<B::InnerBackend, 1>> {
-    let mut total: Option<Tensor<B::InnerBackend, 1>> = None;
-    for (id, rank) in param_ids::<B, M>(module) {
-        let part: Option<Tensor<B::InnerBackend, 1>> = for_rank!(rank, B::InnerBackend, sum_one, grads, id);
+        let part: Option<Tensor<B::InnerBackend, 1>> = for_rank!(rank, B::InnerBackend, reduce_one, grads, id, how);
         if let Some(p) = part {
             total = Some(match total {
                 Some(t) => t + p,
@@ -202,7 +192,7 @@ pub fn grad_sum<B: AutodiffBackend, M: AutodiffModule<B>>(
 
 /// Global L2 norm of all gradients of `module` (one device read).
 pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f64 {
-    sq_norm::<B, M>(module, grads).map(|t| t.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0)
+    reduce_grads::<B, M>(module, grads, Reduce::Squares).map(|t| t.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0)
 }
 
 /// Scales `grads` down to global norm `max_norm` when their norm `norm` (already known)

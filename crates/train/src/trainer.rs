@@ -12,7 +12,7 @@ use crate::current::{Current, CurrentFile};
 use crate::error::TrainError;
 use crate::faults::{phase_name, Faults};
 use crate::objective::Objective;
-use crate::optim::{clip_to, lr_at, params_finite, sq_norm, Optim};
+use crate::optim::{clip_to, lr_at, params_finite, reduce_grads, Optim, Reduce};
 use crate::progress::Observer;
 use crate::random;
 use crate::records::{EvalRecord, EventRecord, JsonLines, StepRecord, Summary};
@@ -1404,7 +1404,8 @@ where
     let grads = single.unwrap_or_else(|| acc.grads());
     // The loss and the gradient check come back in one device read: the squared norm when
     // clipping needs the norm, otherwise the plain sum (finite exactly when every element is).
-    let check = if with_norm { sq_norm::<B, M>(model, &grads) } else { crate::optim::grad_sum::<B, M>(model, &grads) };
+    let how = if with_norm { Reduce::Squares } else { Reduce::Sum };
+    let check = reduce_grads::<B, M>(model, &grads, how);
     let (loss, check) = match (loss_sum, check) {
         (Some(l), Some(q)) => {
             let v: Vec<f64> = Tensor::cat(vec![l, q], 0).into_data().iter::<f64>().collect();
