@@ -13,8 +13,11 @@ pub mod adapter;
 pub mod alloc;
 pub mod backend;
 pub mod checkpoint;
+pub mod checkpointer;
 pub mod current;
 pub mod error;
+pub mod evaluation;
+pub mod export;
 pub mod faults;
 #[cfg(feature = "cuda")]
 pub mod gpu;
@@ -25,7 +28,11 @@ pub mod random;
 pub mod records;
 pub mod recovery;
 pub mod registry;
+pub mod resume;
+pub mod runlog;
+pub mod session;
 pub mod signals;
+pub mod step;
 pub mod tensors;
 pub mod trainer;
 

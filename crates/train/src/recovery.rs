@@ -72,6 +72,29 @@ pub fn attempt<B: Backend, T>(device: &B::Device, f: impl FnOnce() -> T) -> Resu
     }
 }
 
+/// What an attempt's closure may ask the boundary while it runs.
+pub struct Scope {
+    generation: u64,
+}
+
+impl Scope {
+    /// Panics (inside the boundary) when an allocation failure was recorded on another thread
+    /// (e.g. cubecl's device runner) since the attempt began, so it surfaces now rather than
+    /// after the rest of the attempt.
+    pub fn check_other_threads(&self) {
+        if let Some((rec, _)) = oom::panics::oom_since(self.generation) {
+            std::panic::panic_any(format!("{} (on thread '{}')", rec.message, rec.thread));
+        }
+    }
+}
+
+/// [`attempt`] for a closure that checks other threads as it goes ([`Scope`]).
+pub fn attempt_scoped<B: Backend, T>(device: &B::Device, f: impl FnOnce(&Scope) -> T) -> Result<T, Failure> {
+    oom::panics::install_quiet_oom();
+    let scope = Scope { generation: oom::panics::generation() };
+    attempt::<B, T>(device, || f(&scope))
+}
+
 fn classify(message: String) -> Failure {
     if oom::is_oom(&message) {
         Failure::Oom { message }

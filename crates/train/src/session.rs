@@ -1,0 +1,162 @@
+//! A run's inputs besides the model and the data ([`Session`]), and what the recipe implies
+//! for the loop: the run length, the policy's configuration, and the data-dependent checks.
+
+use crate::backend::MemoryProbe;
+use crate::error::TrainError;
+use crate::faults::Faults;
+use crate::progress::Observer;
+use crate::resume::Resume;
+use burn::tensor::backend::Backend;
+use oomph_data::{DataInfo, Splits};
+use oomph_recipe::{MicroInitial, Recipe};
+use oomph_sched::{Policy, PolicyConfig};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Everything a run needs besides the model and the data.
+pub struct Session<B: Backend> {
+    /// The validated recipe.
+    pub recipe: Recipe,
+    /// Where the recipe came from (for messages).
+    pub origin: String,
+    /// The device to train on.
+    pub device: B::Device,
+    /// Human-readable backend and device, e.g. `ndarray (cpu)`.
+    pub backend_name: String,
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Progress front-end.
+    pub observer: Box<dyn Observer>,
+    /// Resume policy.
+    pub resume: Resume,
+    /// Set by a supervisor after a worker died of memory at this micro-batch: the policy's
+    /// ceiling is lowered below it on resume.
+    pub lower_ceiling: Option<usize>,
+    /// Set by a supervisor after a worker died of memory while evaluating with this
+    /// evaluation micro-batch: evaluation runs below it on resume.
+    pub lower_eval: Option<usize>,
+    /// Set by a supervisor after a worker died inside an optimizer update: this process's
+    /// first update runs in place too (the copy-based first update needs room for a second
+    /// copy of the parameters and optimizer state).
+    pub first_update_in_place: bool,
+    /// Supervisor restarts so far (added to the summary).
+    pub restarts: usize,
+    /// Extra lines for the start-up banner (e.g. device memory).
+    pub banner: Vec<String>,
+    /// Set to stop the run at the next step boundary (checkpoint, then
+    /// [`TrainError::Interrupted`]), as a first Ctrl-C does.
+    pub stop: Arc<AtomicBool>,
+    /// Device memory statistics, where the backend reports them.
+    pub memory: Option<MemoryProbe>,
+}
+
+impl<B: Backend> Session<B> {
+    /// A session with defaults: no output (`Silent`), resume `Auto`, no supervisor state.
+    pub fn new(recipe: Recipe, origin: &str, device: B::Device, run_dir: &Path) -> Self {
+        Self {
+            recipe,
+            origin: origin.to_string(),
+            device,
+            backend_name: std::any::type_name::<B>().to_string(),
+            run_dir: run_dir.to_path_buf(),
+            observer: Box::new(crate::progress::Silent),
+            resume: Resume::Auto,
+            lower_ceiling: None,
+            lower_eval: None,
+            first_update_in_place: false,
+            restarts: 0,
+            banner: Vec::new(),
+            stop: Arc::default(),
+            memory: None,
+        }
+    }
+
+    /// The start-up banner's lines for a run at `step` of `total` (before the notes gathered
+    /// while resuming).
+    pub fn banner_lines(
+        &self,
+        policy: &Policy,
+        info: &DataInfo,
+        parameters: usize,
+        total: usize,
+        step: usize,
+        faults: &Faults,
+    ) -> Vec<String> {
+        let r = &self.recipe;
+        let plan = policy.plan();
+        let (min, max) = policy.bounds();
+        let mut lines = vec![
+            format!("oomph: {} ({})", r.run.name, self.origin),
+            format!("backend {} | run dir {}", self.backend_name, self.run_dir.display()),
+            format!("model {} | {} parameters", r.model.kind, crate::trainer::fmt_count(parameters)),
+            format!("data {}", info.description),
+            format!(
+                "effective {} = {} chunk{} x {}{} | micro-batch min {min} max {max} (initial {}) | {total} steps",
+                r.training.effective_batch,
+                plan.len(),
+                if plan.len() == 1 { "" } else { "s" },
+                plan[0],
+                if plan.iter().any(|&c| c != plan[0]) { format!(" (sizes {plan:?})") } else { String::new() },
+                match r.micro_batch.initial {
+                    MicroInitial::Auto => "auto".to_string(),
+                    MicroInitial::Fixed(m) => m.to_string(),
+                },
+            ),
+        ];
+        if r.micro_batch.initial == MicroInitial::Auto && step == 0 {
+            lines.push(format!(
+                "micro-batch auto: trying {} first, then the largest size that fits (OOM probing{})",
+                plan[0],
+                if self.memory.is_some() { " and the device's memory statistics" } else { "" }
+            ));
+        }
+        if !faults.is_empty() {
+            lines.push("SIMULATION: [faults] is set; injected OOMs are simulated, not real".into());
+        }
+        lines
+    }
+}
+
+/// Number of optimizer steps a recipe asks for, given the training split's size.
+pub fn total_steps(recipe: &Recipe, train_len: usize) -> usize {
+    match (recipe.training.steps, recipe.training.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => (e * train_len).div_ceil(recipe.training.effective_batch).max(1),
+        (None, None) => 100,
+    }
+}
+
+/// Checks what can only be checked against the loaded data: an effective batch no larger than
+/// the training split.
+pub fn check_data_fits(recipe: &Recipe, origin: &str, data: &Splits) -> Result<(), TrainError> {
+    let n = recipe.training.effective_batch;
+    let len = data.train.len();
+    if n > len {
+        return Err(TrainError::BadInput(format!(
+            "{origin}: `training.effective_batch` = {n} is larger than the training split, which holds {len} \
+             samples ({}): one step would hold some samples more than once. Fix: set \
+             training.effective_batch to at most {len}, or use more data.",
+            data.info.description
+        )));
+    }
+    Ok(())
+}
+
+/// The policy configuration a recipe implies.
+pub fn policy_config(recipe: &Recipe) -> PolicyConfig {
+    let n = recipe.training.effective_batch;
+    let mb = &recipe.micro_batch;
+    let max = mb.max.unwrap_or(n).min(n).max(1);
+    PolicyConfig {
+        effective_batch: n,
+        min: mb.min.min(max),
+        max,
+        initial: match mb.initial {
+            MicroInitial::Auto => None,
+            MicroInitial::Fixed(m) => Some(m.min(max)),
+        },
+        grow_after: mb.grow_after,
+        max_retries_per_step: mb.max_retries_per_step,
+    }
+}

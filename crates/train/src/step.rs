@@ -1,0 +1,297 @@
+//! One attempt at an optimizer step: exact gradient accumulation over the micro-batch plan,
+//! the gradient check, and the update (copy-based or in place). It returns a typed
+//! [`Outcome`]; what to do after a failure is decided by `oomph_sched` and carried out by
+//! the training loop.
+//!
+//! **Invariant:** a step consumes exactly `effective_batch` samples; its gradient is the
+//! gradient of `sum(loss_i) / sum(weight_i)` over all its chunks, whatever the split
+//! (enforced by `tests/it/accumulation.rs`, whose negative control uses the wrong
+//! normalisation and must fail).
+
+use crate::error::TrainError;
+use crate::faults::{phase_name, Faults};
+use crate::objective::Objective;
+use crate::optim::{clip_to, reduce_grads, Optim, Reduce};
+use crate::random;
+use crate::recovery::{attempt, attempt_scoped, Failure, Scope};
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use oomph_data::Source;
+use oomph_recipe::Phase;
+use std::cell::Cell;
+
+/// Backend seed for step `step` of a run seeded with `seed` (SplitMix64 of both), so a
+/// resumed or retried step draws exactly the same random numbers.
+pub fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// What a step learned about its gradients.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GradCheck {
+    /// Every gradient element is finite.
+    pub finite: bool,
+    /// The global L2 norm, when it was computed (gradient clipping needs it).
+    pub norm: Option<f64>,
+}
+
+/// One step's inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInput<'a> {
+    /// The optimizer step, 1-based.
+    pub step: usize,
+    /// The effective batch's sample indices.
+    pub indices: &'a [usize],
+    /// Chunk sizes, summing to `indices.len()` (see `oomph_sched::plan_chunks`).
+    pub plan: &'a [usize],
+    /// Learning rate of this step.
+    pub lr: f64,
+    /// Global-norm clipping threshold.
+    pub clip: Option<f64>,
+    /// The run's master seed (dropout and the backend's random numbers are keyed by it).
+    pub seed: u64,
+}
+
+/// How an attempt at a step ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The update was applied.
+    Updated {
+        /// Mean loss of the effective batch.
+        loss: f64,
+        /// Global gradient norm before clipping, when computed.
+        grad_norm: Option<f64>,
+    },
+    /// The loss or a gradient was not finite: no update was applied.
+    NonFinite {
+        /// Mean loss (possibly NaN or infinite).
+        loss: f64,
+        /// What the gradient check found.
+        check: GradCheck,
+    },
+    /// Out of memory in `phase`; the model and optimizer are intact unless `consumed`.
+    Oom {
+        /// Where it happened (forward, backward or optimizer).
+        phase: Phase,
+        /// The classified message.
+        message: String,
+        /// The in-place update had consumed the only model and optimizer handles: the
+        /// process cannot retry the step.
+        consumed: bool,
+    },
+    /// A failure that is not an out-of-memory: never retried.
+    Failed(TrainError),
+}
+
+/// The model and its optimizer, updated once per step.
+pub struct Trainable<B: AutodiffBackend, M: AutodiffModule<B>> {
+    /// `None` only while an in-place update runs (or after it failed).
+    model: Option<M>,
+    optim: Option<Optim<M, B>>,
+    /// Updates completed by this process.
+    updates: usize,
+    /// Run the first update in place too (after a worker died inside an update).
+    first_in_place: bool,
+}
+
+impl<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>> Trainable<B, M> {
+    /// A model and its optimizer. With `first_in_place`, even the first update (which
+    /// allocates the optimizer state) runs in place rather than on copies.
+    pub fn new(model: M, optim: Optim<M, B>, first_in_place: bool) -> Self {
+        Self { model: Some(model), optim: Some(optim), updates: 0, first_in_place }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &M {
+        self.model.as_ref().expect("the model is only taken during an in-place update")
+    }
+
+    /// The optimizer.
+    pub fn optim(&self) -> &Optim<M, B> {
+        self.optim.as_ref().expect("the optimizer is only taken during an in-place update")
+    }
+
+    /// Replaces the model and optimizer (restored from a checkpoint).
+    pub fn restore(&mut self, model: M, optim: Optim<M, B>) {
+        self.model = Some(model);
+        self.optim = Some(optim);
+    }
+
+    /// One attempt at a step: the forward and backward passes of every chunk, the gradient
+    /// check and, when everything is finite, the update. `enter` is told each phase as it
+    /// starts (for `current.json`).
+    pub fn attempt(
+        &mut self,
+        src: &Source,
+        input: StepInput,
+        device: &B::Device,
+        faults: &mut Faults,
+        enter: &mut dyn FnMut(Phase),
+    ) -> Outcome {
+        let step = input.step;
+        enter(Phase::Forward);
+        B::seed(device, step_seed(input.seed, step));
+        let phase = Cell::new(Phase::Forward);
+        let model = self.model();
+        let out = attempt_scoped::<B, _>(device, |scope| {
+            accumulate::<B, M>(model, src, input, device, faults, &phase, scope)
+        });
+        let (mut grads, loss, check) = match out {
+            Ok(v) => v,
+            Err(f) => return failed(f, step, phase.get(), input.plan[0]),
+        };
+        if !(loss.is_finite() && check.finite) {
+            // Never let a non-finite loss or gradient reach the weights: the step is skipped.
+            return Outcome::NonFinite { loss, check };
+        }
+        let norm = check.norm.unwrap_or(0.0);
+        let (lr, clip) = (input.lr, input.clip);
+        enter(Phase::Optimizer);
+        if self.updates == 0 && !self.first_in_place {
+            // The first update of a process allocates the optimizer state (Adam's moments): it
+            // runs on copies of the handles, so a failed update leaves the model and the
+            // optimizer untouched and can be retried in-process.
+            let mut optim = self.optim().clone();
+            let model = self.model().clone();
+            let out = attempt::<B, _>(device, || {
+                faults.check(step, Phase::Optimizer, 0);
+                if let Some(c) = clip {
+                    clip_to::<B, M>(&model, &mut grads, norm, c);
+                }
+                let m = optim.step(lr, model, grads);
+                (m, optim)
+            });
+            return match out {
+                Ok((m, o)) => self.updated(m, o, loss, check),
+                Err(f) => failed(f, step, Phase::Optimizer, input.plan[0]),
+            };
+        }
+        // Later updates (and, after a worker died inside an update, the first one too) consume
+        // the only handles, so the backend updates parameters and moments in place (no second
+        // copy: a lower memory peak, and faster). Simulated faults still fire before anything
+        // is touched; a real failure inside the update leaves a half-updated model.
+        if let Err(f) = attempt::<B, _>(device, || faults.check(step, Phase::Optimizer, 0)) {
+            return failed(f, step, Phase::Optimizer, input.plan[0]);
+        }
+        let model = self.model.take().expect("model");
+        let mut optim = self.optim.take().expect("optimizer");
+        let out = attempt::<B, _>(device, move || {
+            if let Some(c) = clip {
+                clip_to::<B, M>(&model, &mut grads, norm, c);
+            }
+            let m = optim.step(lr, model, grads);
+            (m, optim)
+        });
+        match out {
+            Ok((m, o)) => self.updated(m, o, loss, check),
+            Err(Failure::Oom { message }) => Outcome::Oom { phase: Phase::Optimizer, message, consumed: true },
+            Err(Failure::Other { message }) => Outcome::Failed(TrainError::Failed(format!(
+                "the optimizer update of step {step} failed (not an out-of-memory): {message}"
+            ))),
+        }
+    }
+
+    fn updated(&mut self, model: M, optim: Optim<M, B>, loss: f64, check: GradCheck) -> Outcome {
+        self.model = Some(model);
+        self.optim = Some(optim);
+        self.updates += 1;
+        Outcome::Updated { loss, grad_norm: check.norm }
+    }
+}
+
+/// A failed attempt before anything was consumed.
+fn failed(f: Failure, step: usize, phase: Phase, micro: usize) -> Outcome {
+    match f {
+        Failure::Oom { message } => Outcome::Oom { phase, message, consumed: false },
+        Failure::Other { message } => Outcome::Failed(TrainError::Failed(format!(
+            "training failed in {} of step {step} (micro-batch {micro}) with an error that is not an \
+             out-of-memory, so it is not retried: {message}",
+            phase_name(phase)
+        ))),
+    }
+}
+
+/// The forward and backward passes of one attempt at a step: every chunk's loss sum is
+/// divided by the effective batch's total weight before its backward pass, so the summed
+/// gradients are those of the mean loss. Returns the gradients, the mean loss and the
+/// gradient check, read back from the device together.
+fn accumulate<B, M>(
+    model: &M,
+    src: &Source,
+    input: StepInput,
+    device: &B::Device,
+    faults: &mut Faults,
+    phase: &Cell<Phase>,
+    scope: &Scope,
+) -> (GradientsParams, f64, GradCheck)
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Objective<B>,
+{
+    let (step, plan) = (input.step, input.plan);
+    // Each chunk's batch is built when it runs (and once before, for its weight): host memory
+    // follows the micro-batch, not the effective batch.
+    let mut chunks = Vec::with_capacity(plan.len());
+    let mut offset = 0;
+    for &size in plan {
+        chunks.push(&input.indices[offset..offset + size]);
+        offset += size;
+    }
+    // One chunk (the common case): its batch is built once and reused.
+    let mut prebuilt = (chunks.len() == 1).then(|| src.batch(chunks[0]));
+    let total: f64 = match &prebuilt {
+        Some(b) => model.weight(b),
+        None => chunks.iter().map(|c| model.weight(&src.batch(c))).sum(),
+    };
+    let scale = 1.0 / total.max(f64::MIN_POSITIVE);
+    let mut acc = GradientsAccumulator::<M>::new();
+    let mut single = None;
+    let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
+    for chunk in &chunks {
+        let batch = prebuilt.take().unwrap_or_else(|| src.batch(chunk));
+        phase.set(Phase::Forward);
+        faults.check(step, Phase::Forward, batch.len());
+        let mut loss = random::with_chunk(input.seed, step, chunk, || model.loss(&batch, device)).sum.mul_scalar(scale);
+        if faults.nan_loss(step) {
+            loss = loss.mul_scalar(f64::NAN);
+        }
+        drop(batch);
+        let detached = loss.clone().inner();
+        loss_sum = Some(match loss_sum {
+            Some(t) => t + detached,
+            None => detached,
+        });
+        phase.set(Phase::Backward);
+        faults.check(step, Phase::Backward, chunk.len());
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        // A device allocation that failed on another thread (cubecl's runner) surfaces here,
+        // at the end of the micro-batch, rather than after the remaining chunks.
+        scope.check_other_threads();
+        if plan.len() == 1 {
+            single = Some(grads);
+        } else {
+            acc.accumulate(model, grads);
+        }
+    }
+    let grads = single.unwrap_or_else(|| acc.grads());
+    // The loss and the gradient check come back in one device read: the squared norm when
+    // clipping needs the norm, otherwise the plain sum (finite exactly when every element is).
+    let with_norm = input.clip.is_some();
+    let how = if with_norm { Reduce::Squares } else { Reduce::Sum };
+    let check = reduce_grads::<B, M>(model, &grads, how);
+    let (loss, check) = match (loss_sum, check) {
+        (Some(l), Some(q)) => {
+            let v: Vec<f64> = Tensor::cat(vec![l, q], 0).into_data().iter::<f64>().collect();
+            (v[0], v[1])
+        }
+        (Some(l), None) => (l.into_scalar().elem::<f64>(), 0.0),
+        (None, _) => (f64::NAN, f64::NAN),
+    };
+    let grads_check = GradCheck { finite: check.is_finite(), norm: with_norm.then(|| check.sqrt()) };
+    (grads, loss, grads_check)
+}
