@@ -6,6 +6,8 @@ use crate::current::{Current, CurrentFile};
 use crate::error::TrainError;
 use crate::progress::Observer;
 use crate::records::{EvalRecord, EventRecord, JsonLines, StepRecord, Summary};
+use oomph_recipe::Phase;
+use oomph_sched::Policy;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -191,6 +193,35 @@ impl RunLog {
         self.clear_position();
         self.observer.finish(summary);
         Ok(())
+    }
+}
+
+/// What `current.json` says for the main thread in `phase` after `step` completed steps, with
+/// the policy's sizes and the checkpoint being written in the background (`writing`).
+pub fn position(
+    phase: Phase,
+    step: usize,
+    policy: &Policy,
+    eval_batch: usize,
+    parameters: usize,
+    writing: Option<usize>,
+) -> Current {
+    // Evaluation and checkpoints belong to the step just done; training to the next one.
+    let (step, phase) = match phase {
+        Phase::Forward | Phase::Backward => (step + 1, "train"),
+        Phase::Optimizer => (step + 1, "optimizer"),
+        Phase::Eval => (step, "eval"),
+        Phase::Checkpoint => (step, "checkpoint"),
+    };
+    Current {
+        pid: std::process::id(),
+        step,
+        phase: phase.to_string(),
+        micro_batch: policy.limit(),
+        eval_batch,
+        min_micro_batch: policy.bounds().0,
+        parameters,
+        checkpoint_step: writing,
     }
 }
 

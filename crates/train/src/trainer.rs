@@ -10,7 +10,6 @@
 
 use crate::checkpoint::TrainState;
 use crate::checkpointer::Checkpointer;
-use crate::current::Current;
 use crate::error::TrainError;
 use crate::evaluation::{attempt_eval, eval_len};
 use crate::export::save_safetensors;
@@ -21,7 +20,7 @@ use crate::records::{EvalRecord, StepRecord, Summary};
 use crate::recovery::cleanup;
 pub use crate::resume::Resume;
 use crate::resume::{Expect, Loaded};
-use crate::runlog::RunLog;
+use crate::runlog::{position, RunLog};
 pub use crate::session::{check_data_fits, policy_config, total_steps, Session};
 use crate::signals;
 pub use crate::step::step_seed;
@@ -31,6 +30,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use oomph_data::{Sampler, Splits};
 use oomph_recipe::{MicroInitial, Phase};
+use oomph_sched::decide::{Decision, OomContext, OomPhase};
 use oomph_sched::{MemoryHint, Policy};
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -208,79 +208,81 @@ where
                     if phase == Phase::Optimizer {
                         optimizer_ooms += 1;
                     }
-                    self.recover(step, phase, plan[0], message, consumed, optimizer_ooms, t_attempt)?;
+                    if let Decision::RetryStep { events, .. } =
+                        self.on_oom(phase, plan[0], message, consumed, optimizer_ooms)?
+                    {
+                        self.log.policy_events(step, events);
+                        self.write_position();
+                    }
+                    self.tally.recovery_s += t_attempt.elapsed().as_secs_f64();
                 }
             }
         }
     }
 
-    /// Carries out what `sched` decides after an out-of-memory in training or the update.
-    #[allow(clippy::too_many_arguments)]
-    fn recover(
+    /// After an out-of-memory: cleans up (unless an in-place update consumed the handles),
+    /// records it, probes the backend and asks `sched`. Carries out the decisions that end the
+    /// worker or the run; returns the others (retry the step, retry the update, shrink the
+    /// evaluation batch) for the caller to carry out.
+    fn on_oom(
         &mut self,
-        step: usize,
-        phase: Phase,
+        at_phase: Phase,
         micro: usize,
-        message: String,
-        consumed: bool,
+        error: String,
+        in_place: bool,
         optimizer_ooms: usize,
-        t_attempt: Instant,
-    ) -> Result<(), TrainError> {
-        if consumed {
-            self.tally.oom_events += 1;
-            self.log.event("oom", step, json!({ "phase": "optimizer", "micro_batch": micro, "message": message }));
-            return Err(TrainError::MemoryDeath {
-                micro,
-                message: format!(
-                    "out of memory inside the in-place optimizer update of step {step}; the worker ends so the \
-                     run resumes from the newest checkpoint: {message}"
-                ),
-            });
+    ) -> Result<Decision, TrainError> {
+        let phase = match at_phase {
+            Phase::Forward | Phase::Backward => OomPhase::Train,
+            Phase::Optimizer => OomPhase::Optimizer,
+            Phase::Eval => OomPhase::Eval,
+            Phase::Checkpoint => OomPhase::Checkpoint,
+        };
+        // Evaluation and checkpoints belong to the step just done; training to the next one.
+        let (step, at) = match phase {
+            OomPhase::Train | OomPhase::Optimizer => (self.step + 1, self.step + 1),
+            OomPhase::Eval | OomPhase::Checkpoint => (self.step, self.step + 1),
+        };
+        let size = if phase == OomPhase::Eval { self.eval_batch } else { micro };
+        if !in_place {
+            cleanup::<B>(&self.s.device);
+            crate::alloc::survived();
         }
-        cleanup::<B>(&self.s.device);
-        crate::alloc::survived();
         self.tally.oom_events += 1;
-        self.log.event("oom", step, json!({ "phase": phase_name(phase), "micro_batch": micro, "message": message }));
-        if !probe::<B>(&self.s.device) {
-            return Err(TrainError::MemoryDeath {
-                micro,
-                message: format!("the backend is unusable after an out-of-memory at micro-batch {micro}: {message}"),
-            });
-        }
-        if phase == Phase::Optimizer {
-            if optimizer_ooms >= 2 {
-                let msg = format!(
-                    "the optimizer update of step {step} ran out of memory twice, after cleanup; it needs room for \
-                     the parameters, their gradients and the optimizer state ({} parameters, {} MiB in float32, \
-                     about 4x that for AdamW), independent of the micro-batch. Fix: a smaller model, \
-                     `optimizer.kind = \"sgd\"`, or a device with more memory.",
-                    fmt_count(self.parameters),
-                    self.parameters * 4 / (1024 * 1024)
-                );
-                self.log.event("give_up", step, json!({ "phase": "optimizer", "message": msg }));
-                return Err(TrainError::DoesNotFit(msg));
+        let fields = json!({ "phase": phase_name(at_phase), "micro_batch": size, "message": error });
+        self.log.event("oom", at, fields);
+        let backend_usable = in_place || probe::<B>(&self.s.device);
+        let hint = self
+            .s
+            .memory
+            .as_ref()
+            .and_then(|probe| probe())
+            .map(|m| MemoryHint { capacity_bytes: Some(m.capacity), ..Default::default() });
+        let ctx = OomContext {
+            phase,
+            step,
+            micro,
+            eval_batch: self.eval_batch,
+            optimizer_ooms,
+            in_place,
+            backend_usable,
+            parameters: self.parameters,
+            hint,
+            error,
+        };
+        match self.policy.decide(&ctx) {
+            Decision::RestartWorker { message, .. } => Err(TrainError::MemoryDeath { micro, message }),
+            Decision::GiveUp(g) => {
+                let msg = g.to_string();
+                let fields = match phase {
+                    OomPhase::Train => json!({ "micro_batch": micro, "message": msg }),
+                    p => json!({ "phase": p.as_str(), "message": msg }),
+                };
+                self.log.event("give_up", at, fields);
+                Err(TrainError::DoesNotFit(msg))
             }
-        } else {
-            let hint = self
-                .s
-                .memory
-                .as_ref()
-                .and_then(|probe| probe())
-                .map(|m| MemoryHint { capacity_bytes: Some(m.capacity), ..Default::default() });
-            match self.policy.on_oom(micro, hint) {
-                Ok(evs) => {
-                    self.log.policy_events(step, evs);
-                    self.write_position();
-                }
-                Err(give_up) => {
-                    let msg = format!("{give_up} (last error: {message})");
-                    self.log.event("give_up", step, json!({ "micro_batch": micro, "message": msg }));
-                    return Err(TrainError::DoesNotFit(msg));
-                }
-            }
+            d => Ok(d),
         }
-        self.tally.recovery_s += t_attempt.elapsed().as_secs_f64();
-        Ok(())
     }
 
     /// A step whose loss or gradient norm is not finite: no update; recorded as a skipped step
@@ -425,20 +427,11 @@ where
                     )))
                 }
                 Err(crate::recovery::Failure::Oom { message }) => {
-                    cleanup::<B>(&self.s.device);
-                    crate::alloc::survived();
-                    self.tally.oom_events += 1;
-                    let at = self.step + 1;
-                    self.log.event("oom", at, json!({ "phase": "eval", "micro_batch": eb, "message": message }));
-                    if eb <= 1 {
-                        let msg = format!("evaluation does not fit even one sample per micro-batch: {message}");
-                        self.log.event("give_up", at, json!({ "phase": "eval", "message": msg }));
-                        return Err(TrainError::DoesNotFit(msg));
+                    if let Decision::ShrinkEval { from, to } = self.on_oom(Phase::Eval, eb, message, false, 0)? {
+                        let fields = json!({ "from": from, "to": to, "reason": "oom", "scope": "eval" });
+                        self.log.event("shrink", self.step + 1, fields);
+                        self.eval_batch = to;
                     }
-                    let to = eb / 2;
-                    let fields = json!({ "from": eb, "to": to, "reason": "oom", "scope": "eval" });
-                    self.log.event("shrink", at, fields);
-                    self.eval_batch = to;
                     self.tally.recovery_s += t.elapsed().as_secs_f64();
                 }
             }
@@ -613,34 +606,6 @@ where
         };
         self.log.finish(&summary)?;
         Ok(summary)
-    }
-}
-
-/// `current.json` for the main thread in `phase` after `step` completed steps.
-fn position(
-    phase: Phase,
-    step: usize,
-    policy: &Policy,
-    eval_batch: usize,
-    parameters: usize,
-    writing: Option<usize>,
-) -> Current {
-    // Evaluation and checkpoints belong to the step just done; training to the next one.
-    let (step, phase) = match phase {
-        Phase::Forward | Phase::Backward => (step + 1, "train"),
-        Phase::Optimizer => (step + 1, "optimizer"),
-        Phase::Eval => (step, "eval"),
-        Phase::Checkpoint => (step, "checkpoint"),
-    };
-    Current {
-        pid: std::process::id(),
-        step,
-        phase: phase.to_string(),
-        micro_batch: policy.limit(),
-        eval_batch,
-        min_micro_batch: policy.bounds().0,
-        parameters,
-        checkpoint_step: writing,
     }
 }
 
