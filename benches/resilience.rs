@@ -21,7 +21,7 @@ use oomph::recipe::Recipe;
 use oomph::sched::plan::{achievable_sizes, max_chunk};
 use oomph::train::checkpoint::{self, Payload, TrainState};
 use oomph::train::optim::Optim;
-use oomph::train::records::{read_lines, EventRecord, StepRecord};
+use oomph::train::records::{read_lines, Event, EventLine, StepRecord};
 use oomph::train::{Models, Registry};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -164,23 +164,15 @@ fn overhead() {
     println!("## Framework overhead: oomph step vs a plain burn loop\n");
     println!("Same model and init (seed), same batches (oomph's sampler), same AdamW, micro-batch = effective");
     println!("batch (one chunk), flex backend, checkpoints and evaluation off. plain: gather, forward, mean");
-    println!("loss, backward, `from_grads`, `AdamW::step`, read the loss. The rows in between rebuild");
-    println!("oomph's step from the plain one piece by piece (cumulative) to show where the time goes; the");
-    println!("last row is the real in-process `train` loop (per-step wall time from metrics.jsonl). Median");
-    println!("step time after warm-up, divided by the plain loop's, median [min..max] over interleaved");
-    println!("repetitions.\n");
-    let all = Pieces { normalise: true, copies: true, metrics: Some(0), boundary: true };
-    let variants: Vec<(&str, Option<Pieces>)> = vec![
-        ("plain burn loop", Some(Pieces::default())),
-        ("+ loss sum x 1/W, loss read from a detached copy", Some(Pieces { normalise: true, ..Pieces::default() })),
-        (
-            "+ optimizer update on copies of the handles",
-            Some(Pieces { normalise: true, copies: true, ..Pieces::default() }),
-        ),
-        ("+ one metrics line per step, flushed", Some(Pieces { metrics: Some(0), boundary: false, ..all })),
-        ("+ recovery boundaries and re-seed (= oomph's step)", Some(all)),
-        ("oomph's step, metrics flushed at most every 100 ms (fix 1)", Some(Pieces { metrics: Some(100), ..all })),
-        ("oomph's step, fix 1 + update in place (fix 2)", Some(Pieces { metrics: Some(100), copies: false, ..all })),
+    println!("loss, backward, `from_grads`, `AdamW::step`, read the loss. The middle rows compose oomph's real");
+    println!("components (`oomph-train`'s `step::Trainable::attempt`, then with the `runlog::RunLog`");
+    println!("around it) without the loop; the last row is the real in-process `train` loop (per-step wall");
+    println!("time from metrics.jsonl). Median step time after warm-up, divided by the plain loop's, median");
+    println!("[min..max] over interleaved repetitions.\n");
+    let variants: Vec<(&str, Option<Option<Pieces>>)> = vec![
+        ("plain burn loop", Some(None)),
+        ("oomph's step component (`Trainable::attempt`)", Some(Some(Pieces::Step))),
+        ("+ the run log (`current.json`, metrics line, policy)", Some(Some(Pieces::StepAndLog))),
         ("**oomph `train`, in-process (the real loop)**", None),
     ];
     // (label, recipe, steps, warm-up, repetitions, variants run)
@@ -188,7 +180,7 @@ fn overhead() {
     let cases: Vec<Case> = vec![
         ("digits-mlp-debug (64 x 1)", "digits-mlp-debug.toml", 300, 30, 7, (0..variants.len()).collect()),
         ("tiny-gpt-debug (8 x 1)", "tiny-gpt-debug.toml", 150, 20, 7, (0..variants.len()).collect()),
-        ("big, 101 M parameters (16 x 1)", "", 5, 1, 2, vec![0, 4, 6, 7]),
+        ("big, 101 M parameters (16 x 1)", "", 5, 1, 2, (0..variants.len()).collect()),
     ];
     let mut cols: Vec<Vec<String>> = Vec::new();
     let mut plain_abs = Vec::new();
@@ -209,8 +201,10 @@ fn overhead() {
                 let step = match (variants[i].1, &big) {
                     (None, None) => oomph_step::<Fx>(&r, &data, *warm),
                     (None, Some(_)) => median(&train_with(&big_registry(), r.clone(), &data).step_times(*warm)),
-                    (Some(p), Some(m)) => median(&pieces_run(m.clone(), &r, &data, *steps, p)[*warm..]),
-                    (Some(p), None) => {
+                    (Some(None), None) => median(&plain_run::<Fx>(&r, &data, *steps)[*warm..]),
+                    (Some(None), Some(m)) => median(&Plain::<Fx, _>::new(m.clone(), &r, &data).run(*steps)[*warm..]),
+                    (Some(Some(p)), Some(m)) => median(&pieces_run(m.clone(), &r, &data, *steps, p)[*warm..]),
+                    (Some(Some(p)), None) => {
                         let device = Default::default();
                         let times = match build::<Fx>(&r, &data, &device) {
                             Builtins::Mlp(m) => pieces_run(m, &r, &data, *steps, p),
@@ -507,8 +501,7 @@ fn restart() {
                 .unwrap();
             let metrics = run.join("metrics.jsonl");
             let events = run.join("events.jsonl");
-            let steps =
-                || read_lines::<StepRecord>(&metrics).into_iter().filter(|s| s.kind == "step").collect::<Vec<_>>();
+            let steps = || step_lines(&metrics);
             // Kill once the step-10 checkpoint is complete (its manifest exists).
             let manifest = run.join("checkpoints/step-10/manifest.json");
             let ok = wait_for(Duration::from_secs(120), || manifest.is_file());
@@ -519,11 +512,14 @@ fn restart() {
             let t0 = Instant::now();
             let last = steps().last().map(|s| s.step).unwrap_or(0);
             let resumed = wait_for(Duration::from_secs(120), || {
-                read_lines::<EventRecord>(&events).iter().any(|e| e.kind == "resume")
+                read_lines::<EventLine>(&events).iter().any(|e| matches!(e.event, Event::Resume { .. }))
             });
             let t1 = t0.elapsed().as_secs_f64();
-            let from =
-                read_lines::<EventRecord>(&events).iter().find(|e| e.kind == "resume").map(|e| e.step).unwrap_or(0);
+            let from = read_lines::<EventLine>(&events)
+                .iter()
+                .find(|e| matches!(e.event, Event::Resume { .. }))
+                .map(|e| e.step)
+                .unwrap_or(0);
             let stepped = wait_for(Duration::from_secs(120), || steps().iter().any(|s| s.step == from + 1));
             let t2 = t0.elapsed().as_secs_f64();
             let new_workers = children(sup.id());
@@ -988,8 +984,11 @@ fn in_loop<B: AutodiffBackend>(
         let stalls: Vec<f64> = a
             .events
             .iter()
-            .filter(|e| e.kind == "checkpoint" && e.step < steps)
-            .filter_map(|e| e.fields.get("stall_s").and_then(|x| x.as_f64()))
+            .filter(|e| e.step < steps)
+            .filter_map(|e| match e.event {
+                Event::Checkpoint { stall_s, .. } => Some(stall_s),
+                _ => None,
+            })
             .collect();
         if !stalls.is_empty() {
             own.push(stalls.iter().sum::<f64>() / stalls.len() as f64 / step);

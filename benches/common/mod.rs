@@ -17,7 +17,7 @@ use oomph::models::gpt::{Gpt, GptConfig};
 use oomph::models::mlp::{Mlp, MlpConfig};
 use oomph::models::Builtin;
 use oomph::recipe::Recipe;
-use oomph::train::records::{read_lines, EventRecord, StepRecord, Summary};
+use oomph::train::records::{read_lines, EventLine, StepRecord, Summary};
 use oomph::train::tensors::{cross_entropy_per_row, tabular_classes, tokens};
 use oomph::train::{DataNeeds, Loss, Models, Objective, Registry, Resume, Session, Silent};
 use std::hint::black_box;
@@ -71,7 +71,7 @@ pub struct RunOut {
     /// Every `step` line of `metrics.jsonl`.
     pub steps: Vec<StepRecord>,
     /// Every line of `events.jsonl`.
-    pub events: Vec<EventRecord>,
+    pub events: Vec<EventLine>,
     /// The summary.
     pub summary: Summary,
     /// Seconds of the whole `train` call, as seen by the caller.
@@ -94,7 +94,7 @@ impl RunOut {
 
     /// Events of one kind.
     pub fn events(&self, kind: &str) -> usize {
-        self.events.iter().filter(|e| e.kind == kind).count()
+        self.events.iter().filter(|e| e.event.kind() == kind).count()
     }
 }
 
@@ -116,9 +116,8 @@ pub fn train_with<B: AutodiffBackend>(reg: &Registry<B>, recipe: Recipe, data: &
     let t = Instant::now();
     let summary = p.train(session::<B>(recipe, dir.path()), data).unwrap_or_else(|e| panic!("{e}"));
     let call_s = t.elapsed().as_secs_f64();
-    let steps: Vec<StepRecord> =
-        read_lines::<StepRecord>(&dir.path().join("metrics.jsonl")).into_iter().filter(|s| s.kind == "step").collect();
-    let events = read_lines::<EventRecord>(&dir.path().join("events.jsonl"));
+    let steps: Vec<StepRecord> = step_lines(&dir.path().join("metrics.jsonl"));
+    let events = read_lines::<EventLine>(&dir.path().join("events.jsonl"));
     RunOut { steps, events, summary, call_s, dir }
 }
 
@@ -423,106 +422,88 @@ pub fn big_setup(overrides: &[String]) -> (Recipe, Splits, Big<Fx>) {
 }
 
 // ---------------------------------------------------------------------------------------
-// oomph's step rebuilt from the plain one, piece by piece.
+// oomph's own step components, composed without the loop around them.
 
-/// Which of oomph's per-step pieces a [`pieces_run`] step includes.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Pieces {
-    /// oomph's normalisation: the model's loss *sum* times `1/W`, and the loss value read from
-    /// a detached copy (as the accumulator does), instead of a mean loss.
-    pub normalise: bool,
-    /// The optimizer update on copies of the model and optimizer handles, originals kept until
-    /// it succeeded (the transactional update).
-    pub copies: bool,
-    /// One `metrics.jsonl` line per step: `Some(0)` flushed every line, `Some(ms)` flushed at
-    /// most every `ms` milliseconds.
-    pub metrics: Option<u64>,
-    /// The two recovery boundaries (`recovery::attempt`) and the per-step re-seed.
-    pub boundary: bool,
+/// Which of oomph's components a [`pieces_run`] step uses (the real ones, from `oomph-train`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pieces {
+    /// The step component alone: `Trainable::attempt` (accumulation with the loss sum x 1/W,
+    /// the gradient check, the update, inside the recovery boundaries, with the re-seed).
+    #[default]
+    Step,
+    /// The step and the run log around it: `current.json` at each phase, one
+    /// `metrics.jsonl` line per step (as the loop writes them), and the policy's bookkeeping.
+    StepAndLog,
 }
 
-/// Per-step wall times of `steps` steps of a loop with the given pieces of oomph's step.
+/// The step lines of a `metrics.jsonl`.
+pub fn step_lines(path: &Path) -> Vec<StepRecord> {
+    read_lines::<oomph::train::records::MetricLine>(path)
+        .into_iter()
+        .filter_map(|l| match l {
+            oomph::train::records::MetricLine::Step(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Per-step wall times of `steps` steps that compose oomph's real step components as the
+/// loop does (no evaluation, no checkpoints), so the overhead table measures the trainer's own
+/// code and cannot drift from it.
 pub fn pieces_run<M>(model: M, r: &Recipe, data: &Splits, steps: usize, p: Pieces) -> Vec<f64>
 where
-    M: AutodiffModule<Fx> + PlainLoss<Fx> + Objective<Fx>,
+    M: AutodiffModule<Fx> + Objective<Fx>,
 {
-    use std::io::Write;
+    use oomph::recipe::Phase;
+    use oomph::train::faults::Faults;
+    use oomph::train::runlog::{position, RunLog};
+    use oomph::train::step::{Outcome, StepInput, Trainable};
     let device: burn::tensor::Device<Fx> = Default::default();
-    let mut optim = oomph::train::optim::Optim::<M, Fx>::new(&r.optimizer);
-    let mut model = Some(model);
+    let mut net = Trainable::new(model, oomph::train::optim::Optim::<M, Fx>::new(&r.optimizer), false);
     let mut sampler = Sampler::new(data.train.len(), r.run.seed, true);
+    let mut faults = Faults::new(Default::default());
+    let mut policy = oomph::sched::Policy::new(oomph::train::trainer::policy_config(r));
     let n = r.training.effective_batch;
-    let lr = r.optimizer.lr;
     let d = tempfile::tempdir().unwrap();
-    let mut out = std::io::BufWriter::new(std::fs::File::create(d.path().join("metrics.jsonl")).unwrap());
-    let mut last_flush = Instant::now();
-    let mut template: StepRecord = serde_json::from_value(serde_json::json!({
-        "kind": "step", "step": 0, "samples_seen": 0, "loss": 0.0, "lr": lr, "micro_batch": n, "chunks": 1,
-        "samples_per_sec": 0.0, "wall_s": 0.0, "oom_events": 0,
-    }))
-    .unwrap();
+    let mut log = (p == Pieces::StepAndLog).then(|| RunLog::open(d.path(), Box::new(Silent), Vec::new()).unwrap());
     let mut times = Vec::with_capacity(steps);
     for step in 1..=steps {
         let t = Instant::now();
-        if p.boundary {
-            <Fx as Backend>::seed(&device, oomph::train::trainer::step_seed(r.run.seed, step));
-        }
-        let batch = data.train.batch(&sampler.next_batch(n));
-        let m = model.take().unwrap();
-        let fwd = || {
-            if p.normalise {
-                let scale = 1.0 / Objective::<Fx>::weight(&m, &batch);
-                let loss = Objective::<Fx>::loss(&m, &batch, &device).sum.mul_scalar(scale);
-                let detached = loss.clone().inner();
-                let g = GradientsParams::from_grads(loss.backward(), &m);
-                (g, detached.into_scalar().elem::<f64>())
-            } else {
-                let loss = m.mean_loss(&batch, &device);
-                let g = GradientsParams::from_grads(loss.backward(), &m);
-                (g, loss.into_scalar().elem::<f64>())
+        let indices = sampler.next_batch(n);
+        let plan = policy.plan();
+        let lr = oomph::train::optim::lr_at(step, steps, r.optimizer.lr, &r.lr_schedule);
+        let input =
+            StepInput { step, indices: &indices, plan: &plan, lr, clip: r.optimizer.grad_clip_norm, seed: r.run.seed };
+        let mut enter = |phase: Phase| {
+            if let Some(l) = &mut log {
+                l.position(&position(phase, step - 1, &policy, n, 0, None));
             }
         };
-        let (grads, value) = if p.boundary {
-            oomph::train::recovery::attempt::<Fx, _>(&device, fwd).unwrap_or_else(|e| panic!("{}", e.message()))
-        } else {
-            fwd()
+        let loss = match net.attempt(&data.train, input, &device, &mut faults, &mut enter) {
+            Outcome::Updated { loss, .. } => loss,
+            other => panic!("step {step}: {other:?}"),
         };
-        let next = if p.copies {
-            let mut o = optim.clone();
-            let copy = m.clone();
-            let upd = move || {
-                let m2 = o.step(lr, copy, grads);
-                (m2, o)
+        if let Some(l) = &mut log {
+            black_box(policy.on_step_ok());
+            let rec = StepRecord {
+                step,
+                samples_seen: (step * n) as u64,
+                loss,
+                lr,
+                micro_batch: plan[0],
+                chunks: plan.len(),
+                samples_per_sec: n as f64 / t.elapsed().as_secs_f64().max(1e-9),
+                wall_s: l.wall(),
+                oom_events: 0,
+                grad_norm: None,
+                skipped: false,
+                mem_used: None,
+                mem_reserved: None,
+                mem_total: None,
             };
-            let (m2, o) = if p.boundary {
-                oomph::train::recovery::attempt::<Fx, _>(&device, upd).unwrap_or_else(|e| panic!("{}", e.message()))
-            } else {
-                upd()
-            };
-            optim = o;
-            drop(m);
-            m2
-        } else if p.boundary {
-            let o = &mut optim;
-            oomph::train::recovery::attempt::<Fx, _>(&device, move || o.step(lr, m, grads))
-                .unwrap_or_else(|e| panic!("{}", e.message()))
-        } else {
-            optim.step(lr, m, grads)
-        };
-        model = Some(next);
-        if let Some(every_ms) = p.metrics {
-            template.step = step;
-            template.samples_seen = (step * n) as u64;
-            template.loss = value;
-            template.wall_s = t.elapsed().as_secs_f64();
-            serde_json::to_writer(&mut out, &template).unwrap();
-            out.write_all(b"\n").unwrap();
-            if every_ms == 0 || last_flush.elapsed().as_millis() as u64 >= every_ms {
-                out.flush().unwrap();
-                last_flush = Instant::now();
-            }
+            l.step(&rec, steps).unwrap();
         }
-        black_box(value);
+        black_box(loss);
         times.push(t.elapsed().as_secs_f64());
     }
     times

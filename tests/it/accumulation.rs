@@ -17,35 +17,15 @@ use oomph::train::{train, Evaluation, Loss, Objective};
 
 pub const TOL: f32 = 1e-5;
 
-const RECIPE: &str = r#"
-[run]
-name = "acc"
-seed = 3
-[model]
-kind = "mlp"
-hidden = [16]
-[data]
-kind = "synthetic"
-samples = 600
-features = 8
-classes = 3
-[optimizer]
-kind = "sgd"
-lr = 0.2
-[training]
-steps = 30
-effective_batch = 64
-[micro_batch]
-grow_after = 100000
-[checkpoint]
-every = 0
-"#;
-
+/// SGD, 30 steps of 64 samples; the micro-batch never grows back.
+fn base() -> TestRecipe {
+    TestRecipe::mlp().seed(3).sgd(0.2).grow_after(100000)
+}
 fn run_micro(micro: usize, dir: &std::path::Path, extra: &[&str]) {
     let m = format!("micro_batch.initial={micro}");
     let mut o = vec![m.as_str()];
     o.extend_from_slice(extra);
-    let s = train_builtin(recipe(RECIPE, &o), dir).unwrap();
+    let s = train_builtin(base().recipe(&o), dir).unwrap();
     assert_eq!(s.steps, 30);
     assert_eq!(s.samples_seen, 30 * 64);
 }
@@ -102,7 +82,7 @@ fn a_wrong_normalisation_fails_the_equality() {
     let reference = tempfile::tempdir().unwrap();
     run_micro(64, reference.path(), &[]);
     let wrong = tempfile::tempdir().unwrap();
-    let r = recipe(RECIPE, &["micro_batch.initial=5"]);
+    let r = base().recipe(&["micro_batch.initial=5"]);
     let data = data_for(&r);
     let cfg = MlpConfig { hidden: vec![16], ..Default::default() };
     let info = data.info.clone();
@@ -155,7 +135,7 @@ impl<B: Backend> Objective<B> for UnevenTokens<B> {
 fn token_weighting_with_uneven_lengths_is_split_invariant() {
     let run = |micro: usize, wrong_chunks: usize| {
         let d = tempfile::tempdir().unwrap();
-        let r = recipe(RECIPE, &[&format!("micro_batch.initial={micro}")]);
+        let r = base().recipe(&[&format!("micro_batch.initial={micro}")]);
         let data = data_for(&r);
         let cfg = MlpConfig { hidden: vec![16], ..Default::default() };
         let info = data.info.clone();

@@ -10,44 +10,32 @@
 //! longer soak.
 
 use crate::accumulation::TOL;
-use crate::lose_nothing::{assert_no_tmp, assert_same_bits, events, step_lines, Fixture};
 use crate::util::*;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const RECIPE: &str = r#"
-[run]
-name = "chaos"
-seed = 13
-[model]
-kind = "mlp"
-hidden = [1024, 256]
-# A smooth activation: with ReLU, the float-order differences of another split flip a few
-# units on or off and grow over hundreds of steps (to ~1e-3 here); with GELU they stay ~1e-7.
-activation = "gelu"
-[data]
-kind = "synthetic"
-samples = 2000
-features = 32
-classes = 5
-[optimizer]
-kind = "adamw"
-lr = 0.003
-[lr_schedule]
-kind = "cosine"
-warmup_steps = 10
-[training]
-steps = STEPS
-effective_batch = 64
-eval_every = 25
-[micro_batch]
-initial = 32
-grow_after = 100000
-[checkpoint]
-every = EVERY
-keep = 2
-"#;
+/// The disturbed run: an MLP big enough that a checkpoint write takes a moment, a cosine
+/// schedule, checkpoints every [`EVERY`] steps.
+fn chaos_recipe(steps: usize, nan: usize) -> TestRecipe {
+    TestRecipe::mlp()
+        .seed(13)
+        .hidden(&[1024, 256])
+        // A smooth activation: with ReLU, the float-order differences of another split flip a
+        // few units on or off and grow over hundreds of steps (to ~1e-3 here); with GELU they
+        // stay ~1e-7.
+        .set("model.activation", "gelu")
+        .synthetic(2000, 32, 5)
+        .adamw(0.003)
+        .cosine(10)
+        .steps(steps)
+        .eval_every(25)
+        .micro(32)
+        .grow_after(100000)
+        .checkpoint_every(EVERY)
+        .keep(2)
+        .set("faults.nan_at", vec![nan as i64])
+}
 
 const EVERY: usize = 2;
 
@@ -72,11 +60,18 @@ fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Whether a checkpoint is half-written under `run` right now.
-fn writing(run: &Path) -> bool {
-    std::fs::read_dir(run.join("checkpoints"))
-        .map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp")))
-        .unwrap_or(false)
+/// Polls a targeted kill may spend waiting for a checkpoint write before the test fails.
+const WRITE_POLLS: usize = 100_000;
+
+/// Whether a worker for which `ours` holds is writing a checkpoint under `run`: its
+/// `current.json` names the write in flight (step N) and `step-N.tmp` exists. A finished write
+/// renamed `step-N.tmp` away and a failed one removed it, so a leftover of an earlier killed
+/// worker counts only while this worker's own write of that step is in flight.
+fn writing(run: &Path, ours: impl Fn(u32) -> bool) -> bool {
+    let Some(c) = oomph::train::current::read(&run.join("current.json")) else { return false };
+    let Some(step) = c.checkpoint_step else { return false };
+    let tmp = run.join("checkpoints").join(format!("{}.tmp", oomph::train::checkpoint::dir_name(step)));
+    ours(c.pid) && tmp.is_dir()
 }
 
 #[test]
@@ -87,9 +82,7 @@ fn chaos_from_a_seed_ends_as_the_undisturbed_run() {
     // Long enough that every kill lands before the run ends.
     let steps = 200.max(40 * kills_wanted);
     let nan = rng.step(5, steps - 5);
-    let recipe_text = RECIPE.replace("STEPS", &steps.to_string()).replace("EVERY", &EVERY.to_string())
-        + &format!("[faults]\nnan_at = [{nan}]\n");
-    let f = Fixture::new(&recipe_text);
+    let f = Fixture::new(&chaos_recipe(steps, nan));
     // The undisturbed run skips the same non-finite step: it is part of what was trained.
     let reference = f.reference("reference", &[]);
 
@@ -107,38 +100,56 @@ fn chaos_from_a_seed_ends_as_the_undisturbed_run() {
     eprintln!("chaos seed {seed:#x}: nan at {nan}, ooms {ooms:?}");
 
     let run = f.run("run");
-    let (mut kills, mut mid_write, mut disk_failures) = (0usize, 0usize, 0usize);
+    let (mut kills, mut mid_write, mut aimed, mut disk_failures) = (0usize, 0usize, 0usize, 0usize);
     // (completed steps when killed, the newest complete checkpoint, whether a write was in
     // flight) per kill.
     let mut deaths: Vec<(usize, usize, bool)> = Vec::new();
-    let started = Instant::now();
-    loop {
-        assert!(started.elapsed() < Duration::from_secs(600), "the chaos run does not finish");
+    // Each launch is killed, stopped by the full disk (once) or finishes the run.
+    let max_launches = kills_wanted + 3;
+    for launch in 1.. {
+        assert!(launch <= max_launches, "the chaos run does not finish in {max_launches} launches");
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut child = f.cmd("run", &argv).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let supervisor = child.id();
         let t = Instant::now();
         let (target_write, delay) = (kills % 2 == 0, Duration::from_millis(60 + rng.next() % 500));
-        // Wait for the moment of the kill, unless the worker ends first or no kill is left.
-        let mut ended = kills == kills_wanted;
-        while !ended {
-            if child.try_wait().unwrap().is_some() {
-                ended = true;
-                break;
-            }
-            let due =
-                if target_write { writing(&run) || t.elapsed() > Duration::from_secs(5) } else { t.elapsed() >= delay };
-            if due {
+        // Wait for the moment of the kill, unless the worker ends first or no kill is left: a
+        // random delay, or, for a targeted kill, a checkpoint write in progress, checked again
+        // with the whole process tree stopped so that the write cannot finish in between.
+        let mut frozen = None;
+        let mut polls = 0;
+        while kills < kills_wanted && child.try_wait().unwrap().is_none() {
+            if target_write {
+                if writing(&run, |pid| pid == supervisor || parent(pid) == Some(supervisor)) {
+                    let tree = freeze(supervisor);
+                    if writing(&run, |pid| tree.contains(&pid)) {
+                        frozen = Some(tree);
+                        break;
+                    }
+                    thaw(&tree);
+                }
+                polls += 1;
+                assert!(polls < WRITE_POLLS, "no checkpoint write was caught in {WRITE_POLLS} polls");
+            } else if t.elapsed() >= delay {
+                frozen = Some(freeze(supervisor));
                 break;
             }
             std::thread::sleep(Duration::from_micros(300));
         }
-        if !ended {
-            kill_tree(child.id());
+        // A stopped child is not reported by `try_wait`: one that is reported has ended.
+        if let (Some(tree), Some(_)) = (&frozen, child.try_wait().unwrap()) {
+            thaw(tree);
+            frozen = None;
+        }
+        if let Some(tree) = frozen {
+            // Nothing in the tree runs: what is on disk now is what the kill leaves.
+            let in_write = writing(&run, |pid| tree.contains(&pid));
+            let current = oomph::train::current::read(&run.join("current.json"));
+            kill_tree(supervisor);
             let _ = child.wait();
             kills += 1;
-            let in_write = writing(&run);
+            aimed += usize::from(target_write);
             mid_write += usize::from(in_write);
-            let current = oomph::train::current::read(&run.join("current.json"));
             let completed = current.as_ref().map(|c| c.step.saturating_sub(1)).unwrap_or(0);
             let pending = current.as_ref().is_some_and(|c| c.checkpoint_step.is_some());
             // Every checkpoint that counts is complete and verifiable, whatever the moment.
@@ -175,9 +186,13 @@ fn chaos_from_a_seed_ends_as_the_undisturbed_run() {
         assert!(all.contains("No space left on device"), "unexpected failure: {all}");
         disk_failures += 1;
     }
-    eprintln!("{kills} kills ({mid_write} during a checkpoint write), {disk_failures} full disk");
+    eprintln!("{kills} kills ({mid_write} during a checkpoint write, {aimed} aimed at one), {disk_failures} full disk");
     assert_eq!(kills, kills_wanted, "the run finished before every kill landed");
-    assert!(mid_write >= 1, "no kill landed during a checkpoint write");
+    // Every aimed kill waited for a write and found it in progress with the tree stopped.
+    assert!(
+        mid_write >= aimed.max(1),
+        "{mid_write} of {kills} kills landed during a checkpoint write ({aimed} were aimed at one)"
+    );
     assert_eq!(disk_failures, 1, "the full disk stopped the run once");
 
     let s: serde_json::Value =

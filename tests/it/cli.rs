@@ -126,6 +126,8 @@ fn bad_input_is_exit_code_2_with_a_clear_message() {
 
 #[test]
 fn cuda_without_cuda_support_is_bad_input() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
     let o = oomph(&[
         "train",
         "configs/digits-mlp-debug.toml",
@@ -133,7 +135,7 @@ fn cuda_without_cuda_support_is_bad_input() {
         "run.backend=cuda",
         "--no-supervise",
         "--run-dir",
-        "/tmp/oomph-no-cuda",
+        run.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cuda"), "{}", text(&o));

@@ -9,80 +9,49 @@ use crate::util::*;
 use oomph::train::Summary;
 use tempfile::TempDir;
 
-const MLP: &str = r#"
-[run]
-name = "dropout-mlp"
-seed = 11
-[model]
-kind = "mlp"
-hidden = [32, 32]
-dropout = 0.1
-[data]
-kind = "synthetic"
-samples = 600
-features = 8
-classes = 3
-[optimizer]
-kind = "adamw"
-lr = 0.01
-[training]
-steps = 20
-effective_batch = 48
-eval_every = 0
-[micro_batch]
-initial = 48
-grow_after = 100000
-[checkpoint]
-every = 0
-"#;
+fn mlp() -> TestRecipe {
+    TestRecipe::mlp()
+        .seed(11)
+        .hidden(&[32, 32])
+        .dropout(0.1)
+        .steps(20)
+        .effective_batch(48)
+        .eval_every(0)
+        .micro(48)
+        .grow_after(100000)
+}
 
 /// tiny-gpt-debug (configs/tiny-gpt-debug.toml), smaller still, with dropout.
-const GPT: &str = r#"
-[run]
-name = "dropout-gpt"
-seed = 7
-[model]
-kind = "gpt"
-n_layer = 1
-n_head = 2
-d_model = 16
-seq_len = 16
-dropout = 0.1
-[data]
-kind = "text"
-path = "../data/shakespeare_tragedies.txt"
-valid_fraction = 0.02
-[optimizer]
-kind = "adamw"
-lr = 3e-3
-[training]
-steps = 8
-effective_batch = 10
-eval_every = 0
-[micro_batch]
-initial = 12
-grow_after = 100000
-[checkpoint]
-every = 0
-"#;
+fn gpt() -> TestRecipe {
+    TestRecipe::gpt(&root().join("data/shakespeare_tragedies.txt"))
+        .seed(7)
+        .set("model.seq_len", 16)
+        .dropout(0.1)
+        .set("data.valid_fraction", 0.02)
+        .steps(8)
+        .effective_batch(10)
+        .eval_every(0)
+        .micro(12)
+        .grow_after(100000)
+}
 
-fn run(text: &str, overrides: &[&str]) -> (TempDir, Summary) {
+fn run(r: &TestRecipe, overrides: &[&str]) -> (TempDir, Summary) {
     let d = tempfile::tempdir().unwrap();
-    let s = train_builtin(recipe(text, overrides), d.path()).unwrap();
+    let s = train_builtin(r.recipe(overrides), d.path()).unwrap();
     (d, s)
 }
 
 /// Undisturbed vs simulated OOMs (capacity `cap`) vs micro-batch 5 vs no dropout.
-fn split_invariant(text: &str, steps: usize, batch: usize, cap: usize) {
-    let (full, s) = run(text, &[]);
+fn split_invariant(r: &TestRecipe, steps: usize, batch: usize, cap: usize) {
+    let (full, s) = run(r, &[]);
     assert_eq!((s.steps, s.oom_events, s.micro_batch_final), (steps, 0, batch), "{s:?}");
 
     let cap_set = format!("faults.simulate_memory_samples={cap}");
-    let (oom, s) = run(text, &[&cap_set]);
+    let (oom, s) = run(r, &[&cap_set]);
     assert_eq!(s.samples_seen, (steps * batch) as u64, "{s:?}");
     assert!(s.oom_events >= 1 && s.micro_batch_final <= cap, "the simulated OOMs did not shrink the split: {s:?}");
 
-    let (m5, s) = run(text, &["micro_batch.initial=5", "micro_batch.max=5"]);
+    let (m5, s) = run(r, &["micro_batch.initial=5", "micro_batch.max=5"]);
     assert_eq!((s.steps, s.micro_batch_final), (steps, 5), "{s:?}");
 
     let (d_oom, d_m5) = (max_param_diff(full.path(), oom.path()), max_param_diff(full.path(), m5.path()));
@@ -90,7 +59,7 @@ fn split_invariant(text: &str, steps: usize, batch: usize, cap: usize) {
     assert!(d_oom < TOL && d_m5 < TOL, "dropout depends on the split: simulated OOMs {d_oom:e}, micro 5 {d_m5:e}");
 
     // Dropout is really on: without it the parameters end elsewhere.
-    let (off, _) = run(text, &["model.dropout=0.0"]);
+    let (off, _) = run(r, &["model.dropout=0.0"]);
     let d_off = max_param_diff(full.path(), off.path());
     eprintln!("max |diff| dropout 0.1 vs 0: {d_off:e}");
     assert!(d_off > 100.0 * TOL, "dropout 0.1 and 0 end {d_off:e} apart: is dropout on?");
@@ -98,10 +67,10 @@ fn split_invariant(text: &str, steps: usize, batch: usize, cap: usize) {
 
 #[test]
 fn mlp_dropout_is_the_same_however_the_batch_is_split() {
-    split_invariant(MLP, 20, 48, 12);
+    split_invariant(&mlp(), 20, 48, 12);
 }
 
 #[test]
 fn gpt_dropout_is_the_same_however_the_batch_is_split() {
-    split_invariant(GPT, 8, 10, 4);
+    split_invariant(&gpt(), 8, 10, 4);
 }

@@ -6,117 +6,28 @@
 use crate::accumulation::TOL;
 use crate::util::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 /// The run these tests disturb: a small MLP, AdamW at a constant learning rate, a
 /// micro-batch of 16 in an effective batch of 32, checkpoints every 2 steps, 3 kept.
-const BASE: &str = r#"
-[run]
-name = "lose"
-seed = 5
-[model]
-kind = "mlp"
-hidden = [32]
-[data]
-kind = "synthetic"
-samples = 400
-features = 8
-classes = 3
-[optimizer]
-kind = "adamw"
-lr = 0.01
-[training]
-steps = 12
-effective_batch = 32
-eval_every = 4
-[micro_batch]
-initial = 16
-grow_after = 1000
-[checkpoint]
-every = 2
-keep = 3
-"#;
-
-/// A recipe file and the runs made from it, in one temp dir.
-pub struct Fixture {
-    pub dir: tempfile::TempDir,
-    pub recipe: PathBuf,
-}
-
-impl Fixture {
-    /// A fixture for `text` (a recipe).
-    pub fn new(text: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let recipe = write_recipe(dir.path(), "r.toml", text);
-        Self { dir, recipe }
-    }
-
-    /// The run directory named `name`.
-    pub fn run(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `oomph train RECIPE --run-dir RUN ARGS...` (supervised unless ARGS say otherwise).
-    pub fn cmd(&self, name: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_oomph"));
-        c.arg("train").arg(&self.recipe).arg("--run-dir").arg(self.run(name)).args(args).current_dir(root());
-        c
-    }
-
-    /// Runs `cmd` to completion.
-    pub fn train(&self, name: &str, args: &[&str]) -> Output {
-        self.cmd(name, args).output().expect("run oomph")
-    }
-
-    /// Trains `name` undisturbed in one process and asserts it finished.
-    pub fn reference(&self, name: &str, args: &[&str]) -> PathBuf {
-        let mut a = vec!["--no-supervise"];
-        a.extend_from_slice(args);
-        let o = self.train(name, &a);
-        assert!(o.status.success(), "{}", text(&o));
-        self.run(name)
-    }
-}
-
-/// Events of `kind` in a run directory.
-pub fn events(run: &Path, kind: &str) -> Vec<serde_json::Value> {
-    lines(&run.join("events.jsonl")).into_iter().filter(|v| v["kind"] == kind).collect()
-}
-
-/// The step numbers of `metrics.jsonl`'s step lines, in file order.
-pub fn step_lines(run: &Path) -> Vec<u64> {
-    lines(&run.join("metrics.jsonl"))
-        .iter()
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["step"].as_u64().unwrap())
-        .collect()
+fn base() -> TestRecipe {
+    TestRecipe::mlp()
+        .seed(5)
+        .hidden(&[32])
+        .synthetic(400, 8, 3)
+        .steps(12)
+        .effective_batch(32)
+        .eval_every(4)
+        .micro(16)
+        .grow_after(1000)
+        .checkpoint_every(2)
+        .keep(3)
 }
 
 /// Checkpoint steps that count, highest first.
 fn checkpoint_steps(run: &Path) -> Vec<usize> {
     oomph::train::checkpoint::list(&run.join("checkpoints")).iter().map(|c| c.0).collect()
-}
-
-/// Asserts two runs' final tensors are equal bit for bit.
-pub fn assert_same_bits(a: &Path, b: &Path) {
-    let (ta, tb) = (tensors(&a.join("model.safetensors")), tensors(&b.join("model.safetensors")));
-    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
-    for (k, va) in &ta {
-        let same = va.iter().zip(&tb[k]).all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same, "{k} differs between {} and {}", a.display(), b.display());
-    }
-}
-
-/// No `*.tmp` file or directory anywhere under `dir`.
-pub fn assert_no_tmp(dir: &Path) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        assert!(!name.ends_with(".tmp"), "{} was left behind", e.path().display());
-        if e.path().is_dir() {
-            assert_no_tmp(&e.path());
-        }
-    }
 }
 
 /// `--set faults.die_at=[{step=S, phase="P"}]`.
@@ -126,7 +37,7 @@ fn die_at(step: usize, phase: &str) -> String {
 
 #[test]
 fn a_restarted_worker_resumes_from_the_newest_checkpoint_even_after_resume_never() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let reference = f.reference("reference", &[]);
     let die = die_at(7, "forward");
     let o = f.train("never", &["--resume", "never", "--set", &die]);
@@ -146,7 +57,7 @@ fn a_restarted_worker_resumes_from_the_newest_checkpoint_even_after_resume_never
 
 #[test]
 fn a_restarted_worker_resumes_this_runs_newest_checkpoint_not_the_step_the_first_was_given() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let reference = f.reference("reference", &[]);
     let o = f.train("run", &["--no-supervise", "--set", "training.steps=8"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -173,7 +84,7 @@ fn a_restarted_worker_resumes_this_runs_newest_checkpoint_not_the_step_the_first
 
 #[test]
 fn resuming_from_an_earlier_step_starts_one_linear_history() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let reference = f.reference("reference", &["--set", "training.steps=10"]);
     let run = f.run("run");
     assert!(f.train("run", &["--no-supervise"]).status.success());
@@ -196,7 +107,7 @@ fn resuming_from_an_earlier_step_starts_one_linear_history() {
 
 #[test]
 fn a_damaged_checkpoint_leaves_the_namespace_and_holds_no_retention_slot() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let run = f.run("run");
     assert!(f.train("run", &["--no-supervise", "--set", "training.steps=8"]).status.success());
     let victim = run.join("checkpoints/step-8/model.mpk");
@@ -229,38 +140,12 @@ fn text_file(dir: &Path, name: &str, alphabet: &str, n: usize) -> PathBuf {
     p
 }
 
-const GPT: &str = r#"
-[run]
-name = "gpt"
-seed = 2
-[model]
-kind = "gpt"
-n_layer = 1
-n_head = 2
-d_model = 16
-seq_len = 8
-[data]
-kind = "text"
-path = "PATH"
-[optimizer]
-kind = "adamw"
-lr = 0.003
-[lr_schedule]
-kind = "cosine"
-warmup_steps = 1
-[training]
-steps = 4
-effective_batch = 8
-[checkpoint]
-every = 2
-"#;
-
 #[test]
 fn resume_checks_the_data_and_the_run_length() {
     let d = tempfile::tempdir().unwrap();
     let a = text_file(d.path(), "a.txt", "abcdefghijklmnopqrstuvwxyz .,;", 4000);
     let b = text_file(d.path(), "b.txt", "0123456789", 4000);
-    let f = Fixture::new(&GPT.replace("PATH", a.to_str().unwrap()));
+    let f = Fixture::new(&TestRecipe::gpt(&a).seed(2).cosine(1).checkpoint_every(2));
     assert!(f.train("run", &["--no-supervise"]).status.success());
     // Another file: refused with exit 2, naming what differs and the fix.
     let other = format!("data.path={:?}", b.to_str().unwrap());
@@ -286,39 +171,26 @@ fn resume_checks_the_data_and_the_run_length() {
 
 /// A wide MLP: a training micro-batch of 16 fits in 300 MiB of address space, an
 /// evaluation batch of 256 (forward only, but 256 rows of 262144 activations) does not.
-const WIDE_EVAL: &str = r#"
-[run]
-name = "wide-eval"
-seed = 1
-[model]
-kind = "mlp"
-hidden = [262144]
-[data]
-kind = "synthetic"
-samples = 1024
-features = 8
-classes = 3
-valid_fraction = 0.5
-[optimizer]
-kind = "sgd"
-lr = 0.05
-[training]
-steps = 4
-effective_batch = 16
-eval_every = 2
-eval_batch = 256
-[micro_batch]
-initial = 16
-grow_after = 1000
-[checkpoint]
-every = 1
-[supervisor]
-max_restarts = 4
-"#;
+fn wide_eval() -> TestRecipe {
+    TestRecipe::mlp()
+        .seed(1)
+        .hidden(&[262144])
+        .synthetic(1024, 8, 3)
+        .set("data.valid_fraction", 0.5)
+        .sgd(0.05)
+        .steps(4)
+        .effective_batch(16)
+        .eval_every(2)
+        .set("training.eval_batch", 256)
+        .micro(16)
+        .grow_after(1000)
+        .checkpoint_every(1)
+        .set("supervisor.max_restarts", 4)
+}
 
 #[test]
 fn a_death_in_evaluation_lowers_the_evaluation_batch_not_the_training_one() {
-    let f = Fixture::new(WIDE_EVAL);
+    let f = Fixture::new(&wide_eval());
     let mut cmd = f.cmd("run", &[]);
     cmd.env("MALLOC_ARENA_MAX", "2");
     with_rlimit(&mut cmd, libc::RLIMIT_AS, 300 << 20);
@@ -343,7 +215,7 @@ fn a_death_in_evaluation_lowers_the_evaluation_batch_not_the_training_one() {
 
 #[test]
 fn a_memory_death_at_the_smallest_size_stops_at_once_with_a_memory_report() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let die = die_at(3, "forward");
     let o = f.train("run", &["--set", "micro_batch.min=16", "--set", &die]);
     let all = text(&o);
@@ -356,7 +228,7 @@ fn a_memory_death_at_the_smallest_size_stops_at_once_with_a_memory_report() {
 
 #[test]
 fn a_non_finite_step_is_skipped_and_never_reaches_the_weights() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let o = f.train("run", &["--set", "faults.nan_at=[5]"]);
     let all = text(&o);
     assert!(o.status.success(), "{all}");
@@ -382,7 +254,7 @@ fn a_non_finite_step_is_skipped_and_never_reaches_the_weights() {
 
 #[test]
 fn a_diverging_run_stops_with_exit_5_and_no_checkpoint_holds_non_finite_weights() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let o = f.train(
         "run",
         &[
@@ -405,7 +277,7 @@ fn a_diverging_run_stops_with_exit_5_and_no_checkpoint_holds_non_finite_weights(
     let o = oomph(&["report", run.to_str().unwrap()]);
     assert!(text(&o).contains("DIVERGED at step"), "{}", text(&o));
     assert!(!run.join("current.json").exists(), "no worker runs any more");
-    let r = recipe(BASE, &["optimizer.kind=sgd"]);
+    let r = base().recipe(&["optimizer.kind=sgd"]);
     let data = data_for(&r);
     let cfg: oomph::models::mlp::MlpConfig = oomph::recipe::params(&r.model.params, "model", "test").unwrap();
     for (step, dir) in oomph::train::checkpoint::list(&run.join("checkpoints")) {
@@ -473,7 +345,7 @@ fn check_rejects_what_train_rejects() {
 
 #[test]
 fn a_failed_checkpoint_write_loses_nothing_and_resume_auto_continues() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let reference = f.reference("reference", &[]);
     let o = f.train("run", &["--set", "faults.disk_full_at=[6]"]);
     let all = text(&o);
@@ -491,7 +363,7 @@ fn a_failed_checkpoint_write_loses_nothing_and_resume_auto_continues() {
 
 #[test]
 fn a_write_error_while_resuming_names_the_file_and_leaves_no_temporary_file() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let run = f.run("run");
     assert!(f.train("run", &["--no-supervise"]).status.success());
     // Lose the newest checkpoints: resuming from step 8 drops the metric lines after it.
@@ -515,7 +387,7 @@ fn a_write_error_while_resuming_names_the_file_and_leaves_no_temporary_file() {
 
 #[test]
 fn an_allocation_failure_that_was_survived_does_not_make_a_later_abort_a_memory_death() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let o = f.train(
         "run",
         &[
@@ -537,22 +409,19 @@ fn an_allocation_failure_that_was_survived_does_not_make_a_later_abort_a_memory_
 
 /// Waits until `run`'s `current.json` names a worker that has done a few steps; returns its pid.
 fn running_worker(run: &Path, child: &mut std::process::Child) -> i32 {
-    let t = Instant::now();
-    loop {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be disturbed");
-        assert!(t.elapsed() < Duration::from_secs(60), "no progress");
-        if let Some(c) = oomph::train::current::read(&run.join("current.json")) {
-            if c.step > 3 && c.pid != child.id() {
-                return c.pid as i32;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let supervisor = child.id();
+    let mut worker = None;
+    wait_while_running(child, "a worker past step 3", || {
+        let c = oomph::train::current::read(&run.join("current.json"));
+        worker = c.filter(|c| c.step > 3 && c.pid != supervisor).map(|c| c.pid as i32);
+        worker.is_some()
+    });
+    worker.expect("found")
 }
 
 #[test]
 fn a_ctrl_c_that_arrives_while_no_worker_runs_stops_the_run() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let mut child =
         f.cmd("run", &["--set", "training.steps=100000"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let worker = running_worker(&f.run("run"), &mut child);
@@ -572,7 +441,7 @@ fn a_ctrl_c_that_arrives_while_no_worker_runs_stops_the_run() {
 
 #[test]
 fn a_sigkill_of_unknown_cause_is_restarted_and_said_so() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let reference = f.reference("reference", &["--set", "training.steps=300"]);
     let mut child =
         f.cmd("run", &["--set", "training.steps=300"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
@@ -592,16 +461,12 @@ fn a_sigkill_of_unknown_cause_is_restarted_and_said_so() {
 
 #[test]
 fn a_second_command_on_a_running_run_directory_is_refused_and_report_and_inspect_still_work() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let run = f.run("run");
     let mut first =
         f.cmd("run", &["--set", "training.steps=100000"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     running_worker(&run, &mut first);
-    let t = Instant::now();
-    while checkpoint_steps(&run).is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_while_running(&mut first, "the first checkpoint", || !checkpoint_steps(&run).is_empty());
     let o = f.train("run", &["--set", "training.steps=100000"]);
     let all = text(&o);
     assert_eq!(o.status.code(), Some(2), "{all}");
@@ -619,7 +484,7 @@ fn a_second_command_on_a_running_run_directory_is_refused_and_report_and_inspect
 
 #[test]
 fn the_evaluation_batch_can_change_on_resume() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let run = f.run("run");
     assert!(f
         .train("run", &["--no-supervise", "--set", "training.steps=4", "--set", "training.eval_batch=20"])
@@ -637,7 +502,7 @@ fn the_evaluation_batch_can_change_on_resume() {
 
 #[test]
 fn overwrite_replaces_only_a_run_and_never_empties_a_directory_that_holds_other_files() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let run = f.run("run");
     assert!(f.train("run", &["--no-supervise", "--set", "training.steps=4"]).status.success());
     std::fs::create_dir_all(run.join("src")).unwrap();
@@ -673,7 +538,7 @@ fn overwrite_replaces_only_a_run_and_never_empties_a_directory_that_holds_other_
 
 #[test]
 fn resuming_a_finished_run_adds_no_line_and_counts_restarts_across_commands() {
-    let f = Fixture::new(BASE);
+    let f = Fixture::new(&base());
     let run = f.run("run");
     // A worker death in one command, then the same command again after the run finished.
     let die = die_at(5, "optimizer");

@@ -6,34 +6,9 @@ use crate::accumulation::TOL;
 use crate::util::*;
 use std::path::Path;
 
-const RECIPE: &str = r#"
-[run]
-name = "rec"
-seed = 5
-[model]
-kind = "mlp"
-hidden = [16]
-[data]
-kind = "synthetic"
-samples = 600
-features = 8
-classes = 3
-[optimizer]
-kind = "adamw"
-lr = 0.01
-[training]
-steps = 30
-effective_batch = 64
-eval_every = 10
-[micro_batch]
-initial = 64
-grow_after = 10
-[checkpoint]
-every = 0
-"#;
-
-fn events(dir: &Path, kind: &str) -> Vec<serde_json::Value> {
-    lines(&dir.join("events.jsonl")).into_iter().filter(|v| v["kind"] == kind).collect()
+/// 30 steps of 64 samples, starting in one chunk, growing back after 10 clean steps.
+fn base() -> TestRecipe {
+    TestRecipe::mlp().seed(5).eval_every(10).micro(64).grow_after(10)
 }
 
 fn steps(dir: &Path) -> Vec<serde_json::Value> {
@@ -43,10 +18,10 @@ fn steps(dir: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn simulated_capacity_settles_and_matches_an_undisturbed_run() {
     let reference = tempfile::tempdir().unwrap();
-    train_builtin(recipe(RECIPE, &[]), reference.path()).unwrap();
+    train_builtin(base().recipe(&[]), reference.path()).unwrap();
     let d = tempfile::tempdir().unwrap();
     let s =
-        train_builtin(recipe(RECIPE, &["faults.simulate_memory_samples=12", "micro_batch.grow_after=1000"]), d.path())
+        train_builtin(base().recipe(&["faults.simulate_memory_samples=12", "micro_batch.grow_after=1000"]), d.path())
             .unwrap();
     assert_eq!(s.steps, 30);
     assert_eq!(s.samples_seen, 30 * 64, "the effective batch never changes");
@@ -61,7 +36,7 @@ fn simulated_capacity_settles_and_matches_an_undisturbed_run() {
     assert_eq!(ooms[0]["phase"], "forward");
     assert!(ooms[0]["message"].as_str().unwrap().contains("simulated"), "{}", ooms[0]);
     assert!(!events(d.path(), "shrink").is_empty());
-    assert!(s.recovery_s >= 0.0);
+    assert!(s.recovery_s > 0.0, "the failed attempts' time is recorded: {s:?}");
     let diff = max_param_diff(reference.path(), d.path());
     assert!(diff < TOL, "recovered run differs from the undisturbed one by {diff:e}");
 }
@@ -69,19 +44,21 @@ fn simulated_capacity_settles_and_matches_an_undisturbed_run() {
 #[test]
 fn an_oom_in_every_phase_is_recovered_without_changing_the_result() {
     let reference = tempfile::tempdir().unwrap();
-    train_builtin(recipe(RECIPE, &[]), reference.path()).unwrap();
+    train_builtin(base().recipe(&[]), reference.path()).unwrap();
     let d = tempfile::tempdir().unwrap();
     let faults = r#"faults.oom_at=[{step=3, phase="forward"}, {step=5, phase="backward"}, {step=7, phase="optimizer"}, {step=10, phase="eval"}]"#;
-    let s = train_builtin(recipe(RECIPE, &[faults, "micro_batch.grow_after=1000"]), d.path()).unwrap();
+    let s = train_builtin(base().recipe(&[faults, "micro_batch.grow_after=1000"]), d.path()).unwrap();
     assert_eq!(s.steps, 30);
     let phases: Vec<String> =
         events(d.path(), "oom").iter().map(|e| e["phase"].as_str().unwrap().to_string()).collect();
     assert_eq!(phases, ["forward", "backward", "optimizer", "eval"]);
     // Forward/backward OOMs shrink the training micro-batch; the optimizer OOM does not; the
-    // eval OOM shrinks only the evaluation micro-batch.
+    // eval OOM shrinks only the evaluation micro-batch (its own event kind).
     let shrinks = events(d.path(), "shrink");
-    assert_eq!(shrinks.len(), 3, "{shrinks:?}");
-    assert_eq!(shrinks[2]["scope"], "eval");
+    assert_eq!(shrinks.len(), 2, "{shrinks:?}");
+    let eval_shrinks = events(d.path(), "eval_shrink");
+    assert_eq!(eval_shrinks.len(), 1, "{eval_shrinks:?}");
+    assert_eq!(eval_shrinks[0]["reason"], "oom");
     let evals: Vec<_> = lines(&d.path().join("metrics.jsonl")).into_iter().filter(|v| v["kind"] == "eval").collect();
     assert_eq!(evals.len(), 3, "the evaluation at step 10 was redone, once");
     let diff = max_param_diff(reference.path(), d.path());
@@ -89,30 +66,36 @@ fn an_oom_in_every_phase_is_recovered_without_changing_the_result() {
 }
 
 #[test]
-fn the_limit_grows_back_when_room_returns_and_throughput_recovers() {
+fn the_limit_grows_back_when_room_returns_and_a_step_runs_in_one_chunk_again() {
     let d = tempfile::tempdir().unwrap();
-    let r = recipe(
-        RECIPE,
-        &[
-            "training.steps=120",
-            "training.eval_every=0",
-            "faults.simulate_memory_samples=12",
-            "faults.simulate_memory_changes=[{step=40, samples=64}]",
-            "micro_batch.grow_after=5",
-        ],
-    );
+    let r = base().recipe(&[
+        "training.steps=120",
+        "training.eval_every=0",
+        "faults.simulate_memory_samples=12",
+        "faults.simulate_memory_changes=[{step=40, samples=64}]",
+        "micro_batch.grow_after=5",
+    ]);
     let s = train_builtin(r, d.path()).unwrap();
     assert_eq!(s.micro_batch_final, 64, "{s:?}");
-    assert!(!events(d.path(), "grow").is_empty());
     let st = steps(d.path());
-    assert!(st[30]["micro_batch"].as_u64().unwrap() <= 12);
-    assert_eq!(st[119]["micro_batch"], 64);
-    assert_eq!(st[119]["chunks"], 1);
-    // Throughput: the mean samples/s over the last 20 steps beats the constrained phase.
-    let mean = |r: &[serde_json::Value]| {
-        r.iter().map(|v| v["samples_per_sec"].as_f64().unwrap()).sum::<f64>() / r.len() as f64
-    };
-    assert!(mean(&st[100..120]) > mean(&st[15..35]), "throughput did not recover");
+    // While the room is 12 samples, a step of 64 needs at least 6 chunks...
+    for v in &st[15..35] {
+        assert!(v["micro_batch"].as_u64().unwrap() <= 12 && v["chunks"].as_u64().unwrap() >= 6, "{v}");
+    }
+    // ...once it returns (step 40), the limit climbs back without another OOM...
+    let room = 40;
+    assert!(events(d.path(), "oom").iter().all(|e| e["step"].as_u64().unwrap() <= room), "an OOM after step {room}");
+    let climb: Vec<u64> = events(d.path(), "grow")
+        .iter()
+        .filter(|e| e["step"].as_u64().unwrap() > room)
+        .map(|e| e["to"].as_u64().unwrap())
+        .collect();
+    assert!(climb.len() >= 2 && climb.windows(2).all(|w| w[0] < w[1]), "{climb:?}");
+    assert_eq!(climb.last(), Some(&64), "{climb:?}");
+    // ...and the last 20 steps run in one chunk of 64 again.
+    for v in &st[100..120] {
+        assert!(v["micro_batch"] == 64 && v["chunks"] == 1, "{v}");
+    }
 }
 
 #[test]
@@ -122,16 +105,13 @@ fn oscillating_room_backs_off_instead_of_thrashing() {
     let changes: Vec<String> =
         (1..30).map(|i| format!("{{step={}, samples={}}}", i * 10, if i % 2 == 1 { 40 } else { 12 })).collect();
     let set = format!("faults.simulate_memory_changes=[{}]", changes.join(","));
-    let r = recipe(
-        RECIPE,
-        &[
-            "training.steps=300",
-            "training.eval_every=0",
-            "faults.simulate_memory_samples=12",
-            &set,
-            "micro_batch.grow_after=3",
-        ],
-    );
+    let r = base().recipe(&[
+        "training.steps=300",
+        "training.eval_every=0",
+        "faults.simulate_memory_samples=12",
+        &set,
+        "micro_batch.grow_after=3",
+    ]);
     let s = train_builtin(r, d.path()).unwrap();
     assert_eq!(s.steps, 300);
     let failed = events(d.path(), "grow_failed").len();
@@ -146,7 +126,7 @@ fn oscillating_room_backs_off_instead_of_thrashing() {
 #[test]
 fn when_even_min_does_not_fit_the_run_exits_3_with_advice() {
     let d = tempfile::tempdir().unwrap();
-    let p = write_recipe(d.path(), "r.toml", &RECIPE.replace("kind = \"synthetic\"", "kind = \"synthetic\"\n"));
+    let p = base().write(d.path());
     let run = d.path().join("run");
     let o = oomph(&[
         "train",
@@ -168,7 +148,7 @@ fn when_even_min_does_not_fit_the_run_exits_3_with_advice() {
 #[test]
 fn a_non_oom_panic_is_reported_not_retried() {
     let d = tempfile::tempdir().unwrap();
-    let p = write_recipe(d.path(), "r.toml", RECIPE);
+    let p = base().write(d.path());
     let run = d.path().join("run");
     let o = oomph(&[
         "train",
@@ -222,7 +202,7 @@ fn an_oom_raised_on_another_thread_is_caught_by_the_boundary() {
 #[test]
 fn an_optimizer_oom_is_retried_once_then_exits_3() {
     let d = tempfile::tempdir().unwrap();
-    let p = write_recipe(d.path(), "r.toml", RECIPE);
+    let p = base().write(d.path());
     // Once: recovered (the whole step is redone after cleanup).
     let run = d.path().join("once");
     let o = oomph(&[

@@ -3,46 +3,29 @@
 //! diff; `--resume` and `inspect` behave.
 
 use crate::util::*;
-use oomph::train::{EvalRecord, EventRecord, Observer, Resume, StepRecord, Summary, TrainError};
+use oomph::train::{EvalRecord, EventLine, Observer, Resume, StepRecord, Summary, TrainError};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Dropout, AdamW moments, a cosine schedule with warmup, gradient clipping, shuffling over
 /// several epochs and a micro-batch split: everything a resume must restore.
-pub const RECIPE: &str = r#"
-[run]
-name = "resume"
-seed = 11
-[model]
-kind = "mlp"
-hidden = [32]
-dropout = 0.2
-[data]
-kind = "synthetic"
-samples = 300
-features = 8
-classes = 3
-[optimizer]
-kind = "adamw"
-lr = 0.01
-grad_clip_norm = 1.0
-[lr_schedule]
-kind = "cosine"
-warmup_steps = 5
-final_lr_fraction = 0.1
-[training]
-steps = 30
-effective_batch = 48
-eval_every = 10
-[micro_batch]
-initial = 20
-grow_after = 7
-[checkpoint]
-every = 5
-keep = 3
-"#;
-
+fn base() -> TestRecipe {
+    TestRecipe::mlp()
+        .seed(11)
+        .hidden(&[32])
+        .dropout(0.2)
+        .synthetic(300, 8, 3)
+        .set("optimizer.grad_clip_norm", 1.0)
+        .cosine(5)
+        .set("lr_schedule.final_lr_fraction", 0.1)
+        .effective_batch(48)
+        .eval_every(10)
+        .micro(20)
+        .grow_after(7)
+        .checkpoint_every(5)
+        .keep(3)
+}
 /// Asks the run to stop after step `at`, as a first Ctrl-C would.
 struct StopAt {
     at: usize,
@@ -57,12 +40,12 @@ impl Observer for StopAt {
         }
     }
     fn eval(&mut self, _: &EvalRecord) {}
-    fn event(&mut self, _: &EventRecord) {}
+    fn event(&mut self, _: &EventLine) {}
     fn finish(&mut self, _: &Summary) {}
 }
 
 fn interrupted_at(dir: &Path, at: usize, overrides: &[&str]) {
-    let r = recipe(RECIPE, overrides);
+    let r = base().recipe(overrides);
     let data = data_for(&r);
     let mut s = session(r, dir);
     let flag = Arc::new(AtomicBool::new(false));
@@ -96,10 +79,10 @@ fn assert_bit_identical(a: &Path, b: &Path, what: &str) {
 #[test]
 fn stopped_and_resumed_is_bit_identical() {
     let full = tempfile::tempdir().unwrap();
-    train_builtin(recipe(RECIPE, &[]), full.path()).unwrap();
+    train_builtin(base().recipe(&[]), full.path()).unwrap();
     let d = tempfile::tempdir().unwrap();
     interrupted_at(d.path(), 13, &[]);
-    let s = train_builtin(recipe(RECIPE, &[]), d.path()).unwrap();
+    let s = train_builtin(base().recipe(&[]), d.path()).unwrap();
     assert_eq!(s.steps, 30);
     assert_eq!(s.resumes, 1);
     assert_bit_identical(full.path(), d.path(), "stopped at 13 and resumed");
@@ -115,12 +98,12 @@ fn stopped_and_resumed_is_bit_identical() {
 #[test]
 fn resume_from_a_periodic_checkpoint_replays_the_lost_steps_exactly() {
     let full = tempfile::tempdir().unwrap();
-    train_builtin(recipe(RECIPE, &[]), full.path()).unwrap();
+    train_builtin(base().recipe(&[]), full.path()).unwrap();
     let d = tempfile::tempdir().unwrap();
     interrupted_at(d.path(), 13, &[]);
     // As if the process died after step 13 without its exit checkpoint: step-10 is the newest.
     std::fs::remove_dir_all(d.path().join("checkpoints/step-13")).unwrap();
-    let s = train_builtin(recipe(RECIPE, &[]), d.path()).unwrap();
+    let s = train_builtin(base().recipe(&[]), d.path()).unwrap();
     assert_eq!(s.steps, 30);
     assert_bit_identical(full.path(), d.path(), "resumed from step 10");
 }
@@ -128,7 +111,7 @@ fn resume_from_a_periodic_checkpoint_replays_the_lost_steps_exactly() {
 #[test]
 fn a_damaged_newest_checkpoint_is_skipped_with_a_warning() {
     let full = tempfile::tempdir().unwrap();
-    train_builtin(recipe(RECIPE, &[]), full.path()).unwrap();
+    train_builtin(base().recipe(&[]), full.path()).unwrap();
     for damage in ["truncate", "flip"] {
         let d = tempfile::tempdir().unwrap();
         interrupted_at(d.path(), 13, &[]);
@@ -141,7 +124,7 @@ fn a_damaged_newest_checkpoint_is_skipped_with_a_warning() {
             bytes[i] ^= 0x40;
         }
         std::fs::write(&victim, bytes).unwrap();
-        let s = train_builtin(recipe(RECIPE, &[]), d.path()).unwrap();
+        let s = train_builtin(base().recipe(&[]), d.path()).unwrap();
         assert_eq!(s.steps, 30);
         let skipped: Vec<_> =
             lines(&d.path().join("events.jsonl")).into_iter().filter(|v| v["kind"] == "checkpoint_skipped").collect();
@@ -157,12 +140,12 @@ fn a_damaged_newest_checkpoint_is_skipped_with_a_warning() {
 fn a_changed_recipe_is_refused_with_a_diff_and_allowed_changes_pass() {
     let d = tempfile::tempdir().unwrap();
     interrupted_at(d.path(), 6, &[]);
-    let err = train_builtin(recipe(RECIPE, &["optimizer.lr=0.5", "model.hidden=[8]"]), d.path()).unwrap_err();
+    let err = train_builtin(base().recipe(&["optimizer.lr=0.5", "model.hidden=[8]"]), d.path()).unwrap_err();
     let msg = err.to_string();
     assert_eq!(err.exit_code(), 2, "{msg}");
     assert!(msg.contains("optimizer.lr") && msg.contains("0.5") && msg.contains("model.hidden"), "{msg}");
     // Steps, cadence and micro-batch bounds may change.
-    let s = train_builtin(recipe(RECIPE, &["training.steps=12", "checkpoint.every=3", "micro_batch.max=24"]), d.path())
+    let s = train_builtin(base().recipe(&["training.steps=12", "checkpoint.every=3", "micro_batch.max=24"]), d.path())
         .unwrap();
     assert_eq!(s.steps, 12);
 }
@@ -170,7 +153,7 @@ fn a_changed_recipe_is_refused_with_a_diff_and_allowed_changes_pass() {
 #[test]
 fn resume_flags_and_inspect_on_the_binary() {
     let d = tempfile::tempdir().unwrap();
-    let p = write_recipe(d.path(), "r.toml", RECIPE);
+    let p = base().write(d.path());
     let run = d.path().join("run");
     let (p, run_s) = (p.to_str().unwrap(), run.to_str().unwrap());
     let o = oomph(&["train", p, "--run-dir", run_s]);
@@ -206,8 +189,8 @@ fn resume_flags_and_inspect_on_the_binary() {
 #[test]
 fn resume_never_in_the_library_starts_fresh() {
     let d = tempfile::tempdir().unwrap();
-    train_builtin(recipe(RECIPE, &["training.steps=6"]), d.path()).unwrap();
-    let r = recipe(RECIPE, &["training.steps=6"]);
+    train_builtin(base().recipe(&["training.steps=6"]), d.path()).unwrap();
+    let r = base().recipe(&["training.steps=6"]);
     let data = data_for(&r);
     let mut s = session(r, d.path());
     s.resume = Resume::Never;

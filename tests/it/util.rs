@@ -1,4 +1,6 @@
-//! Small helpers shared by the integration tests.
+//! Small helpers shared by the integration tests: the recipe builder every test starts from
+//! ([`TestRecipe`]), a recipe file with its run directories ([`Fixture`]), readers of a run
+//! directory, and process control (waits bounded by a count of polls, never by the clock).
 
 use oomph::burn::backend::{Autodiff, Flex};
 use oomph::data::Splits;
@@ -21,6 +23,154 @@ pub fn root() -> PathBuf {
 pub fn recipe(text: &str, overrides: &[&str]) -> Recipe {
     let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     oomph::recipe::parse(text, "test.toml", &root().join("configs"), &o).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A test recipe: a small base and typed overrides, the one fixture the tests build their
+/// recipes from (a literal TOML text is kept only where a test is about that text).
+///
+/// `set` takes any `section.key` with a TOML value; the named methods cover the keys the
+/// tests change most.
+#[derive(Debug, Clone)]
+pub struct TestRecipe(toml::Table);
+
+/// A `usize` as a TOML integer.
+fn int(n: usize) -> toml::Value {
+    toml::Value::Integer(i64::try_from(n).expect("a test size fits in i64"))
+}
+
+impl TestRecipe {
+    /// An MLP with one hidden layer of 16 on 600 synthetic samples (8 features, 3 classes),
+    /// AdamW at lr 0.01, 30 steps of 64 samples, no periodic checkpoint.
+    pub fn mlp() -> Self {
+        Self::base("mlp")
+            .hidden(&[16])
+            .synthetic(600, 8, 3)
+            .adamw(0.01)
+            .steps(30)
+            .effective_batch(64)
+            .checkpoint_every(0)
+    }
+
+    /// The tiny gpt (one layer, 2 heads, width 16, sequence length 8) on the characters of
+    /// `path`, AdamW at lr 0.003, 4 steps of 8 sequences, no periodic checkpoint.
+    pub fn gpt(path: &Path) -> Self {
+        Self::base("gpt")
+            .set("model.n_layer", 1)
+            .set("model.n_head", 2)
+            .set("model.d_model", 16)
+            .set("model.seq_len", 8)
+            .set("data.kind", "text")
+            .set("data.path", path.to_str().expect("a UTF-8 path"))
+            .adamw(0.003)
+            .steps(4)
+            .effective_batch(8)
+            .checkpoint_every(0)
+    }
+
+    fn base(kind: &str) -> Self {
+        Self(toml::Table::new()).set("run.name", "test").set("model.kind", kind)
+    }
+
+    /// Sets `section.key` (or a deeper dotted path) to `value`.
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().expect("a key");
+        let mut t = &mut self.0;
+        for part in parts {
+            let entry = t.entry(part).or_insert_with(|| toml::Value::Table(Default::default()));
+            t = entry.as_table_mut().unwrap_or_else(|| panic!("{part} in {key} is not a table"));
+        }
+        t.insert(last.to_string(), value.into());
+        self
+    }
+
+    /// `run.seed`.
+    pub fn seed(self, seed: u32) -> Self {
+        self.set("run.seed", seed)
+    }
+
+    /// `model.hidden`: the MLP's hidden layer widths.
+    pub fn hidden(self, widths: &[usize]) -> Self {
+        self.set("model.hidden", widths.iter().map(|&w| int(w)).collect::<Vec<_>>())
+    }
+
+    /// `model.dropout`.
+    pub fn dropout(self, p: f64) -> Self {
+        self.set("model.dropout", p)
+    }
+
+    /// Synthetic classification data: `samples` samples of `features` features in `classes` classes.
+    pub fn synthetic(self, samples: usize, features: usize, classes: usize) -> Self {
+        self.set("data.kind", "synthetic")
+            .set("data.samples", int(samples))
+            .set("data.features", int(features))
+            .set("data.classes", int(classes))
+    }
+
+    /// AdamW at learning rate `lr`.
+    pub fn adamw(self, lr: f64) -> Self {
+        self.set("optimizer.kind", "adamw").set("optimizer.lr", lr)
+    }
+
+    /// SGD at learning rate `lr`.
+    pub fn sgd(self, lr: f64) -> Self {
+        self.set("optimizer.kind", "sgd").set("optimizer.lr", lr)
+    }
+
+    /// A cosine learning-rate schedule after `warmup` steps of linear warmup.
+    pub fn cosine(self, warmup: usize) -> Self {
+        self.set("lr_schedule.kind", "cosine").set("lr_schedule.warmup_steps", int(warmup))
+    }
+
+    /// `training.steps`.
+    pub fn steps(self, n: usize) -> Self {
+        self.set("training.steps", int(n))
+    }
+
+    /// `training.effective_batch`.
+    pub fn effective_batch(self, n: usize) -> Self {
+        self.set("training.effective_batch", int(n))
+    }
+
+    /// `training.eval_every`.
+    pub fn eval_every(self, n: usize) -> Self {
+        self.set("training.eval_every", int(n))
+    }
+
+    /// `micro_batch.initial`.
+    pub fn micro(self, n: usize) -> Self {
+        self.set("micro_batch.initial", int(n))
+    }
+
+    /// `micro_batch.grow_after`.
+    pub fn grow_after(self, n: usize) -> Self {
+        self.set("micro_batch.grow_after", int(n))
+    }
+
+    /// `checkpoint.every`.
+    pub fn checkpoint_every(self, n: usize) -> Self {
+        self.set("checkpoint.every", int(n))
+    }
+
+    /// `checkpoint.keep`.
+    pub fn keep(self, n: usize) -> Self {
+        self.set("checkpoint.keep", int(n))
+    }
+
+    /// The recipe as TOML text.
+    pub fn text(&self) -> String {
+        toml::to_string(&self.0).expect("a TOML table serialises")
+    }
+
+    /// The parsed recipe with `--set`-style `overrides` applied.
+    pub fn recipe(&self, overrides: &[&str]) -> Recipe {
+        recipe(&self.text(), overrides)
+    }
+
+    /// Writes the recipe to `dir/recipe.toml` and returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        write_recipe(dir, "recipe.toml", &self.text())
+    }
 }
 
 /// A silent session in `dir`.
@@ -113,6 +263,84 @@ pub fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// A recipe file and the runs made from it, in one temp dir.
+pub struct Fixture {
+    /// The temp dir holding the recipe and the runs.
+    pub dir: tempfile::TempDir,
+    /// The recipe file.
+    pub recipe: PathBuf,
+}
+
+impl Fixture {
+    /// A fixture for `recipe`.
+    pub fn new(recipe: &TestRecipe) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = recipe.write(dir.path());
+        Self { dir, recipe }
+    }
+
+    /// The run directory named `name`.
+    pub fn run(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `oomph train RECIPE --run-dir RUN ARGS...` (supervised unless ARGS say otherwise).
+    pub fn cmd(&self, name: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_oomph"));
+        c.arg("train").arg(&self.recipe).arg("--run-dir").arg(self.run(name)).args(args).current_dir(root());
+        c
+    }
+
+    /// Runs `cmd` to completion.
+    pub fn train(&self, name: &str, args: &[&str]) -> Output {
+        self.cmd(name, args).output().expect("run oomph")
+    }
+
+    /// Trains `name` undisturbed in one process and asserts it finished.
+    pub fn reference(&self, name: &str, args: &[&str]) -> PathBuf {
+        let mut a = vec!["--no-supervise"];
+        a.extend_from_slice(args);
+        let o = self.train(name, &a);
+        assert!(o.status.success(), "{}", text(&o));
+        self.run(name)
+    }
+}
+
+/// Events of `kind` in a run directory.
+pub fn events(run: &Path, kind: &str) -> Vec<serde_json::Value> {
+    lines(&run.join("events.jsonl")).into_iter().filter(|v| v["kind"] == kind).collect()
+}
+
+/// The step numbers of `metrics.jsonl`'s step lines, in file order.
+pub fn step_lines(run: &Path) -> Vec<u64> {
+    lines(&run.join("metrics.jsonl"))
+        .iter()
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect()
+}
+
+/// Asserts two runs' final tensors are equal bit for bit.
+pub fn assert_same_bits(a: &Path, b: &Path) {
+    let (ta, tb) = (tensors(&a.join("model.safetensors")), tensors(&b.join("model.safetensors")));
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    for (k, va) in &ta {
+        let same = va.iter().zip(&tb[k]).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{k} differs between {} and {}", a.display(), b.display());
+    }
+}
+
+/// No `*.tmp` file or directory anywhere under `dir`.
+pub fn assert_no_tmp(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        assert!(!name.ends_with(".tmp"), "{} was left behind", e.path().display());
+        if e.path().is_dir() {
+            assert_no_tmp(&e.path());
+        }
+    }
+}
+
 /// Pids of `pid`'s descendants (from /proc).
 pub fn descendants(pid: u32) -> Vec<u32> {
     let mut all = Vec::new();
@@ -120,11 +348,7 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     while let Some(p) = frontier.pop() {
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            // pid (comm) state ppid ...
-            let ppid =
-                stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|x| x.parse::<u32>().ok());
-            if ppid == Some(p) {
+            if parent(child) == Some(p) {
                 all.push(child);
                 frontier.push(child);
             }
@@ -133,23 +357,95 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     all
 }
 
-/// A process's state letter from /proc (`None` once it is gone).
-fn proc_state(pid: u32) -> Option<String> {
+/// A process's parent pid from /proc (`None` once it is gone).
+pub fn parent(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).map(str::to_string)
+    // pid (comm) state ppid ...
+    stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|x| x.parse::<u32>().ok())
+}
+
+/// The state letter of each thread of `pid` (none once it is gone).
+fn thread_states(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).map(str::to_string)
+        })
+        .collect()
+}
+
+/// How many times a wait on a process polls before the test fails: a bound on polls, not on
+/// the clock, so that a process that never gets there cannot hang the test.
+const PROCESS_POLLS: usize = 100_000;
+
+/// Polls `done` until it is true, sleeping `every` between polls, at most `polls` times;
+/// panics with `what` when it never is.
+#[track_caller]
+pub fn wait_for(what: &str, polls: usize, every: std::time::Duration, mut done: impl FnMut() -> bool) {
+    for _ in 0..polls {
+        if done() {
+            return;
+        }
+        std::thread::sleep(every);
+    }
+    assert!(done(), "{what} (after {polls} polls)");
+}
+
+/// How many times a wait on a training run polls (5 ms apart) before the test fails.
+const RUN_POLLS: usize = 12_000;
+
+/// Polls `done` while `child` runs; panics when the child ends first or when `done` is still
+/// false after a bounded number of polls (so a stuck run cannot hang the test).
+#[track_caller]
+pub fn wait_while_running(child: &mut std::process::Child, what: &str, mut done: impl FnMut() -> bool) {
+    wait_for(&format!("no progress: {what}"), RUN_POLLS, std::time::Duration::from_millis(5), || {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before {what}");
+        done()
+    });
+}
+
+/// Waits until no thread of `pid` runs any more: each is stopped, a zombie or gone.
+fn wait_stopped(pid: u32) {
+    let stopped = || thread_states(pid).iter().all(|s| matches!(s.as_str(), "T" | "t" | "Z" | "X"));
+    wait_for(&format!("process {pid} does not stop"), PROCESS_POLLS, std::time::Duration::from_micros(100), stopped);
+}
+
+/// Stops `pid` and every process below it (SIGSTOP, the root first so that it cannot start
+/// a child meanwhile) and returns once no thread of the tree runs: until [`thaw`] or
+/// [`kill_tree`], nothing in it changes a file. Returns the processes stopped, root first.
+pub fn freeze(pid: u32) -> Vec<u32> {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    wait_stopped(pid);
+    let tree: Vec<u32> = std::iter::once(pid).chain(descendants(pid)).collect();
+    for p in &tree[1..] {
+        // SAFETY: kill(2) on our own processes.
+        unsafe { libc::kill(*p as i32, libc::SIGSTOP) };
+    }
+    for p in &tree[1..] {
+        wait_stopped(*p);
+    }
+    tree
+}
+
+/// Resumes the processes [`freeze`] stopped, the children first.
+pub fn thaw(tree: &[u32]) {
+    for p in tree.iter().rev() {
+        // SAFETY: kill(2) on our own processes.
+        unsafe { libc::kill(*p as i32, libc::SIGCONT) };
+    }
 }
 
 /// Kills `pid` and every process below it at once, as a machine crash would, and returns
 /// once all of them are dead (zombies count as dead: they hold no file). The root is
 /// stopped first, so it cannot start a worker between the listing and the kill.
 pub fn kill_tree(pid: u32) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
-    while proc_state(pid).is_some_and(|s| !matches!(s.as_str(), "T" | "t" | "Z")) {
-        assert!(std::time::Instant::now() < deadline, "process {pid} does not stop");
-        std::thread::sleep(std::time::Duration::from_micros(100));
-    }
+    wait_stopped(pid);
     let tree: Vec<u32> = descendants(pid).into_iter().rev().chain(std::iter::once(pid)).collect();
     for p in &tree {
         // SAFETY: kill(2) on our own processes.
@@ -157,18 +453,9 @@ pub fn kill_tree(pid: u32) {
     }
     // A zombie leader may still have threads finishing (a checkpoint writer inside fsync holds
     // the process's files until it exits): wait for every thread.
-    let alive = |p: u32| {
-        std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten().any(|t| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("Z");
-            state != "Z" && state != "X"
-        })
-    };
     for p in &tree {
-        while alive(*p) {
-            assert!(std::time::Instant::now() < deadline, "process {p} survives SIGKILL");
-            std::thread::sleep(std::time::Duration::from_micros(200));
-        }
+        let dead = || thread_states(*p).iter().all(|s| matches!(s.as_str(), "Z" | "X"));
+        wait_for(&format!("process {p} survives SIGKILL"), PROCESS_POLLS, std::time::Duration::from_micros(200), dead);
     }
 }
 

@@ -1,15 +1,15 @@
 //! `oomph inspect CHECKPOINT`: what a checkpoint holds, verified.
 
-use oomph_train::checkpoint;
+use oomph_rundir::{checkpoint, layout, RunDir};
 use std::path::Path;
 
 /// Prints a verified checkpoint's contents; a run directory shows its newest checkpoint.
 /// Returns the exit code (4 when unusable).
 pub fn run(path: &Path) -> i32 {
-    let dir = if path.join("manifest.json").is_file() {
+    let dir = if path.join(layout::CKPT_MANIFEST).is_file() {
         path.to_path_buf()
     } else {
-        match checkpoint::list(&path.join("checkpoints")).first() {
+        match checkpoint::list(&RunDir::new(path).checkpoints()).first() {
             Some((_, d)) => d.clone(),
             None => {
                 eprintln!(

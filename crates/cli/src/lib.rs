@@ -14,25 +14,12 @@ pub use alloc::TrackingAllocator;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use oomph_recipe::Recipe;
+use oomph_rundir::{layout, RunDir, WorkerEnv};
 use oomph_train::backend::{dispatch, BackendEnv, WithBackend};
 use oomph_train::error::{TrainError, EXIT_BAD_INPUT};
 use oomph_train::{Console, Models, Registry, Resume, Session, Summary};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-/// Environment variable that marks a supervised worker process.
-pub const ENV_WORKER: &str = "OOMPH_WORKER";
-/// Environment variable: the micro-batch a previous worker died at (lower the ceiling).
-pub const ENV_LOWER_CEILING: &str = "OOMPH_LOWER_CEILING";
-/// Environment variable: restarts so far.
-pub const ENV_RESTARTS: &str = "OOMPH_RESTARTS";
-/// Environment variable: the evaluation batch a previous worker died at (evaluate below it).
-pub const ENV_LOWER_EVAL: &str = "OOMPH_LOWER_EVAL";
-/// Environment variable: a previous worker died inside an optimizer update (run the first
-/// update in place).
-pub const ENV_IN_PLACE_UPDATE: &str = "OOMPH_IN_PLACE_UPDATE";
-/// Environment variable: overrides `--resume` for a restarted worker (`auto`).
-pub const ENV_RESUME: &str = "OOMPH_RESUME";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -226,11 +213,12 @@ fn train_command<M: Models>(args: TrainArgs) -> i32 {
     if let Err(c) = check_model::<M>(&mut recipe, &origin) {
         return c;
     }
-    let is_worker = std::env::var_os(ENV_WORKER).is_some();
+    let is_worker = WorkerEnv::is_worker();
+    let worker_env = WorkerEnv::from_env();
     // `--resume` applies to the first worker only: a restarted one resumes from the newest
     // intact checkpoint of the run.
-    let resume_arg = match std::env::var(ENV_RESUME) {
-        Ok(r) if is_worker => r,
+    let resume_arg = match &worker_env.resume {
+        Some(r) if is_worker => r.clone(),
         _ => args.resume.clone(),
     };
     let resume = match parse_resume(&resume_arg) {
@@ -258,13 +246,9 @@ fn train_command<M: Models>(args: TrainArgs) -> i32 {
             return supervise::supervise(&recipe, &run_dir, &_lock);
         }
     }
-    let env_num = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
-    let lower_ceiling = env_num(ENV_LOWER_CEILING);
-    let lower_eval = env_num(ENV_LOWER_EVAL);
-    let first_update_in_place = std::env::var_os(ENV_IN_PLACE_UPDATE).is_some();
-    let restarts = env_num(ENV_RESTARTS).unwrap_or(0);
+    let WorkerEnv { lower_ceiling, lower_eval, in_place_update: first_update_in_place, restarts, .. } = worker_env;
     if std::fs::create_dir_all(&run_dir).is_ok() {
-        alloc::arm(&run_dir.join("worker-death.txt"));
+        alloc::arm(&RunDir::new(&run_dir).worker_death());
     }
     let origin_copy = origin.clone();
     let job = Job::<M> {
@@ -322,67 +306,6 @@ fn report_command(run_dir: &Path) -> i32 {
     }
 }
 
-/// The files oomph writes at the top of a run directory.
-const RUN_FILES: &[&str] = &[
-    "recipe.resolved.toml",
-    "metrics.jsonl",
-    "metrics.jsonl.tmp",
-    "events.jsonl",
-    "checkpoints",
-    "model.safetensors",
-    "model.safetensors.tmp",
-    "summary.json",
-    "summary.tmp",
-    "report.png",
-    "report.svg",
-    "report.tmp",
-    "worker-death.txt",
-    "current.json",
-    oomph_train::faults::FIRED_FILE,
-    lock::LOCK_FILE,
-];
-
-/// The files of a checkpoint directory.
-const CHECKPOINT_FILES: &[&str] = &["model.mpk", "optim.mpk", "recipe.toml", "state.json", "manifest.json"];
-
-/// What in `run_dir` is not oomph's: top-level entries, entries of `checkpoints/` (and of its
-/// `abandoned/` and `damaged/`), and files inside checkpoint directories.
-fn foreign_entries(run_dir: &Path) -> Vec<PathBuf> {
-    let names = |dir: &Path| -> Vec<(String, PathBuf)> {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-            .collect()
-    };
-    let mut foreign: Vec<PathBuf> =
-        names(run_dir).into_iter().filter(|(n, _)| !RUN_FILES.contains(&n.as_str())).map(|(_, p)| p).collect();
-    let root = run_dir.join("checkpoints");
-    let mut step_dirs = Vec::new();
-    for (name, path) in names(&root) {
-        if name == oomph_train::checkpoint::ABANDONED || name == oomph_train::checkpoint::DAMAGED {
-            for (inner, p) in names(&path) {
-                if inner.starts_with("step-") && p.is_dir() {
-                    step_dirs.push(p);
-                } else {
-                    foreign.push(p);
-                }
-            }
-        } else if name.starts_with("step-") && path.is_dir() {
-            step_dirs.push(path);
-        } else {
-            foreign.push(path);
-        }
-    }
-    for dir in step_dirs {
-        foreign
-            .extend(names(&dir).into_iter().filter(|(n, _)| !CHECKPOINT_FILES.contains(&n.as_str())).map(|(_, p)| p));
-    }
-    foreign.sort();
-    foreign
-}
-
 /// Refuses to silently reuse a run directory with `--resume never`; with `--overwrite`,
 /// removes the old run's files (oomph's only: a directory that holds anything else is
 /// refused, never emptied).
@@ -395,9 +318,10 @@ fn prepare_run_dir(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<()
         );
         return Err(EXIT_BAD_INPUT);
     }
+    let rd = RunDir::new(run_dir);
     let non_empty = |p: &Path| std::fs::read_dir(p).map(|mut r| r.next().is_some()).unwrap_or(false);
-    let metrics = std::fs::metadata(run_dir.join("metrics.jsonl")).map(|m| m.len() > 0).unwrap_or(false);
-    let has_run = non_empty(&run_dir.join("checkpoints")) || metrics;
+    let metrics = std::fs::metadata(rd.metrics()).map(|m| m.len() > 0).unwrap_or(false);
+    let has_run = non_empty(&rd.checkpoints()) || metrics;
     if resume != Resume::Never || (!has_run && !overwrite) {
         return Ok(());
     }
@@ -409,7 +333,7 @@ fn prepare_run_dir(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<()
         );
         return Err(EXIT_BAD_INPUT);
     }
-    let foreign = foreign_entries(run_dir);
+    let foreign = rd.foreign_entries();
     if !foreign.is_empty() {
         let shown: Vec<String> = foreign.iter().take(5).map(|p| p.display().to_string()).collect();
         eprintln!(
@@ -422,7 +346,7 @@ fn prepare_run_dir(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<()
         return Err(EXIT_BAD_INPUT);
     }
     let mut removed = Vec::new();
-    for name in RUN_FILES.iter().filter(|n| **n != lock::LOCK_FILE) {
+    for name in layout::RUN_FILES.iter().filter(|n| **n != layout::LOCK) {
         let p = run_dir.join(name);
         let result = if p.is_dir() {
             std::fs::remove_dir_all(&p)
@@ -493,5 +417,16 @@ impl<M: Models> WithBackend for Job<M> {
         let result = prepared.train(session, &data);
         drop(env);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Until the trainer takes its file names from `oomph_rundir::layout`, the names it writes
+    /// must be the ones the run directory owns (`--overwrite` removes only those).
+    #[test]
+    fn the_trainer_writes_the_names_the_run_directory_owns() {
+        assert_eq!(oomph_train::faults::FIRED_FILE, oomph_rundir::layout::FAULTS_FIRED);
+        assert!(oomph_rundir::layout::RUN_FILES.contains(&oomph_train::faults::FIRED_FILE));
     }
 }

@@ -4,15 +4,11 @@
 //! releases it when the last of them exits, however it dies, so a stale lock cannot exist.
 //! `oomph report` and `oomph inspect` never take it: they stay usable on a running run.
 
+use oomph_rundir::{layout, WorkerEnv};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::path::Path;
-
-/// The lock file inside a run directory.
-pub const LOCK_FILE: &str = "oomph.lock";
-/// Environment variable: the descriptor of the locked file a worker inherits.
-pub const ENV_LOCK_FD: &str = "OOMPH_LOCK_FD";
 
 /// A held run-directory lock (released when dropped or when the process exits).
 pub struct RunLock {
@@ -29,7 +25,7 @@ impl RunLock {
                 run_dir.display()
             )
         })?;
-        let path = run_dir.join(LOCK_FILE);
+        let path = run_dir.join(layout::LOCK);
         let mut file =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| {
                 format!("cannot open the lock file {}: {e}. Fix: make the run directory writable.", path.display())
@@ -59,8 +55,8 @@ impl RunLock {
     /// The lock a supervised worker inherited from its supervisor, if `OOMPH_LOCK_FD` names
     /// an open descriptor of this run directory's lock file.
     pub fn inherited(run_dir: &Path) -> Option<RunLock> {
-        let fd: RawFd = std::env::var(ENV_LOCK_FD).ok()?.parse().ok()?;
-        let ours = std::fs::metadata(run_dir.join(LOCK_FILE)).ok()?;
+        let fd: RawFd = WorkerEnv::from_env().lock_fd?;
+        let ours = std::fs::metadata(run_dir.join(layout::LOCK)).ok()?;
         // SAFETY: fstat on a descriptor number; a closed one fails with EBADF.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         if unsafe { libc::fstat(fd, &mut st) } != 0 {

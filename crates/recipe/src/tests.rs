@@ -1,8 +1,13 @@
-//! Unit tests of the public API: parsing, overrides, structure and type errors, semantic
-//! rules, the resolved form, `params`, and garbage input.
+//! Unit tests of the public API: parsing, structure and type errors, semantic rules; overrides
+//! and the resolved form (`overrides`), `params` (`params`) and garbage input (`garbage`) in
+//! the submodules.
 
 use super::*;
 use std::path::PathBuf;
+
+mod garbage;
+mod overrides;
+mod params;
 
 fn dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
@@ -383,135 +388,6 @@ fn allowed_edge_cases() {
 }
 
 #[test]
-fn overrides_apply_with_types() {
-    let r = parse(
-        "[training]\nsteps = 3\n",
-        "r.toml",
-        Path::new("."),
-        &sets(&[
-            "training.steps=7",
-            "optimizer.lr=0.5",
-            "optimizer.betas=[0.8, 0.95]",
-            "checkpoint.on_oom=false",
-            "micro_batch.initial=16",
-            "run.name=123",
-            "run.backend=\"ndarray\"",
-            "run.gpu_memory_limit=8GiB",
-            "data.label_column=2",
-            "model.n_layer=4",
-            "model.kind=gpt",
-            "model.attn.heads=2",
-            "faults.oom_at=[{ step = 2, phase = \"backward\" }]",
-        ]),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.training.steps, Some(7));
-    assert_eq!(r.optimizer.lr, 0.5);
-    assert_eq!(r.optimizer.betas, [0.8, 0.95]);
-    assert!(!r.checkpoint.on_oom);
-    assert_eq!(r.micro_batch.initial, MicroInitial::Fixed(16));
-    assert_eq!(r.run.name, "123");
-    assert_eq!(r.run.backend, "ndarray");
-    assert_eq!(r.run.gpu_memory_limit.as_deref(), Some("8GiB"));
-    assert_eq!(r.data.label_column.as_deref(), Some("2"));
-    assert_eq!(r.model.kind, "gpt");
-    assert_eq!(r.model.params["n_layer"].as_integer(), Some(4));
-    assert_eq!(r.model.params["attn"]["heads"].as_integer(), Some(2));
-    assert_eq!(r.faults.oom_at, vec![FaultAt { step: 2, phase: Phase::Backward }]);
-
-    let r =
-        parse("[micro_batch]\ninitial = 8\n", "r.toml", Path::new("."), &sets(&["micro_batch.initial=auto"])).unwrap();
-    assert_eq!(r.micro_batch.initial, MicroInitial::Auto);
-    // Later overrides win.
-    let r = parse("", "r.toml", Path::new("."), &sets(&["run.seed=1", "run.seed=2"])).unwrap();
-    assert_eq!(r.run.seed, 2);
-    // Switching the run length unit from the command line.
-    let r = parse("[training]\nepochs = 3\n", "r.toml", Path::new("."), &sets(&["training.steps=5"])).unwrap();
-    assert_eq!((r.training.steps, r.training.epochs), (Some(5), None));
-}
-
-#[test]
-fn override_errors() {
-    let e = err_with("", &["training.stepz=3"]);
-    blames(&e, "--set", "training.stepz", &["steps", "epochs", "effective_batch", "did you mean `training.steps`"]);
-    let e = err_with("", &["optimiser.lr=3"]);
-    blames(&e, "--set", "optimiser.lr", &["[optimizer]", "did you mean `optimizer.lr`"]);
-    let e = err_with("", &["steps=3"]);
-    assert!(e.to_string().contains("section.key=value"), "{e}");
-    let e = err_with("", &["training.steps"]);
-    assert!(e.to_string().contains("no `=`"), "{e}");
-    // Bad values from --set are blamed on --set, with the value.
-    let e = err_with("", &["training.effective_batch=0"]);
-    blames(&e, "--set", "training.effective_batch", &["= 0"]);
-    let e = err_with("", &["training.effective_batch=many"]);
-    blames(&e, "--set", "training.effective_batch", &["\"many\"", "non-negative integer"]);
-    let e = err_with("", &["faults.oom_at=[{ step = 0, phase = \"eval\" }]"]);
-    blames(&e, "--set", "faults.oom_at[0].step", &[]);
-    let e = err_with("[training]\nsteps = 5\n", &["training.epochs=2", "training.steps=3"]);
-    assert_eq!(e.origin, "--set", "{e}");
-    // ...while the file's own mistakes stay the file's.
-    let e = err_with("[checkpoint]\nkeep = 1\n", &["training.steps=5"]);
-    assert_eq!(e.origin, "r.toml");
-}
-
-#[derive(Debug, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct Mlp {
-    hidden: usize,
-    layers: usize,
-    activation: String,
-    dropout: f64,
-}
-
-impl Default for Mlp {
-    fn default() -> Self {
-        Self { hidden: 64, layers: 2, activation: "relu".into(), dropout: 0.0 }
-    }
-}
-
-#[derive(Debug, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Strict {
-    n_layer: usize,
-    inner: Inner,
-}
-
-#[derive(Debug, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Inner {
-    width: u32,
-}
-
-#[test]
-fn params_deserializes_model_keys() {
-    let r = ok("[model]\nkind = \"mlp\"\nhidden = 128\nactivation = \"gelu\"\n");
-    let m: Mlp = params(&r.model.params, "model", "r.toml").unwrap();
-    assert_eq!(m, Mlp { hidden: 128, activation: "gelu".into(), ..Mlp::default() });
-    let m: Mlp = params(&Recipe::default().model.params, "model", "r.toml").unwrap();
-    assert_eq!(m, Mlp::default());
-
-    let r = ok("[model]\nhiden = 128\n");
-    let e = params::<Mlp>(&r.model.params, "model", "r.toml").unwrap_err();
-    blames(&e, "r.toml", "model.hiden", &["hidden", "layers", "activation", "dropout", "did you mean `model.hidden`"]);
-
-    let r = ok("[model]\nhidden = \"wide\"\n");
-    let e = params::<Mlp>(&r.model.params, "model", "r.toml").unwrap_err();
-    blames(&e, "r.toml", "model.hidden", &["\"wide\"", "non-negative integer"]);
-
-    let r = ok("[model]\nn_layer = 2\ninner = { width = -3 }\n");
-    let e = params::<Strict>(&r.model.params, "model", "r.toml").unwrap_err();
-    blames(&e, "r.toml", "model.inner.width", &["-3"]);
-    let r = ok("[model]\ninner = { width = 3 }\n");
-    let e = params::<Strict>(&r.model.params, "model", "r.toml").unwrap_err();
-    blames(&e, "r.toml", "model.n_layer", &["missing"]);
-    let r = ok("[model]\nn_layer = 1\ninner = { width = 3 }\n");
-    assert_eq!(
-        params::<Strict>(&r.model.params, "model", "r.toml").unwrap(),
-        Strict { n_layer: 1, inner: Inner { width: 3 } }
-    );
-}
-
-#[test]
 fn validate_works_on_recipes_built_in_code() {
     let mut r = Recipe::default();
     validate(&mut r, "code").unwrap();
@@ -525,80 +401,4 @@ fn validate_works_on_recipes_built_in_code() {
     // Unvalidated odd values still serialize without panicking.
     let text = to_toml_string(&r);
     assert!(text.contains("[run]"));
-}
-
-#[test]
-fn resolved_recipe_round_trips_after_overrides() {
-    let r = parse("[model]\nkind = \"gpt\"\n", "r.toml", Path::new("."), &sets(&["model.d=3", "training.epochs=1"]))
-        .unwrap();
-    let back = parse(&to_toml_string(&r), "resolved.toml", Path::new("."), &[]).unwrap();
-    assert_eq!(back, r);
-}
-
-/// Small deterministic PRNG for the garbage-input test.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-/// Mutated recipes and random overrides never panic; every error renders as one paragraph.
-#[test]
-fn garbage_never_panics() {
-    let seed_text = to_toml_string(&ok(
-        "[model]\nx = { a = [1, 2] }\n[faults]\noom_at = [{ step = 3, phase = \"forward\" }]\n[micro_batch]\nmax = 8\n",
-    ));
-    let alphabet: Vec<char> = "[]{}=\".,'#\n\t 0123456789-+eE_aZé\\ntruefalsinf".chars().collect();
-    let keys: Vec<String> = keys::SECTIONS
-        .iter()
-        .flat_map(|s| s.keys.iter().map(move |k| format!("{}.{}", s.name, k.name)))
-        .chain(["model.q".to_string(), "x".into(), "".into(), "a.b.c".into()])
-        .collect();
-    let values =
-        ["0", "-1", "1e400", "nan", "\"", "[", "{ step = 0 }", "auto", "", "99999999999999999999", "[1, \"a\"]", "=="];
-    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
-    for _ in 0..1500 {
-        let mut chars: Vec<char> = seed_text.chars().collect();
-        for _ in 0..1 + rng.below(4) {
-            let pos = rng.below(chars.len() + 1);
-            match rng.below(3) {
-                0 if pos < chars.len() => {
-                    chars.remove(pos);
-                }
-                1 if pos < chars.len() => chars[pos] = alphabet[rng.below(alphabet.len())],
-                _ => chars.insert(pos.min(chars.len()), alphabet[rng.below(alphabet.len())]),
-            }
-        }
-        let text: String = chars.into_iter().collect();
-        let o: Vec<String> = (0..rng.below(3))
-            .map(|_| format!("{}={}", keys[rng.below(keys.len())], values[rng.below(values.len())]))
-            .collect();
-        match parse(&text, "fuzz.toml", Path::new("."), &o) {
-            Ok(r) => {
-                // Compared as text: a model key may hold NaN, which is not equal to itself.
-                let again = parse(&to_toml_string(&r), "resolved", Path::new("."), &[])
-                    .unwrap_or_else(|e| panic!("{e}\n{text}\n{o:?}"));
-                assert_eq!(to_toml_string(&again), to_toml_string(&r), "{text}\n{o:?}");
-                let _ = fingerprint(&r);
-            }
-            Err(e) => {
-                let s = e.to_string();
-                assert!(!s.contains('\n') && s.contains(" Fix: "), "{s}");
-            }
-        }
-    }
-    // Arbitrary bytes (as lossy text) too.
-    for _ in 0..300 {
-        let bytes: Vec<u8> = (0..rng.below(64)).map(|_| rng.next() as u8).collect();
-        let text = String::from_utf8_lossy(&bytes);
-        let _ = parse(&text, "bytes", Path::new("."), &[text.to_string()]);
-    }
 }

@@ -41,15 +41,15 @@ pub enum ReportError {
     },
     /// `summary.json` exists but is not a run summary.
     #[error(
-        "{} is not a valid run summary: {source}. Fix: delete or rename it; the report then \
+        "{} is not a valid run summary: {message}. Fix: delete or rename it; the report then \
          derives what it can from metrics.jsonl and events.jsonl.",
         path.display()
     )]
     Summary {
         /// The summary file.
         path: PathBuf,
-        /// The parse error.
-        source: serde_json::Error,
+        /// What is wrong with it.
+        message: String,
     },
     /// `recipe.resolved.toml` exists but is not TOML.
     #[error(

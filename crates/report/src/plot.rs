@@ -4,7 +4,9 @@
 //! path), so the images look the same on a machine without any system font.
 
 use crate::error::ReportError;
-use crate::run::{Run, Step};
+use crate::run::Run;
+use oomph_rundir::events::Event;
+use oomph_rundir::layout;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -13,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 /// File name of the bitmap report inside the run directory.
-pub const REPORT_PNG: &str = "report.png";
+pub const REPORT_PNG: &str = layout::REPORT_PNG;
 /// File name of the vector report inside the run directory.
-pub const REPORT_SVG: &str = "report.svg";
+pub const REPORT_SVG: &str = layout::REPORT_SVG;
 /// Width of the images in pixels.
 pub const WIDTH: u32 = 1200;
 /// Height of each panel in pixels (the title adds [`TITLE_HEIGHT`]).
@@ -53,7 +55,7 @@ pub struct Rendered {
 pub fn render(run_dir: &Path) -> Result<Rendered, ReportError> {
     let run = Run::load(run_dir)?;
     if run.steps.is_empty() {
-        return Err(ReportError::NoSteps { path: run_dir.join("metrics.jsonl") });
+        return Err(ReportError::NoSteps { path: run_dir.join(layout::METRICS) });
     }
     register_fonts();
     let panels = panels(&run);
@@ -112,13 +114,7 @@ fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>, png::EncodingEr
 
 /// Writes through a temporary file and a rename, so a viewer never sees half an image.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    let tmp = path.with_extension("tmp");
-    let werr = |source| ReportError::Write { path: path.to_path_buf(), source };
-    std::fs::write(&tmp, bytes).map_err(werr)?;
-    std::fs::rename(&tmp, path).map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        ReportError::Write { path: path.to_path_buf(), source }
-    })
+    oomph_rundir::write_atomically(path, bytes).map_err(|e| ReportError::Write { path: e.path, source: e.source })
 }
 
 // Colours (the "tab10" palette).
@@ -337,9 +333,9 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
 
 fn loss_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, run: &Run, xr: Range<i64>) -> DrawResult {
     let train: Vec<(i64, f64)> =
-        run.steps.iter().filter_map(|s| s.loss.filter(|l| l.is_finite()).map(|l| (s.step as i64, l))).collect();
+        run.steps.iter().filter(|s| s.loss.is_finite()).map(|s| (s.step as i64, s.loss)).collect();
     let eval: Vec<(i64, f64)> =
-        run.evals.iter().filter_map(|e| e.valid_loss.filter(|l| l.is_finite()).map(|l| (e.step as i64, l))).collect();
+        run.evals.iter().filter(|e| e.valid_loss.is_finite()).map(|e| (e.step as i64, e.valid_loss)).collect();
     let yr = padded(train.iter().chain(&eval).map(|p| p.1), false);
     let mut pts = unit_line(&train, &xr, &yr);
     pts.extend(unit_line(&eval, &xr, &yr));
@@ -369,18 +365,21 @@ fn loss_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, run: &Run, xr: 
 fn micro_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, run: &Run, xr: Range<i64>) -> DrawResult {
     let micro: Vec<(i64, f64)> = run.steps.iter().map(|s| (s.step as i64, s.micro_batch as f64)).collect();
     let chunks: Vec<(i64, f64)> = run.steps.iter().map(|s| (s.step as i64, s.chunks as f64)).collect();
-    let at = |step: u64, v: Option<u64>| -> (i64, f64) {
-        let y = v.or_else(|| run.step_at_or_before(step).map(|s: &Step| s.micro_batch)).unwrap_or(0);
-        (step as i64, y as f64)
-    };
-    let ooms: Vec<(i64, f64)> = run
-        .events_of("oom")
-        .filter(|e| e.str("phase") != Some("eval"))
-        .map(|e| at(e.step, e.uint("micro_batch")))
-        .collect();
-    let grows: Vec<(i64, f64)> = run.events_of("grow").map(|e| at(e.step, e.uint("to"))).collect();
-    let restarts: Vec<i64> = run.events_of("restart").map(|e| e.step as i64).collect();
-    let resumes: Vec<i64> = run.events_of("resume").map(|e| e.step as i64).collect();
+    let at = |step: usize, v: usize| (step as i64, v as f64);
+    let mut ooms: Vec<(i64, f64)> = Vec::new();
+    let mut grows: Vec<(i64, f64)> = Vec::new();
+    let mut restarts: Vec<i64> = Vec::new();
+    let mut resumes: Vec<i64> = Vec::new();
+    for e in &run.events {
+        match &e.event {
+            // An evaluation's OOM is not the training micro-batch's.
+            Event::Oom { phase, micro_batch, .. } if phase != "eval" => ooms.push(at(e.step, *micro_batch)),
+            Event::Grow { to, .. } => grows.push(at(e.step, *to)),
+            Event::Restart { .. } => restarts.push(e.step as i64),
+            Event::Resume { .. } => resumes.push(e.step as i64),
+            _ => {}
+        }
+    }
 
     // Headroom above the lines for the legend (about 17 px an entry of ~225 px of plot).
     let entries = 2
@@ -459,7 +458,8 @@ fn speed_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, run: &Run, xr:
     let speed: Vec<(i64, f64)> = run
         .steps
         .iter()
-        .filter_map(|s| s.samples_per_sec.filter(|v| v.is_finite()).map(|v| (s.step as i64, v)))
+        .filter(|s| s.samples_per_sec.is_finite())
+        .map(|s| (s.step as i64, s.samples_per_sec))
         .collect();
     let yr = padded(speed.iter().map(|p| p.1), true);
     let corner = quiet_corner(&unit_line(&speed, &xr, &yr), 0.35, 0.2);

@@ -48,7 +48,7 @@ fn eval_line(step: u64, wall: f64) -> String {
 
 /// Writes a 40-step run with an OOM and shrink (step 8), a worker death, restart and resume
 /// from the checkpoint at step 10 (steps 11..14 recorded twice), growth (steps 25, 33), a
-/// failed growth (step 33) and evaluations every 10 steps.
+/// failed growth (step 33), evaluations every 10 steps and an evaluation shrink (step 20).
 fn write_fixture(dir: &Path, v: Variant) {
     let mem = v == Variant::Finished;
     std::fs::write(
@@ -113,6 +113,10 @@ fn write_fixture(dir: &Path, v: Variant) {
         let _ = writeln!(m, "{}", step_line(step, limit, wall, ooms, mem, 0.0));
         if step % 10 == 0 {
             let _ = writeln!(m, "{}", eval_line(step, wall));
+        }
+        if step == 20 {
+            // Evaluation's own batch: not part of the micro-batch history.
+            ev(&mut e, "eval_shrink", 20, wall, r#","from":64,"reason":"oom","to":32"#);
         }
         if step == 30 {
             ev(&mut e, "checkpoint", 30, wall, r#","reason":"every""#);
@@ -232,7 +236,7 @@ fn repeated_steps_keep_the_last_record_and_torn_lines_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
     write_fixture(dir.path(), Variant::Crashed);
     let run = Run::load(dir.path()).unwrap();
-    let steps: Vec<u64> = run.steps.iter().map(|s| s.step).collect();
+    let steps: Vec<usize> = run.steps.iter().map(|s| s.step).collect();
     assert_eq!(steps, (1..=40).collect::<Vec<_>>());
     // Steps 11..14 were re-run after the resume at micro-batch 16 (6 chunks of 16).
     assert_eq!(run.steps[11].chunks, 6);
@@ -342,6 +346,12 @@ fn renders_the_real_fixture() {
 #[test]
 fn the_history_rebuilt_from_events_matches_the_policy_s_own() {
     let dir = real_fixture(false);
+    // Written by an older trainer: policy events with their kind twice, evaluation shrinks as
+    // `"kind":"shrink","scope":"eval"`, restarts and checkpoints with fewer fields. All read.
+    let run = Run::load(dir.path()).unwrap();
+    assert_eq!(run.skipped_lines, 0);
+    let eval_shrinks = run.events.iter().filter(|e| e.event.kind() == "eval_shrink").count();
+    assert_eq!(eval_shrinks, 1, "the one of the abandoned first worker is dropped by the resume");
     let text = summary_text(dir.path()).unwrap();
     assert!(text.contains("DID NOT FINISH"), "{text}");
     assert!(text.contains("micro-batch 48 -> 24 -> 32 -> 48 -> 32 -> 16 -> 24"), "{text}");

@@ -3,6 +3,7 @@
 use crate::error::ReportError;
 use crate::plot::{REPORT_PNG, REPORT_SVG};
 use crate::run::Run;
+use oomph_rundir::events::Event;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -65,11 +66,11 @@ pub(crate) fn format_summary(run: &Run) -> String {
             "  the run is still going or stopped early; figures below are derived from \
              metrics.jsonl and events.jsonl"
         );
-        if let Some(e) = run.events.iter().rev().find(|e| e.kind == "give_up") {
-            let _ = writeln!(out, "  gave up at step {}: {}", e.step, e.str("message").unwrap_or("(no message)"));
+        if let Some(e) = run.events.iter().rev().find(|e| matches!(e.event, Event::GiveUp { .. })) {
+            let _ = writeln!(out, "  gave up at step {}: {}", e.step, e.event.message().unwrap_or("(no message)"));
         }
-        if let Some(e) = run.events.iter().rev().find(|e| e.kind == "diverged") {
-            let _ = writeln!(out, "  DIVERGED at step {}: {}", e.step, e.str("message").unwrap_or("(no message)"));
+        if let Some(e) = run.events.iter().rev().find(|e| matches!(e.event, Event::Diverged { .. })) {
+            let _ = writeln!(out, "  DIVERGED at step {}: {}", e.step, e.event.message().unwrap_or("(no message)"));
         }
     }
     if run.skipped_lines > 0 {
@@ -85,21 +86,21 @@ pub(crate) fn format_summary(run: &Run) -> String {
         secs(t.wall_s)
     );
     if let Some(s) = run.summary.as_ref().filter(|s| s.parameters > 0) {
-        let _ = write!(line, " | {} parameters", count(s.parameters));
+        let _ = write!(line, " | {} parameters", count(s.parameters as u64));
     }
     let _ = writeln!(out, "{line}");
 
     let train_loss = match &run.summary {
         Some(s) => s.train_loss,
-        None => last.and_then(|s| s.loss),
+        None => last.map(|s| s.loss),
     };
     let (valid_loss, metrics) = match &run.summary {
         Some(s) => (s.valid_loss, s.valid_metrics.clone()),
-        None => (last_eval.and_then(|e| e.valid_loss), last_eval.map(|e| e.metrics.clone()).unwrap_or_default()),
+        None => (last_eval.map(|e| e.valid_loss), last_eval.map(|e| e.metrics.clone()).unwrap_or_default()),
     };
     let mut line = format!("final      train loss {} | valid loss {}", num(train_loss), num(valid_loss));
     for (k, v) in &metrics {
-        let _ = write!(line, " | valid {k} {}", num(*v));
+        let _ = write!(line, " | valid {k} {}", num(Some(*v)));
     }
     if let Some(e) = last_eval {
         let _ = write!(line, " (eval at step {})", e.step);
@@ -108,7 +109,7 @@ pub(crate) fn format_summary(run: &Run) -> String {
 
     let recovery = match (&run.summary, &run.checkpoint) {
         (Some(s), _) => secs(s.recovery_s),
-        (None, Some(c)) => match c.recovery_s {
+        (None, Some(c)) => match c.state.as_ref().and_then(|s| s.recovery_s) {
             Some(r) => format!("{} (as of the checkpoint at step {})", secs(r), c.step),
             None => "unknown".into(),
         },
@@ -120,9 +121,9 @@ pub(crate) fn format_summary(run: &Run) -> String {
         t.ooms, t.restarts, t.resumes
     );
 
-    let skipped: Vec<u64> = run.steps.iter().filter(|s| s.skipped).map(|s| s.step).collect();
+    let skipped: Vec<usize> = run.steps.iter().filter(|s| s.skipped).map(|s| s.step).collect();
     if !skipped.is_empty() {
-        let shown: Vec<String> = skipped.iter().take(10).map(u64::to_string).collect();
+        let shown: Vec<String> = skipped.iter().take(10).map(usize::to_string).collect();
         let more = if skipped.len() > 10 { format!(" and {} more", skipped.len() - 10) } else { String::new() };
         let _ = writeln!(out, "non-finite {} step(s) skipped (no update): {}{more}", skipped.len(), shown.join(", "));
     }
@@ -131,7 +132,7 @@ pub(crate) fn format_summary(run: &Run) -> String {
     let hist_text = if hist.is_empty() {
         "-".to_string()
     } else {
-        hist.iter().map(u64::to_string).collect::<Vec<_>>().join(" -> ")
+        hist.iter().map(usize::to_string).collect::<Vec<_>>().join(" -> ")
     };
     let _ = writeln!(out, "micro-batch {hist_text}");
 

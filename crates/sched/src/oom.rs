@@ -11,11 +11,10 @@
 //! is *not* an out-of-memory, because retrying such a failure with a smaller micro-batch
 //! would hide a real bug.
 //!
-//! [`panics`] is the process-wide panic recorder that lets the trainer see allocation
-//! panics raised on threads it does not own (cubecl's device runner catches its own panics
-//! and only logs "Task failed: ...").
-
-pub mod panics;
+//! The classifier only reads text. Collecting that text (a panic on another thread, a
+//! backend's error) is the recovery boundary's job in `oomph-train` (`recovery/panics.rs`
+//! records panics raised on threads the trainer does not own: cubecl's device runner catches
+//! its own panics and only logs "Task failed: ...").
 
 use serde::{Deserialize, Serialize};
 

@@ -39,7 +39,14 @@
 
 use crate::plan::{at_least, max_chunk, next_larger, next_smaller, plan_chunks};
 use serde::{Deserialize, Serialize};
-use std::fmt;
+
+mod events;
+mod give_up;
+mod memory;
+
+pub use events::{Event, ShrinkReason};
+pub use give_up::{GiveUp, GiveUpKind};
+pub use memory::{MemoryHint, MemoryObservation};
 
 /// The highest backoff level: the longest wait before re-testing a ceiling is
 /// `grow_after * 2^MAX_BACKOFF` clean steps.
@@ -83,17 +90,6 @@ impl PolicyConfig {
     }
 }
 
-/// One observation of peak memory at a micro-batch size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemoryObservation {
-    /// Micro-batch size (samples).
-    pub micro: usize,
-    /// Peak device memory in use while running it (bytes).
-    pub peak_bytes: u64,
-    /// Device capacity at the time (bytes).
-    pub capacity_bytes: u64,
-}
-
 /// The policy's complete, serialisable state (stored in checkpoints).
 ///
 /// Fields are public for inspection (`oomph inspect`, reports); [`Policy::from_state`]
@@ -134,186 +130,6 @@ pub struct PolicyState {
     pub history: Vec<usize>,
     /// Recent memory observations, at most one per micro-batch size, oldest first.
     pub observations: Vec<MemoryObservation>,
-}
-
-/// Why a shrink happened and how its size was chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ShrinkReason {
-    /// Out-of-memory; the limit was roughly halved.
-    Halved,
-    /// Out-of-memory; the limit went to the size the memory model predicts to fit.
-    PredictedFit,
-    /// The worker died of memory (reported by the supervisor); the limit was halved.
-    WorkerDied,
-}
-
-impl ShrinkReason {
-    /// A stable lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ShrinkReason::Halved => "halved",
-            ShrinkReason::PredictedFit => "predicted_fit",
-            ShrinkReason::WorkerDied => "worker_died",
-        }
-    }
-}
-
-impl fmt::Display for ShrinkReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A change of the micro-batch limit, for `events.jsonl` and logs.
-///
-/// Serialised with a `kind` tag equal to [`Event::kind`], e.g.
-/// `{"kind":"shrink","from":64,"to":32,"reason":"halved"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Event {
-    /// The limit went down after an out-of-memory.
-    Shrink {
-        /// Previous limit.
-        from: usize,
-        /// New limit.
-        to: usize,
-        /// Why and how.
-        reason: ShrinkReason,
-    },
-    /// The next step will try a larger limit (possibly a re-test of the ceiling).
-    Grow {
-        /// Current (good) limit.
-        from: usize,
-        /// Limit the next step tries.
-        to: usize,
-    },
-    /// A growth attempt ran out of memory; the limit is back to the last good size.
-    GrowFailed {
-        /// The size that failed (the new ceiling).
-        at: usize,
-        /// The last good size, now the limit.
-        back_to: usize,
-        /// Clean steps before the policy tries to grow again.
-        next_try_after_steps: usize,
-    },
-    /// A step succeeded at or above the remembered ceiling, which is therefore forgotten.
-    CeilingCleared {
-        /// The forgotten ceiling.
-        ceiling: usize,
-    },
-}
-
-impl Event {
-    /// `"shrink"`, `"grow"`, `"grow_failed"` or `"ceiling_cleared"`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Event::Shrink { .. } => "shrink",
-            Event::Grow { .. } => "grow",
-            Event::GrowFailed { .. } => "grow_failed",
-            Event::CeilingCleared { .. } => "ceiling_cleared",
-        }
-    }
-}
-
-impl fmt::Display for Event {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Event::Shrink { from, to, reason } => {
-                write!(
-                    f,
-                    "micro-batch limit {from} -> {to} ({})",
-                    match reason {
-                        ShrinkReason::Halved => "out of memory; halved",
-                        ShrinkReason::PredictedFit => "out of memory; predicted fit",
-                        ShrinkReason::WorkerDied => "worker died of memory",
-                    }
-                )
-            }
-            Event::Grow { from, to } => {
-                write!(f, "micro-batch limit {from} -> {to} (trying larger)")
-            }
-            Event::GrowFailed { at, back_to, next_try_after_steps } => write!(
-                f,
-                "micro-batch {at} ran out of memory; back to {back_to}, next try after \
-                 {next_try_after_steps} clean steps"
-            ),
-            Event::CeilingCleared { ceiling } => {
-                write!(f, "micro-batch {ceiling} fits again; forgetting that ceiling")
-            }
-        }
-    }
-}
-
-/// Optional memory facts accompanying an out-of-memory, used for a predicted shrink and for
-/// a precise [`GiveUp`] message.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct MemoryHint {
-    /// Bytes each sample of a micro-batch needs (activations, gradients).
-    pub bytes_per_sample: Option<f64>,
-    /// Bytes needed independently of the micro-batch (weights, optimizer state).
-    pub fixed_bytes: Option<u64>,
-    /// Device capacity in bytes.
-    pub capacity_bytes: Option<u64>,
-    /// Size of the allocation that failed, in bytes.
-    pub requested_bytes: Option<u64>,
-}
-
-/// Which limit was hit when giving up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GiveUpKind {
-    /// Even the smallest allowed micro-batch (`micro_batch.min`) does not fit.
-    MinDoesNotFit,
-    /// More than `micro_batch.max_retries_per_step` failures within one optimizer step (never
-    /// while an automatic start searches for its first fitting size).
-    TooManyRetries,
-}
-
-/// The policy cannot make the step fit. Its `Display` is a paragraph for the user.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
-#[error("{}", self.render())]
-pub struct GiveUp {
-    /// The micro-batch size that failed last.
-    pub micro: usize,
-    /// The configured minimum micro-batch (`micro_batch.min`).
-    pub min: usize,
-    /// What exactly happened, with memory figures where known.
-    pub reason: String,
-    /// Which limit was hit.
-    pub kind: GiveUpKind,
-}
-
-impl GiveUp {
-    fn render(&self) -> String {
-        match self.kind {
-            GiveUpKind::MinDoesNotFit => {
-                let lower_min = if self.min > 1 {
-                    "lower `micro_batch.min` (the effective batch stays the same; it is only split \
-                     into more micro-batches), "
-                } else {
-                    ""
-                };
-                format!(
-                    "out of memory: a micro-batch of {} sample(s) does not fit on this device, and \
-                     the step cannot be split further because `micro_batch.min` = {}. {} To fix \
-                     this: {}use a smaller model or a shorter `seq_len`, or run on a device with \
-                     more free memory.",
-                    self.micro, self.min, self.reason, lower_min
-                )
-            }
-            GiveUpKind::TooManyRetries => format!(
-                "out of memory too many times within one optimizer step: {} The last failure was \
-                 at a micro-batch of {} sample(s) (`micro_batch.min` = {}). Either the starting \
-                 micro-batch was far too large for this device (each failure roughly halves it) \
-                 or free memory is shrinking (another process on the device?). To fix this: \
-                 raise `micro_batch.max_retries_per_step`, set `micro_batch.initial` closer to \
-                 what fits (or to \"auto\", whose first step searches down from `micro_batch.max` \
-                 without this limit), or free device memory.",
-                self.reason, self.micro, self.min
-            ),
-        }
-    }
 }
 
 /// The adaptive micro-batch policy. See the [module documentation](self).
@@ -594,7 +410,14 @@ impl Policy {
                         ));
                     }
                     tracing::debug!(failed, "micro-batch policy: even the minimum does not fit");
-                    return Err(GiveUp { micro: failed, min: self.cfg.min, reason, kind: GiveUpKind::MinDoesNotFit });
+                    return Err(GiveUp {
+                        micro: failed,
+                        min: self.cfg.min,
+                        reason,
+                        kind: GiveUpKind::MinDoesNotFit,
+                        step: None,
+                        error: None,
+                    });
                 }
                 s.predicted_this_step = reason == ShrinkReason::PredictedFit;
                 s.shrinks += 1;
@@ -613,7 +436,14 @@ impl Policy {
                  `micro_batch.max_retries_per_step` = {} allows. {context}",
                 self.state.ooms_this_step, self.cfg.max_retries_per_step
             );
-            return Err(GiveUp { micro: failed, min: self.cfg.min, reason, kind: GiveUpKind::TooManyRetries });
+            return Err(GiveUp {
+                micro: failed,
+                min: self.cfg.min,
+                reason,
+                kind: GiveUpKind::TooManyRetries,
+                step: None,
+                error: None,
+            });
         }
         Ok(events)
     }
@@ -660,110 +490,6 @@ impl Policy {
         events
     }
 
-    /// Records the peak memory of a micro-batch of `micro` samples and the device capacity.
-    /// Two or more observations at different sizes give a linear memory model used to
-    /// shrink straight to a predicted fit after an out-of-memory.
-    pub fn observe_memory(&mut self, micro: usize, peak_bytes: u64, capacity_bytes: u64) {
-        if micro == 0 || peak_bytes == 0 {
-            return;
-        }
-        let obs = &mut self.state.observations;
-        obs.retain(|o| o.micro != micro);
-        obs.push(MemoryObservation { micro, peak_bytes, capacity_bytes });
-        if obs.len() > MAX_OBSERVATIONS {
-            let excess = obs.len() - MAX_OBSERVATIONS;
-            obs.drain(..excess);
-        }
-    }
-
-    /// The linear memory model `(fixed_bytes, bytes_per_sample)`: from `hint` when it gives
-    /// `bytes_per_sample`, else a least-squares fit over the observations (at least two
-    /// distinct sizes, positive slope).
-    pub fn memory_model(&self, hint: Option<&MemoryHint>) -> Option<(f64, f64)> {
-        let fit = self.fit();
-        if let Some(per) = hint.and_then(|h| h.bytes_per_sample).filter(|b| b.is_finite() && *b > 0.0) {
-            let fixed = hint.and_then(|h| h.fixed_bytes).map(|f| f as f64).or(fit.map(|(a, _)| a)).unwrap_or(0.0);
-            return Some((fixed.max(0.0), per));
-        }
-        fit
-    }
-
-    fn fit(&self) -> Option<(f64, f64)> {
-        let obs = &self.state.observations;
-        if obs.len() < 2 {
-            return None;
-        }
-        let k = obs.len() as f64;
-        let mx = obs.iter().map(|o| o.micro as f64).sum::<f64>() / k;
-        let my = obs.iter().map(|o| o.peak_bytes as f64).sum::<f64>() / k;
-        let sxx: f64 = obs.iter().map(|o| (o.micro as f64 - mx).powi(2)).sum();
-        let sxy: f64 = obs.iter().map(|o| (o.micro as f64 - mx) * (o.peak_bytes as f64 - my)).sum();
-        if sxx <= 0.0 {
-            return None;
-        }
-        let b = sxy / sxx;
-        if !(b.is_finite() && b > 0.0) {
-            return None;
-        }
-        Some(((my - b * mx).max(0.0), b))
-    }
-
-    fn capacity(&self, hint: Option<&MemoryHint>) -> Option<u64> {
-        hint.and_then(|h| h.capacity_bytes)
-            .or_else(|| self.state.observations.last().map(|o| o.capacity_bytes))
-            .filter(|&c| c > 0)
-    }
-
-    /// The largest micro-batch the memory model predicts to fit in [`HEADROOM`] of the
-    /// capacity (0 if not even one sample does), or `None` without a model or a capacity.
-    pub fn predicted_fit(&self, hint: Option<&MemoryHint>) -> Option<usize> {
-        let (fixed, per) = self.memory_model(hint)?;
-        let capacity = self.capacity(hint)? as f64;
-        let budget = capacity * HEADROOM - fixed;
-        if budget <= 0.0 {
-            return Some(0);
-        }
-        let p = (budget / per).floor();
-        Some(if p >= usize::MAX as f64 { usize::MAX } else { p as usize })
-    }
-
-    fn min_reason(&self, failed: usize, hint: Option<&MemoryHint>) -> String {
-        let mut parts = Vec::new();
-        if let (Some((fixed, per)), Some(cap)) = (self.memory_model(hint), self.capacity(hint)) {
-            let need = fixed + per * failed as f64;
-            parts.push(format!(
-                "The memory model estimates {} for a micro-batch of {failed} ({} fixed + {} per \
-                 sample) against {} of device memory.",
-                bytes(need),
-                bytes(fixed),
-                bytes(per),
-                bytes(cap as f64)
-            ));
-        } else if let Some(h) = hint {
-            if let (Some(req), Some(cap)) = (h.requested_bytes, h.capacity_bytes) {
-                parts.push(format!(
-                    "The failed allocation requested {} on a device with {} in total.",
-                    bytes(req as f64),
-                    bytes(cap as f64)
-                ));
-            } else if let Some(req) = h.requested_bytes {
-                parts.push(format!("The failed allocation requested {}.", bytes(req as f64)));
-            }
-        }
-        if parts.is_empty() {
-            parts.push("No memory statistics were available to say by how much.".to_string());
-        }
-        if self.lo != self.cfg.min {
-            parts.push(format!(
-                "(With an effective batch of {}, the smallest micro-batch limit at or above the \
-                 minimum is {}.)",
-                self.n(),
-                self.lo
-            ));
-        }
-        parts.join(" ")
-    }
-
     fn set_limit(&mut self, to: usize) {
         if self.state.limit != to {
             self.state.limit = to;
@@ -781,22 +507,6 @@ fn push_history(history: &mut Vec<usize>, limit: usize) {
         history.remove(0);
     }
     history.push(limit);
-}
-
-/// Human-readable bytes (binary units).
-fn bytes(b: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b.max(0.0);
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{v:.0} {}", UNITS[i])
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
 }
 
 #[cfg(test)]

@@ -43,35 +43,9 @@ fn note_failure(size: usize) {
     if fd < 0 {
         return;
     }
-    let mut buf = [0u8; 64];
-    let prefix = b"alloc-failure ";
-    buf[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 24];
-    let mut n = size;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let d = &digits[i..];
-    let mut end = prefix.len() + d.len();
-    buf[prefix.len()..end].copy_from_slice(d);
     let in_checkpoint = IN_CHECKPOINT.try_with(Cell::get).unwrap_or(false);
-    if in_checkpoint {
-        let tag = b" checkpoint";
-        buf[end..end + tag.len()].copy_from_slice(tag);
-        end += tag.len();
-    }
-    buf[end] = b'\n';
     NOTED.fetch_or(if in_checkpoint { CHECKPOINT } else { OTHER }, Ordering::Relaxed);
-    // SAFETY: writing a stack buffer to a file descriptor we own, at offset 0 (one line).
-    unsafe {
-        libc::pwrite(fd, buf.as_ptr().cast(), end + 1, 0);
-    }
+    oomph_rundir::note::write_note(fd, size, in_checkpoint);
 }
 
 // SAFETY: delegates every call to `System`; only observes null results.
@@ -136,23 +110,9 @@ fn clear(which: u8) {
     if NOTED.fetch_and(!which, Ordering::Relaxed) & !which == 0 {
         let fd = DEATH_FD.load(Ordering::Relaxed);
         if fd >= 0 {
-            // SAFETY: truncating a file descriptor we own.
-            unsafe {
-                libc::ftruncate(fd, 0);
-            }
+            oomph_rundir::note::clear_note(fd);
         }
     }
-}
-
-/// What a worker's note says: the size of the allocation that failed and whether it failed
-/// on the checkpoint writer thread. `None` when the note is empty (no memory death).
-pub fn read_note(path: &std::path::Path) -> Option<(u64, bool)> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let line = text.lines().next()?;
-    let rest = line.strip_prefix("alloc-failure ")?;
-    let mut words = rest.split_whitespace();
-    let bytes = words.next()?.parse().ok()?;
-    Some((bytes, words.next() == Some("checkpoint")))
 }
 
 /// Opens (truncating) the file that receives allocation-failure notes.
@@ -170,6 +130,7 @@ pub fn arm(path: &std::path::Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oomph_rundir::note::{read_note, Note};
 
     #[test]
     fn the_loop_clears_its_own_notes_but_not_the_checkpoint_writers() {
@@ -186,7 +147,7 @@ mod tests {
         .join()
         .unwrap();
         survived();
-        assert_eq!(read_note(&note), Some((64, true)), "the writer may still be dying");
+        assert_eq!(read_note(&note), Some(Note { bytes: 64, checkpoint: true }), "the writer may still be dying");
         checkpoint_survived();
         assert_eq!(read_note(&note), None);
     }

@@ -74,6 +74,12 @@ impl TrainError {
     }
 }
 
+impl From<oomph_rundir::Error> for TrainError {
+    fn from(e: oomph_rundir::Error) -> Self {
+        TrainError::io(e.op, &e.path, &e.source)
+    }
+}
+
 /// The fix for an I/O error, by its cause.
 pub fn io_fix(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// The file in the run directory that remembers the run-wide one-shot faults that fired.
-pub const FIRED_FILE: &str = "faults-fired.txt";
+pub const FIRED_FILE: &str = oomph_rundir::layout::FAULTS_FIRED;
 
 /// An allocation no machine can satisfy: the system allocator returns null for it (and the
 /// tracking allocator notes the failure) without touching memory.

@@ -18,40 +18,24 @@ use std::sync::Arc;
 
 type Inner = burn::backend::Cuda<f32, i32>;
 
-/// Checks that CUDA device `index` exists and computes.
+/// Checks that CUDA device `index` exists and computes. Panics while it tries are kept quiet
+/// (the driver's runner thread panics with the real cause); the first one is the explanation.
 pub fn check_cuda(index: usize) -> Result<(), TrainError> {
-    use oomph_sched::oom::panics;
-    panics::install();
-    let generation = panics::generation();
-    let prev = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|info| {
-        // Keep the record (the device runner's panic carries the real cause), print nothing.
-        let message = panics::panic_message(info.payload());
-        let thread = std::thread::current().name().unwrap_or("<unnamed>").to_string();
-        panics::record_panic(panics::PanicRecord { thread, message, location: info.location().map(|l| l.to_string()) });
-    }));
-    let r = catch_unwind(AssertUnwindSafe(|| {
+    let r = crate::recovery::quietly(|| {
         let dev = burn::backend::cuda::CudaDevice::new(index);
         let t = Tensor::<Inner, 1>::from_floats([1.0, 2.0], &dev);
         t.sum().into_scalar().elem::<f64>()
-    }));
-    std::panic::set_hook(prev);
-    // The first panic is the cause (e.g. the driver library missing on the runner thread);
-    // later ones ("RecvError") are its echoes.
-    let cause = panics::since(generation).into_iter().next().map(|r| r.message);
+    });
     match r {
         Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(()),
         Ok(v) => {
             Err(TrainError::BadInput(format!("CUDA device {index} computed 1+2 = {v}; the GPU or driver is faulty.")))
         }
-        Err(p) => {
-            let msg = cause.unwrap_or_else(|| panics::panic_message(p.as_ref()));
-            Err(TrainError::BadInput(format!(
-                "`run.backend` = \"cuda\" but CUDA device {index} is not usable here ({}). Fix: run on a machine \
-                 with an NVIDIA GPU and driver, pick another `run.device`, or set run.backend = \"cpu\".",
-                short_cause(&msg)
-            )))
-        }
+        Err(cause) => Err(TrainError::BadInput(format!(
+            "`run.backend` = \"cuda\" but CUDA device {index} is not usable here ({}). Fix: run on a machine \
+             with an NVIDIA GPU and driver, pick another `run.device`, or set run.backend = \"cpu\".",
+            short_cause(&cause)
+        ))),
     }
 }
 

@@ -12,9 +12,7 @@
 pub mod adapter;
 pub mod alloc;
 pub mod backend;
-pub mod checkpoint;
 pub mod checkpointer;
-pub mod current;
 pub mod error;
 pub mod evaluation;
 pub mod export;
@@ -25,7 +23,6 @@ pub mod objective;
 pub mod optim;
 pub mod progress;
 pub mod random;
-pub mod records;
 pub mod recovery;
 pub mod registry;
 pub mod resume;
@@ -38,7 +35,15 @@ pub mod trainer;
 
 pub use error::TrainError;
 pub use objective::{default_weight, Evaluation, Loss, MetricSum, Objective};
+pub use oomph_rundir::{checkpoint, current};
+pub use oomph_rundir::{EvalRecord, Event, EventLine, StepRecord, Summary};
 pub use progress::{Console, Observer, Silent};
-pub use records::{EvalRecord, EventRecord, StepRecord, Summary};
+
+/// The records of a run directory (defined, written and read by `oomph_rundir`).
+pub mod records {
+    pub use oomph_rundir::events::{Event, EventLine};
+    pub use oomph_rundir::metrics::{read_lines, EvalRecord, JsonLines, MetricLine, StepRecord};
+    pub use oomph_rundir::summary::Summary;
+}
 pub use registry::{DataNeeds, Models, Prepared, Registry};
 pub use trainer::{train, Resume, Session};

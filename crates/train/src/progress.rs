@@ -1,8 +1,8 @@
 //! What the user sees while a run goes: an indicatif bar on a terminal, plain periodic
 //! lines otherwise. All of it goes to stderr; the library never prints to stdout.
 
-use crate::records::{EvalRecord, EventRecord, StepRecord, Summary};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use oomph_rundir::{EvalRecord, Event, EventLine, StepRecord, Summary};
 use std::io::IsTerminal;
 
 /// Receives the run's progress. The trainer calls it; front-ends decide how to show it.
@@ -14,7 +14,7 @@ pub trait Observer {
     /// An evaluation finished.
     fn eval(&mut self, rec: &EvalRecord);
     /// Something happened (OOM, shrink, grow, checkpoint, ...).
-    fn event(&mut self, rec: &EventRecord);
+    fn event(&mut self, rec: &EventLine);
     /// The run ended.
     fn finish(&mut self, summary: &Summary);
 }
@@ -26,7 +26,7 @@ impl Observer for Silent {
     fn start(&mut self, _: usize, _: usize, _: &[String]) {}
     fn step(&mut self, _: &StepRecord, _: usize) {}
     fn eval(&mut self, _: &EvalRecord) {}
-    fn event(&mut self, _: &EventRecord) {}
+    fn event(&mut self, _: &EventLine) {}
     fn finish(&mut self, _: &Summary) {}
 }
 
@@ -112,22 +112,9 @@ impl Observer for Console {
         self.line(&s);
     }
 
-    fn event(&mut self, r: &EventRecord) {
-        let detail: Vec<String> =
-            r.fields.iter().filter(|(k, _)| k.as_str() != "message").map(|(k, v)| format!("{k}={v}")).collect();
-        let mut s = format!("[{}] step {}: {}", r.kind, r.step, detail.join(" "));
-        if let Some(m) = r.fields.get("message").and_then(|m| m.as_str()) {
-            // Long messages (a divergence, a give-up) are printed whole as the run's error.
-            let mut short: String = m.chars().take(160).collect();
-            let cut = short.len() < m.len();
-            if cut {
-                // At a word boundary, so no number is cut in half.
-                short.truncate(short.rfind(' ').unwrap_or(short.len()));
-            }
-            s.push_str(&format!(" ({short}{})", if cut { " …" } else { "" }));
-        }
-        if r.kind != "checkpoint" || self.bar.is_none() {
-            self.line(&s);
+    fn event(&mut self, r: &EventLine) {
+        if !matches!(r.event, Event::Checkpoint { .. }) || self.bar.is_none() {
+            self.line(&r.to_string());
         }
     }
 

@@ -5,12 +5,12 @@
 
 use crate::error::TrainError;
 use crate::objective::Objective;
-use crate::records::Summary;
 use crate::trainer::{train, Session};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use oomph_data::{DataInfo, Splits};
 use oomph_recipe::RecipeError;
+use oomph_rundir::Summary;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;

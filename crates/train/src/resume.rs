@@ -14,7 +14,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use oomph_data::Splits;
 use oomph_recipe::Recipe;
-use serde_json::json;
+use oomph_rundir::Event;
 use std::path::{Path, PathBuf};
 
 /// Where to resume from.
@@ -83,7 +83,7 @@ impl Checkpointer {
             let moved = checkpoint::set_aside(root, dir, checkpoint::DAMAGED)
                 .map_err(|e| TrainError::io(e.op, &e.path, &e.source))?;
             log.note(format!("skipped damaged checkpoint ({why}); moved to {}", moved.display()));
-            log.event("checkpoint_skipped", 1, json!({ "message": why, "moved_to": moved.display().to_string() }));
+            log.event(1, Event::CheckpointSkipped { message: why.clone(), moved_to: moved.display().to_string() });
         }
         let Some(ck) = found.checkpoint else { return self.start_over(log).map(|()| None) };
         let st = ck.state.clone();
@@ -126,7 +126,7 @@ impl Checkpointer {
                 names.join(", "),
                 root.join(checkpoint::ABANDONED).display()
             ));
-            log.event("abandoned", st.step, json!({ "steps": abandoned }));
+            log.event(st.step, Event::Abandoned { steps: abandoned });
         }
         let eval_batch_changed =
             old_recipe.as_ref().is_some_and(|r| r.training.eval_batch != expect.recipe.training.eval_batch);

@@ -2,14 +2,16 @@
 //! per evaluation), `events.jsonl`, `current.json` for the supervisor, `summary.json` at the
 //! end, the observer (console) fan-out, and the trimming of lines a resume runs again.
 
-use crate::current::{Current, CurrentFile};
 use crate::error::TrainError;
 use crate::progress::Observer;
-use crate::records::{EvalRecord, EventRecord, JsonLines, StepRecord, Summary};
 use oomph_recipe::Phase;
+use oomph_rundir::current::{Current, CurrentFile};
+use oomph_rundir::events::{self, Event, EventLine};
+use oomph_rundir::metrics::JsonLines;
+use oomph_rundir::summary::write_summary;
+use oomph_rundir::{EvalRecord, RunDir, StepRecord, Summary, WorkerPhase};
 use oomph_sched::Policy;
-use serde_json::{Map, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// `metrics.jsonl` is flushed at most this often (and at every checkpoint, evaluation and
@@ -19,7 +21,7 @@ const METRICS_FLUSH: std::time::Duration = std::time::Duration::from_millis(100)
 
 /// The files a run writes as it goes, and the observer that shows them.
 pub struct RunLog {
-    dir: PathBuf,
+    dir: RunDir,
     metrics: JsonLines,
     events: JsonLines,
     current: Option<CurrentFile>,
@@ -34,10 +36,11 @@ pub struct RunLog {
 impl RunLog {
     /// Opens the log of the run in `dir` (appending); `notes` start the banner's extra lines.
     pub fn open(dir: &Path, observer: Box<dyn Observer>, notes: Vec<String>) -> Result<Self, TrainError> {
+        let dir = RunDir::new(dir);
         Ok(Self {
-            dir: dir.to_path_buf(),
-            metrics: JsonLines::open_with(&dir.join("metrics.jsonl"), METRICS_FLUSH)?,
-            events: JsonLines::open(&dir.join("events.jsonl"))?,
+            metrics: JsonLines::open_with(&dir.metrics(), METRICS_FLUSH)?,
+            events: JsonLines::open(&dir.events())?,
+            dir,
             current: None,
             observer,
             started: Instant::now(),
@@ -72,28 +75,19 @@ impl RunLog {
     }
 
     /// Records an event belonging to `step`.
-    pub fn event(&mut self, kind: &str, step: usize, fields: Value) {
-        let fields = match fields {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        };
-        let rec = EventRecord { kind: kind.into(), step, wall_s: self.wall(), fields };
-        if let Err(e) = self.events.write(&rec) {
+    pub fn event(&mut self, step: usize, event: impl Into<Event>) {
+        let line = EventLine::new(step, self.wall(), event);
+        if let Err(e) = self.events.write(&line) {
             tracing::warn!("could not write events.jsonl: {e}");
         }
-        tracing::info!(kind, step = rec.step, "event");
-        self.observer.event(&rec);
+        tracing::info!(kind = line.event.kind(), step, "event");
+        self.observer.event(&line);
     }
 
     /// Records the policy's events for `step`.
     pub fn policy_events(&mut self, step: usize, evs: Vec<oomph_sched::Event>) {
         for e in evs {
-            let mut v = serde_json::to_value(&e).unwrap_or(Value::Null);
-            // The record carries the kind itself.
-            if let Value::Object(m) = &mut v {
-                m.remove("kind");
-            }
-            self.event(e.kind(), step, v);
+            self.event(step, e);
         }
     }
 
@@ -114,14 +108,14 @@ impl RunLog {
 
     /// Flushes the metric lines written so far.
     pub fn flush(&mut self) -> Result<(), TrainError> {
-        self.metrics.flush()
+        Ok(self.metrics.flush()?)
     }
 
     /// Writes `current.json`: what the worker is doing now (read by the supervisor after a
-    /// death without a word; see [`crate::current`]).
+    /// death without a word; see [`oomph_rundir::current`]).
     pub fn position(&mut self, c: &Current) {
         if self.current.is_none() {
-            self.current = CurrentFile::open(&self.dir.join("current.json"));
+            self.current = CurrentFile::open(&self.dir.current());
         }
         if let Some(f) = &mut self.current {
             f.write(c);
@@ -131,65 +125,25 @@ impl RunLog {
     /// No worker runs any more: `current.json` goes.
     pub fn clear_position(&mut self) {
         drop(self.current.take());
-        let _ = std::fs::remove_file(self.dir.join("current.json"));
+        let _ = std::fs::remove_file(self.dir.current());
     }
 
     /// Keeps only the metric lines up to `step` (the steps after it run again); returns the
     /// evaluation recorded at `step`, which is not run again.
     pub fn truncate(&mut self, step: usize) -> Result<Option<EvalRecord>, TrainError> {
-        let path = self.metrics.path().to_path_buf();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(TrainError::io("reading", &path, &e)),
-        };
-        let kept: Vec<&str> = text
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<Value>(l)
-                    .ok()
-                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                    .is_some_and(|s| s as usize <= step)
-            })
-            .collect();
-        let last_eval = kept
-            .iter()
-            .rev()
-            .filter_map(|l| serde_json::from_str::<EvalRecord>(l).ok())
-            .find(|e| e.kind == "eval" && e.step == step);
-        let mut body = kept.join("\n");
-        if !body.is_empty() {
-            body.push('\n');
-        }
-        if body.len() == text.len() {
-            return Ok(last_eval);
-        }
-        let tmp = path.with_extension("jsonl.tmp");
-        let written = std::fs::write(&tmp, body)
-            .map_err(|e| TrainError::io("writing", &tmp, &e))
-            .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| TrainError::io("renaming into place", &tmp, &e)));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        self.metrics = JsonLines::open_with(&path, METRICS_FLUSH)?;
-        Ok(last_eval)
+        Ok(self.metrics.truncate_to_step(step)?)
     }
 
     /// Worker restarts over the whole run (every supervisor invocation): the restart events
     /// the supervisors recorded, except their final "stop" decisions.
     pub fn restarts_in_run(&self) -> usize {
-        crate::records::read_lines::<EventRecord>(&self.dir.join("events.jsonl"))
-            .iter()
-            .filter(|e| e.kind == "restart" && e.fields.get("action").and_then(|a| a.as_str()) != Some("stop"))
-            .count()
+        events::read_events(&self.dir.events()).map(|(lines, _)| events::restarts(&lines)).unwrap_or(0)
     }
 
     /// Writes `summary.json` (atomically), removes `current.json` and tells the observer.
     pub fn finish(&mut self, summary: &Summary) -> Result<(), TrainError> {
         self.flush()?;
-        let text = serde_json::to_string_pretty(summary).map_err(|e| TrainError::Failed(e.to_string()))?;
-        write_atomically(&self.dir.join("summary.json"), text.as_bytes())?;
+        write_summary(&self.dir.summary(), summary)?;
         self.clear_position();
         self.observer.finish(summary);
         Ok(())
@@ -208,32 +162,19 @@ pub fn position(
 ) -> Current {
     // Evaluation and checkpoints belong to the step just done; training to the next one.
     let (step, phase) = match phase {
-        Phase::Forward | Phase::Backward => (step + 1, "train"),
-        Phase::Optimizer => (step + 1, "optimizer"),
-        Phase::Eval => (step, "eval"),
-        Phase::Checkpoint => (step, "checkpoint"),
+        Phase::Forward | Phase::Backward => (step + 1, WorkerPhase::Train),
+        Phase::Optimizer => (step + 1, WorkerPhase::Optimizer),
+        Phase::Eval => (step, WorkerPhase::Eval),
+        Phase::Checkpoint => (step, WorkerPhase::Checkpoint),
     };
     Current {
         pid: std::process::id(),
         step,
-        phase: phase.to_string(),
+        phase,
         micro_batch: policy.limit(),
         eval_batch,
         min_micro_batch: policy.bounds().0,
         parameters,
         checkpoint_step: writing,
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file renamed into place, so `path` always
-/// holds either its old or its new contents.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = path.with_extension("tmp");
-    let written = std::fs::write(&tmp, bytes)
-        .map_err(|e| TrainError::io("writing", &tmp, &e))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| TrainError::io("renaming into place", &tmp, &e)));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
 }

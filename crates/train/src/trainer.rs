@@ -16,7 +16,6 @@ use crate::export::save_safetensors;
 use crate::faults::{phase_name, Faults};
 use crate::objective::Objective;
 use crate::optim::{lr_at, Optim};
-use crate::records::{EvalRecord, StepRecord, Summary};
 use crate::recovery::cleanup;
 pub use crate::resume::Resume;
 use crate::resume::{Expect, Loaded};
@@ -30,9 +29,11 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use oomph_data::{Sampler, Splits};
 use oomph_recipe::{MicroInitial, Phase};
+use oomph_rundir::events::EvalShrinkReason;
+use oomph_rundir::Event;
+use oomph_rundir::{EvalRecord, StepRecord, Summary};
 use oomph_sched::decide::{Decision, OomContext, OomPhase};
 use oomph_sched::{MemoryHint, Policy};
-use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -249,8 +250,8 @@ where
             crate::alloc::survived();
         }
         self.tally.oom_events += 1;
-        let fields = json!({ "phase": phase_name(at_phase), "micro_batch": size, "message": error });
-        self.log.event("oom", at, fields);
+        let oom = Event::Oom { phase: phase_name(at_phase).into(), micro_batch: size, message: error.clone() };
+        self.log.event(at, oom);
         let backend_usable = in_place || probe::<B>(&self.s.device);
         let hint = self
             .s
@@ -274,11 +275,11 @@ where
             Decision::RestartWorker { message, .. } => Err(TrainError::MemoryDeath { micro, message }),
             Decision::GiveUp(g) => {
                 let msg = g.to_string();
-                let fields = match phase {
-                    OomPhase::Train => json!({ "micro_batch": micro, "message": msg }),
-                    p => json!({ "phase": p.as_str(), "message": msg }),
+                let (phase, micro_batch) = match phase {
+                    OomPhase::Train => (None, Some(micro)),
+                    p => (Some(p.as_str().to_string()), None),
                 };
-                self.log.event("give_up", at, fields);
+                self.log.event(at, Event::GiveUp { phase, micro_batch, message: msg.clone() });
                 Err(TrainError::DoesNotFit(msg))
             }
             d => Ok(d),
@@ -303,17 +304,14 @@ where
         self.tally.nonfinite_run += 1;
         self.finish_step(step, loss, lr, plan, t0, check.norm.filter(|n| n.is_finite()), had_oom, true)?;
         let in_a_row = self.tally.nonfinite_run;
-        self.log.event(
-            "nonfinite_step",
-            step,
-            json!({
-                "loss": loss.to_string(),
-                "gradients_finite": check.finite,
-                "grad_norm": check.norm.map(|n| n.to_string()),
-                "lr": lr,
-                "in_a_row": in_a_row
-            }),
-        );
+        let event = Event::NonfiniteStep {
+            loss: loss.to_string(),
+            gradients_finite: check.finite,
+            grad_norm: check.norm.map(|n| n.to_string()),
+            lr,
+            in_a_row,
+        };
+        self.log.event(step, event);
         let limit = self.s.recipe.training.max_nonfinite_steps;
         if in_a_row < limit {
             return Ok(());
@@ -331,7 +329,7 @@ where
              them changed the weights; {last_good}. Fix: lower optimizer.lr, set optimizer.grad_clip_norm or add \
              warmup (lr_schedule.warmup_steps), and start over in a new --run-dir (or --resume never --overwrite)."
         );
-        self.log.event("diverged", step, json!({ "message": msg }));
+        self.log.event(step, Event::Diverged { message: msg.clone() });
         Err(TrainError::Diverged(msg))
     }
 
@@ -363,7 +361,6 @@ where
             self.policy.observe_memory(plan[0], m.reserved, m.capacity);
         }
         let rec = StepRecord {
-            kind: "step".into(),
             step,
             samples_seen: self.tally.samples_seen,
             loss,
@@ -381,8 +378,8 @@ where
         };
         self.log.step(&rec, self.total)?;
         if step == 1 && self.s.recipe.micro_batch.initial == MicroInitial::Auto {
-            let fields = json!({ "micro_batch": plan[0], "chunks": plan.len(), "ooms": self.tally.oom_events });
-            self.log.event("auto_settled", step, fields);
+            let event = Event::AutoSettled { micro_batch: plan[0], chunks: plan.len(), ooms: self.tally.oom_events };
+            self.log.event(step, event);
         }
         if !evs.is_empty() || had_oom {
             self.log.policy_events(step + 1, evs);
@@ -408,7 +405,6 @@ where
             match out {
                 Ok((valid_loss, metrics)) => {
                     let rec = EvalRecord {
-                        kind: "eval".into(),
                         step: self.step,
                         samples_seen: self.tally.samples_seen,
                         valid_loss,
@@ -428,8 +424,7 @@ where
                 }
                 Err(crate::recovery::Failure::Oom { message }) => {
                     if let Decision::ShrinkEval { from, to } = self.on_oom(Phase::Eval, eb, message, false, 0)? {
-                        let fields = json!({ "from": from, "to": to, "reason": "oom", "scope": "eval" });
-                        self.log.event("shrink", self.step + 1, fields);
+                        self.log.event(self.step + 1, Event::EvalShrink { from, to, reason: EvalShrinkReason::Oom });
                         self.eval_batch = to;
                     }
                     self.tally.recovery_s += t.elapsed().as_secs_f64();
@@ -454,7 +449,7 @@ where
                 self.step
             );
             tracing::warn!("{msg}");
-            self.log.event("checkpoint_refused", self.step, json!({ "reason": reason, "message": msg }));
+            self.log.event(self.step, Event::CheckpointRefused { reason: reason.into(), message: msg });
         }
         self.write_position();
         Ok(saved)
@@ -465,13 +460,13 @@ where
         let waited = self.ckpt.wait();
         self.write_position();
         if let Some(w) = waited? {
-            let fields = json!({
-                "reason": w.reason,
-                "path": w.dir.display().to_string(),
-                "write_s": round_us(w.write_s),
-                "stall_s": round_us(w.stall_s),
-            });
-            self.log.event("checkpoint", w.step, fields);
+            let event = Event::Checkpoint {
+                reason: w.reason,
+                path: w.dir.display().to_string(),
+                write_s: round_us(w.write_s),
+                stall_s: round_us(w.stall_s),
+            };
+            self.log.event(w.step, event);
         }
         Ok(())
     }
@@ -512,8 +507,8 @@ where
                 nonfinite_run: st.nonfinite_run,
             };
             self.log.resume_wall(st.wall_s);
-            let fields = json!({ "from_step": st.step, "checkpoint": dir.display().to_string(), "micro_batch": self.policy.limit() });
-            self.log.event("resume", st.step, fields);
+            let checkpoint = dir.display().to_string();
+            self.log.event(st.step, Event::Resume { from_step: st.step, checkpoint, micro_batch: self.policy.limit() });
             self.log.note(format!("resuming from {} (step {}/{})", dir.display(), st.step, self.total));
         }
         if let Some(m) = self.s.lower_ceiling {
@@ -523,8 +518,8 @@ where
         if let Some(e) = self.s.lower_eval {
             let to = (e / 2).max(1);
             if to < self.eval_batch {
-                let fields = json!({ "from": self.eval_batch, "to": to, "reason": "worker_died", "scope": "eval" });
-                self.log.event("shrink", self.step + 1, fields);
+                let event = Event::EvalShrink { from: self.eval_batch, to, reason: EvalShrinkReason::WorkerDied };
+                self.log.event(self.step + 1, event);
                 self.eval_batch = to;
             }
         }

@@ -1,21 +1,26 @@
-//! A process-wide panic recorder.
+//! A process-wide panic recorder: the recovery boundary's eyes on other threads.
 //!
 //! A device allocation in burn 0.21 / cubecl 0.10 fails on the device's *runner* thread,
 //! which catches the panic and only logs it; the training thread may never see a panic of
-//! its own. So the trainer cannot rely on `catch_unwind` alone: it takes
-//! [`generation()`] before an attempt, runs it, and looks at [`since(generation)`](since) for
-//! out-of-memory messages raised on *any* thread during the attempt.
+//! its own. So the boundary cannot rely on `catch_unwind` alone: it takes [`generation()`]
+//! before an attempt, runs it, and looks at [`since(generation)`](since) for out-of-memory
+//! messages raised on *any* thread during the attempt ([`oom_since`]).
 //!
 //! [`install()`] sets a panic hook (once per process) that records every panic's thread,
 //! message and location in a bounded ring ([`CAPACITY`] most recent records), then chains to
 //! the hook that was installed before it. With [`install_quiet_oom()`] the chained hook is
-//! skipped for panics that [`classify`](super::classify) calls out-of-memory (including
-//! simulated ones): those are recovered, and printing a backtrace for each would only alarm.
-//! Skipped panics are still logged through `tracing` at debug level.
+//! skipped for panics that [`oomph_sched::classify`] calls out-of-memory (including simulated
+//! ones): those are recovered, and printing a backtrace for each would only alarm. While a
+//! [`quiet()`] guard lives, the chained hook is skipped for every panic (a start-up check that
+//! reports the cause itself). Skipped panics are still logged through `tracing` at debug level.
+//!
+//! This is the process's only global panic state; the recovery boundary ([`super`]) is the one
+//! user of it, and `oomph_sched` holds none.
 
+use oomph_sched::OomKind;
 use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
 
 /// How many of the most recent panics are kept.
@@ -42,6 +47,8 @@ struct Ring {
 static RING: Mutex<Ring> = Mutex::new(Ring { next: 0, records: VecDeque::new() });
 static INSTALL: Once = Once::new();
 static QUIET_OOM: AtomicBool = AtomicBool::new(false);
+/// Live [`Quiet`] guards: while above zero, no panic reaches the chained hook.
+static QUIET_ALL: AtomicUsize = AtomicUsize::new(0);
 
 fn ring() -> MutexGuard<'static, Ring> {
     // The lock is never held across a panic, but be robust anyway.
@@ -67,8 +74,9 @@ pub fn install() {
                 message,
                 location: info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
             };
-            let quiet = QUIET_OOM.load(Ordering::Relaxed) && super::is_oom(&record.message);
-            if quiet {
+            let quiet_oom = QUIET_OOM.load(Ordering::Relaxed) && oomph_sched::is_oom(&record.message);
+            let quiet = quiet_oom || QUIET_ALL.load(Ordering::SeqCst) > 0;
+            if quiet_oom {
                 tracing::debug!(
                     thread = %record.thread,
                     location = record.location.as_deref().unwrap_or("?"),
@@ -96,6 +104,30 @@ pub fn set_quiet_oom(quiet: bool) {
     QUIET_OOM.store(quiet, Ordering::Relaxed);
 }
 
+/// Keeps every panic away from the chained hook (recorded, not printed) while it lives.
+#[must_use = "panics are quiet only while the guard lives"]
+pub struct Quiet(());
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        QUIET_ALL.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// [`install()`], and keep every panic, on any thread, from printing until the returned guard
+/// is dropped. For a check that reports the cause itself (see [`super::quietly`]).
+pub fn quiet() -> Quiet {
+    install();
+    QUIET_ALL.fetch_add(1, Ordering::SeqCst);
+    Quiet(())
+}
+
+/// Live [`Quiet`] guards.
+#[cfg(test)]
+pub(crate) fn quiet_guards() -> usize {
+    QUIET_ALL.load(Ordering::SeqCst)
+}
+
 /// Records a panic as if the hook had seen it. The hook uses this; it is public so that
 /// failures observed by other means (e.g. a worker's stderr) can join the same stream.
 pub fn record_panic(record: PanicRecord) {
@@ -121,8 +153,8 @@ pub fn since(generation: u64) -> Vec<PanicRecord> {
 }
 
 /// The first out-of-memory panic recorded since `generation`, with its kind.
-pub fn oom_since(generation: u64) -> Option<(PanicRecord, super::OomKind)> {
-    since(generation).into_iter().find_map(|r| super::classify(&r.message).map(|k| (r, k)))
+pub fn oom_since(generation: u64) -> Option<(PanicRecord, OomKind)> {
+    since(generation).into_iter().find_map(|r| oomph_sched::classify(&r.message).map(|k| (r, k)))
 }
 
 /// Turns a panic payload (from `catch_unwind` or a hook) into text: the `&str` or `String`
@@ -148,14 +180,8 @@ fn first_line(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oom::{classify, OomKind};
-
-    /// These tests share the process-wide ring; run them one at a time.
-    static SERIAL: Mutex<()> = Mutex::new(());
-
-    fn serial() -> MutexGuard<'static, ()> {
-        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-    }
+    use crate::recovery::tests::serial;
+    use oomph_sched::classify;
 
     #[test]
     fn records_a_cubecl_oom_raised_on_another_thread() {

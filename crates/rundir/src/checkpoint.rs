@@ -1,11 +1,15 @@
-//! Crash-safe checkpoints.
+//! `checkpoints/`: crash-safe checkpoints.
 //!
-//! Layout: `checkpoints/step-N/{model.mpk, optim.mpk, state.json, manifest.json}`.
+//! Layout: `checkpoints/step-N/{model.mpk, optim.mpk, recipe.toml, state.json, manifest.json}`
+//! (the names are in [`crate::layout`]); the contents of the records are the trainer's, this
+//! module writes, lists, verifies, retains and sets aside the directories.
 //! **Invariant:** a checkpoint directory counts only when its manifest exists; the manifest
 //! (per-file sizes and SHA-256) is written last, inside `step-N.tmp/`, every file is fsynced,
 //! and the directory is renamed to `step-N/` and the parent fsynced. Loading verifies every
 //! checksum and falls back to the previous checkpoint when the newest is damaged.
 
+use crate::error::{Ctx, Error};
+use crate::layout::{CKPT_MANIFEST, CKPT_STATE};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
@@ -15,10 +19,7 @@ use std::path::{Path, PathBuf};
 /// Format version written in manifests.
 pub const FORMAT: u32 = 1;
 
-/// Where checkpoints later than a resumed one are moved (kept, not deleted).
-pub const ABANDONED: &str = "abandoned";
-/// Where damaged checkpoints are moved when a resume skips them.
-pub const DAMAGED: &str = "damaged";
+pub use crate::layout::{ABANDONED, DAMAGED};
 
 /// The training state saved beside the model and optimizer records.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -104,34 +105,7 @@ pub struct Payload {
 
 /// A failed checkpoint write: what was being done to which path. The partial
 /// `step-N.tmp/` has been removed and the checkpoints before it are untouched.
-#[derive(Debug)]
-pub struct WriteError {
-    /// The operation, e.g. `writing`.
-    pub op: &'static str,
-    /// The path it was done to.
-    pub path: PathBuf,
-    /// The error.
-    pub source: std::io::Error,
-}
-
-impl std::fmt::Display for WriteError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} failed: {}", self.op, self.path.display(), self.source)
-    }
-}
-
-impl std::error::Error for WriteError {}
-
-/// Attaches an operation and a path to an I/O result.
-trait Ctx<T> {
-    fn at(self, op: &'static str, path: &Path) -> Result<T, WriteError>;
-}
-
-impl<T> Ctx<T> for std::io::Result<T> {
-    fn at(self, op: &'static str, path: &Path) -> Result<T, WriteError> {
-        self.map_err(|source| WriteError { op, path: path.to_path_buf(), source })
-    }
-}
+pub type WriteError = Error;
 
 /// Hex SHA-256 of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -159,7 +133,7 @@ fn fsync_dir(dir: &Path) {
 /// a checkpoint swaps the new one in atomically (Linux `RENAME_EXCHANGE`; elsewhere the old
 /// one stays findable as `step-N.old` until the new one is in place), so there is never a
 /// moment without a complete copy of that step.
-pub fn write(root: &Path, payload: &Payload, keep: usize) -> Result<PathBuf, WriteError> {
+pub fn write(root: &Path, payload: &Payload, keep: usize) -> Result<PathBuf, Error> {
     fs::create_dir_all(root).at("creating", root)?;
     let tmp = root.join(format!("{}.tmp", dir_name(payload.step)));
     let fin = root.join(dir_name(payload.step));
@@ -174,7 +148,7 @@ pub fn write(root: &Path, payload: &Payload, keep: usize) -> Result<PathBuf, Wri
 }
 
 /// Writes every file and the manifest (last) into `tmp`, fsyncing each.
-fn write_tmp(root: &Path, tmp: &Path, payload: &Payload) -> Result<(), WriteError> {
+fn write_tmp(root: &Path, tmp: &Path, payload: &Payload) -> Result<(), Error> {
     if tmp.exists() {
         fs::remove_dir_all(tmp).at("removing the leftover", tmp)?;
     }
@@ -192,7 +166,7 @@ fn write_tmp(root: &Path, tmp: &Path, payload: &Payload) -> Result<(), WriteErro
         entries.push(FileEntry { name: name.clone(), bytes: bytes.len() as u64, sha256: sha256_hex(bytes) });
     }
     let manifest = Manifest { format: FORMAT, step: payload.step, seq: next_seq(root), files: entries };
-    let p = tmp.join("manifest.json");
+    let p = tmp.join(CKPT_MANIFEST);
     let text = serde_json::to_string_pretty(&manifest).map_err(std::io::Error::other).at("serialising", &p)?;
     let mut f = File::create(&p).at("creating", &p)?;
     f.write_all(text.as_bytes()).at("writing", &p)?;
@@ -202,7 +176,7 @@ fn write_tmp(root: &Path, tmp: &Path, payload: &Payload) -> Result<(), WriteErro
 }
 
 /// Moves the finished `tmp` to `fin`, replacing a checkpoint of the same step atomically.
-fn install(root: &Path, tmp: &Path, fin: &Path) -> Result<(), WriteError> {
+fn install(root: &Path, tmp: &Path, fin: &Path) -> Result<(), Error> {
     if !fin.exists() {
         fs::rename(tmp, fin).at("renaming into place", tmp)?;
         fsync_dir(root);
@@ -268,7 +242,7 @@ pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
         .filter_map(|e| {
             let (step, old) = parse_name(&e.file_name().to_string_lossy())?;
             let p = e.path();
-            p.join("manifest.json").is_file().then_some((step, old, p))
+            p.join(CKPT_MANIFEST).is_file().then_some((step, old, p))
         })
         .collect();
     let current: Vec<usize> = found.iter().filter(|c| !c.1).map(|c| c.0).collect();
@@ -280,7 +254,7 @@ pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
 
 /// The write order of a checkpoint (its manifest's `seq`; 0 when unreadable or older).
 fn seq_of(dir: &Path) -> u64 {
-    fs::read_to_string(dir.join("manifest.json"))
+    fs::read_to_string(dir.join(CKPT_MANIFEST))
         .ok()
         .and_then(|t| serde_json::from_str::<Manifest>(&t).ok())
         .map(|m| m.seq)
@@ -302,7 +276,7 @@ pub fn by_write_order(root: &Path) -> Vec<(usize, PathBuf)> {
 /// Removes a checkpoint directory so that a crash at any moment never leaves a
 /// half-deleted directory that still looks complete: it is first renamed (atomically) out of
 /// the `step-N` namespace, then deleted.
-fn discard(root: &Path, dir: &Path) -> Result<(), WriteError> {
+fn discard(root: &Path, dir: &Path) -> Result<(), Error> {
     let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let trash = root.join(format!("{name}.trash"));
     if trash.exists() {
@@ -313,7 +287,7 @@ fn discard(root: &Path, dir: &Path) -> Result<(), WriteError> {
     fs::remove_dir_all(&trash).at("removing", &trash)
 }
 
-fn prune(root: &Path, keep: usize) -> Result<(), WriteError> {
+fn prune(root: &Path, keep: usize) -> Result<(), Error> {
     for (_, p) in by_write_order(root).into_iter().skip(keep.max(1)) {
         discard(root, &p)?;
     }
@@ -334,7 +308,7 @@ fn prune(root: &Path, keep: usize) -> Result<(), WriteError> {
 
 /// Moves a checkpoint directory out of the `step-N` namespace into `root/<into>/`, keeping
 /// it (a name that is taken gets a `.2`, `.3`, ... suffix). Returns the new path.
-pub fn set_aside(root: &Path, dir: &Path, into: &str) -> Result<PathBuf, WriteError> {
+pub fn set_aside(root: &Path, dir: &Path, into: &str) -> Result<PathBuf, Error> {
     let target_dir = root.join(into);
     fs::create_dir_all(&target_dir).at("creating", &target_dir)?;
     let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
@@ -354,7 +328,7 @@ pub fn set_aside(root: &Path, dir: &Path, into: &str) -> Result<PathBuf, WriteEr
 /// Moves every checkpoint later than `step` into `root/abandoned/`: resuming from an earlier
 /// step starts a new history, and retention, `--resume auto` and the final weights must never
 /// pick up the abandoned one. Returns the steps moved.
-pub fn abandon_after(root: &Path, step: usize) -> Result<Vec<usize>, WriteError> {
+pub fn abandon_after(root: &Path, step: usize) -> Result<Vec<usize>, Error> {
     let mut moved = Vec::new();
     for (s, dir) in list(root).into_iter().rev() {
         if s > step {
@@ -388,7 +362,7 @@ impl Verified {
 /// Reads and verifies the checkpoint in `dir`: manifest present, every file present with the
 /// recorded size and SHA-256, state parses.
 pub fn verify(dir: &Path) -> Result<Verified, String> {
-    let mtext = fs::read_to_string(dir.join("manifest.json"))
+    let mtext = fs::read_to_string(dir.join(CKPT_MANIFEST))
         .map_err(|e| format!("{}: manifest unreadable ({e})", dir.display()))?;
     let manifest: Manifest =
         serde_json::from_str(&mtext).map_err(|e| format!("{}: manifest corrupt ({e})", dir.display()))?;
@@ -414,7 +388,7 @@ pub fn verify(dir: &Path) -> Result<Verified, String> {
     }
     let state_bytes = files
         .iter()
-        .find(|(n, _)| n == "state.json")
+        .find(|(n, _)| n == CKPT_STATE)
         .map(|(_, b)| b.clone())
         .ok_or_else(|| format!("{}: no state.json in manifest", dir.display()))?;
     let state: TrainState = serde_json::from_slice(&state_bytes)
@@ -466,6 +440,50 @@ pub fn find(root: &Path, want: Option<usize>) -> Result<Found, String> {
         ));
     }
     Ok(Found { checkpoint: None, skipped })
+}
+
+/// What a checkpoint's `state.json` says, read leniently (every field optional): enough for
+/// a report, from a complete [`TrainState`] or from an older or partial one.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct PartialState {
+    /// Optimizer steps completed.
+    pub step: Option<usize>,
+    /// Samples consumed.
+    pub samples_seen: Option<u64>,
+    /// Why the checkpoint was written.
+    pub reason: Option<String>,
+    /// Mean loss of the last step.
+    pub last_loss: Option<f64>,
+    /// OOM events so far.
+    pub oom_events: Option<usize>,
+    /// Seconds lost to recovery so far.
+    pub recovery_s: Option<f64>,
+    /// Wall time of all workers so far.
+    pub wall_s: Option<f64>,
+    /// Supervisor restarts so far.
+    pub restarts: Option<usize>,
+    /// Resumes so far.
+    pub resumes: Option<usize>,
+}
+
+/// The newest complete checkpoint, found without verifying it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Newest {
+    /// Its step.
+    pub step: usize,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// What its `state.json` says (`None` when missing or not a JSON object).
+    pub state: Option<PartialState>,
+}
+
+/// The complete checkpoint (with a manifest) of the highest step under `root`, with its
+/// state read leniently; no checksum is verified (see [`verify`] for that).
+pub fn newest(root: &Path) -> Option<Newest> {
+    let (step, dir) = list(root).into_iter().next()?;
+    let state = fs::read_to_string(dir.join(CKPT_STATE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    Some(Newest { step, dir, state })
 }
 
 #[cfg(test)]
@@ -581,5 +599,60 @@ mod tests {
         write(d.path(), &payload(10), 2).unwrap();
         assert_eq!(list(d.path()), vec![(10, d.path().join("step-10"))]);
         assert!(!d.path().join("step-10.old").exists(), "the replaced copy is garbage once step-10 exists");
+    }
+
+    #[test]
+    fn the_newest_checkpoint_and_what_its_state_says() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(newest(d.path()), None);
+        write(d.path(), &payload(10), 3).unwrap();
+        let mut p = payload(20);
+        p.files[1].1 = br#"{"step":20,"recovery_s":1.25,"wall_s":17.0}"#.to_vec();
+        write(d.path(), &p, 3).unwrap();
+        // An incomplete checkpoint (no manifest) does not count.
+        std::fs::create_dir_all(d.path().join("step-30.tmp")).unwrap();
+        std::fs::create_dir_all(d.path().join("step-40")).unwrap();
+        let n = newest(d.path()).unwrap();
+        assert_eq!((n.step, n.dir.clone()), (20, d.path().join("step-20")));
+        let st = n.state.unwrap();
+        assert_eq!((st.step, st.recovery_s, st.wall_s, st.reason), (Some(20), Some(1.25), Some(17.0), None));
+    }
+
+    #[test]
+    fn a_full_state_round_trips_and_reads_as_a_partial_one() {
+        let st = TrainState {
+            step: 7,
+            samples_seen: 672,
+            cursor: oomph_data::Cursor::default(),
+            policy: oomph_sched::PolicyState::default(),
+            eval_batch: 48,
+            seed: 3,
+            recipe_fingerprint: "abc".into(),
+            last_loss: Some(0.5),
+            oom_events: 1,
+            recovery_s: 0.25,
+            wall_s: 9.5,
+            restarts: 1,
+            resumes: 2,
+            reason: "every".into(),
+            data: None,
+            total_steps: Some(40),
+            nonfinite_steps: 0,
+            nonfinite_run: 0,
+        };
+        let text = serde_json::to_vec_pretty(&st).unwrap();
+        assert_eq!(serde_json::from_slice::<TrainState>(&text).unwrap(), st);
+        let p: PartialState = serde_json::from_slice(&text).unwrap();
+        assert_eq!(
+            (p.step, p.recovery_s, p.resumes, p.reason.as_deref()),
+            (Some(7), Some(0.25), Some(2), Some("every"))
+        );
+        // An older state without the fields added later still reads.
+        let mut v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        for k in ["data", "total_steps", "nonfinite_steps", "nonfinite_run"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let old: TrainState = serde_json::from_value(v).unwrap();
+        assert_eq!((old.total_steps, old.nonfinite_steps), (None, 0));
     }
 }

@@ -10,6 +10,10 @@ use std::path::Path;
 /// Length of the file: the JSON object padded with spaces (JSON allows them), then `\n`.
 const LEN: usize = 512;
 
+/// What the worker's main thread is doing: `train`, `optimizer`, `eval` or `checkpoint`. The
+/// one typed phase of oomph, owned by `oomph_sched` (its decisions are taken per phase).
+pub use oomph_sched::OomPhase as WorkerPhase;
+
 /// What `current.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Current {
@@ -18,9 +22,8 @@ pub struct Current {
     /// The optimizer step the phase belongs to: the one in progress for `train` and
     /// `optimizer`, the one just completed for `eval` and `checkpoint`.
     pub step: usize,
-    /// `train` (forward and backward passes), `optimizer` (the update), `eval` or `checkpoint`
-    /// (the main thread's phase; a checkpoint written in the background is `checkpoint_step`).
-    pub phase: String,
+    /// The main thread's phase (a checkpoint written in the background is `checkpoint_step`).
+    pub phase: WorkerPhase,
     /// The training micro-batch limit in force.
     pub micro_batch: usize,
     /// The evaluation micro-batch in force.
@@ -104,7 +107,7 @@ impl Drop for CurrentFile {
     }
 }
 
-/// Reads a worker's `current.json` (`None` when absent or unreadable).
+/// Reads a worker's `current.json` (`None` when absent, unreadable or not a `Current`).
 pub fn read(path: &Path) -> Option<Current> {
     serde_json::from_str(std::fs::read_to_string(path).ok()?.trim()).ok()
 }
@@ -118,14 +121,30 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("current.json");
         let mut f = CurrentFile::open(&p).unwrap();
-        let mut c = Current { pid: 7, step: 3, phase: "forward".into(), micro_batch: 16, ..Default::default() };
+        let mut c = Current { pid: 7, step: 3, phase: WorkerPhase::Train, micro_batch: 16, ..Default::default() };
         f.write(&c);
         assert_eq!(read(&p), Some(c.clone()));
-        c.phase = "optimizer".into();
+        c.phase = WorkerPhase::Optimizer;
         c.checkpoint_step = Some(2);
         f.write(&c);
         drop(f);
         assert_eq!(read(&p), Some(c));
         assert_eq!(std::fs::metadata(&p).unwrap().len(), LEN as u64);
+    }
+
+    #[test]
+    fn todays_file_reads_and_the_phase_is_lowercase() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("current.json");
+        let text = r#"{"pid":42,"step":5,"phase":"eval","micro_batch":32,"eval_batch":64,"min_micro_batch":1,"parameters":1000,"checkpoint_step":4}"#;
+        std::fs::write(&p, format!("{text}{}\n", " ".repeat(LEN - 1 - text.len()))).unwrap();
+        let c = read(&p).unwrap();
+        assert_eq!((c.pid, c.step, c.phase, c.checkpoint_step), (42, 5, WorkerPhase::Eval, Some(4)));
+        assert_eq!(serde_json::to_string(&c).unwrap(), text);
+        for ph in [WorkerPhase::Train, WorkerPhase::Optimizer, WorkerPhase::Eval, WorkerPhase::Checkpoint] {
+            assert_eq!(serde_json::to_string(&ph).unwrap(), format!("\"{}\"", ph.as_str()));
+        }
+        std::fs::write(&p, r#"{"pid":42,"st"#).unwrap();
+        assert_eq!(read(&p), None, "a torn file reads as nothing");
     }
 }

@@ -1,0 +1,739 @@
+//! `events.jsonl`: one line per event, appended as the run goes.
+//!
+//! Every kind of event is a variant of the one [`Event`] enum, serialised here with a `kind`
+//! tag; a line is an [`EventLine`]: `{"kind":"shrink","step":8,"wall_s":1.25,"from":64,"reason":"halved","to":32}`
+//! (the kind, the step it belongs to, seconds since the run started, then the event's fields).
+//!
+//! Reading is tolerant: a torn line (a worker killed mid-write) or a kind this version does
+//! not know is skipped and counted. Two older shapes still read: a policy event that carried
+//! its `kind` twice, and an evaluation shrink written as `"kind":"shrink"` with
+//! `"scope":"eval"` (read as [`Event::EvalShrink`]).
+
+use crate::error::{read_optional, Error};
+use crate::metrics::JsonLines;
+use oomph_sched::ShrinkReason;
+use serde::ser::{Error as _, SerializeMap};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+use std::fmt;
+use std::path::Path;
+
+/// The `action` of a [`Event::Restart`] that stopped the run instead of restarting it.
+pub const RESTART_STOP: &str = "stop";
+
+/// Why the evaluation micro-batch went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalShrinkReason {
+    /// Evaluation ran out of memory in this worker; the batch was halved.
+    Oom,
+    /// A worker died of memory while evaluating; its successor halved the batch.
+    WorkerDied,
+}
+
+impl EvalShrinkReason {
+    /// `"oom"` or `"worker_died"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvalShrinkReason::Oom => "oom",
+            EvalShrinkReason::WorkerDied => "worker_died",
+        }
+    }
+}
+
+/// Everything that is recorded in `events.jsonl`. Field names and shapes are the file format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// An out-of-memory in the worker (recovered from, unless a `give_up` or a worker death
+    /// follows).
+    Oom {
+        /// `forward`, `backward`, `optimizer` or `eval`.
+        phase: String,
+        /// The micro-batch (or evaluation batch) that ran out of memory.
+        micro_batch: usize,
+        /// What the backend said.
+        message: String,
+    },
+    /// The run does not fit even at the smallest size; it stops (exit 3).
+    GiveUp {
+        /// The phase that does not fit, where it is not the training micro-batch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phase: Option<String>,
+        /// The training micro-batch that failed last, where it is the micro-batch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        micro_batch: Option<usize>,
+        /// One paragraph: what did not fit and the fix.
+        message: String,
+    },
+    /// A checkpoint was written (in the background; recorded when the write ended).
+    Checkpoint {
+        /// `every`, `oom`, `final` or `signal`.
+        reason: String,
+        /// Its directory (empty in older files).
+        #[serde(default)]
+        path: String,
+        /// Seconds the background write took (0 in older files).
+        #[serde(default)]
+        write_s: f64,
+        /// Seconds the training loop waited for it (0 in older files).
+        #[serde(default)]
+        stall_s: f64,
+    },
+    /// A resume found a damaged checkpoint and moved it aside.
+    CheckpointSkipped {
+        /// What is wrong with it.
+        message: String,
+        /// Where it was moved (`checkpoints/damaged/...`).
+        moved_to: String,
+    },
+    /// A checkpoint was not written because the weights are not finite.
+    CheckpointRefused {
+        /// Why it was due (`every`, `oom`, `final`, `signal`).
+        reason: String,
+        /// One paragraph.
+        message: String,
+    },
+    /// The worker resumed from a checkpoint.
+    Resume {
+        /// The checkpoint's step.
+        from_step: usize,
+        /// The checkpoint's directory.
+        checkpoint: String,
+        /// The micro-batch limit restored from it.
+        micro_batch: usize,
+    },
+    /// Checkpoints later than the one resumed were moved to `checkpoints/abandoned/`.
+    Abandoned {
+        /// Their steps.
+        steps: Vec<usize>,
+    },
+    /// `micro_batch.initial = "auto"` found its size (recorded after step 1).
+    AutoSettled {
+        /// The micro-batch step 1 ran with.
+        micro_batch: usize,
+        /// Its number of chunks.
+        chunks: usize,
+        /// Out-of-memory events it took to get there.
+        ooms: usize,
+    },
+    /// A step was skipped because its loss or gradient norm was not finite.
+    NonfiniteStep {
+        /// The loss, as text (`NaN`, `inf`, ...).
+        loss: String,
+        /// Whether every gradient element was finite.
+        gradients_finite: bool,
+        /// The gradient norm as text, where it was computed.
+        grad_norm: Option<String>,
+        /// The learning rate of the step.
+        lr: f64,
+        /// Non-finite steps in a row, this one included.
+        in_a_row: usize,
+    },
+    /// Too many non-finite steps in a row: the run stops (exit 5).
+    Diverged {
+        /// One paragraph.
+        message: String,
+    },
+    /// The training micro-batch limit went down ([`oomph_sched::Event::Shrink`]).
+    Shrink {
+        /// Previous limit.
+        from: usize,
+        /// New limit.
+        to: usize,
+        /// Why and how.
+        reason: ShrinkReason,
+    },
+    /// The next step tries a larger limit ([`oomph_sched::Event::Grow`]).
+    Grow {
+        /// Current (good) limit.
+        from: usize,
+        /// Limit the next step tries.
+        to: usize,
+    },
+    /// A growth attempt ran out of memory ([`oomph_sched::Event::GrowFailed`]).
+    GrowFailed {
+        /// The size that failed (the new ceiling).
+        at: usize,
+        /// The last good size, now the limit.
+        back_to: usize,
+        /// Clean steps before the policy tries to grow again.
+        next_try_after_steps: usize,
+    },
+    /// A step succeeded at or above the remembered ceiling ([`oomph_sched::Event::CeilingCleared`]).
+    CeilingCleared {
+        /// The forgotten ceiling.
+        ceiling: usize,
+    },
+    /// The evaluation micro-batch went down (it is not the training limit).
+    EvalShrink {
+        /// Previous evaluation batch.
+        from: usize,
+        /// New evaluation batch.
+        to: usize,
+        /// Why.
+        reason: EvalShrinkReason,
+    },
+    /// The supervisor restarted a dead worker, or stopped (`action` = [`RESTART_STOP`]).
+    Restart {
+        /// How the worker died, in words.
+        cause: String,
+        /// Whether it was a memory death (false in older files).
+        #[serde(default)]
+        memory: bool,
+        /// The phase it died in (`train`, `optimizer`, `eval`, `checkpoint` or `unknown`).
+        #[serde(default = "unknown")]
+        phase: String,
+        /// The training micro-batch in force, where known.
+        #[serde(default)]
+        micro_batch: Option<usize>,
+        /// The evaluation batch in force, where known.
+        #[serde(default)]
+        eval_batch: Option<usize>,
+        /// Restarts so far, this one included.
+        restart: usize,
+        /// What the restarted worker changes, in words, or [`RESTART_STOP`].
+        #[serde(default)]
+        action: String,
+    },
+}
+
+fn unknown() -> String {
+    "unknown".into()
+}
+
+impl Event {
+    /// The `kind` written to the file, e.g. `"oom"`, `"eval_shrink"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Oom { .. } => "oom",
+            Event::GiveUp { .. } => "give_up",
+            Event::Checkpoint { .. } => "checkpoint",
+            Event::CheckpointSkipped { .. } => "checkpoint_skipped",
+            Event::CheckpointRefused { .. } => "checkpoint_refused",
+            Event::Resume { .. } => "resume",
+            Event::Abandoned { .. } => "abandoned",
+            Event::AutoSettled { .. } => "auto_settled",
+            Event::NonfiniteStep { .. } => "nonfinite_step",
+            Event::Diverged { .. } => "diverged",
+            Event::Shrink { .. } => "shrink",
+            Event::Grow { .. } => "grow",
+            Event::GrowFailed { .. } => "grow_failed",
+            Event::CeilingCleared { .. } => "ceiling_cleared",
+            Event::EvalShrink { .. } => "eval_shrink",
+            Event::Restart { .. } => "restart",
+        }
+    }
+
+    /// The event's free-text message (a backend's error, a paragraph with a fix), if it
+    /// has one.
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            Event::Oom { message, .. }
+            | Event::GiveUp { message, .. }
+            | Event::CheckpointSkipped { message, .. }
+            | Event::CheckpointRefused { message, .. }
+            | Event::Diverged { message } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// The micro-batch policy's event this is, for the four kinds the policy decides.
+    pub fn policy(&self) -> Option<oomph_sched::Event> {
+        Some(match *self {
+            Event::Shrink { from, to, reason } => oomph_sched::Event::Shrink { from, to, reason },
+            Event::Grow { from, to } => oomph_sched::Event::Grow { from, to },
+            Event::GrowFailed { at, back_to, next_try_after_steps } => {
+                oomph_sched::Event::GrowFailed { at, back_to, next_try_after_steps }
+            }
+            Event::CeilingCleared { ceiling } => oomph_sched::Event::CeilingCleared { ceiling },
+            _ => return None,
+        })
+    }
+
+    /// Whether this is a restart the supervisor carried out (not its final stop).
+    pub fn is_restart(&self) -> bool {
+        matches!(self, Event::Restart { action, .. } if action != RESTART_STOP)
+    }
+}
+
+impl From<oomph_sched::Event> for Event {
+    fn from(e: oomph_sched::Event) -> Self {
+        match e {
+            oomph_sched::Event::Shrink { from, to, reason } => Event::Shrink { from, to, reason },
+            oomph_sched::Event::Grow { from, to } => Event::Grow { from, to },
+            oomph_sched::Event::GrowFailed { at, back_to, next_try_after_steps } => {
+                Event::GrowFailed { at, back_to, next_try_after_steps }
+            }
+            oomph_sched::Event::CeilingCleared { ceiling } => Event::CeilingCleared { ceiling },
+        }
+    }
+}
+
+/// One line in words, without the free-text message ([`Event::message`]).
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(p) = self.policy() {
+            return p.fmt(f);
+        }
+        match self {
+            Event::Oom { phase, micro_batch, .. } => write!(f, "out of memory in {phase} at micro-batch {micro_batch}"),
+            Event::GiveUp { phase, micro_batch, .. } => {
+                f.write_str("does not fit")?;
+                if let Some(p) = phase {
+                    write!(f, " in {p}")?;
+                }
+                if let Some(m) = micro_batch {
+                    write!(f, " (last micro-batch {m})")?;
+                }
+                Ok(())
+            }
+            Event::Checkpoint { reason, path, write_s, stall_s } => {
+                write!(f, "checkpoint ({reason}) {path} written in {write_s:.3}s, the loop waited {stall_s:.3}s")
+            }
+            Event::CheckpointSkipped { moved_to, .. } => write!(f, "damaged checkpoint moved to {moved_to}"),
+            Event::CheckpointRefused { reason, .. } => write!(f, "checkpoint ({reason}) refused: weights not finite"),
+            Event::Resume { from_step, checkpoint, micro_batch } => {
+                write!(f, "resumed from step {from_step} ({checkpoint}) at micro-batch {micro_batch}")
+            }
+            Event::Abandoned { steps } => write!(f, "later checkpoints abandoned (steps {steps:?})"),
+            Event::AutoSettled { micro_batch, chunks, ooms } => {
+                write!(f, "micro-batch auto settled at {micro_batch} ({chunks} chunks, {ooms} out-of-memory events)")
+            }
+            Event::NonfiniteStep { loss, gradients_finite, grad_norm, lr, in_a_row } => {
+                write!(
+                    f,
+                    "step skipped: loss {loss}, gradients {}, gradient norm {}, lr {lr:.4e}, {in_a_row} in a row",
+                    if *gradients_finite { "finite" } else { "not finite" },
+                    grad_norm.as_deref().unwrap_or("-")
+                )
+            }
+            Event::Diverged { .. } => f.write_str("diverged"),
+            Event::EvalShrink { from, to, reason } => write!(
+                f,
+                "evaluation batch {from} -> {to} ({})",
+                match reason {
+                    EvalShrinkReason::Oom => "out of memory; halved",
+                    EvalShrinkReason::WorkerDied => "worker died of memory",
+                }
+            ),
+            Event::Restart { cause, phase, restart, action, .. } if action == RESTART_STOP => {
+                write!(f, "worker died in {phase} ({cause}); stopped after {restart} restart(s)")
+            }
+            Event::Restart { cause, phase, restart, action, .. } => {
+                write!(f, "worker died in {phase} ({cause}); restart {restart} with {action}")
+            }
+            Event::Shrink { .. } | Event::Grow { .. } | Event::GrowFailed { .. } | Event::CeilingCleared { .. } => {
+                unreachable!("policy events are written above")
+            }
+        }
+    }
+}
+
+/// One line of `events.jsonl`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EventLine {
+    /// The optimizer step the event belongs to.
+    pub step: usize,
+    /// Seconds since the run started (all workers).
+    pub wall_s: f64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl EventLine {
+    /// An event of `step` at `wall_s`.
+    pub fn new(step: usize, wall_s: f64, event: impl Into<Event>) -> Self {
+        Self { step, wall_s, event: event.into() }
+    }
+}
+
+/// Written as `{"kind":..,"step":..,"wall_s":..,` then the event's fields.
+impl Serialize for EventLine {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Value::Object(mut fields) = serde_json::to_value(&self.event).map_err(S::Error::custom)? else {
+            return Err(S::Error::custom("an event serialises as an object"));
+        };
+        fields.remove("kind");
+        let mut map = s.serialize_map(Some(fields.len() + 3))?;
+        map.serialize_entry("kind", self.event.kind())?;
+        map.serialize_entry("step", &self.step)?;
+        map.serialize_entry("wall_s", &self.wall_s)?;
+        for (k, v) in &fields {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// `[kind] step N: what happened (the message, cut at a word after 160 characters …)`, the
+/// line a console shows.
+impl fmt::Display for EventLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] step {}: {}", self.event.kind(), self.step, self.event)?;
+        if let Some(m) = self.event.message() {
+            // Long messages (a divergence, a give-up) are printed whole as the run's error.
+            let mut short: String = m.chars().take(160).collect();
+            let cut = short.len() < m.len();
+            if cut {
+                // At a word boundary, so no number is cut in half.
+                short.truncate(short.rfind(' ').unwrap_or(short.len()));
+            }
+            write!(f, " ({short}{})", if cut { " …" } else { "" })?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends one event line to `path` (opened, written, flushed and closed: for a writer that
+/// records one event, such as the supervisor).
+pub fn append_event(path: &Path, line: &EventLine) -> Result<(), Error> {
+    JsonLines::open(path)?.write(line)
+}
+
+/// Parses one line; `None` when it is torn, not an object, or of an unknown kind.
+pub fn parse_event(line: &str) -> Option<EventLine> {
+    // Through a map: an older policy event carried its `kind` twice, which a map tolerates.
+    let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(line) else { return None };
+    if m.get("kind").and_then(Value::as_str) == Some("shrink") && m.get("scope").and_then(Value::as_str) == Some("eval")
+    {
+        // Older evaluation shrinks: `"kind":"shrink", "scope":"eval"`.
+        m.remove("scope");
+        m.insert("kind".into(), Value::from("eval_shrink"));
+    }
+    EventLine::deserialize(Value::Object(m)).ok()
+}
+
+/// Parses the text of `events.jsonl` in file order; returns the events and the number of
+/// non-blank lines that did not parse (torn, unknown kind).
+pub fn parse_events(text: &str) -> (Vec<EventLine>, usize) {
+    let mut skipped = 0;
+    let events = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| {
+            let e = parse_event(l);
+            skipped += usize::from(e.is_none());
+            e
+        })
+        .collect();
+    (events, skipped)
+}
+
+/// Reads `events.jsonl` at `path` ([`parse_events`]); a missing file holds no events.
+pub fn read_events(path: &Path) -> Result<(Vec<EventLine>, usize), Error> {
+    Ok(read_optional(path)?.map(|t| parse_events(&t)).unwrap_or_default())
+}
+
+/// The run's one linear history: a `resume` from the checkpoint at step `S` abandons what
+/// the previous worker did after `S`, so the events read before it that belong to a step
+/// after `S` are dropped (as the policy state restored from the checkpoint drops them),
+/// except `restart` and `resume` events themselves.
+pub fn linear_history(events: impl IntoIterator<Item = EventLine>) -> Vec<EventLine> {
+    let mut out: Vec<EventLine> = Vec::new();
+    for e in events {
+        if let Event::Resume { from_step, .. } = e.event {
+            out.retain(|k| k.step <= from_step || matches!(k.event, Event::Restart { .. } | Event::Resume { .. }));
+        }
+        out.push(e);
+    }
+    out
+}
+
+/// Worker restarts recorded over the whole run (every supervisor invocation), not counting
+/// the supervisors' final stops.
+pub fn restarts(events: &[EventLine]) -> usize {
+    events.iter().filter(|e| e.event.is_restart()).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines exactly as the trainer and the supervisor write them today (and as older
+    /// versions wrote them), with the event each must read as.
+    fn todays_lines() -> Vec<(&'static str, EventLine)> {
+        let at = |step, wall_s, event| EventLine { step, wall_s, event };
+        vec![
+            (
+                r#"{"kind":"oom","step":1,"wall_s":0.055111689,"message":"can't allocate buffer of size: 123","micro_batch":48,"phase":"forward"}"#,
+                at(
+                    1,
+                    0.055111689,
+                    Event::Oom {
+                        phase: "forward".into(),
+                        micro_batch: 48,
+                        message: "can't allocate buffer of size: 123".into(),
+                    },
+                ),
+            ),
+            (
+                r#"{"kind":"give_up","step":3,"wall_s":1.0,"message":"does not fit","micro_batch":1}"#,
+                at(3, 1.0, Event::GiveUp { phase: None, micro_batch: Some(1), message: "does not fit".into() }),
+            ),
+            (
+                r#"{"kind":"give_up","step":3,"wall_s":1.0,"message":"m","phase":"optimizer"}"#,
+                at(3, 1.0, Event::GiveUp { phase: Some("optimizer".into()), micro_batch: None, message: "m".into() }),
+            ),
+            (
+                r#"{"kind":"checkpoint","step":10,"wall_s":1.5,"path":"/r/checkpoints/step-10","reason":"every","stall_s":0.001,"write_s":0.25}"#,
+                at(
+                    10,
+                    1.5,
+                    Event::Checkpoint {
+                        reason: "every".into(),
+                        path: "/r/checkpoints/step-10".into(),
+                        write_s: 0.25,
+                        stall_s: 0.001,
+                    },
+                ),
+            ),
+            (
+                r#"{"kind":"checkpoint_skipped","step":11,"wall_s":0.1,"message":"/r/checkpoints/step-10: checksum mismatch (corrupt)","moved_to":"/r/checkpoints/damaged/step-10"}"#,
+                at(
+                    11,
+                    0.1,
+                    Event::CheckpointSkipped {
+                        message: "/r/checkpoints/step-10: checksum mismatch (corrupt)".into(),
+                        moved_to: "/r/checkpoints/damaged/step-10".into(),
+                    },
+                ),
+            ),
+            (
+                r#"{"kind":"checkpoint_refused","step":4,"wall_s":0.4,"message":"not finite","reason":"final"}"#,
+                at(4, 0.4, Event::CheckpointRefused { reason: "final".into(), message: "not finite".into() }),
+            ),
+            (
+                r#"{"kind":"resume","step":1,"wall_s":0.407808331,"checkpoint":"/tmp/realfix/run/checkpoints/step-1","from_step":1,"micro_batch":24}"#,
+                at(
+                    1,
+                    0.407808331,
+                    Event::Resume {
+                        from_step: 1,
+                        checkpoint: "/tmp/realfix/run/checkpoints/step-1".into(),
+                        micro_batch: 24,
+                    },
+                ),
+            ),
+            (
+                r#"{"kind":"abandoned","step":30,"wall_s":0.2,"steps":[40,50]}"#,
+                at(30, 0.2, Event::Abandoned { steps: vec![40, 50] }),
+            ),
+            (
+                r#"{"kind":"auto_settled","step":1,"wall_s":0.3,"chunks":2,"micro_batch":48,"ooms":1}"#,
+                at(1, 0.3, Event::AutoSettled { micro_batch: 48, chunks: 2, ooms: 1 }),
+            ),
+            (
+                r#"{"kind":"nonfinite_step","step":5,"wall_s":0.5,"grad_norm":null,"gradients_finite":false,"in_a_row":2,"loss":"NaN","lr":0.003}"#,
+                at(
+                    5,
+                    0.5,
+                    Event::NonfiniteStep {
+                        loss: "NaN".into(),
+                        gradients_finite: false,
+                        grad_norm: None,
+                        lr: 0.003,
+                        in_a_row: 2,
+                    },
+                ),
+            ),
+            (
+                r#"{"kind":"nonfinite_step","step":6,"wall_s":0.6,"grad_norm":"inf","gradients_finite":true,"in_a_row":1,"loss":"1.5","lr":0.003}"#,
+                at(
+                    6,
+                    0.6,
+                    Event::NonfiniteStep {
+                        loss: "1.5".into(),
+                        gradients_finite: true,
+                        grad_norm: Some("inf".into()),
+                        lr: 0.003,
+                        in_a_row: 1,
+                    },
+                ),
+            ),
+            (
+                r#"{"kind":"diverged","step":7,"wall_s":0.7,"message":"the run diverged"}"#,
+                at(7, 0.7, Event::Diverged { message: "the run diverged".into() }),
+            ),
+            (
+                r#"{"kind":"shrink","step":1,"wall_s":0.05521963,"from":48,"reason":"halved","to":24}"#,
+                at(1, 0.05521963, Event::Shrink { from: 48, to: 24, reason: ShrinkReason::Halved }),
+            ),
+            (
+                r#"{"kind":"grow","step":9,"wall_s":1.166887525,"from":24,"to":32}"#,
+                at(9, 1.166887525, Event::Grow { from: 24, to: 32 }),
+            ),
+            (
+                r#"{"kind":"grow_failed","step":18,"wall_s":2.390636772,"at":48,"back_to":32,"next_try_after_steps":16}"#,
+                at(18, 2.390636772, Event::GrowFailed { at: 48, back_to: 32, next_try_after_steps: 16 }),
+            ),
+            (
+                r#"{"kind":"ceiling_cleared","step":11,"wall_s":1.401372686,"ceiling":32}"#,
+                at(11, 1.401372686, Event::CeilingCleared { ceiling: 32 }),
+            ),
+            (
+                r#"{"kind":"eval_shrink","step":11,"wall_s":1.5,"from":48,"reason":"oom","to":24}"#,
+                at(11, 1.5, Event::EvalShrink { from: 48, to: 24, reason: EvalShrinkReason::Oom }),
+            ),
+            (
+                r#"{"kind":"restart","step":9,"wall_s":2.4,"action":"the micro-batch below 32","cause":"killed by SIGKILL","eval_batch":64,"memory":true,"micro_batch":32,"phase":"train","restart":1}"#,
+                at(
+                    9,
+                    2.4,
+                    Event::Restart {
+                        cause: "killed by SIGKILL".into(),
+                        memory: true,
+                        phase: "train".into(),
+                        micro_batch: Some(32),
+                        eval_batch: Some(64),
+                        restart: 1,
+                        action: "the micro-batch below 32".into(),
+                    },
+                ),
+            ),
+            (
+                r#"{"kind":"restart","step":9,"wall_s":2.4,"action":"stop","cause":"c","eval_batch":null,"memory":false,"micro_batch":null,"phase":"unknown","restart":2}"#,
+                at(
+                    9,
+                    2.4,
+                    Event::Restart {
+                        cause: "c".into(),
+                        memory: false,
+                        phase: "unknown".into(),
+                        micro_batch: None,
+                        eval_batch: None,
+                        restart: 2,
+                        action: "stop".into(),
+                    },
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn todays_lines_read_as_typed_events_and_write_back_byte_for_byte() {
+        for (line, want) in todays_lines() {
+            let got = parse_event(line).unwrap_or_else(|| panic!("does not parse: {line}"));
+            assert_eq!(got, want, "{line}");
+            assert_eq!(serde_json::to_string(&got).unwrap(), line);
+            assert_eq!(got.event.kind(), serde_json::from_str::<Value>(line).unwrap()["kind"]);
+        }
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_a_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("events.jsonl");
+        let lines: Vec<EventLine> = todays_lines().into_iter().map(|(_, e)| e).collect();
+        let mut w = JsonLines::open(&p).unwrap();
+        for l in &lines {
+            w.write(l).unwrap();
+        }
+        drop(w);
+        assert_eq!(read_events(&p).unwrap(), (lines, 0));
+        assert_eq!(read_events(&d.path().join("missing.jsonl")).unwrap(), (vec![], 0));
+    }
+
+    #[test]
+    fn older_shapes_still_read() {
+        // A policy event that carried its kind twice.
+        let e = parse_event(
+            r#"{"kind":"shrink","step":1,"wall_s":0.05,"from":48,"kind":"shrink","reason":"halved","to":24}"#,
+        );
+        assert_eq!(e.map(|e| e.event), Some(Event::Shrink { from: 48, to: 24, reason: ShrinkReason::Halved }));
+        // An evaluation shrink written as a shrink with a scope.
+        let e =
+            parse_event(r#"{"kind":"shrink","step":11,"wall_s":1.3,"from":48,"reason":"oom","scope":"eval","to":24}"#);
+        assert_eq!(e.map(|e| e.event), Some(Event::EvalShrink { from: 48, to: 24, reason: EvalShrinkReason::Oom }));
+        let e = parse_event(
+            r#"{"kind":"shrink","step":11,"wall_s":1.3,"from":48,"reason":"worker_died","scope":"eval","to":24}"#,
+        );
+        assert_eq!(
+            e.map(|e| e.event),
+            Some(Event::EvalShrink { from: 48, to: 24, reason: EvalShrinkReason::WorkerDied })
+        );
+        // Fields added later default.
+        let e = parse_event(r#"{"kind":"checkpoint","step":1,"wall_s":0.2,"reason":"oom"}"#).unwrap();
+        assert_eq!(
+            e.event,
+            Event::Checkpoint { reason: "oom".into(), path: String::new(), write_s: 0.0, stall_s: 0.0 }
+        );
+        let e = parse_event(
+            r#"{"kind":"restart","step":9,"wall_s":2.4,"cause":"killed by SIGKILL","micro_batch":32,"restart":1}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(&e.event, Event::Restart { phase, micro_batch: Some(32), eval_batch: None, .. } if phase == "unknown")
+        );
+        assert!(e.event.is_restart());
+    }
+
+    #[test]
+    fn an_evaluation_shrink_is_its_own_kind() {
+        let line =
+            EventLine::new(11, 1.5, Event::EvalShrink { from: 48, to: 24, reason: EvalShrinkReason::WorkerDied });
+        let text = serde_json::to_string(&line).unwrap();
+        assert_eq!(text, r#"{"kind":"eval_shrink","step":11,"wall_s":1.5,"from":48,"reason":"worker_died","to":24}"#);
+        assert!(!text.contains("scope"));
+        assert!(line.event.policy().is_none(), "not the training limit");
+        assert_eq!(line.to_string(), "[eval_shrink] step 11: evaluation batch 48 -> 24 (worker died of memory)");
+    }
+
+    #[test]
+    fn torn_and_unknown_lines_are_skipped_and_counted() {
+        let text = "{\"kind\":\"grow\",\"step\":9,\"wall_s\":1.0,\"from\":24,\"to\":32}\n\n\
+                    {\"kind\":\"something_new\",\"step\":9,\"wall_s\":1.0}\n\
+                    [1,2]\n\
+                    {\"kind\":\"grow\",\"step\":9,\"wall_s\":1.0,\"from\":24}\n\
+                    {\"kind\":\"oom\",\"st";
+        let (events, skipped) = parse_events(text);
+        assert_eq!(events.len(), 1);
+        assert_eq!(skipped, 4);
+    }
+
+    #[test]
+    fn policy_events_convert_both_ways() {
+        let all = [
+            oomph_sched::Event::Shrink { from: 64, to: 32, reason: ShrinkReason::PredictedFit },
+            oomph_sched::Event::Grow { from: 32, to: 48 },
+            oomph_sched::Event::GrowFailed { at: 48, back_to: 32, next_try_after_steps: 8 },
+            oomph_sched::Event::CeilingCleared { ceiling: 48 },
+        ];
+        for p in all {
+            let e = Event::from(p.clone());
+            assert_eq!(e.kind(), p.kind());
+            assert_eq!(e.policy(), Some(p.clone()));
+            assert_eq!(e.to_string(), p.to_string());
+            // Serialised the same way as the policy's own event.
+            assert_eq!(serde_json::to_value(&e).unwrap(), serde_json::to_value(&p).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_resume_drops_the_abandoned_future_but_keeps_restarts_and_resumes() {
+        let text = [
+            r#"{"kind":"shrink","step":8,"wall_s":1,"from":64,"reason":"halved","to":32}"#,
+            r#"{"kind":"checkpoint","step":10,"wall_s":1,"reason":"every"}"#,
+            r#"{"kind":"grow","step":12,"wall_s":1,"from":32,"to":48}"#,
+            r#"{"kind":"restart","step":15,"wall_s":1,"cause":"c","restart":1}"#,
+            r#"{"kind":"resume","step":10,"wall_s":1,"checkpoint":"c","from_step":10,"micro_batch":32}"#,
+            r#"{"kind":"grow","step":12,"wall_s":1,"from":32,"to":40}"#,
+        ]
+        .join("\n");
+        let (events, _) = parse_events(&text);
+        let kept: Vec<(&str, usize)> = linear_history(events).iter().map(|e| (e.event.kind(), e.step)).collect();
+        assert_eq!(kept, [("shrink", 8), ("checkpoint", 10), ("restart", 15), ("resume", 10), ("grow", 12)]);
+        let (events, _) = parse_events(&text);
+        assert_eq!(restarts(&events), 1);
+    }
+
+    #[test]
+    fn the_console_line_cuts_a_long_message_at_a_word() {
+        let long = "word ".repeat(60);
+        let line = EventLine::new(3, 0.1, Event::Oom { phase: "forward".into(), micro_batch: 8, message: long });
+        let text = line.to_string();
+        assert!(text.starts_with("[oom] step 3: out of memory in forward at micro-batch 8 (word word"), "{text}");
+        assert!(text.ends_with("word …)"), "{text}");
+    }
+}

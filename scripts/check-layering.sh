@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The layering invariant (ARCHITECTURE.md): the burn-free crates never depend on burn or
+# cubecl, directly or through another crate, so a recipe can be checked, a policy tested, a
+# run directory read and a report drawn wherever the crates build, without a device.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+status=0
+for crate in oomph-recipe oomph-sched oomph-data oomph-report oomph-rundir; do
+    if ! tree=$(cargo tree --offline -p "$crate" -e normal,build --prefix none 2>&1); then
+        echo "check-layering: cargo tree -p $crate failed:"
+        echo "$tree"
+        exit 1
+    fi
+    if bad=$(echo "$tree" | grep -E '^(burn|cubecl)[a-z0-9_-]* ' | sort -u) && [ -n "$bad" ]; then
+        echo "check-layering: $crate depends on burn (it must stay burn-free):"
+        echo "$bad"
+        status=1
+    else
+        echo "check-layering: $crate is burn-free"
+    fi
+done
+exit $status
