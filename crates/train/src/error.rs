@@ -74,6 +74,29 @@ impl TrainError {
     }
 }
 
+impl TrainError {
+    /// The paragraph for a run that stopped after `in_a_row` non-finite steps (the limit is
+    /// `training.max_nonfinite_steps`), the last at `step`; `newest` is the newest checkpoint.
+    pub fn diverged_message(
+        in_a_row: usize,
+        limit: usize,
+        step: usize,
+        loss: f64,
+        lr: f64,
+        newest: Option<(usize, std::path::PathBuf)>,
+    ) -> String {
+        let last_good = newest
+            .map(|(s, d)| format!("the newest checkpoint, {} (step {s}), holds finite weights", d.display()))
+            .unwrap_or_else(|| "no checkpoint was written yet".into());
+        format!(
+            "the run diverged: {in_a_row} steps in a row (training.max_nonfinite_steps = {limit}) ended with a \
+             non-finite loss or gradient, the last at step {step} (loss {loss}, learning rate {lr:.4e}). None of \
+             them changed the weights; {last_good}. Fix: lower optimizer.lr, set optimizer.grad_clip_norm or add \
+             warmup (lr_schedule.warmup_steps), and start over in a new --run-dir (or --resume never --overwrite)."
+        )
+    }
+}
+
 impl From<oomph_rundir::Error> for TrainError {
     fn from(e: oomph_rundir::Error) -> Self {
         TrainError::io(e.op, &e.path, &e.source)

@@ -178,3 +178,8 @@ pub fn position(
         checkpoint_step: writing,
     }
 }
+
+/// Seconds rounded to the microsecond for event lines.
+pub(crate) fn round_us(s: f64) -> f64 {
+    (s * 1e6).round() / 1e6
+}

@@ -25,8 +25,7 @@ use crate::signals;
 pub use crate::step::step_seed;
 use crate::step::{GradCheck, Outcome, StepInput, Trainable};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::backend::AutodiffBackend;
 use oomph_data::{Sampler, Splits};
 use oomph_recipe::{MicroInitial, Phase};
 use oomph_rundir::events::EvalShrinkReason;
@@ -252,7 +251,7 @@ where
         self.tally.oom_events += 1;
         let oom = Event::Oom { phase: phase_name(at_phase).into(), micro_batch: size, message: error.clone() };
         self.log.event(at, oom);
-        let backend_usable = in_place || probe::<B>(&self.s.device);
+        let backend_usable = in_place || crate::recovery::probe::<B>(&self.s.device);
         let hint = self
             .s
             .memory
@@ -318,17 +317,7 @@ where
         }
         self.log.flush()?;
         self.settle_writer()?;
-        let last_good = self
-            .ckpt
-            .newest()
-            .map(|(s, d)| format!("the newest checkpoint, {} (step {s}), holds finite weights", d.display()))
-            .unwrap_or_else(|| "no checkpoint was written yet".into());
-        let msg = format!(
-            "the run diverged: {in_a_row} steps in a row (training.max_nonfinite_steps = {limit}) ended with a \
-             non-finite loss or gradient, the last at step {step} (loss {loss}, learning rate {lr:.4e}). None of \
-             them changed the weights; {last_good}. Fix: lower optimizer.lr, set optimizer.grad_clip_norm or add \
-             warmup (lr_schedule.warmup_steps), and start over in a new --run-dir (or --resume never --overwrite)."
-        );
+        let msg = TrainError::diverged_message(in_a_row, limit, step, loss, lr, self.ckpt.newest());
         self.log.event(step, Event::Diverged { message: msg.clone() });
         Err(TrainError::Diverged(msg))
     }
@@ -463,8 +452,8 @@ where
             let event = Event::Checkpoint {
                 reason: w.reason,
                 path: w.dir.display().to_string(),
-                write_s: round_us(w.write_s),
-                stall_s: round_us(w.stall_s),
+                write_s: crate::runlog::round_us(w.write_s),
+                stall_s: crate::runlog::round_us(w.stall_s),
             };
             self.log.event(w.step, event);
         }
@@ -516,7 +505,7 @@ where
             self.log.policy_events(self.step + 1, evs);
         }
         if let Some(e) = self.s.lower_eval {
-            let to = (e / 2).max(1);
+            let to = oomph_sched::eval_batch_below(e);
             if to < self.eval_batch {
                 let event = Event::EvalShrink { from: self.eval_batch, to, reason: EvalShrinkReason::WorkerDied };
                 self.log.event(self.step + 1, event);
@@ -601,30 +590,5 @@ where
         };
         self.log.finish(&summary)?;
         Ok(summary)
-    }
-}
-
-/// After cleanup, checks that the device still computes. A backend left unusable by an OOM
-/// makes the worker exit so the supervisor restarts it from the newest checkpoint.
-fn probe<B: Backend>(device: &B::Device) -> bool {
-    crate::recovery::attempt::<B, _>(device, || {
-        let t = Tensor::<B, 1>::from_floats([1.0, 2.0], device);
-        t.sum().into_scalar().elem::<f64>()
-    })
-    .is_ok_and(|v| (v - 3.0).abs() < 1e-6)
-}
-
-/// Seconds rounded to the microsecond for event lines.
-fn round_us(s: f64) -> f64 {
-    (s * 1e6).round() / 1e6
-}
-
-pub(crate) fn fmt_count(n: usize) -> String {
-    if n >= 1_000_000 {
-        format!("{:.2}M", n as f64 / 1e6)
-    } else if n >= 1_000 {
-        format!("{:.1}k", n as f64 / 1e3)
-    } else {
-        n.to_string()
     }
 }
