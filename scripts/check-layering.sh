@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The layering invariant (ARCHITECTURE.md): the burn-free crates never depend on burn or
+# Two invariants of ARCHITECTURE.md. The layering: the burn-free crates never depend on burn or
 # cubecl, directly or through another crate, so a recipe can be checked, a policy tested, a
 # run directory read and a report drawn wherever the crates build, without a device.
 set -euo pipefail
@@ -19,4 +19,13 @@ for crate in oomph-recipe oomph-sched oomph-data oomph-report oomph-rundir; do
         echo "check-layering: $crate is burn-free"
     fi
 done
+# Only the command line prints to stdout: libraries log through `tracing` and report
+# progress through the `Observer` trait (stderr). Doc comments (`//!`, `///`) may show it.
+if hits=$(grep -rnE '\bprint(ln)?!' crates/{recipe,sched,data,train,models,report,rundir}/src | grep -vE '^[^:]+:[0-9]+:\s*//') && [ -n "$hits" ]; then
+    echo "check-layering: a library prints to stdout (only crates/cli may):"
+    echo "$hits"
+    status=1
+else
+    echo "check-layering: no library prints to stdout"
+fi
 exit $status

@@ -5,7 +5,7 @@
 //!
 //! **Invariant:** a checkpoint never holds non-finite weights: `save` refuses them and the
 //! newest checkpoint stays the last finite one (`tests/it/lose_nothing.rs`,
-//! `a_nan_step_never_reaches_the_weights_or_a_checkpoint`).
+//! `a_non_finite_step_is_skipped_and_never_reaches_the_weights`).
 
 use crate::checkpoint::{self, Payload, TrainState};
 use crate::error::TrainError;
