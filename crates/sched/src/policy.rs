@@ -45,7 +45,7 @@ mod give_up;
 mod memory;
 
 pub use events::{Event, ShrinkReason};
-pub use give_up::{GiveUp, GiveUpKind};
+pub use give_up::{count, GiveUp, GiveUpKind};
 pub use memory::{MemoryHint, MemoryObservation};
 
 /// The highest backoff level: the longest wait before re-testing a ceiling is

@@ -15,6 +15,8 @@ use burn::module::AutodiffModule;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use oomph_recipe::CheckpointSection;
+use oomph_rundir::layout::{CKPT_MODEL, CKPT_OPTIM, CKPT_RECIPE, CKPT_STATE};
+use oomph_rundir::RunDir;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -55,7 +57,7 @@ impl Checkpointer {
     /// The checkpointer of the run in `run_dir`, with the recipe's `[checkpoint]` section.
     pub fn new(run_dir: &Path, cfg: &CheckpointSection) -> Self {
         Self {
-            root: run_dir.join("checkpoints"),
+            root: RunDir::new(run_dir).checkpoints(),
             every: cfg.every,
             on_oom: cfg.on_oom,
             keep: cfg.keep,
@@ -139,10 +141,10 @@ impl Checkpointer {
                 let payload = Payload {
                     step,
                     files: vec![
-                        ("model.mpk".into(), model),
-                        ("optim.mpk".into(), optim),
-                        ("recipe.toml".into(), recipe_text.into_bytes()),
-                        ("state.json".into(), state),
+                        (CKPT_MODEL.into(), model),
+                        (CKPT_OPTIM.into(), optim),
+                        (CKPT_RECIPE.into(), recipe_text.into_bytes()),
+                        (CKPT_STATE.into(), state),
                     ],
                     simulate_full_disk: disk_full,
                 };

@@ -14,6 +14,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use oomph_data::Splits;
 use oomph_recipe::Recipe;
+use oomph_rundir::layout::{CKPT_MODEL, CKPT_OPTIM, CKPT_RECIPE};
 use oomph_rundir::Event;
 use std::path::{Path, PathBuf};
 
@@ -88,7 +89,7 @@ impl Checkpointer {
         let Some(ck) = found.checkpoint else { return self.start_over(log).map(|()| None) };
         let st = ck.state.clone();
         let old_recipe = ck
-            .file("recipe.toml")
+            .file(CKPT_RECIPE)
             .and_then(|b| std::str::from_utf8(b).ok())
             .and_then(|t| oomph_recipe::parse(t, "checkpoint", &ck.dir, &[]).ok());
         check_fits(expect, &st, old_recipe.as_ref(), &ck.dir)?;
@@ -107,11 +108,11 @@ impl Checkpointer {
         let bad = |what: &str, e: String| {
             TrainError::Checkpoint(format!("{}: {what} cannot be loaded: {e}", ck.dir.display()))
         };
-        let model_bytes = ck.file("model.mpk").ok_or_else(|| bad("model.mpk", "missing".into()))?.to_vec();
-        let record = rec.load(model_bytes, device).map_err(|e| bad("model.mpk", e.to_string()))?;
+        let model_bytes = ck.file(CKPT_MODEL).ok_or_else(|| bad(CKPT_MODEL, "missing".into()))?.to_vec();
+        let record = rec.load(model_bytes, device).map_err(|e| bad(CKPT_MODEL, e.to_string()))?;
         let model = net.model().clone().load_record(record);
-        let optim_bytes = ck.file("optim.mpk").ok_or_else(|| bad("optim.mpk", "missing".into()))?.to_vec();
-        let optim = net.optim().clone().load_bytes(optim_bytes, device).map_err(|e| bad("optim.mpk", e.to_string()))?;
+        let optim_bytes = ck.file(CKPT_OPTIM).ok_or_else(|| bad(CKPT_OPTIM, "missing".into()))?.to_vec();
+        let optim = net.optim().clone().load_bytes(optim_bytes, device).map_err(|e| bad(CKPT_OPTIM, e.to_string()))?;
         net.restore(model, optim);
         // One linear history: checkpoints later than the one resumed belong to an abandoned
         // future. They leave the `step-N` namespace (kept under `abandoned/`), so retention,

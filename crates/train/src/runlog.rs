@@ -150,6 +150,18 @@ impl RunLog {
     }
 }
 
+/// The worker's phase for the loop's `phase` after `completed` steps, and the step it belongs
+/// to: evaluation and checkpoints belong to the step just done, training and the update to the
+/// next one.
+pub fn worker_phase(phase: Phase, completed: usize) -> (usize, WorkerPhase) {
+    match phase {
+        Phase::Forward | Phase::Backward => (completed + 1, WorkerPhase::Train),
+        Phase::Optimizer => (completed + 1, WorkerPhase::Optimizer),
+        Phase::Eval => (completed, WorkerPhase::Eval),
+        Phase::Checkpoint => (completed, WorkerPhase::Checkpoint),
+    }
+}
+
 /// What `current.json` says for the main thread in `phase` after `step` completed steps, with
 /// the policy's sizes and the checkpoint being written in the background (`writing`).
 pub fn position(
@@ -160,13 +172,7 @@ pub fn position(
     parameters: usize,
     writing: Option<usize>,
 ) -> Current {
-    // Evaluation and checkpoints belong to the step just done; training to the next one.
-    let (step, phase) = match phase {
-        Phase::Forward | Phase::Backward => (step + 1, WorkerPhase::Train),
-        Phase::Optimizer => (step + 1, WorkerPhase::Optimizer),
-        Phase::Eval => (step, WorkerPhase::Eval),
-        Phase::Checkpoint => (step, WorkerPhase::Checkpoint),
-    };
+    let (step, phase) = worker_phase(phase, step);
     Current {
         pid: std::process::id(),
         step,

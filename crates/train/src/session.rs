@@ -89,7 +89,7 @@ impl<B: Backend> Session<B> {
         let mut lines = vec![
             format!("oomph: {} ({})", r.run.name, self.origin),
             format!("backend {} | run dir {}", self.backend_name, self.run_dir.display()),
-            format!("model {} | {} parameters", r.model.kind, fmt_count(parameters)),
+            format!("model {} | {} parameters", r.model.kind, oomph_sched::policy::count(parameters)),
             format!("data {}", info.description),
             format!(
                 "effective {} = {} chunk{} x {}{} | micro-batch min {min} max {max} (initial {}) | {total} steps",
@@ -158,16 +158,5 @@ pub fn policy_config(recipe: &Recipe) -> PolicyConfig {
         },
         grow_after: mb.grow_after,
         max_retries_per_step: mb.max_retries_per_step,
-    }
-}
-
-/// A parameter count for the banner (`113.2k`, `101.00M`).
-pub(crate) fn fmt_count(n: usize) -> String {
-    if n >= 1_000_000 {
-        format!("{:.2}M", n as f64 / 1e6)
-    } else if n >= 1_000 {
-        format!("{:.1}k", n as f64 / 1e3)
-    } else {
-        n.to_string()
     }
 }

@@ -141,7 +141,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>> Trainable<B, M> {
         let out = attempt_scoped::<B, _>(device, |scope| {
             accumulate::<B, M>(model, src, input, device, faults, &phase, scope)
         });
-        let (mut grads, loss, check) = match out {
+        let (grads, loss, check) = match out {
             Ok(v) => v,
             Err(f) => return failed(f, step, phase.get(), input.plan[0]),
         };
@@ -156,15 +156,10 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>> Trainable<B, M> {
             // The first update of a process allocates the optimizer state (Adam's moments): it
             // runs on copies of the handles, so a failed update leaves the model and the
             // optimizer untouched and can be retried in-process.
-            let mut optim = self.optim().clone();
-            let model = self.model().clone();
+            let (model, optim) = (self.model().clone(), self.optim().clone());
             let out = attempt::<B, _>(device, || {
                 faults.check(step, Phase::Optimizer, 0);
-                if let Some(c) = clip {
-                    clip_to::<B, M>(&model, &mut grads, norm, c);
-                }
-                let m = optim.step(lr, model, grads);
-                (m, optim)
+                update(model, optim, grads, lr, clip.map(|c| (norm, c)))
             });
             return match out {
                 Ok((m, o)) => self.updated(m, o, loss, check),
@@ -175,18 +170,15 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>> Trainable<B, M> {
         // the only handles, so the backend updates parameters and moments in place (no second
         // copy: a lower memory peak, and faster). Simulated faults still fire before anything
         // is touched; a real failure inside the update leaves a half-updated model.
-        if let Err(f) = attempt::<B, _>(device, || faults.check(step, Phase::Optimizer, 0)) {
-            return failed(f, step, Phase::Optimizer, input.plan[0]);
+        // (Without faults there is nothing to fire, and no boundary, which waits for the device.)
+        if !faults.is_empty() {
+            if let Err(f) = attempt::<B, _>(device, || faults.check(step, Phase::Optimizer, 0)) {
+                return failed(f, step, Phase::Optimizer, input.plan[0]);
+            }
         }
         let model = self.model.take().expect("model");
-        let mut optim = self.optim.take().expect("optimizer");
-        let out = attempt::<B, _>(device, move || {
-            if let Some(c) = clip {
-                clip_to::<B, M>(&model, &mut grads, norm, c);
-            }
-            let m = optim.step(lr, model, grads);
-            (m, optim)
-        });
+        let optim = self.optim.take().expect("optimizer");
+        let out = attempt::<B, _>(device, move || update(model, optim, grads, lr, clip.map(|c| (norm, c))));
         match out {
             Ok((m, o)) => self.updated(m, o, loss, check),
             Err(Failure::Oom { message }) => Outcome::Oom { phase: Phase::Optimizer, message, consumed: true },
@@ -202,6 +194,25 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>> Trainable<B, M> {
         self.updates += 1;
         Outcome::Updated { loss, grad_norm: check.norm }
     }
+}
+
+/// One optimizer update, after clipping the gradients to `clip = (norm, max_norm)` if set.
+fn update<B, M>(
+    model: M,
+    mut optim: Optim<M, B>,
+    mut grads: GradientsParams,
+    lr: f64,
+    clip: Option<(f64, f64)>,
+) -> (M, Optim<M, B>)
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+{
+    if let Some((norm, max_norm)) = clip {
+        clip_to::<B, M>(&model, &mut grads, norm, max_norm);
+    }
+    let m = optim.step(lr, model, grads);
+    (m, optim)
 }
 
 /// A failed attempt before anything was consumed.

@@ -19,7 +19,7 @@ use crate::optim::{lr_at, Optim};
 use crate::recovery::cleanup;
 pub use crate::resume::Resume;
 use crate::resume::{Expect, Loaded};
-use crate::runlog::{position, RunLog};
+use crate::runlog::{position, worker_phase, RunLog};
 pub use crate::session::{check_data_fits, policy_config, total_steps, Session};
 use crate::signals;
 pub use crate::step::step_seed;
@@ -29,8 +29,8 @@ use burn::tensor::backend::AutodiffBackend;
 use oomph_data::{Sampler, Splits};
 use oomph_recipe::{MicroInitial, Phase};
 use oomph_rundir::events::EvalShrinkReason;
-use oomph_rundir::Event;
 use oomph_rundir::{EvalRecord, StepRecord, Summary};
+use oomph_rundir::{Event, RunDir};
 use oomph_sched::decide::{Decision, OomContext, OomPhase};
 use oomph_sched::{MemoryHint, Policy};
 use std::sync::atomic::Ordering;
@@ -90,7 +90,7 @@ where
         ))
     })?;
     check_data_fits(&recipe, &session.origin, data)?;
-    let resolved = run_dir.join("recipe.resolved.toml");
+    let resolved = RunDir::new(&run_dir).recipe();
     std::fs::write(&resolved, oomph_recipe::to_toml_string(&recipe))
         .map_err(|e| TrainError::io("writing", &resolved, &e))?;
     B::seed(&session.device, recipe.run.seed);
@@ -232,17 +232,9 @@ where
         in_place: bool,
         optimizer_ooms: usize,
     ) -> Result<Decision, TrainError> {
-        let phase = match at_phase {
-            Phase::Forward | Phase::Backward => OomPhase::Train,
-            Phase::Optimizer => OomPhase::Optimizer,
-            Phase::Eval => OomPhase::Eval,
-            Phase::Checkpoint => OomPhase::Checkpoint,
-        };
-        // Evaluation and checkpoints belong to the step just done; training to the next one.
-        let (step, at) = match phase {
-            OomPhase::Train | OomPhase::Optimizer => (self.step + 1, self.step + 1),
-            OomPhase::Eval | OomPhase::Checkpoint => (self.step, self.step + 1),
-        };
+        let (step, phase) = worker_phase(at_phase, self.step);
+        // The event belongs to the step in progress whatever the phase.
+        let at = self.step + 1;
         let size = if phase == OomPhase::Eval { self.eval_batch } else { micro };
         if !in_place {
             cleanup::<B>(&self.s.device);
@@ -563,7 +555,7 @@ where
     fn finish(&mut self) -> Result<Summary, TrainError> {
         self.log.flush()?;
         self.settle_writer()?;
-        let model_path = self.s.run_dir.join("model.safetensors");
+        let model_path = RunDir::new(&self.s.run_dir).model();
         save_safetensors::<B, M>(self.net.model(), &model_path)?;
         let ev = self.last_eval.clone();
         let t = &self.tally;

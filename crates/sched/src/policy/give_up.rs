@@ -127,7 +127,7 @@ impl GiveUp {
 }
 
 /// A count in a few characters: `950`, `12.3k`, `1.23M`.
-fn count(n: usize) -> String {
+pub fn count(n: usize) -> String {
     if n >= 1_000_000 {
         format!("{:.2}M", n as f64 / 1e6)
     } else if n >= 1_000 {
