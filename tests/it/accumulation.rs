@@ -19,7 +19,7 @@ pub const TOL: f32 = 1e-5;
 
 /// SGD, 30 steps of 64 samples; the micro-batch never grows back.
 fn base() -> TestRecipe {
-    TestRecipe::mlp().seed(3).sgd(0.2).grow_after(100000)
+    TestRecipe::mlp().set("run.seed", 3).sgd(0.2).set("micro_batch.grow_after", 100000)
 }
 fn run_micro(micro: usize, dir: &std::path::Path, extra: &[&str]) {
     let m = format!("micro_batch.initial={micro}");
@@ -38,8 +38,7 @@ fn micro_batches_64_8_5_give_equal_parameters() {
         run_micro(8, d[1].path(), extra);
         run_micro(5, d[2].path(), extra);
         // 64 with micro 5 is 13 chunks of sizes 5 and 4: the metrics say so.
-        let steps: Vec<_> =
-            lines(&d[2].path().join("metrics.jsonl")).into_iter().filter(|v| v["kind"] == "step").collect();
+        let steps = step_records(d[2].path());
         assert_eq!(steps[0]["chunks"], 13);
         assert_eq!(steps[0]["micro_batch"], 5);
         let d8 = max_param_diff(d[0].path(), d[1].path());

@@ -13,14 +13,14 @@ use crate::accumulation::TOL;
 use crate::util::*;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The disturbed run: an MLP big enough that a checkpoint write takes a moment, a cosine
 /// schedule, checkpoints every [`EVERY`] steps.
 fn chaos_recipe(steps: usize, nan: usize) -> TestRecipe {
     TestRecipe::mlp()
-        .seed(13)
-        .hidden(&[1024, 256])
+        .set("run.seed", 13)
+        .set("model.hidden", [1024, 256])
         // A smooth activation: with ReLU, the float-order differences of another split flip a
         // few units on or off and grow over hundreds of steps (to ~1e-3 here); with GELU they
         // stay ~1e-7.
@@ -28,50 +28,53 @@ fn chaos_recipe(steps: usize, nan: usize) -> TestRecipe {
         .synthetic(2000, 32, 5)
         .adamw(0.003)
         .cosine(10)
-        .steps(steps)
-        .eval_every(25)
-        .micro(32)
-        .grow_after(100000)
-        .checkpoint_every(EVERY)
-        .keep(2)
+        .set("training.steps", steps)
+        .set("training.eval_every", 25)
+        .set("micro_batch.initial", 32)
+        .set("micro_batch.grow_after", 100000)
+        .set("checkpoint.every", EVERY)
+        .set("checkpoint.keep", 2)
         .set("faults.nan_at", vec![nan as i64])
 }
 
 const EVERY: usize = 2;
 
-/// xorshift64: the schedule's only source of randomness.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A step in `lo..hi`.
-    fn step(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo) as u64) as usize
-    }
-}
-
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Polls a targeted kill may spend waiting for a checkpoint write before the test fails.
-const WRITE_POLLS: usize = 100_000;
+/// Polls a launch may spend waiting for the moment of its kill (a checkpoint write in flight,
+/// or the step it is due at) before the test fails.
+const KILL_POLLS: usize = 100_000;
 
-/// Whether a worker for which `ours` holds is writing a checkpoint under `run`: its
+/// The directory a checkpoint of `step` is written into before it counts.
+fn tmp_dir(run: &Path, step: usize) -> std::path::PathBuf {
+    run.join("checkpoints").join(format!("{}.tmp", oomph::train::checkpoint::dir_name(step)))
+}
+
+/// The step whose checkpoint a worker for which `ours` holds is writing under `run`: its
 /// `current.json` names the write in flight (step N) and `step-N.tmp` exists. A finished write
 /// renamed `step-N.tmp` away and a failed one removed it, so a leftover of an earlier killed
 /// worker counts only while this worker's own write of that step is in flight.
-fn writing(run: &Path, ours: impl Fn(u32) -> bool) -> bool {
-    let Some(c) = oomph::train::current::read(&run.join("current.json")) else { return false };
-    let Some(step) = c.checkpoint_step else { return false };
-    let tmp = run.join("checkpoints").join(format!("{}.tmp", oomph::train::checkpoint::dir_name(step)));
-    ours(c.pid) && tmp.is_dir()
+fn writing(run: &Path, ours: impl Fn(u32) -> bool) -> Option<usize> {
+    let c = oomph::train::current::read(&run.join("current.json"))?;
+    let step = c.checkpoint_step?;
+    (ours(c.pid) && tmp_dir(run, step).is_dir()).then_some(step)
+}
+
+/// One kill of the whole tree.
+struct Kill {
+    /// Steps completed when it landed.
+    completed: usize,
+    /// The newest complete checkpoint it left (what the next worker resumes from).
+    newest: usize,
+    /// Whether a checkpoint write was in flight or pending (the next one waits for it).
+    writing: bool,
+    /// Whether it was aimed at a checkpoint write.
+    aimed: bool,
+    /// The checkpoint write it cut short, seen on disk after the kill: the write in flight
+    /// when the tree was stopped left its `.tmp` directory and never became a checkpoint.
+    interrupted: Option<usize>,
 }
 
 #[test]
@@ -100,10 +103,8 @@ fn chaos_from_a_seed_ends_as_the_undisturbed_run() {
     eprintln!("chaos seed {seed:#x}: nan at {nan}, ooms {ooms:?}");
 
     let run = f.run("run");
-    let (mut kills, mut mid_write, mut aimed, mut disk_failures) = (0usize, 0usize, 0usize, 0usize);
-    // (completed steps when killed, the newest complete checkpoint, whether a write was in
-    // flight) per kill.
-    let mut deaths: Vec<(usize, usize, bool)> = Vec::new();
+    let (mut kills, mut disk_failures) = (0usize, 0usize);
+    let mut deaths: Vec<Kill> = Vec::new();
     // Each launch is killed, stopped by the full disk (once) or finishes the run.
     let max_launches = kills_wanted + 3;
     for launch in 1.. {
@@ -111,29 +112,34 @@ fn chaos_from_a_seed_ends_as_the_undisturbed_run() {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut child = f.cmd("run", &argv).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let supervisor = child.id();
-        let t = Instant::now();
-        let (target_write, delay) = (kills % 2 == 0, Duration::from_millis(60 + rng.next() % 500));
+        // A random kill lands in a random step up to `steps / (kills_wanted + 1)` past the newest
+        // checkpoint (where this launch resumes): a moment set by the run's progress, not by the
+        // clock. The random kills (every other one) gain at most half the run together and an
+        // aimed one at most the next write, so every kill lands before the run ends.
+        let target_write = kills % 2 == 0;
+        let newest = oomph::train::checkpoint::list(&run.join("checkpoints")).first().map_or(0, |c| c.0);
+        let at = newest + rng.step(1, steps / (kills_wanted + 1));
         // Wait for the moment of the kill, unless the worker ends first or no kill is left: a
-        // random delay, or, for a targeted kill, a checkpoint write in progress, checked again
+        // random step, or, for a targeted kill, a checkpoint write in progress, checked again
         // with the whole process tree stopped so that the write cannot finish in between.
         let mut frozen = None;
         let mut polls = 0;
         while kills < kills_wanted && child.try_wait().unwrap().is_none() {
             if target_write {
-                if writing(&run, |pid| pid == supervisor || parent(pid) == Some(supervisor)) {
+                if writing(&run, |pid| pid == supervisor || parent(pid) == Some(supervisor)).is_some() {
                     let tree = freeze(supervisor);
-                    if writing(&run, |pid| tree.contains(&pid)) {
+                    if writing(&run, |pid| tree.contains(&pid)).is_some() {
                         frozen = Some(tree);
                         break;
                     }
                     thaw(&tree);
                 }
-                polls += 1;
-                assert!(polls < WRITE_POLLS, "no checkpoint write was caught in {WRITE_POLLS} polls");
-            } else if t.elapsed() >= delay {
+            } else if worker_position(&run, supervisor).is_some_and(|c| c.step >= at) {
                 frozen = Some(freeze(supervisor));
                 break;
             }
+            polls += 1;
+            assert!(polls < KILL_POLLS, "kill {} was not due in {KILL_POLLS} polls", kills + 1);
             std::thread::sleep(Duration::from_micros(300));
         }
         // A stopped child is not reported by `try_wait`: one that is reported has ended.
@@ -148,8 +154,6 @@ fn chaos_from_a_seed_ends_as_the_undisturbed_run() {
             kill_tree(supervisor);
             let _ = child.wait();
             kills += 1;
-            aimed += usize::from(target_write);
-            mid_write += usize::from(in_write);
             let completed = current.as_ref().map(|c| c.step.saturating_sub(1)).unwrap_or(0);
             let pending = current.as_ref().is_some_and(|c| c.checkpoint_step.is_some());
             // Every checkpoint that counts is complete and verifiable, whatever the moment.
@@ -158,9 +162,17 @@ fn chaos_from_a_seed_ends_as_the_undisturbed_run() {
                 oomph::train::checkpoint::verify(dir)
                     .unwrap_or_else(|e| panic!("a counted checkpoint is damaged: {e}"));
             }
+            let interrupted =
+                in_write.filter(|&s| tmp_dir(&run, s).is_dir() && counted.iter().all(|(step, _)| *step != s));
             // What the next worker resumes from: the newest of them.
             let newest = counted.first().map(|c| c.0).unwrap_or(0);
-            deaths.push((completed, newest, in_write || pending));
+            deaths.push(Kill {
+                completed,
+                newest,
+                writing: in_write.is_some() || pending,
+                aimed: target_write,
+                interrupted,
+            });
             if kills == kills_wanted {
                 // Then, with no kill left to pre-empt them, a worker death and a full disk
                 // ahead of where the run resumes.
@@ -186,20 +198,25 @@ fn chaos_from_a_seed_ends_as_the_undisturbed_run() {
         assert!(all.contains("No space left on device"), "unexpected failure: {all}");
         disk_failures += 1;
     }
+    let aimed = deaths.iter().filter(|k| k.aimed).count();
+    let mid_write = deaths.iter().filter(|k| k.interrupted.is_some()).count();
     eprintln!("{kills} kills ({mid_write} during a checkpoint write, {aimed} aimed at one), {disk_failures} full disk");
     assert_eq!(kills, kills_wanted, "the run finished before every kill landed");
-    // Every aimed kill waited for a write and found it in progress with the tree stopped.
+    // Kills landed during a checkpoint write, and every aimed one did: the write it found in
+    // flight with the tree stopped was cut short (its .tmp left, no checkpoint made of it).
     assert!(
-        mid_write >= aimed.max(1),
-        "{mid_write} of {kills} kills landed during a checkpoint write ({aimed} were aimed at one)"
+        aimed >= 1 && mid_write >= 1,
+        "{mid_write} of {kills} kills landed during a checkpoint write ({aimed} aimed)"
     );
+    for (i, k) in deaths.iter().enumerate().filter(|(_, k)| k.aimed) {
+        assert!(k.interrupted.is_some(), "kill {} was aimed at a checkpoint write but cut none short", i + 1);
+    }
     assert_eq!(disk_failures, 1, "the full disk stopped the run once");
 
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(s["steps"], steps);
-    assert_eq!(s["samples_seen"], (steps * 64) as u64, "every step consumed exactly its effective batch");
-    assert_eq!(s["nonfinite_steps"], 1);
+    let s = summary(&run);
+    assert_eq!(s.steps, steps);
+    assert_eq!(s.samples_seen, (steps * 64) as u64, "every step consumed exactly its effective batch");
+    assert_eq!(s.nonfinite_steps, 1);
     assert_eq!(step_lines(&run), (1..=steps as u64).collect::<Vec<_>>(), "one metrics line per step");
     assert_no_tmp(&run);
     // The OOMs changed the split: equal to the undisturbed run within the accumulation
@@ -213,11 +230,11 @@ fn chaos_from_a_seed_ends_as_the_undisturbed_run() {
     assert!(text(&first).contains("No space left on device"), "{}", text(&first));
     let o = f.train("faults-only", &argv);
     assert!(o.status.success(), "{}", text(&o));
-    assert_same_bits(&f.run("faults-only"), &run);
+    assert_same_bits(&f.run("faults-only"), &run, "the chaos run and the run that met the same faults unkilled");
     // Work lost per kill: at most the checkpoint interval, or twice it when the newest
     // checkpoint was still being written in the background (the next one waits for it).
     assert_eq!(events(&run, "restart").len(), 1, "the simulated worker death was restarted by the supervisor");
-    for (completed, newest, writing) in &deaths {
+    for Kill { completed, newest, writing, .. } in &deaths {
         let lost = completed.saturating_sub(*newest);
         let bound = if *writing { 2 * EVERY } else { EVERY };
         assert!(

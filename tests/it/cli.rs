@@ -24,7 +24,7 @@ fn train_writes_a_complete_run_directory() {
     ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
-    let steps: Vec<_> = lines(&run.join("metrics.jsonl")).into_iter().filter(|v| v["kind"] == "step").collect();
+    let steps = step_records(&run);
     assert_eq!(steps.len(), 30);
     for k in ["step", "samples_seen", "loss", "lr", "micro_batch", "chunks", "samples_per_sec", "wall_s"] {
         assert!(!steps[0][k].is_null(), "metrics.jsonl lacks {k}");

@@ -11,28 +11,28 @@ use tempfile::TempDir;
 
 fn mlp() -> TestRecipe {
     TestRecipe::mlp()
-        .seed(11)
-        .hidden(&[32, 32])
-        .dropout(0.1)
-        .steps(20)
-        .effective_batch(48)
-        .eval_every(0)
-        .micro(48)
-        .grow_after(100000)
+        .set("run.seed", 11)
+        .set("model.hidden", [32, 32])
+        .set("model.dropout", 0.1)
+        .set("training.steps", 20)
+        .set("training.effective_batch", 48)
+        .set("training.eval_every", 0)
+        .set("micro_batch.initial", 48)
+        .set("micro_batch.grow_after", 100000)
 }
 
 /// tiny-gpt-debug (configs/tiny-gpt-debug.toml), smaller still, with dropout.
 fn gpt() -> TestRecipe {
     TestRecipe::gpt(&root().join("data/shakespeare_tragedies.txt"))
-        .seed(7)
+        .set("run.seed", 7)
         .set("model.seq_len", 16)
-        .dropout(0.1)
+        .set("model.dropout", 0.1)
         .set("data.valid_fraction", 0.02)
-        .steps(8)
-        .effective_batch(10)
-        .eval_every(0)
-        .micro(12)
-        .grow_after(100000)
+        .set("training.steps", 8)
+        .set("training.effective_batch", 10)
+        .set("training.eval_every", 0)
+        .set("micro_batch.initial", 12)
+        .set("micro_batch.grow_after", 100000)
 }
 
 fn run(r: &TestRecipe, overrides: &[&str]) -> (TempDir, Summary) {

@@ -13,16 +13,16 @@ use std::time::Duration;
 /// micro-batch of 16 in an effective batch of 32, checkpoints every 2 steps, 3 kept.
 fn base() -> TestRecipe {
     TestRecipe::mlp()
-        .seed(5)
-        .hidden(&[32])
+        .set("run.seed", 5)
+        .set("model.hidden", [32])
         .synthetic(400, 8, 3)
-        .steps(12)
-        .effective_batch(32)
-        .eval_every(4)
-        .micro(16)
-        .grow_after(1000)
-        .checkpoint_every(2)
-        .keep(3)
+        .set("training.steps", 12)
+        .set("training.effective_batch", 32)
+        .set("training.eval_every", 4)
+        .set("micro_batch.initial", 16)
+        .set("micro_batch.grow_after", 1000)
+        .set("checkpoint.every", 2)
+        .set("checkpoint.keep", 3)
 }
 
 /// Checkpoint steps that count, highest first.
@@ -76,10 +76,10 @@ fn a_restarted_worker_resumes_this_runs_newest_checkpoint_not_the_step_the_first
     assert_eq!(restart["phase"], "optimizer");
     assert!(restart["action"].as_str().unwrap().contains("in place"), "{restart}");
     // A death in the update changes no size: the run is the reference, bit for bit.
-    for v in lines(&run.join("metrics.jsonl")).iter().filter(|v| v["kind"] == "step") {
+    for v in step_records(&run) {
         assert_eq!(v["micro_batch"], 16, "{v}");
     }
-    assert_same_bits(&reference, &run);
+    assert_same_bits(&reference, &run, "after a death in the update");
 }
 
 #[test]
@@ -97,12 +97,12 @@ fn resuming_from_an_earlier_step_starts_one_linear_history() {
     for s in [10, 12] {
         assert!(run.join(format!("checkpoints/abandoned/step-{s}/manifest.json")).is_file(), "step-{s} is kept aside");
     }
-    assert_same_bits(&reference, &run);
+    assert_same_bits(&reference, &run, "resumed from step 8");
     // The next automatic resume continues the new history, not the abandoned one.
     let o = f.train("run", &["--set", "training.steps=10"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(events(&run, "resume").last().unwrap()["from_step"], 10);
-    assert_same_bits(&reference, &run);
+    assert_same_bits(&reference, &run, "resumed again at the end of the new history");
 }
 
 #[test]
@@ -145,7 +145,7 @@ fn resume_checks_the_data_and_the_run_length() {
     let d = tempfile::tempdir().unwrap();
     let a = text_file(d.path(), "a.txt", "abcdefghijklmnopqrstuvwxyz .,;", 4000);
     let b = text_file(d.path(), "b.txt", "0123456789", 4000);
-    let f = Fixture::new(&TestRecipe::gpt(&a).seed(2).cosine(1).checkpoint_every(2));
+    let f = Fixture::new(&TestRecipe::gpt(&a).set("run.seed", 2).cosine(1).set("checkpoint.every", 2));
     assert!(f.train("run", &["--no-supervise"]).status.success());
     // Another file: refused with exit 2, naming what differs and the fix.
     let other = format!("data.path={:?}", b.to_str().unwrap());
@@ -172,28 +172,22 @@ fn resume_checks_the_data_and_the_run_length() {
 /// A wide MLP: a training micro-batch of 16 fits in 300 MiB of address space, an
 /// evaluation batch of 256 (forward only, but 256 rows of 262144 activations) does not.
 fn wide_eval() -> TestRecipe {
-    TestRecipe::mlp()
-        .seed(1)
-        .hidden(&[262144])
+    TestRecipe::wide()
         .synthetic(1024, 8, 3)
         .set("data.valid_fraction", 0.5)
-        .sgd(0.05)
-        .steps(4)
-        .effective_batch(16)
-        .eval_every(2)
+        .set("training.steps", 4)
+        .set("training.effective_batch", 16)
+        .set("training.eval_every", 2)
         .set("training.eval_batch", 256)
-        .micro(16)
-        .grow_after(1000)
-        .checkpoint_every(1)
-        .set("supervisor.max_restarts", 4)
+        .set("micro_batch.initial", 16)
+        .set("checkpoint.every", 1)
 }
 
 #[test]
 fn a_death_in_evaluation_lowers_the_evaluation_batch_not_the_training_one() {
     let f = Fixture::new(&wide_eval());
     let mut cmd = f.cmd("run", &[]);
-    cmd.env("MALLOC_ARENA_MAX", "2");
-    with_rlimit(&mut cmd, libc::RLIMIT_AS, 300 << 20);
+    limit_memory(&mut cmd);
     let o = cmd.output().unwrap();
     let all = text(&o);
     assert!(o.status.success(), "{all}");
@@ -213,11 +207,13 @@ fn a_death_in_evaluation_lowers_the_evaluation_batch_not_the_training_one() {
     }
 }
 
-#[test]
-fn a_memory_death_at_the_smallest_size_stops_at_once_with_a_memory_report() {
+/// A memory death in the forward pass at micro-batch 16, the smallest the policy can run with
+/// `micro_batch.min = min` in an effective batch of 32, stops at once: exit 3, a memory report,
+/// no restart spent.
+fn a_death_at_16_stops_at_once(min: usize) {
     let f = Fixture::new(&base());
     let die = die_at(3, "forward");
-    let o = f.train("run", &["--set", "micro_batch.min=16", "--set", &die]);
+    let o = f.train("run", &["--set", &format!("micro_batch.min={min}"), "--set", &die]);
     let all = text(&o);
     assert_eq!(o.status.code(), Some(3), "{all}");
     assert!(all.contains("micro_batch.min") && all.contains("Memory report"), "{all}");
@@ -227,18 +223,29 @@ fn a_memory_death_at_the_smallest_size_stops_at_once_with_a_memory_report() {
 }
 
 #[test]
+fn a_memory_death_at_the_smallest_size_stops_at_once_with_a_memory_report() {
+    a_death_at_16_stops_at_once(16);
+}
+
+/// Regression: no effective batch of 32 splits into micro-batches of 12, so with
+/// `micro_batch.min = 12` the smallest micro-batch the policy runs is 16. A death there must stop
+/// like one at `micro_batch.min` itself, not restart a worker that cannot go lower.
+#[test]
+fn a_memory_death_at_the_smallest_achievable_size_stops_at_once_when_min_is_not_achievable() {
+    a_death_at_16_stops_at_once(12);
+}
+
+#[test]
 fn a_non_finite_step_is_skipped_and_never_reaches_the_weights() {
     let f = Fixture::new(&base());
     let o = f.train("run", &["--set", "faults.nan_at=[5]"]);
     let all = text(&o);
     assert!(o.status.success(), "{all}");
     let run = f.run("run");
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(s["nonfinite_steps"], 1);
-    assert_eq!(s["steps"], 12);
-    let step5: Vec<_> =
-        lines(&run.join("metrics.jsonl")).into_iter().filter(|v| v["step"] == 5 && v["kind"] == "step").collect();
+    let s = summary(&run);
+    assert_eq!(s.nonfinite_steps, 1);
+    assert_eq!(s.steps, 12);
+    let step5: Vec<_> = step_records(&run).into_iter().filter(|v| v["step"] == 5).collect();
     assert_eq!(step5.len(), 1);
     assert_eq!(step5[0]["skipped"], true);
     assert!(step5[0]["loss"].is_null(), "{}", step5[0]);
@@ -358,7 +365,7 @@ fn a_failed_checkpoint_write_loses_nothing_and_resume_auto_continues() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(events(&run, "resume")[0]["from_step"], 4);
     assert_eq!(step_lines(&run), (1..=12).collect::<Vec<_>>());
-    assert_same_bits(&reference, &run);
+    assert_same_bits(&reference, &run, "after a failed checkpoint write");
 }
 
 #[test]
@@ -401,10 +408,13 @@ fn an_allocation_failure_that_was_survived_does_not_make_a_later_abort_a_memory_
     assert_eq!(o.status.code(), Some(128 + libc::SIGABRT), "{all}");
     assert!(events(&f.run("run"), "restart").is_empty(), "an abort that is not a memory death is not restarted: {all}");
     assert!(all.contains("not a memory failure") && all.contains("not restarted"), "and it says so: {all}");
+    assert_eq!(events(&f.run("run"), "oom").len(), 1, "the survived failure happened");
     // An abort while a checkpoint is written is no memory death either.
     let o = f.train("ck", &["--set", "faults.abort_at=[{step=6, phase=\"checkpoint\"}]"]);
-    assert_eq!(o.status.code(), Some(128 + libc::SIGABRT), "{}", text(&o));
-    assert_eq!(events(&f.run("run"), "oom").len(), 1, "the survived failure happened");
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(128 + libc::SIGABRT), "{all}");
+    assert!(events(&f.run("ck"), "restart").is_empty(), "an abort in a checkpoint write is not restarted: {all}");
+    assert!(all.contains("not a memory failure") && all.contains("not restarted"), "and it says so: {all}");
 }
 
 /// Waits until `run`'s `current.json` names a worker that has done a few steps; returns its pid.
@@ -425,13 +435,21 @@ fn a_ctrl_c_that_arrives_while_no_worker_runs_stops_the_run() {
     let mut child =
         f.cmd("run", &["--set", "training.steps=100000"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let worker = running_worker(&f.run("run"), &mut child);
-    // The worker cannot react (stopped), the supervisor gets Ctrl-C, then the worker dies.
-    // SAFETY: kill(2) on our own processes.
-    unsafe {
-        libc::kill(worker, libc::SIGSTOP);
-        libc::kill(child.id() as i32, libc::SIGINT);
-        std::thread::sleep(Duration::from_millis(50));
-        libc::kill(worker, libc::SIGKILL);
+    // The worker cannot react (stopped), the supervisor gets Ctrl-C and forwards it (pending at
+    // the stopped worker: the supervisor has taken the interrupt), then the worker dies.
+    let stopped = freeze(worker as u32);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let forwarded = || signal_pending(worker as u32, libc::SIGINT);
+    wait_for(
+        "the supervisor forwards the Ctrl-C to the stopped worker",
+        100_000,
+        Duration::from_micros(100),
+        forwarded,
+    );
+    for p in stopped {
+        // SAFETY: kill(2) on our own processes.
+        unsafe { libc::kill(p as i32, libc::SIGKILL) };
     }
     let o = child.wait_with_output().unwrap();
     let all = text(&o);
@@ -547,8 +565,7 @@ fn resuming_a_finished_run_adds_no_line_and_counts_restarts_across_commands() {
     let o = f.train("run", &["--set", &die]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(), before, "no line added or lost");
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(s["restarts"], 1, "the first command's restart still counts");
-    assert_eq!(s["resumes"], 2);
+    let s = summary(&run);
+    assert_eq!(s.restarts, 1, "the first command's restart still counts");
+    assert_eq!(s.resumes, 2);
 }

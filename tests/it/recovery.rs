@@ -4,15 +4,14 @@
 
 use crate::accumulation::TOL;
 use crate::util::*;
-use std::path::Path;
 
 /// 30 steps of 64 samples, starting in one chunk, growing back after 10 clean steps.
 fn base() -> TestRecipe {
-    TestRecipe::mlp().seed(5).eval_every(10).micro(64).grow_after(10)
-}
-
-fn steps(dir: &Path) -> Vec<serde_json::Value> {
-    lines(&dir.join("metrics.jsonl")).into_iter().filter(|v| v["kind"] == "step").collect()
+    TestRecipe::mlp()
+        .set("run.seed", 5)
+        .set("training.eval_every", 10)
+        .set("micro_batch.initial", 64)
+        .set("micro_batch.grow_after", 10)
 }
 
 #[test]
@@ -28,7 +27,7 @@ fn simulated_capacity_settles_and_matches_an_undisturbed_run() {
     // 64 -> 32 -> 16 -> 8 fit under 12; chunks of 8 (8 chunks).
     assert!(s.oom_events >= 3, "{s:?}");
     assert!(s.micro_batch_final <= 12, "{s:?}");
-    for st in steps(d.path()) {
+    for st in step_records(d.path()) {
         assert!(st["micro_batch"].as_u64().unwrap() <= 12, "{st}");
     }
     let ooms = events(d.path(), "oom");
@@ -77,7 +76,7 @@ fn the_limit_grows_back_when_room_returns_and_a_step_runs_in_one_chunk_again() {
     ]);
     let s = train_builtin(r, d.path()).unwrap();
     assert_eq!(s.micro_batch_final, 64, "{s:?}");
-    let st = steps(d.path());
+    let st = step_records(d.path());
     // While the room is 12 samples, a step of 64 needs at least 6 chunks...
     for v in &st[15..35] {
         assert!(v["micro_batch"].as_u64().unwrap() <= 12 && v["chunks"].as_u64().unwrap() >= 6, "{v}");
@@ -163,7 +162,7 @@ fn a_non_oom_panic_is_reported_not_retried() {
     assert!(err.contains("simulated model bug"), "{err}");
     assert!(err.contains("not an out-of-memory"), "{err}");
     assert!(events(&run, "oom").is_empty(), "a bug must not be retried as memory");
-    assert_eq!(steps(&run).len(), 3);
+    assert_eq!(step_records(&run).len(), 3);
 }
 
 #[test]
@@ -221,5 +220,5 @@ fn an_optimizer_oom_is_retried_once_then_exits_3() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("optimizer update") && err.contains("parameters"), "{err}");
-    assert_eq!(steps(&run).len(), 3, "no update was applied at step 4");
+    assert_eq!(step_records(&run).len(), 3, "no update was applied at step 4");
 }

@@ -12,19 +12,19 @@ use std::sync::Arc;
 /// several epochs and a micro-batch split: everything a resume must restore.
 fn base() -> TestRecipe {
     TestRecipe::mlp()
-        .seed(11)
-        .hidden(&[32])
-        .dropout(0.2)
+        .set("run.seed", 11)
+        .set("model.hidden", [32])
+        .set("model.dropout", 0.2)
         .synthetic(300, 8, 3)
         .set("optimizer.grad_clip_norm", 1.0)
         .cosine(5)
         .set("lr_schedule.final_lr_fraction", 0.1)
-        .effective_batch(48)
-        .eval_every(10)
-        .micro(20)
-        .grow_after(7)
-        .checkpoint_every(5)
-        .keep(3)
+        .set("training.effective_batch", 48)
+        .set("training.eval_every", 10)
+        .set("micro_batch.initial", 20)
+        .set("micro_batch.grow_after", 7)
+        .set("checkpoint.every", 5)
+        .set("checkpoint.keep", 3)
 }
 /// Asks the run to stop after step `at`, as a first Ctrl-C would.
 struct StopAt {
@@ -57,25 +57,6 @@ fn interrupted_at(dir: &Path, at: usize, overrides: &[&str]) {
     }
 }
 
-/// Every tensor of the final model, as exact bit patterns (the safetensors header's metadata
-/// order is not stable across writes, the tensors are).
-fn model_bits(dir: &Path) -> Vec<(String, Vec<u32>)> {
-    tensors(&dir.join("model.safetensors"))
-        .into_iter()
-        .map(|(k, v)| (k, v.iter().map(|x| x.to_bits()).collect()))
-        .collect()
-}
-
-fn assert_bit_identical(a: &Path, b: &Path, what: &str) {
-    let (ma, mb) = (model_bits(a), model_bits(b));
-    assert_eq!(ma.len(), mb.len());
-    for ((ka, va), (kb, vb)) in ma.iter().zip(&mb) {
-        assert_eq!(ka, kb);
-        let differing = va.iter().zip(vb).filter(|(x, y)| x != y).count();
-        assert_eq!(differing, 0, "{what}: {differing} values of {ka} differ");
-    }
-}
-
 #[test]
 fn stopped_and_resumed_is_bit_identical() {
     let full = tempfile::tempdir().unwrap();
@@ -85,14 +66,9 @@ fn stopped_and_resumed_is_bit_identical() {
     let s = train_builtin(base().recipe(&[]), d.path()).unwrap();
     assert_eq!(s.steps, 30);
     assert_eq!(s.resumes, 1);
-    assert_bit_identical(full.path(), d.path(), "stopped at 13 and resumed");
+    assert_same_bits(full.path(), d.path(), "stopped at 13 and resumed");
     // metrics.jsonl holds each step once, as if never interrupted.
-    let steps: Vec<u64> = lines(&d.path().join("metrics.jsonl"))
-        .iter()
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["step"].as_u64().unwrap())
-        .collect();
-    assert_eq!(steps, (1..=30).collect::<Vec<_>>());
+    assert_eq!(step_lines(d.path()), (1..=30).collect::<Vec<_>>());
 }
 
 #[test]
@@ -105,7 +81,7 @@ fn resume_from_a_periodic_checkpoint_replays_the_lost_steps_exactly() {
     std::fs::remove_dir_all(d.path().join("checkpoints/step-13")).unwrap();
     let s = train_builtin(base().recipe(&[]), d.path()).unwrap();
     assert_eq!(s.steps, 30);
-    assert_bit_identical(full.path(), d.path(), "resumed from step 10");
+    assert_same_bits(full.path(), d.path(), "resumed from step 10");
 }
 
 #[test]
@@ -126,13 +102,11 @@ fn a_damaged_newest_checkpoint_is_skipped_with_a_warning() {
         std::fs::write(&victim, bytes).unwrap();
         let s = train_builtin(base().recipe(&[]), d.path()).unwrap();
         assert_eq!(s.steps, 30);
-        let skipped: Vec<_> =
-            lines(&d.path().join("events.jsonl")).into_iter().filter(|v| v["kind"] == "checkpoint_skipped").collect();
+        let skipped = events(d.path(), "checkpoint_skipped");
         assert_eq!(skipped.len(), 1, "{damage}");
-        let resumed: Vec<_> =
-            lines(&d.path().join("events.jsonl")).into_iter().filter(|v| v["kind"] == "resume").collect();
+        let resumed = events(d.path(), "resume");
         assert_eq!(resumed[0]["from_step"], 10, "{damage}: fell back to step 10");
-        assert_bit_identical(full.path(), d.path(), damage);
+        assert_same_bits(full.path(), d.path(), damage);
     }
 }
 

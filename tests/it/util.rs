@@ -28,14 +28,70 @@ pub fn recipe(text: &str, overrides: &[&str]) -> Recipe {
 /// A test recipe: a small base and typed overrides, the one fixture the tests build their
 /// recipes from (a literal TOML text is kept only where a test is about that text).
 ///
-/// `set` takes any `section.key` with a TOML value; the named methods cover the keys the
-/// tests change most.
+/// [`set`](Self::set) takes any `section.key` with a value; the named methods cover the
+/// settings that take several keys.
 #[derive(Debug, Clone)]
 pub struct TestRecipe(toml::Table);
 
-/// A `usize` as a TOML integer.
-fn int(n: usize) -> toml::Value {
-    toml::Value::Integer(i64::try_from(n).expect("a test size fits in i64"))
+/// A value [`TestRecipe::set`] takes: a TOML value, text, a float, a bool, any integer (as a
+/// TOML integer), or a list of these.
+pub trait IntoToml {
+    /// The TOML value.
+    fn into_toml(self) -> toml::Value;
+}
+
+impl IntoToml for toml::Value {
+    fn into_toml(self) -> toml::Value {
+        self
+    }
+}
+
+impl IntoToml for &str {
+    fn into_toml(self) -> toml::Value {
+        toml::Value::String(self.to_string())
+    }
+}
+
+impl IntoToml for String {
+    fn into_toml(self) -> toml::Value {
+        toml::Value::String(self)
+    }
+}
+
+impl IntoToml for f64 {
+    fn into_toml(self) -> toml::Value {
+        toml::Value::Float(self)
+    }
+}
+
+impl IntoToml for bool {
+    fn into_toml(self) -> toml::Value {
+        toml::Value::Boolean(self)
+    }
+}
+
+macro_rules! integers_into_toml {
+    ($($t:ty),*) => {$(
+        impl IntoToml for $t {
+            fn into_toml(self) -> toml::Value {
+                toml::Value::Integer(i64::try_from(self).expect("a test integer fits in i64"))
+            }
+        }
+    )*};
+}
+
+integers_into_toml!(i32, i64, u32, u64, usize);
+
+impl<T: IntoToml> IntoToml for Vec<T> {
+    fn into_toml(self) -> toml::Value {
+        toml::Value::Array(self.into_iter().map(IntoToml::into_toml).collect())
+    }
+}
+
+impl<T: IntoToml, const N: usize> IntoToml for [T; N] {
+    fn into_toml(self) -> toml::Value {
+        Vec::from(self).into_toml()
+    }
 }
 
 impl TestRecipe {
@@ -43,12 +99,24 @@ impl TestRecipe {
     /// AdamW at lr 0.01, 30 steps of 64 samples, no periodic checkpoint.
     pub fn mlp() -> Self {
         Self::base("mlp")
-            .hidden(&[16])
+            .set("model.hidden", [16])
             .synthetic(600, 8, 3)
             .adamw(0.01)
-            .steps(30)
-            .effective_batch(64)
-            .checkpoint_every(0)
+            .set("training.steps", 30)
+            .set("training.effective_batch", 64)
+            .set("checkpoint.every", 0)
+    }
+
+    /// A wide MLP (one hidden layer of 262144) whose activations grow with the micro-batch: the
+    /// runs that meet a real address-space limit ([`limit_memory`]). Seed 1, SGD at lr 0.05, no
+    /// growth of the micro-batch, up to 4 restarts; each test sets its data and sizes.
+    pub fn wide() -> Self {
+        Self::mlp()
+            .set("run.seed", 1)
+            .set("model.hidden", [262144])
+            .sgd(0.05)
+            .set("micro_batch.grow_after", 1000)
+            .set("supervisor.max_restarts", 4)
     }
 
     /// The tiny gpt (one layer, 2 heads, width 16, sequence length 8) on the characters of
@@ -62,9 +130,9 @@ impl TestRecipe {
             .set("data.kind", "text")
             .set("data.path", path.to_str().expect("a UTF-8 path"))
             .adamw(0.003)
-            .steps(4)
-            .effective_batch(8)
-            .checkpoint_every(0)
+            .set("training.steps", 4)
+            .set("training.effective_batch", 8)
+            .set("checkpoint.every", 0)
     }
 
     fn base(kind: &str) -> Self {
@@ -72,7 +140,7 @@ impl TestRecipe {
     }
 
     /// Sets `section.key` (or a deeper dotted path) to `value`.
-    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+    pub fn set(mut self, key: &str, value: impl IntoToml) -> Self {
         let mut parts: Vec<&str> = key.split('.').collect();
         let last = parts.pop().expect("a key");
         let mut t = &mut self.0;
@@ -80,31 +148,16 @@ impl TestRecipe {
             let entry = t.entry(part).or_insert_with(|| toml::Value::Table(Default::default()));
             t = entry.as_table_mut().unwrap_or_else(|| panic!("{part} in {key} is not a table"));
         }
-        t.insert(last.to_string(), value.into());
+        t.insert(last.to_string(), value.into_toml());
         self
-    }
-
-    /// `run.seed`.
-    pub fn seed(self, seed: u32) -> Self {
-        self.set("run.seed", seed)
-    }
-
-    /// `model.hidden`: the MLP's hidden layer widths.
-    pub fn hidden(self, widths: &[usize]) -> Self {
-        self.set("model.hidden", widths.iter().map(|&w| int(w)).collect::<Vec<_>>())
-    }
-
-    /// `model.dropout`.
-    pub fn dropout(self, p: f64) -> Self {
-        self.set("model.dropout", p)
     }
 
     /// Synthetic classification data: `samples` samples of `features` features in `classes` classes.
     pub fn synthetic(self, samples: usize, features: usize, classes: usize) -> Self {
         self.set("data.kind", "synthetic")
-            .set("data.samples", int(samples))
-            .set("data.features", int(features))
-            .set("data.classes", int(classes))
+            .set("data.samples", samples)
+            .set("data.features", features)
+            .set("data.classes", classes)
     }
 
     /// AdamW at learning rate `lr`.
@@ -119,42 +172,7 @@ impl TestRecipe {
 
     /// A cosine learning-rate schedule after `warmup` steps of linear warmup.
     pub fn cosine(self, warmup: usize) -> Self {
-        self.set("lr_schedule.kind", "cosine").set("lr_schedule.warmup_steps", int(warmup))
-    }
-
-    /// `training.steps`.
-    pub fn steps(self, n: usize) -> Self {
-        self.set("training.steps", int(n))
-    }
-
-    /// `training.effective_batch`.
-    pub fn effective_batch(self, n: usize) -> Self {
-        self.set("training.effective_batch", int(n))
-    }
-
-    /// `training.eval_every`.
-    pub fn eval_every(self, n: usize) -> Self {
-        self.set("training.eval_every", int(n))
-    }
-
-    /// `micro_batch.initial`.
-    pub fn micro(self, n: usize) -> Self {
-        self.set("micro_batch.initial", int(n))
-    }
-
-    /// `micro_batch.grow_after`.
-    pub fn grow_after(self, n: usize) -> Self {
-        self.set("micro_batch.grow_after", int(n))
-    }
-
-    /// `checkpoint.every`.
-    pub fn checkpoint_every(self, n: usize) -> Self {
-        self.set("checkpoint.every", int(n))
-    }
-
-    /// `checkpoint.keep`.
-    pub fn keep(self, n: usize) -> Self {
-        self.set("checkpoint.keep", int(n))
+        self.set("lr_schedule.kind", "cosine").set("lr_schedule.warmup_steps", warmup)
     }
 
     /// The recipe as TOML text.
@@ -311,22 +329,58 @@ pub fn events(run: &Path, kind: &str) -> Vec<serde_json::Value> {
     lines(&run.join("events.jsonl")).into_iter().filter(|v| v["kind"] == kind).collect()
 }
 
-/// The step numbers of `metrics.jsonl`'s step lines, in file order.
-pub fn step_lines(run: &Path) -> Vec<u64> {
-    lines(&run.join("metrics.jsonl"))
-        .iter()
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["step"].as_u64().unwrap())
-        .collect()
+/// The step lines of a run's `metrics.jsonl`, in file order.
+pub fn step_records(run: &Path) -> Vec<serde_json::Value> {
+    lines(&run.join("metrics.jsonl")).into_iter().filter(|v| v["kind"] == "step").collect()
 }
 
-/// Asserts two runs' final tensors are equal bit for bit.
-pub fn assert_same_bits(a: &Path, b: &Path) {
+/// The step numbers of `metrics.jsonl`'s step lines, in file order.
+pub fn step_lines(run: &Path) -> Vec<u64> {
+    step_records(run).iter().map(|v| v["step"].as_u64().unwrap()).collect()
+}
+
+/// A finished run's `summary.json`.
+pub fn summary(run: &Path) -> Summary {
+    let path = run.join("summary.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Asserts two runs' final tensors are equal bit for bit (the tensors, not the file: the
+/// safetensors header's metadata order is not stable across writes); `what` names the case.
+#[track_caller]
+pub fn assert_same_bits(a: &Path, b: &Path, what: &str) {
     let (ta, tb) = (tensors(&a.join("model.safetensors")), tensors(&b.join("model.safetensors")));
-    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>(), "{what}");
     for (k, va) in &ta {
-        let same = va.iter().zip(&tb[k]).all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same, "{k} differs between {} and {}", a.display(), b.display());
+        let vb = &tb[k];
+        assert_eq!(va.len(), vb.len(), "{what}: {k}");
+        let differing = va.iter().zip(vb).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+        assert_eq!(
+            differing,
+            0,
+            "{what}: {differing} values of {k} differ between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+/// xorshift64: a reproducible source of randomness for test schedules.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number (a step) in `lo..hi`.
+    pub fn step(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo) as u64) as usize
     }
 }
 
@@ -457,6 +511,33 @@ pub fn kill_tree(pid: u32) {
         let dead = || thread_states(*p).iter().all(|s| matches!(s.as_str(), "Z" | "X"));
         wait_for(&format!("process {p} survives SIGKILL"), PROCESS_POLLS, std::time::Duration::from_micros(200), dead);
     }
+}
+
+/// Makes `cmd`'s process start under a 300 MiB address-space limit with two malloc arenas, so
+/// that a [`TestRecipe::wide`] run meets a real allocation failure: glibc reserves 64 MiB of
+/// address space per malloc arena and thread, and two arenas keep the baseline small and stable
+/// so the limit bites on the activations.
+pub fn limit_memory(cmd: &mut Command) {
+    cmd.env("MALLOC_ARENA_MAX", "2");
+    with_rlimit(cmd, libc::RLIMIT_AS, 300 << 20);
+}
+
+/// Whether signal `sig` is pending for process `pid` (sent to it and not yet delivered, e.g.
+/// while it is stopped), from `/proc/PID/status`.
+pub fn signal_pending(pid: u32, sig: libc::c_int) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .filter_map(|l| l.strip_prefix("ShdPnd:").or_else(|| l.strip_prefix("SigPnd:")))
+        .any(|mask| u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & (1u64 << (sig - 1)) != 0))
+}
+
+/// The current position of a worker of `supervisor` (its direct child, or the supervisor
+/// itself for `--no-supervise`) from `run`'s `current.json`; `None` while no such worker
+/// recorded one (a stale file of a dead worker does not count).
+pub fn worker_position(run: &Path, supervisor: u32) -> Option<oomph::train::current::Current> {
+    oomph::train::current::read(&run.join("current.json"))
+        .filter(|c| c.pid == supervisor || parent(c.pid) == Some(supervisor))
 }
 
 /// Makes `cmd`'s process start under `resource` (e.g. `libc::RLIMIT_AS`) limited to `limit`;

@@ -19,7 +19,7 @@ use oomph_recipe::Recipe;
 use oomph_rundir::current::{self, Current, WorkerPhase};
 use oomph_rundir::events::{self, Event, EventLine, RESTART_STOP};
 use oomph_rundir::{metrics, note, RunDir, WorkerEnv};
-use oomph_sched::{decide_after_death, Death, DeathAt, DeathDecision, Supervision};
+use oomph_sched::{decide_after_death, Death, DeathAt, DeathDecision, Policy, Supervision};
 use oomph_train::error::{EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, EXIT_MEMORY_DEATH};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -174,7 +174,9 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
         libc::signal(libc::SIGINT, forward as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
     }
-    let min_micro = oomph_train::trainer::policy_config(recipe).min;
+    // The workers' own policy: its lower bound, not `micro_batch.min`, is the smallest size
+    // they can run (the smallest achievable one at or above it).
+    let policy = Policy::new(oomph_train::trainer::policy_config(recipe));
     let started = Instant::now();
     let mut restarts = 0usize;
     let mut deaths: Vec<DeathAt> = Vec::new();
@@ -281,7 +283,7 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
         restarts += 1;
         let report = memory_report(&at, current.as_ref());
         let sup = Supervision {
-            min_micro,
+            policy: &policy,
             earlier: &deaths,
             restarts,
             max_restarts: recipe.supervisor.max_restarts,

@@ -261,10 +261,20 @@ impl Policy {
         self.cfg.initial.is_none() && self.state.steps == 0
     }
 
-    /// Whether even the lowest allowed limit is known to fail (a ceiling at or below the
-    /// lower bound). Any further out-of-memory gives up.
+    /// Whether even the lowest allowed limit is known to fail (a ceiling the policy cannot go
+    /// below). Any further out-of-memory gives up.
     pub fn exhausted(&self) -> bool {
-        self.state.ceiling.is_some_and(|c| c <= self.lo)
+        self.state.ceiling.is_some_and(|c| !self.can_go_below(c))
+    }
+
+    /// Whether an allowed limit smaller than `micro` exists: `micro` is above the lower bound
+    /// ([`bounds`](Self::bounds)`.0`, the smallest achievable size at or above `min`). The one
+    /// answer to "can it run smaller than the size that failed?": [`on_oom`](Self::on_oom) (so
+    /// [`decide`](Self::decide)) gives up when it is `false`, [`lower_ceiling`](Self::lower_ceiling)
+    /// then stays at the lower bound, and the supervisor's decision after a worker's death
+    /// ([`decide_after_death`](crate::decide_after_death)) stops instead of restarting.
+    pub fn can_go_below(&self, micro: usize) -> bool {
+        micro > self.lo
     }
 
     /// A whole optimizer step succeeded at the current limit. Confirms a growth attempt,
@@ -394,9 +404,10 @@ impl Policy {
                     _ => (cap.div_ceil(2), ShrinkReason::Halved),
                 };
                 let to = max_chunk(n, target.max(1)).max(self.lo);
+                let can_go_below = self.can_go_below(cap);
                 let s = &mut self.state;
                 s.ceiling = Some(s.ceiling.map_or(new_ceiling, |c| c.min(new_ceiling)));
-                if to >= cap {
+                if !can_go_below {
                     // Nothing allowed is smaller than what failed.
                     if old != self.lo {
                         self.set_limit(self.lo);
@@ -419,6 +430,7 @@ impl Policy {
                         error: None,
                     });
                 }
+                debug_assert!(to < cap, "an allowed size below {cap} exists, so the shrink goes below it");
                 s.predicted_this_step = reason == ShrinkReason::PredictedFit;
                 s.shrinks += 1;
                 self.set_limit(to);
@@ -477,8 +489,8 @@ impl Policy {
                 events.push(Event::GrowFailed { at: old, back_to: prev, next_try_after_steps });
             }
             _ if old >= failed => {
-                let to = max_chunk(n, failed.div_ceil(2)).max(self.lo);
-                let to = if to >= failed { self.lo } else { to };
+                let to =
+                    if self.can_go_below(failed) { max_chunk(n, failed.div_ceil(2)).max(self.lo) } else { self.lo };
                 if to != old {
                     self.state.shrinks += 1;
                     self.set_limit(to);

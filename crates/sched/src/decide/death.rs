@@ -9,16 +9,19 @@
 //!   stop;
 //! - a death that is not of memory: restart with the sizes unchanged;
 //! - a memory death in the forward or backward passes (or where the phase is unknown): restart
-//!   with the micro-batch ceiling below the one that was running, or stop when it already was
-//!   `micro_batch.min`;
+//!   with the micro-batch ceiling below the one that was running, or stop when the policy cannot
+//!   go below it ([`Policy::can_go_below`]: it already was the policy's lower bound, the smallest
+//!   achievable size at or above `micro_batch.min`), exactly where [`Policy::decide`] gives up
+//!   in-process;
 //! - in evaluation: restart with the evaluation batch below the one that was running, or stop
-//!   when it already was 1;
+//!   when it already was 1 (the rule [`Policy::decide`] follows in-process);
 //! - in the optimizer update: restart with the sizes unchanged (the update's memory does not
 //!   depend on them) and the first update of the new worker in place;
 //! - while writing a checkpoint (also a failed host allocation on the checkpoint writer thread,
 //!   whatever the loop was doing): restart with the sizes unchanged.
 
-use super::OomPhase;
+use super::{eval_retry, OomPhase};
+use crate::policy::Policy;
 
 /// How a worker died, as far as the supervisor can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,8 +111,10 @@ impl DeathAt {
 /// What the supervisor knows besides the death itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Supervision<'a> {
-    /// The smallest training micro-batch the recipe allows (`micro_batch.min`).
-    pub min_micro: usize,
+    /// The micro-batch policy the recipe configures (`Policy::new` of its configuration): it
+    /// says whether a smaller micro-batch than the one that died can run
+    /// ([`Policy::can_go_below`]).
+    pub policy: &'a Policy,
     /// The earlier deaths of this supervisor that led to restarts, oldest first.
     pub earlier: &'a [DeathAt],
     /// Restarts so far, counting the one this death would need (1 for the first death).
@@ -178,12 +183,12 @@ pub fn decide_after_death(death: &Death, at: &DeathAt, sup: &Supervision) -> Dea
         return unchanged("sizes unchanged");
     }
     match death.phase(at) {
-        Some(OomPhase::Eval) => match at.eval {
-            Some(e) if e <= 1 => give_up(format!(
+        Some(OomPhase::Eval) => match at.eval.map(|e| (e, eval_retry(e))) {
+            Some((_, None)) => give_up(format!(
                 "evaluation died of memory at its smallest size (1 sample per micro-batch) at step {}.",
                 at.step
             )),
-            Some(e) => DeathDecision::Restart {
+            Some((e, Some(_))) => DeathDecision::Restart {
                 lower_micro: None,
                 lower_eval: Some(e),
                 in_place: false,
@@ -201,10 +206,11 @@ pub fn decide_after_death(death: &Death, at: &DeathAt, sup: &Supervision) -> Dea
         },
         Some(OomPhase::Checkpoint) => unchanged("sizes unchanged (the death was in a checkpoint write)"),
         Some(OomPhase::Train) | None => match at.micro {
-            Some(m) if m <= sup.min_micro => give_up(format!(
+            Some(m) if !sup.policy.can_go_below(m) => give_up(format!(
                 "the training worker died of memory at step {} with the smallest micro-batch the recipe allows \
-                 ({m} = micro_batch.min); a smaller one cannot be tried.",
-                at.step
+                 ({}); a smaller one cannot be tried.",
+                at.step,
+                smallest(sup.policy, m)
             )),
             Some(m) => DeathDecision::Restart {
                 lower_micro: Some(m),
@@ -214,5 +220,21 @@ pub fn decide_after_death(death: &Death, at: &DeathAt, sup: &Supervision) -> Dea
             },
             None => unchanged("sizes unchanged (micro-batch unknown)"),
         },
+    }
+}
+
+/// The micro-batch `m` that died, as the smallest one allowed: `micro_batch.min` itself, or
+/// with the smallest limit the effective batch splits into at or above it.
+fn smallest(policy: &Policy, m: usize) -> String {
+    let cfg = policy.config();
+    if m == cfg.min {
+        format!("{m} = micro_batch.min")
+    } else {
+        format!(
+            "{m}: with micro_batch.min = {} and an effective batch of {}, the smallest micro-batch limit is {}",
+            cfg.min,
+            cfg.effective_batch,
+            policy.bounds().0
+        )
     }
 }

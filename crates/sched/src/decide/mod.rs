@@ -67,11 +67,6 @@ impl OomPhase {
             OomPhase::Checkpoint => "checkpoint",
         }
     }
-
-    /// The phase named `name` (see [`as_str`](Self::as_str)); `None` for any other text.
-    pub fn from_name(name: &str) -> Option<OomPhase> {
-        OomPhase::ALL.into_iter().find(|p| p.as_str() == name)
-    }
 }
 
 impl fmt::Display for OomPhase {
@@ -207,8 +202,10 @@ impl Policy {
                 error,
             )),
             OomPhase::Optimizer => Decision::RetryUpdate,
-            OomPhase::Eval if ctx.eval_batch <= 1 => Decision::GiveUp(GiveUp::eval_does_not_fit(ctx.step, error)),
-            OomPhase::Eval => Decision::ShrinkEval { from: ctx.eval_batch, to: eval_batch_below(ctx.eval_batch) },
+            OomPhase::Eval => match eval_retry(ctx.eval_batch) {
+                Some(to) => Decision::ShrinkEval { from: ctx.eval_batch, to },
+                None => Decision::GiveUp(GiveUp::eval_does_not_fit(ctx.step, error)),
+            },
             OomPhase::Checkpoint => restart(
                 RestartReason::Checkpoint,
                 format!(
@@ -226,6 +223,14 @@ impl Policy {
 /// death in evaluation (the supervisor's `lower_eval`, see [`death::DeathDecision::Restart`]).
 pub fn eval_batch_below(batch: usize) -> usize {
     (batch / 2).max(1)
+}
+
+/// The one rule after an out-of-memory in evaluation at `batch` samples per micro-batch, in
+/// process ([`Policy::decide`]) and after a worker's death ([`death::decide_after_death`]): the
+/// evaluation batch to try next ([`eval_batch_below`]), or `None` when it already was 1 (or
+/// unset), so nothing smaller can be tried and the run stops.
+fn eval_retry(batch: usize) -> Option<usize> {
+    (batch > 1).then(|| eval_batch_below(batch))
 }
 
 #[cfg(test)]

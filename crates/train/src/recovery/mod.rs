@@ -33,15 +33,6 @@ pub enum Failure {
     },
 }
 
-impl Failure {
-    /// The failure's message.
-    pub fn message(&self) -> &str {
-        match self {
-            Failure::Oom { message } | Failure::Other { message } => message,
-        }
-    }
-}
-
 /// What an attempt's closure may ask the boundary while it runs.
 #[derive(Debug)]
 pub struct Scope {
@@ -55,7 +46,7 @@ impl Scope {
     /// began, so it surfaces now rather than after the rest of the attempt. Returns normally
     /// otherwise; panics that are not out-of-memory are not its concern.
     pub fn check_other_threads(&self) {
-        if let Some((rec, _)) = panics::oom_since(self.generation) {
+        if let Some(rec) = panics::oom_since(self.generation) {
             std::panic::panic_any(elsewhere(&rec));
         }
     }
@@ -68,7 +59,7 @@ pub fn attempt_scoped<B: Backend, T>(device: &B::Device, f: impl FnOnce(&Scope) 
     let scope = Scope { generation: panics::generation() };
     let result = catch_unwind(AssertUnwindSafe(|| f(&scope)));
     let sync = B::sync(device);
-    let oom_elsewhere = panics::oom_since(scope.generation).map(|(record, _)| record);
+    let oom_elsewhere = panics::oom_since(scope.generation);
     match result {
         Ok(value) => {
             if let Some(rec) = oom_elsewhere {

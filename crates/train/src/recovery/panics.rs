@@ -7,7 +7,7 @@
 //! messages raised on *any* thread during the attempt ([`oom_since`]).
 //!
 //! [`install()`] sets a panic hook (once per process) that records every panic's thread,
-//! message and location in a bounded ring ([`CAPACITY`] most recent records), then chains to
+//! message and location in a bounded ring (the `CAPACITY` most recent records), then chains to
 //! the hook that was installed before it. With [`install_quiet_oom()`] the chained hook is
 //! skipped for panics that [`oomph_sched::classify`] calls out-of-memory (including simulated
 //! ones): those are recovered, and printing a backtrace for each would only alarm. While a
@@ -17,14 +17,13 @@
 //! This is the process's only global panic state; the recovery boundary ([`super`]) is the one
 //! user of it, and `oomph_sched` holds none.
 
-use oomph_sched::OomKind;
 use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
 
 /// How many of the most recent panics are kept.
-pub const CAPACITY: usize = 64;
+const CAPACITY: usize = 64;
 
 /// One recorded panic.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -92,16 +91,11 @@ pub fn install() {
     });
 }
 
-/// [`install()`], and silence the chained hook for out-of-memory (and simulated) panics.
+/// [`install()`], and silence the chained hook for out-of-memory (and simulated) panics from
+/// now on. Other panics are always passed on.
 pub fn install_quiet_oom() {
     install();
-    set_quiet_oom(true);
-}
-
-/// Whether the chained (default) hook is skipped for panics classified as out-of-memory.
-/// Other panics are always passed on.
-pub fn set_quiet_oom(quiet: bool) {
-    QUIET_OOM.store(quiet, Ordering::Relaxed);
+    QUIET_OOM.store(true, Ordering::Relaxed);
 }
 
 /// Keeps every panic away from the chained hook (recorded, not printed) while it lives.
@@ -128,9 +122,8 @@ pub(crate) fn quiet_guards() -> usize {
     QUIET_ALL.load(Ordering::SeqCst)
 }
 
-/// Records a panic as if the hook had seen it. The hook uses this; it is public so that
-/// failures observed by other means (e.g. a worker's stderr) can join the same stream.
-pub fn record_panic(record: PanicRecord) {
+/// Records a panic in the ring (what the hook does with each one).
+fn record_panic(record: PanicRecord) {
     let mut ring = ring();
     let seq = ring.next;
     ring.next += 1;
@@ -147,14 +140,14 @@ pub fn generation() -> u64 {
 }
 
 /// The panics recorded since `generation` was taken, oldest first, from every thread.
-/// If more than [`CAPACITY`] panics happened since, only the most recent are returned.
+/// If more than `CAPACITY` (64) panics happened since, only the most recent are returned.
 pub fn since(generation: u64) -> Vec<PanicRecord> {
     ring().records.iter().filter(|(seq, _)| *seq >= generation).map(|(_, r)| r.clone()).collect()
 }
 
-/// The first out-of-memory panic recorded since `generation`, with its kind.
-pub fn oom_since(generation: u64) -> Option<(PanicRecord, OomKind)> {
-    since(generation).into_iter().find_map(|r| oomph_sched::classify(&r.message).map(|k| (r, k)))
+/// The first out-of-memory panic recorded since `generation`.
+pub fn oom_since(generation: u64) -> Option<PanicRecord> {
+    since(generation).into_iter().find(|r| oomph_sched::is_oom(&r.message))
 }
 
 /// Turns a panic payload (from `catch_unwind` or a hook) into text: the `&str` or `String`
@@ -181,7 +174,7 @@ fn first_line(s: &str) -> &str {
 mod tests {
     use super::*;
     use crate::recovery::tests::serial;
-    use oomph_sched::classify;
+    use oomph_sched::{classify, OomKind};
 
     #[test]
     fn records_a_cubecl_oom_raised_on_another_thread() {
