@@ -21,7 +21,7 @@ use oomph::recipe::Recipe;
 use oomph::sched::plan::{achievable_sizes, max_chunk};
 use oomph::train::checkpoint::{self, Payload, TrainState};
 use oomph::train::optim::Optim;
-use oomph::train::records::{read_lines, Event, EventLine, StepRecord};
+use oomph::train::{Event, StepRecord};
 use oomph::train::{Models, Registry};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -512,10 +512,10 @@ fn restart() {
             let t0 = Instant::now();
             let last = steps().last().map(|s| s.step).unwrap_or(0);
             let resumed = wait_for(Duration::from_secs(120), || {
-                read_lines::<EventLine>(&events).iter().any(|e| matches!(e.event, Event::Resume { .. }))
+                event_lines(&events).iter().any(|e| matches!(e.event, Event::Resume { .. }))
             });
             let t1 = t0.elapsed().as_secs_f64();
-            let from = read_lines::<EventLine>(&events)
+            let from = event_lines(&events)
                 .iter()
                 .find(|e| matches!(e.event, Event::Resume { .. }))
                 .map(|e| e.step)

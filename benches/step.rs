@@ -16,8 +16,9 @@ use divan::Bencher;
 use oomph::data::Sampler;
 use oomph::recipe::Recipe;
 use oomph::sched::Policy;
+use oomph::train::metrics::JsonLines;
 use oomph::train::optim::Optim;
-use oomph::train::records::{JsonLines, StepRecord};
+use oomph::train::StepRecord;
 use std::hint::black_box;
 
 fn main() {

@@ -17,9 +17,11 @@ use oomph::models::gpt::{Gpt, GptConfig};
 use oomph::models::mlp::{Mlp, MlpConfig};
 use oomph::models::Builtin;
 use oomph::recipe::Recipe;
-use oomph::train::records::{read_lines, EventLine, StepRecord, Summary};
+use oomph::train::events::read_events;
+use oomph::train::metrics::read_metrics;
 use oomph::train::tensors::{cross_entropy_per_row, tabular_classes, tokens};
 use oomph::train::{DataNeeds, Loss, Models, Objective, Registry, Resume, Session, Silent};
+use oomph::train::{EventLine, StepRecord, Summary};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -117,7 +119,7 @@ pub fn train_with<B: AutodiffBackend>(reg: &Registry<B>, recipe: Recipe, data: &
     let summary = p.train(session::<B>(recipe, dir.path()), data).unwrap_or_else(|e| panic!("{e}"));
     let call_s = t.elapsed().as_secs_f64();
     let steps: Vec<StepRecord> = step_lines(&dir.path().join("metrics.jsonl"));
-    let events = read_lines::<EventLine>(&dir.path().join("events.jsonl"));
+    let events = event_lines(&dir.path().join("events.jsonl"));
     RunOut { steps, events, summary, call_s, dir }
 }
 
@@ -436,15 +438,14 @@ pub enum Pieces {
     StepAndLog,
 }
 
-/// The step lines of a `metrics.jsonl`.
+/// The steps of a `metrics.jsonl`, one per step number (none while it does not exist).
 pub fn step_lines(path: &Path) -> Vec<StepRecord> {
-    read_lines::<oomph::train::records::MetricLine>(path)
-        .into_iter()
-        .filter_map(|l| match l {
-            oomph::train::records::MetricLine::Step(s) => Some(s),
-            _ => None,
-        })
-        .collect()
+    read_metrics(path).unwrap_or_else(|e| panic!("{e}")).map(|m| m.steps).unwrap_or_default()
+}
+
+/// The events of an `events.jsonl`, in file order (none while it does not exist).
+pub fn event_lines(path: &Path) -> Vec<EventLine> {
+    read_events(path).unwrap_or_else(|e| panic!("{e}")).0
 }
 
 /// Per-step wall times of `steps` steps that compose oomph's real step components as the

@@ -9,8 +9,8 @@ pub fn run(path: &Path) -> i32 {
     let dir = if path.join(layout::CKPT_MANIFEST).is_file() {
         path.to_path_buf()
     } else {
-        match checkpoint::list(&RunDir::new(path).checkpoints()).first() {
-            Some((_, d)) => d.clone(),
+        match checkpoint::newest(&RunDir::new(path).checkpoints()) {
+            Some(newest) => newest.dir,
             None => {
                 eprintln!(
                     "error: {} is neither a checkpoint (no manifest.json) nor a run directory with checkpoints. \

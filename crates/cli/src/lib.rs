@@ -4,7 +4,9 @@
 //! A program with its own model kinds gets the same command line (and supervision) with
 //! [`main_with`]. Only this crate prints to stdout.
 
-pub mod alloc;
+/// The allocation-failure note for the supervisor (it lives in `oomph_train`: the trainer
+/// clears it after a failure it survived).
+pub use oomph_train::alloc;
 pub mod inspect;
 pub mod lock;
 pub mod supervise;
@@ -227,7 +229,7 @@ fn train_command<M: Models>(args: TrainArgs) -> i32 {
     };
     let run_dir = run_dir_for(&recipe, args.run_dir.as_deref());
     // One run directory, one writer: held by this command (and its worker) until they exit.
-    let inherited = if is_worker { lock::RunLock::inherited(&run_dir) } else { None };
+    let inherited = worker_env.lock_fd.filter(|_| is_worker).and_then(|fd| lock::RunLock::inherited(&run_dir, fd));
     let _lock = match inherited {
         Some(l) => l,
         None => match lock::RunLock::acquire(&run_dir) {
@@ -346,8 +348,9 @@ fn prepare_run_dir(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<()
         return Err(EXIT_BAD_INPUT);
     }
     let mut removed = Vec::new();
-    for name in layout::RUN_FILES.iter().filter(|n| **n != layout::LOCK) {
-        let p = run_dir.join(name);
+    let ours = layout::RUN_FILES.iter().filter(|n| **n != layout::LOCK).map(|n| run_dir.join(n));
+    // A writer's temporary file that a crash left behind goes too.
+    for p in ours.flat_map(|p| [layout::temporary(&p), p]) {
         let result = if p.is_dir() {
             std::fs::remove_dir_all(&p)
         } else if p.exists() {
@@ -362,7 +365,7 @@ fn prepare_run_dir(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<()
             );
             1
         })?;
-        removed.push(*name);
+        removed.push(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     }
     if !removed.is_empty() {
         eprintln!("oomph: --overwrite removed the old run in {} ({})", run_dir.display(), removed.join(", "));
@@ -417,16 +420,5 @@ impl<M: Models> WithBackend for Job<M> {
         let result = prepared.train(session, &data);
         drop(env);
         result
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// Until the trainer takes its file names from `oomph_rundir::layout`, the names it writes
-    /// must be the ones the run directory owns (`--overwrite` removes only those).
-    #[test]
-    fn the_trainer_writes_the_names_the_run_directory_owns() {
-        assert_eq!(oomph_train::faults::FIRED_FILE, oomph_rundir::layout::FAULTS_FIRED);
-        assert!(oomph_rundir::layout::RUN_FILES.contains(&oomph_train::faults::FIRED_FILE));
     }
 }

@@ -4,7 +4,7 @@
 //! releases it when the last of them exits, however it dies, so a stale lock cannot exist.
 //! `oomph report` and `oomph inspect` never take it: they stay usable on a running run.
 
-use oomph_rundir::{layout, WorkerEnv};
+use oomph_rundir::RunDir;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
@@ -25,7 +25,7 @@ impl RunLock {
                 run_dir.display()
             )
         })?;
-        let path = run_dir.join(layout::LOCK);
+        let path = RunDir::new(run_dir).lock();
         let mut file =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| {
                 format!("cannot open the lock file {}: {e}. Fix: make the run directory writable.", path.display())
@@ -52,11 +52,11 @@ impl RunLock {
         Ok(RunLock { file })
     }
 
-    /// The lock a supervised worker inherited from its supervisor, if `OOMPH_LOCK_FD` names
-    /// an open descriptor of this run directory's lock file.
-    pub fn inherited(run_dir: &Path) -> Option<RunLock> {
-        let fd: RawFd = WorkerEnv::from_env().lock_fd?;
-        let ours = std::fs::metadata(run_dir.join(layout::LOCK)).ok()?;
+    /// The lock a supervised worker inherited from its supervisor, if `fd` (its
+    /// `OOMPH_LOCK_FD`, [`oomph_rundir::WorkerEnv::lock_fd`]) is an open descriptor of this run
+    /// directory's lock file.
+    pub fn inherited(run_dir: &Path, fd: RawFd) -> Option<RunLock> {
+        let ours = std::fs::metadata(RunDir::new(run_dir).lock()).ok()?;
         // SAFETY: fstat on a descriptor number; a closed one fails with EBADF.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         if unsafe { libc::fstat(fd, &mut st) } != 0 {

@@ -6,8 +6,6 @@
 //! samples for `synthetic`. A checkpoint stores the identity of its data; on resume,
 //! [`DataIdentity::differences`] says in short lines what changed since.
 
-use std::fs::File;
-use std::io::{ErrorKind, Read};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -15,9 +13,6 @@ use sha2::{Digest, Sha256};
 
 use crate::error::DataError;
 use crate::{Tabular, Targets};
-
-/// Bytes read per call when hashing a file.
-const BUFFER: usize = 64 * 1024;
 
 /// Class names shown in full in a difference line; longer lists are cut.
 const SHOWN_NAMES: usize = 8;
@@ -183,40 +178,19 @@ fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Read `path` in chunks of [`BUFFER`] bytes, handing each chunk to `sink`.
-fn stream_file(path: &Path, mut sink: impl FnMut(&[u8])) -> Result<(), DataError> {
-    let io = |error| DataError::Io { path: path.to_path_buf(), error };
-    let mut file = File::open(path).map_err(io)?;
-    let mut buf = vec![0u8; BUFFER];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => sink(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(e)),
-        }
-    }
-}
-
-/// Lowercase hex SHA-256 of the bytes of the file at `path`, read in fixed-size chunks.
+/// Lowercase hex SHA-256 of the bytes of the file at `path`.
 ///
 /// This is the `content_sha256` that [`crate::load`] records for `csv` and `text` data.
 pub fn file_sha256(path: &Path) -> Result<String, DataError> {
-    let mut hasher = Sha256::new();
-    stream_file(path, |chunk| hasher.update(chunk))?;
-    Ok(hex(&hasher.finalize()))
+    read_file_hashed(path).map(|(_, digest)| digest)
 }
 
-/// The bytes of the file at `path` and their SHA-256 (lowercase hex), from one streaming
-/// read, so the digest is that of exactly the bytes returned.
+/// The bytes of the file at `path` and their SHA-256 (lowercase hex), from one read, so the
+/// digest is that of exactly the bytes returned.
 pub(crate) fn read_file_hashed(path: &Path) -> Result<(Vec<u8>, String), DataError> {
-    let mut hasher = Sha256::new();
-    let mut bytes = Vec::with_capacity(std::fs::metadata(path).map_or(0, |m| m.len() as usize));
-    stream_file(path, |chunk| {
-        hasher.update(chunk);
-        bytes.extend_from_slice(chunk);
-    })?;
-    Ok((bytes, hex(&hasher.finalize())))
+    let bytes = std::fs::read(path).map_err(|error| DataError::Io { path: path.to_path_buf(), error })?;
+    let digest = hex(&Sha256::digest(&bytes));
+    Ok((bytes, digest))
 }
 
 /// Lowercase hex SHA-256 of tabular training and validation samples, which identifies
@@ -396,14 +370,14 @@ mod tests {
     }
 
     #[test]
-    fn file_sha256_streams_and_matches_known_digests() {
+    fn file_sha256_matches_known_digests() {
         let dir = tempfile::tempdir().unwrap();
         let abc = dir.path().join("abc.txt");
         std::fs::write(&abc, "abc").unwrap();
         assert_eq!(file_sha256(&abc).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-        // Larger than the buffer, so several chunks are hashed.
+        // A larger file, read and hashed whole.
         let big = dir.path().join("big.bin");
-        let bytes: Vec<u8> = (0..3 * BUFFER + 17).map(|i| (i * 31 % 251) as u8).collect();
+        let bytes: Vec<u8> = (0..3 * 65_536 + 17).map(|i| (i * 31 % 251) as u8).collect();
         std::fs::write(&big, &bytes).unwrap();
         let whole = hex(&Sha256::digest(&bytes));
         assert_eq!(file_sha256(&big).unwrap(), whole);

@@ -26,5 +26,5 @@ mod text;
 mod tests;
 
 pub use error::ReportError;
-pub use plot::{render, Rendered, PANEL_HEIGHT, REPORT_PNG, REPORT_SVG, TITLE_HEIGHT, WIDTH};
+pub use plot::{render, Rendered, PANEL_HEIGHT, TITLE_HEIGHT, WIDTH};
 pub use text::summary_text;

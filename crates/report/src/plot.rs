@@ -6,7 +6,7 @@
 use crate::error::ReportError;
 use crate::run::Run;
 use oomph_rundir::events::Event;
-use oomph_rundir::layout;
+use oomph_rundir::RunDir;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -14,10 +14,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-/// File name of the bitmap report inside the run directory.
-pub const REPORT_PNG: &str = layout::REPORT_PNG;
-/// File name of the vector report inside the run directory.
-pub const REPORT_SVG: &str = layout::REPORT_SVG;
 /// Width of the images in pixels.
 pub const WIDTH: u32 = 1200;
 /// Height of each panel in pixels (the title adds [`TITLE_HEIGHT`]).
@@ -54,14 +50,15 @@ pub struct Rendered {
 /// (no `summary.json`; unparsable lines such as a torn last line are skipped).
 pub fn render(run_dir: &Path) -> Result<Rendered, ReportError> {
     let run = Run::load(run_dir)?;
+    let rd = RunDir::new(run_dir);
     if run.steps.is_empty() {
-        return Err(ReportError::NoSteps { path: run_dir.join(layout::METRICS) });
+        return Err(ReportError::NoSteps { path: rd.metrics() });
     }
     register_fonts();
     let panels = panels(&run);
     let size = (WIDTH, TITLE_HEIGHT + PANEL_HEIGHT * panels.len() as u32);
-    let png_path = run_dir.join(REPORT_PNG);
-    let svg_path = run_dir.join(REPORT_SVG);
+    let png_path = rd.report_png();
+    let svg_path = rd.report_svg();
 
     let mut rgb = vec![0u8; (size.0 * size.1 * 3) as usize];
     {
@@ -112,9 +109,11 @@ fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>, png::EncodingEr
     Ok(out)
 }
 
-/// Writes through a temporary file and a rename, so a viewer never sees half an image.
+/// Writes through a temporary file and a rename, so a viewer never sees half an image; the
+/// error names the image and what failed (the temporary file, or the rename of it to the image).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    oomph_rundir::write_atomically(path, bytes).map_err(|e| ReportError::Write { path: e.path, source: e.source })
+    oomph_rundir::write_atomically(path, bytes)
+        .map_err(|e| ReportError::Write { path: path.to_path_buf(), source: std::io::Error::new(e.source.kind(), e) })
 }
 
 // Colours (the "tab10" palette).
@@ -374,7 +373,7 @@ fn micro_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, run: &Run, xr:
         match &e.event {
             // An evaluation's OOM is not the training micro-batch's.
             Event::Oom { phase, micro_batch, .. } if phase != "eval" => ooms.push(at(e.step, *micro_batch)),
-            Event::Grow { to, .. } => grows.push(at(e.step, *to)),
+            Event::Policy(oomph_sched::Event::Grow { to, .. }) => grows.push(at(e.step, *to)),
             Event::Restart { .. } => restarts.push(e.step as i64),
             Event::Resume { .. } => resumes.push(e.step as i64),
             _ => {}

@@ -9,6 +9,7 @@ use oomph_rundir::events::{self, Event, EventLine};
 use oomph_rundir::metrics::{self, EvalRecord, StepRecord};
 use oomph_rundir::summary::{self, Summary};
 use oomph_rundir::RunDir;
+use oomph_sched::Event as Policy;
 use std::path::{Path, PathBuf};
 
 /// Headline counts of a run.
@@ -146,10 +147,10 @@ impl Run {
             }
         };
         for e in &self.events {
-            let (first, then) = match e.event {
-                Event::Shrink { from, to, .. } | Event::Grow { from, to } => (from, to),
-                Event::GrowFailed { at, back_to, .. } => (at, back_to),
-                _ => continue,
+            let (first, then) = match e.event.policy() {
+                Some(&Policy::Shrink { from, to, .. } | &Policy::Grow { from, to }) => (from, to),
+                Some(&Policy::GrowFailed { at, back_to, .. }) => (at, back_to),
+                Some(Policy::CeilingCleared { .. }) | None => continue,
             };
             if hist.is_empty() {
                 push(&mut hist, first);

@@ -209,7 +209,7 @@ fn renders_a_finished_run_with_memory() {
     assert!(svg.contains("fixture-run"), "the SVG lacks the title");
     assert!(svg.contains("effective batch 96"));
     assert!(svg.contains("memory in use (GiB)"));
-    assert!(!dir.path().join("report.tmp").exists());
+    assert!(!dir.path().join("report.png.tmp").exists() && !dir.path().join("report.svg.tmp").exists());
 }
 
 #[test]

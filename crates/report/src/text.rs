@@ -1,9 +1,9 @@
 //! The terminal summary of a run.
 
 use crate::error::ReportError;
-use crate::plot::{REPORT_PNG, REPORT_SVG};
 use crate::run::Run;
 use oomph_rundir::events::Event;
+use oomph_rundir::RunDir;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -144,8 +144,8 @@ pub(crate) fn format_summary(run: &Run) -> String {
         },
     };
     let _ = writeln!(out, "model      {model}");
-    let png = run.dir.join(REPORT_PNG);
-    let svg = run.dir.join(REPORT_SVG);
+    let rd = RunDir::new(&run.dir);
+    let (png, svg) = (rd.report_png(), rd.report_svg());
     let drawn = if png.is_file() { "" } else { " (not drawn yet: `oomph report` draws it)" };
     let _ = write!(out, "report     {}, {}{drawn}", png.display(), svg.display());
     out

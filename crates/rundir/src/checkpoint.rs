@@ -8,8 +8,8 @@
 //! and the directory is renamed to `step-N/` and the parent fsynced. Loading verifies every
 //! checksum and falls back to the previous checkpoint when the newest is damaged.
 
-use crate::error::{Ctx, Error};
-use crate::layout::{CKPT_MANIFEST, CKPT_STATE};
+use crate::error::{rename, Ctx, Error};
+use crate::layout::{ABANDONED, CKPT_MANIFEST, CKPT_STATE};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
@@ -18,8 +18,6 @@ use std::path::{Path, PathBuf};
 
 /// Format version written in manifests.
 pub const FORMAT: u32 = 1;
-
-pub use crate::layout::{ABANDONED, DAMAGED};
 
 /// The training state saved beside the model and optimizer records.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -103,12 +101,8 @@ pub struct Payload {
     pub simulate_full_disk: bool,
 }
 
-/// A failed checkpoint write: what was being done to which path. The partial
-/// `step-N.tmp/` has been removed and the checkpoints before it are untouched.
-pub type WriteError = Error;
-
 /// Hex SHA-256 of bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+fn sha256_hex(bytes: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(bytes);
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
@@ -178,7 +172,7 @@ fn write_tmp(root: &Path, tmp: &Path, payload: &Payload) -> Result<(), Error> {
 /// Moves the finished `tmp` to `fin`, replacing a checkpoint of the same step atomically.
 fn install(root: &Path, tmp: &Path, fin: &Path) -> Result<(), Error> {
     if !fin.exists() {
-        fs::rename(tmp, fin).at("renaming into place", tmp)?;
+        rename("renaming into place", tmp, fin)?;
         fsync_dir(root);
         return Ok(());
     }
@@ -193,9 +187,9 @@ fn install(root: &Path, tmp: &Path, fin: &Path) -> Result<(), Error> {
     if old.exists() {
         fs::remove_dir_all(&old).at("removing the leftover", &old)?;
     }
-    fs::rename(fin, &old).at("renaming aside", fin)?;
+    rename("renaming aside", fin, &old)?;
     fsync_dir(root);
-    fs::rename(tmp, fin).at("renaming into place", tmp)?;
+    rename("renaming into place", tmp, fin)?;
     fsync_dir(root);
     discard(root, &old)
 }
@@ -267,7 +261,7 @@ fn next_seq(root: &Path) -> u64 {
 }
 
 /// Complete checkpoints, most recently written first (ties: higher step first).
-pub fn by_write_order(root: &Path) -> Vec<(usize, PathBuf)> {
+fn by_write_order(root: &Path) -> Vec<(usize, PathBuf)> {
     let mut v: Vec<(u64, usize, PathBuf)> = list(root).into_iter().map(|(s, d)| (seq_of(&d), s, d)).collect();
     v.sort_by_key(|b| std::cmp::Reverse((b.0, b.1)));
     v.into_iter().map(|(_, s, d)| (s, d)).collect()
@@ -282,7 +276,7 @@ fn discard(root: &Path, dir: &Path) -> Result<(), Error> {
     if trash.exists() {
         fs::remove_dir_all(&trash).at("removing", &trash)?;
     }
-    fs::rename(dir, &trash).at("renaming out of the checkpoint namespace", dir)?;
+    rename("renaming out of the checkpoint namespace", dir, &trash)?;
     fsync_dir(root);
     fs::remove_dir_all(&trash).at("removing", &trash)
 }
@@ -319,7 +313,7 @@ pub fn set_aside(root: &Path, dir: &Path, into: &str) -> Result<PathBuf, Error> 
         target = target_dir.join(format!("{name}.{k}"));
         k += 1;
     }
-    fs::rename(dir, &target).at("moving aside", dir)?;
+    rename("moving aside", dir, &target)?;
     fsync_dir(root);
     fsync_dir(&target_dir);
     Ok(target)
@@ -442,29 +436,13 @@ pub fn find(root: &Path, want: Option<usize>) -> Result<Found, String> {
     Ok(Found { checkpoint: None, skipped })
 }
 
-/// What a checkpoint's `state.json` says, read leniently (every field optional): enough for
-/// a report, from a complete [`TrainState`] or from an older or partial one.
+/// What a checkpoint's `state.json` says that a report reads without verifying the
+/// checkpoint, read leniently (absent in an older or partial state).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct PartialState {
-    /// Optimizer steps completed.
-    pub step: Option<usize>,
-    /// Samples consumed.
-    pub samples_seen: Option<u64>,
-    /// Why the checkpoint was written.
-    pub reason: Option<String>,
-    /// Mean loss of the last step.
-    pub last_loss: Option<f64>,
-    /// OOM events so far.
-    pub oom_events: Option<usize>,
     /// Seconds lost to recovery so far.
     pub recovery_s: Option<f64>,
-    /// Wall time of all workers so far.
-    pub wall_s: Option<f64>,
-    /// Supervisor restarts so far.
-    pub restarts: Option<usize>,
-    /// Resumes so far.
-    pub resumes: Option<usize>,
 }
 
 /// The newest complete checkpoint, found without verifying it.

@@ -91,11 +91,6 @@ impl CurrentFile {
         }
         self.last = c.clone();
     }
-
-    /// What was last written.
-    pub fn last(&self) -> &Current {
-        &self.last
-    }
 }
 
 impl Drop for CurrentFile {

@@ -20,7 +20,7 @@ pub const RESUME: &str = "OOMPH_RESUME";
 pub const LOCK_FD: &str = "OOMPH_LOCK_FD";
 
 /// Every variable of [`WorkerEnv`].
-pub const ALL: &[&str] = &[WORKER, LOWER_CEILING, RESTARTS, LOWER_EVAL, IN_PLACE_UPDATE, RESUME, LOCK_FD];
+pub(crate) const ALL: &[&str] = &[WORKER, LOWER_CEILING, RESTARTS, LOWER_EVAL, IN_PLACE_UPDATE, RESUME, LOCK_FD];
 
 /// What a supervisor hands to its worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,7 +52,7 @@ impl WorkerEnv {
     }
 
     /// Reads the variables through `get` (the environment, or a map in tests).
-    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Self {
+    pub(crate) fn from_vars(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |name: &str| get(name).and_then(|v| v.trim().parse().ok());
         Self {
             resume: get(RESUME),
@@ -65,7 +65,7 @@ impl WorkerEnv {
     }
 
     /// The variables to set, as (name, value) pairs; [`WORKER`] always, the others when set.
-    pub fn vars(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn vars(&self) -> Vec<(&'static str, String)> {
         let mut v = vec![(WORKER, "1".to_string()), (RESTARTS, self.restarts.to_string())];
         if let Some(r) = &self.resume {
             v.push((RESUME, r.clone()));

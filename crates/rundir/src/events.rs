@@ -1,8 +1,10 @@
 //! `events.jsonl`: one line per event, appended as the run goes.
 //!
 //! Every kind of event is a variant of the one [`Event`] enum, serialised here with a `kind`
-//! tag; a line is an [`EventLine`]: `{"kind":"shrink","step":8,"wall_s":1.25,"from":64,"reason":"halved","to":32}`
-//! (the kind, the step it belongs to, seconds since the run started, then the event's fields).
+//! tag (the micro-batch policy's own events, [`oomph_sched::Event`], are carried whole by
+//! [`Event::Policy`] and tagged by `oomph_sched` the same way); a line is an [`EventLine`]:
+//! `{"kind":"shrink","step":8,"wall_s":1.25,"from":64,"reason":"halved","to":32}` (the kind,
+//! the step it belongs to, seconds since the run started, then the event's fields).
 //!
 //! Reading is tolerant: a torn line (a worker killed mid-write) or a kind this version does
 //! not know is skipped and counted. Two older shapes still read: a policy event that carried
@@ -11,7 +13,6 @@
 
 use crate::error::{read_optional, Error};
 use crate::metrics::JsonLines;
-use oomph_sched::ShrinkReason;
 use serde::ser::{Error as _, SerializeMap};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
@@ -29,16 +30,6 @@ pub enum EvalShrinkReason {
     Oom,
     /// A worker died of memory while evaluating; its successor halved the batch.
     WorkerDied,
-}
-
-impl EvalShrinkReason {
-    /// `"oom"` or `"worker_died"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EvalShrinkReason::Oom => "oom",
-            EvalShrinkReason::WorkerDied => "worker_died",
-        }
-    }
 }
 
 /// Everything that is recorded in `events.jsonl`. Field names and shapes are the file format.
@@ -135,36 +126,6 @@ pub enum Event {
         /// One paragraph.
         message: String,
     },
-    /// The training micro-batch limit went down ([`oomph_sched::Event::Shrink`]).
-    Shrink {
-        /// Previous limit.
-        from: usize,
-        /// New limit.
-        to: usize,
-        /// Why and how.
-        reason: ShrinkReason,
-    },
-    /// The next step tries a larger limit ([`oomph_sched::Event::Grow`]).
-    Grow {
-        /// Current (good) limit.
-        from: usize,
-        /// Limit the next step tries.
-        to: usize,
-    },
-    /// A growth attempt ran out of memory ([`oomph_sched::Event::GrowFailed`]).
-    GrowFailed {
-        /// The size that failed (the new ceiling).
-        at: usize,
-        /// The last good size, now the limit.
-        back_to: usize,
-        /// Clean steps before the policy tries to grow again.
-        next_try_after_steps: usize,
-    },
-    /// A step succeeded at or above the remembered ceiling ([`oomph_sched::Event::CeilingCleared`]).
-    CeilingCleared {
-        /// The forgotten ceiling.
-        ceiling: usize,
-    },
     /// The evaluation micro-batch went down (it is not the training limit).
     EvalShrink {
         /// Previous evaluation batch.
@@ -196,6 +157,11 @@ pub enum Event {
         #[serde(default)]
         action: String,
     },
+    /// A change of the training micro-batch limit, decided and tagged by the policy
+    /// (`shrink`, `grow`, `grow_failed`, `ceiling_cleared`). Untagged here, so last: a line
+    /// is read as this only when its `kind` is none of the kinds above.
+    #[serde(untagged)]
+    Policy(oomph_sched::Event),
 }
 
 fn unknown() -> String {
@@ -216,12 +182,9 @@ impl Event {
             Event::AutoSettled { .. } => "auto_settled",
             Event::NonfiniteStep { .. } => "nonfinite_step",
             Event::Diverged { .. } => "diverged",
-            Event::Shrink { .. } => "shrink",
-            Event::Grow { .. } => "grow",
-            Event::GrowFailed { .. } => "grow_failed",
-            Event::CeilingCleared { .. } => "ceiling_cleared",
             Event::EvalShrink { .. } => "eval_shrink",
             Event::Restart { .. } => "restart",
+            Event::Policy(p) => p.kind(),
         }
     }
 
@@ -238,17 +201,12 @@ impl Event {
         }
     }
 
-    /// The micro-batch policy's event this is, for the four kinds the policy decides.
-    pub fn policy(&self) -> Option<oomph_sched::Event> {
-        Some(match *self {
-            Event::Shrink { from, to, reason } => oomph_sched::Event::Shrink { from, to, reason },
-            Event::Grow { from, to } => oomph_sched::Event::Grow { from, to },
-            Event::GrowFailed { at, back_to, next_try_after_steps } => {
-                oomph_sched::Event::GrowFailed { at, back_to, next_try_after_steps }
-            }
-            Event::CeilingCleared { ceiling } => oomph_sched::Event::CeilingCleared { ceiling },
-            _ => return None,
-        })
+    /// The micro-batch policy's event this is, for the kinds the policy decides.
+    pub fn policy(&self) -> Option<&oomph_sched::Event> {
+        match self {
+            Event::Policy(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// Whether this is a restart the supervisor carried out (not its final stop).
@@ -259,23 +217,13 @@ impl Event {
 
 impl From<oomph_sched::Event> for Event {
     fn from(e: oomph_sched::Event) -> Self {
-        match e {
-            oomph_sched::Event::Shrink { from, to, reason } => Event::Shrink { from, to, reason },
-            oomph_sched::Event::Grow { from, to } => Event::Grow { from, to },
-            oomph_sched::Event::GrowFailed { at, back_to, next_try_after_steps } => {
-                Event::GrowFailed { at, back_to, next_try_after_steps }
-            }
-            oomph_sched::Event::CeilingCleared { ceiling } => Event::CeilingCleared { ceiling },
-        }
+        Event::Policy(e)
     }
 }
 
 /// One line in words, without the free-text message ([`Event::message`]).
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(p) = self.policy() {
-            return p.fmt(f);
-        }
         match self {
             Event::Oom { phase, micro_batch, .. } => write!(f, "out of memory in {phase} at micro-batch {micro_batch}"),
             Event::GiveUp { phase, micro_batch, .. } => {
@@ -323,9 +271,7 @@ impl fmt::Display for Event {
             Event::Restart { cause, phase, restart, action, .. } => {
                 write!(f, "worker died in {phase} ({cause}); restart {restart} with {action}")
             }
-            Event::Shrink { .. } | Event::Grow { .. } | Event::GrowFailed { .. } | Event::CeilingCleared { .. } => {
-                unreachable!("policy events are written above")
-            }
+            Event::Policy(p) => p.fmt(f),
         }
     }
 }
@@ -393,7 +339,7 @@ pub fn append_event(path: &Path, line: &EventLine) -> Result<(), Error> {
 }
 
 /// Parses one line; `None` when it is torn, not an object, or of an unknown kind.
-pub fn parse_event(line: &str) -> Option<EventLine> {
+fn parse_event(line: &str) -> Option<EventLine> {
     // Through a map: an older policy event carried its `kind` twice, which a map tolerates.
     let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(line) else { return None };
     if m.get("kind").and_then(Value::as_str) == Some("shrink") && m.get("scope").and_then(Value::as_str) == Some("eval")
@@ -407,7 +353,7 @@ pub fn parse_event(line: &str) -> Option<EventLine> {
 
 /// Parses the text of `events.jsonl` in file order; returns the events and the number of
 /// non-blank lines that did not parse (torn, unknown kind).
-pub fn parse_events(text: &str) -> (Vec<EventLine>, usize) {
+fn parse_events(text: &str) -> (Vec<EventLine>, usize) {
     let mut skipped = 0;
     let events = text
         .lines()
@@ -421,7 +367,8 @@ pub fn parse_events(text: &str) -> (Vec<EventLine>, usize) {
     (events, skipped)
 }
 
-/// Reads `events.jsonl` at `path` ([`parse_events`]); a missing file holds no events.
+/// Reads `events.jsonl` at `path`: the events in file order and the number of non-blank lines
+/// that did not parse (torn, unknown kind). A missing file holds no events.
 pub fn read_events(path: &Path) -> Result<(Vec<EventLine>, usize), Error> {
     Ok(read_optional(path)?.map(|t| parse_events(&t)).unwrap_or_default())
 }

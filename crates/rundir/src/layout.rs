@@ -24,14 +24,10 @@ use std::path::{Path, PathBuf};
 pub const RECIPE: &str = "recipe.resolved.toml";
 /// One JSON line per optimizer step and per evaluation.
 pub const METRICS: &str = "metrics.jsonl";
-/// The temporary file through which `metrics.jsonl` is truncated on resume.
-pub const METRICS_TMP: &str = "metrics.jsonl.tmp";
 /// One JSON line per event.
 pub const EVENTS: &str = "events.jsonl";
 /// The run's summary, written when it finishes.
 pub const SUMMARY: &str = "summary.json";
-/// The temporary file through which `summary.json` is written.
-pub const SUMMARY_TMP: &str = "summary.tmp";
 /// What the worker is doing right now.
 pub const CURRENT: &str = "current.json";
 /// The allocation-failure note of a worker.
@@ -43,14 +39,10 @@ pub const FAULTS_FIRED: &str = "faults-fired.txt";
 pub const LOCK: &str = "oomph.lock";
 /// The final weights.
 pub const MODEL: &str = "model.safetensors";
-/// The temporary file through which the final weights are written.
-pub const MODEL_TMP: &str = "model.safetensors.tmp";
 /// The bitmap report of `oomph report`.
 pub const REPORT_PNG: &str = "report.png";
 /// The vector report of `oomph report`.
 pub const REPORT_SVG: &str = "report.svg";
-/// The temporary file through which the report images are written.
-pub const REPORT_TMP: &str = "report.tmp";
 /// The directory of checkpoints.
 pub const CHECKPOINTS: &str = "checkpoints";
 /// Inside `checkpoints/`: where checkpoints later than a resumed one are moved.
@@ -69,25 +61,34 @@ pub const CKPT_STATE: &str = "state.json";
 /// In a checkpoint: the manifest, written last ([`crate::checkpoint::Manifest`]).
 pub const CKPT_MANIFEST: &str = "manifest.json";
 
-/// Every name oomph writes at the top of a run directory.
+/// Every name oomph writes at the top of a run directory (besides their [`temporary`] files).
 pub const RUN_FILES: &[&str] = &[
     RECIPE,
     METRICS,
-    METRICS_TMP,
     EVENTS,
     CHECKPOINTS,
     MODEL,
-    MODEL_TMP,
     SUMMARY,
-    SUMMARY_TMP,
     REPORT_PNG,
     REPORT_SVG,
-    REPORT_TMP,
     WORKER_DEATH,
     CURRENT,
     FAULTS_FIRED,
     LOCK,
 ];
+
+/// What a writer appends to a file's name for the temporary file it renames into place
+/// ([`temporary`]).
+pub const TMP_SUFFIX: &str = ".tmp";
+
+/// The temporary file through which `path` is written: its name with [`TMP_SUFFIX`] appended
+/// (`summary.json.tmp`, `model.safetensors.tmp`). The one rule of every writer of a run
+/// directory; [`RunDir::foreign_entries`] accepts these names beside the files.
+pub fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(TMP_SUFFIX);
+    PathBuf::from(name)
+}
 
 /// Every name oomph writes inside a checkpoint directory.
 pub const CHECKPOINT_FILES: &[&str] = &[CKPT_MODEL, CKPT_OPTIM, CKPT_RECIPE, CKPT_STATE, CKPT_MANIFEST];
@@ -170,9 +171,9 @@ impl RunDir {
     }
 
     /// What in the run directory oomph did not write: top-level entries not in
-    /// [`RUN_FILES`], entries of `checkpoints/` (and of its `abandoned/` and `damaged/`) that
-    /// are not checkpoint directories, and files inside checkpoint directories not in
-    /// [`CHECKPOINT_FILES`]. Sorted.
+    /// [`RUN_FILES`] (nor the [`temporary`] file of one), entries of `checkpoints/` (and of
+    /// its `abandoned/` and `damaged/`) that are not checkpoint directories, and files inside
+    /// checkpoint directories not in [`CHECKPOINT_FILES`]. Sorted.
     pub fn foreign_entries(&self) -> Vec<PathBuf> {
         let names = |dir: &Path| -> Vec<(String, PathBuf)> {
             std::fs::read_dir(dir)
@@ -182,8 +183,9 @@ impl RunDir {
                 .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
                 .collect()
         };
+        let ours = |n: &str| RUN_FILES.contains(&n.strip_suffix(TMP_SUFFIX).unwrap_or(n));
         let mut foreign: Vec<PathBuf> =
-            names(&self.root).into_iter().filter(|(n, _)| !RUN_FILES.contains(&n.as_str())).map(|(_, p)| p).collect();
+            names(&self.root).into_iter().filter(|(n, _)| !ours(n)).map(|(_, p)| p).collect();
         let mut step_dirs = Vec::new();
         for (name, path) in names(&self.checkpoints()) {
             if name == ABANDONED || name == DAMAGED {
@@ -252,15 +254,12 @@ mod tests {
             assert_eq!(path, Path::new("/runs/a").join(name));
             assert!(RUN_FILES.contains(&name), "{name} is not in RUN_FILES");
         }
+        assert_eq!(temporary(&d.metrics()), Path::new("/runs/a/metrics.jsonl.tmp"));
+        assert_eq!(temporary(&d.model()), Path::new("/runs/a/model.safetensors.tmp"));
         let mut names = RUN_FILES.to_vec();
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), RUN_FILES.len(), "a name is listed twice");
-        // The temporaries are what the writers use.
-        assert_eq!(Path::new(METRICS).with_extension("jsonl.tmp"), Path::new(METRICS_TMP));
-        assert_eq!(Path::new(SUMMARY).with_extension("tmp"), Path::new(SUMMARY_TMP));
-        assert_eq!(Path::new(MODEL).with_extension("safetensors.tmp"), Path::new(MODEL_TMP));
-        assert_eq!(Path::new(REPORT_PNG).with_extension("tmp"), Path::new(REPORT_TMP));
     }
 
     #[test]
@@ -269,12 +268,15 @@ mod tests {
         let d = RunDir::new(t.path());
         std::fs::create_dir_all(d.checkpoints().join("step-3")).unwrap();
         std::fs::create_dir_all(d.checkpoints().join(ABANDONED).join("step-9")).unwrap();
-        for f in [d.metrics(), d.events(), d.checkpoints().join("step-3").join(CKPT_MANIFEST)] {
+        // A writer's temporary file, left by a crash, is oomph's too.
+        let left = [temporary(&d.summary()), temporary(&d.model()), temporary(&d.report_png())];
+        for f in [d.metrics(), d.events(), d.checkpoints().join("step-3").join(CKPT_MANIFEST)].iter().chain(&left) {
             std::fs::write(f, "").unwrap();
         }
         assert!(d.foreign_entries().is_empty());
         let mine = [
             t.path().join("notes.txt"),
+            t.path().join("notes.txt.tmp"),
             d.checkpoints().join("README"),
             d.checkpoints().join("step-3").join("extra.bin"),
             d.checkpoints().join(ABANDONED).join("x"),

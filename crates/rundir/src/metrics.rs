@@ -6,11 +6,11 @@
 //! `{"kind":"step","step":1,"samples_seen":96,"loss":2.31,"lr":0.003,"micro_batch":24,"chunks":4,"samples_per_sec":558.7,"wall_s":0.22,"oom_events":1}`.
 //! A float that was not finite is written `null` (JSON has no NaN) and reads back as NaN.
 //!
-//! After a resume from step `S` the lines after `S` are dropped ([`truncate_metrics`]); a
+//! After a resume from step `S` the lines after `S` are dropped ([`JsonLines::truncate_to_step`]); a
 //! reader that meets a step number that does not increase (a worker died after writing lines
 //! its successor re-runs) keeps the later records ([`parse_metrics`]).
 
-use crate::error::{read_optional, write_through, Ctx, Error};
+use crate::error::{read_optional, write_atomically, Ctx, Error};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -179,9 +179,13 @@ impl JsonLines {
         &self.path
     }
 
-    /// Flushes, then keeps only the lines of the file up to `step` ([`truncate_metrics`]) and
-    /// reopens it (the truncated file replaces the one this writer had open). Returns the
-    /// evaluation recorded at exactly `step`, if kept.
+    /// Flushes, then keeps only the lines of the file up to `step` and reopens it (the
+    /// truncated file replaces the one this writer had open). Returns the evaluation recorded
+    /// at exactly `step`, if kept.
+    ///
+    /// A line without a step, such as a torn one, goes too. The file is rewritten atomically
+    /// ([`write_atomically`]: through `metrics.jsonl.tmp`, removed if that fails), and only
+    /// when something is dropped; a missing file is no error.
     pub fn truncate_to_step(&mut self, step: usize) -> Result<Option<EvalRecord>, Error> {
         self.flush()?;
         let kept = truncate_metrics(&self.path, step)?;
@@ -190,23 +194,11 @@ impl JsonLines {
     }
 }
 
-/// Reads every JSON line of `path` that parses as `T` (others, e.g. a torn last line of a
-/// crashed run, are skipped; a missing or unreadable file reads as no lines).
-pub fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Vec<T> {
-    std::fs::read_to_string(path)
-        .map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
-        .unwrap_or_default()
-}
-
 /// Keeps only the lines of the metrics file `path` whose step is at most `step` (the steps
-/// after it are run again after a resume; a line without a step, such as a torn one, goes
-/// too). The file is rewritten through `metrics.jsonl.tmp` renamed into place (removed if
-/// that fails), and only when something is dropped; a missing file is no error. Returns the
-/// evaluation recorded at exactly `step`, if kept (it is not run again).
-///
-/// A [`JsonLines`] writer open on `path` must be reopened afterwards
-/// ([`JsonLines::truncate_to_step`] does both).
-pub fn truncate_metrics(path: &Path, step: usize) -> Result<Option<EvalRecord>, Error> {
+/// after it are run again after a resume), as [`JsonLines::truncate_to_step`] says; a writer
+/// open on `path` must be reopened afterwards (that method does both). Returns the evaluation
+/// recorded at exactly `step`, if kept (it is not run again).
+fn truncate_metrics(path: &Path, step: usize) -> Result<Option<EvalRecord>, Error> {
     let Some(text) = read_optional(path)? else { return Ok(None) };
     #[derive(Deserialize)]
     struct StepOnly {
@@ -223,9 +215,7 @@ pub fn truncate_metrics(path: &Path, step: usize) -> Result<Option<EvalRecord>, 
         body.push('\n');
     }
     if body.len() != text.len() {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        write_through(path, Path::new(&tmp), body.as_bytes())?;
+        write_atomically(path, body.as_bytes())?;
     }
     Ok(eval)
 }
@@ -273,14 +263,10 @@ pub fn read_metrics(path: &Path) -> Result<Option<Metrics>, Error> {
     Ok(read_optional(path)?.map(|t| parse_metrics(&t)))
 }
 
-/// The step number of the last step record of `metrics.jsonl` at `path` (`None` when there
-/// is none or the file cannot be read).
+/// The step number of the last step record of `metrics.jsonl` at `path` ([`read_metrics`];
+/// `None` when there is none or the file cannot be read).
 pub fn last_step(path: &Path) -> Option<usize> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().rev().find_map(|l| match serde_json::from_str::<MetricLine>(l) {
-        Ok(MetricLine::Step(s)) => Some(s.step),
-        _ => None,
-    })
+    read_metrics(path).ok()??.steps.last().map(|s| s.step)
 }
 
 #[cfg(test)]
@@ -365,10 +351,8 @@ mod tests {
         w.write(&eval(1)).unwrap();
         drop(w);
         std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(br#"{"kind":"step","st"#).unwrap();
-        let lines: Vec<MetricLine> = read_lines(&p);
-        assert_eq!(lines, vec![MetricLine::Step(step(1)), MetricLine::Eval(eval(1))]);
         let m = read_metrics(&p).unwrap().unwrap();
-        assert_eq!((m.steps.len(), m.evals.len(), m.skipped), (1, 1, 1));
+        assert_eq!(m, Metrics { steps: vec![step(1)], evals: vec![eval(1)], skipped: 1 });
         assert_eq!(last_step(&p), Some(1));
         assert!(read_metrics(&d.path().join("none.jsonl")).unwrap().is_none());
     }
@@ -407,8 +391,12 @@ mod tests {
         assert_eq!(w.truncate_to_step(2).unwrap(), Some(eval(2)));
         w.write(&step(3)).unwrap();
         drop(w);
-        let lines: Vec<MetricLine> = read_lines(&p);
-        assert_eq!(lines.iter().map(MetricLine::step).collect::<Vec<_>>(), [1, 2, 2, 3]);
+        let lines: Vec<usize> = std::fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<MetricLine>(l).unwrap().step())
+            .collect();
+        assert_eq!(lines, [1, 2, 2, 3]);
         assert!(!d.path().join("metrics.jsonl.tmp").exists());
         // Nothing to drop: the file is left alone; no evaluation at the step.
         use std::os::unix::fs::MetadataExt;
@@ -435,7 +423,7 @@ mod tests {
         std::fs::create_dir(d.path().join("metrics.jsonl.tmp")).unwrap();
         let e = truncate_metrics(&p, 1).unwrap_err();
         assert!(e.to_string().contains("metrics.jsonl.tmp"), "{e}");
-        assert_eq!(read_lines::<MetricLine>(&p).len(), 2, "the file is untouched");
+        assert_eq!(read_metrics(&p).unwrap().unwrap().steps.len(), 2, "the file is untouched");
     }
 
     #[test]

@@ -12,11 +12,11 @@ use std::os::unix::io::RawFd;
 use std::path::Path;
 
 /// The start of a note.
-pub const PREFIX: &str = "alloc-failure ";
+const PREFIX: &str = "alloc-failure ";
 /// The word after the size when the allocation failed on the checkpoint writer thread.
 pub const CHECKPOINT: &str = "checkpoint";
 /// The longest note, in bytes (a 20-digit size, the tag and the newline fit).
-pub const MAX_LEN: usize = 64;
+const MAX_LEN: usize = 64;
 
 /// What a note says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct Note {
 }
 
 /// Formats the note into `buf` without allocating; returns its length (newline included).
-pub fn format_note(buf: &mut [u8; MAX_LEN], bytes: usize, checkpoint: bool) -> usize {
+fn format_note(buf: &mut [u8; MAX_LEN], bytes: usize, checkpoint: bool) -> usize {
     let prefix = PREFIX.as_bytes();
     buf[..prefix.len()].copy_from_slice(prefix);
     let mut digits = [0u8; 24];
@@ -75,7 +75,7 @@ pub fn clear_note(fd: RawFd) {
 }
 
 /// Parses a note's text (its first line); `None` when it is empty or not a note.
-pub fn parse_note(text: &str) -> Option<Note> {
+fn parse_note(text: &str) -> Option<Note> {
     let rest = text.lines().next()?.strip_prefix(PREFIX)?;
     let mut words = rest.split_whitespace();
     let bytes = words.next()?.parse().ok()?;

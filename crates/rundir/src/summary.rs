@@ -1,6 +1,6 @@
 //! `summary.json`: written once, atomically, when a run finishes.
 
-use crate::error::{read_optional, write_through, Error};
+use crate::error::{read_optional, write_atomically, Error};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -51,12 +51,12 @@ pub struct Summary {
     pub nonfinite_steps: usize,
 }
 
-/// Writes `summary` (pretty-printed) to `path` through `summary.tmp` renamed into place, so
-/// the file always holds a whole summary or none.
+/// Writes `summary` (pretty-printed) to `path` atomically ([`write_atomically`]), so the file
+/// always holds a whole summary or none.
 pub fn write_summary(path: &Path, summary: &Summary) -> Result<(), Error> {
     let text =
         serde_json::to_string_pretty(summary).map_err(|e| Error::new("serialising", path, std::io::Error::other(e)))?;
-    write_through(path, &path.with_extension("tmp"), text.as_bytes())
+    write_atomically(path, text.as_bytes())
 }
 
 /// Reads `summary.json` at `path`: `None` when it does not exist, an error naming the path
@@ -107,7 +107,7 @@ mod tests {
         assert_eq!((s.steps, s.micro_batch_history.as_slice(), s.restarts), (40, &[48, 24][..], 1));
         write_summary(&p, &s).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), TODAY);
-        assert!(!d.path().join("summary.tmp").exists());
+        assert!(!d.path().join("summary.json.tmp").exists());
         assert_eq!(read_summary(&p).unwrap(), Some(s));
     }
 

@@ -16,7 +16,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use oomph_recipe::CheckpointSection;
 use oomph_rundir::layout::{CKPT_MODEL, CKPT_OPTIM, CKPT_RECIPE, CKPT_STATE};
-use oomph_rundir::RunDir;
+use oomph_rundir::{Error, RunDir};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -40,7 +40,7 @@ struct Pending {
     step: usize,
     reason: String,
     started: Instant,
-    handle: JoinHandle<Result<PathBuf, checkpoint::WriteError>>,
+    handle: JoinHandle<Result<PathBuf, Error>>,
 }
 
 /// Checkpoints of one run: `checkpoints/step-N/` under the run directory.
@@ -128,10 +128,8 @@ impl Checkpointer {
                 if let Some(f) = process_fault {
                     f.act(&format!("while writing the checkpoint of step {step}"));
                 }
-                let failed = |what: &'static str, e: String| checkpoint::WriteError {
-                    op: what,
-                    path: root.join(checkpoint::dir_name(step)),
-                    source: std::io::Error::other(e),
+                let failed = |what: &'static str, e: String| {
+                    Error::new(what, &root.join(checkpoint::dir_name(step)), std::io::Error::other(e))
                 };
                 let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
                 let model = rec.record(record, ()).map_err(|e| failed("serialising the model for", e.to_string()))?;

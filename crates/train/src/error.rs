@@ -99,7 +99,11 @@ impl TrainError {
 
 impl From<oomph_rundir::Error> for TrainError {
     fn from(e: oomph_rundir::Error) -> Self {
-        TrainError::io(e.op, &e.path, &e.source)
+        match &e.to {
+            None => TrainError::io(e.op, &e.path, &e.source),
+            // A rename names both paths.
+            Some(to) => TrainError::io(&format!("{} {} to", e.op, e.path.display()), to, &e.source),
+        }
     }
 }
 

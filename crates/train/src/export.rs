@@ -10,11 +10,11 @@ use std::path::Path;
 /// truncated file where the previous weights were.
 pub fn save_safetensors<B: Backend, M: Module<B>>(model: &M, path: &Path) -> Result<(), TrainError> {
     use burn::store::{ModuleSnapshot, SafetensorsStore};
-    let tmp = path.with_extension("safetensors.tmp");
+    let tmp = oomph_rundir::layout::temporary(path);
     let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
-    let saved = model.save_into(&mut store).map_err(|e| e.to_string()).and_then(|()| {
+    let saved = model.save_into(&mut store).map_err(|e| format!("writing {}: {e}", tmp.display())).and_then(|()| {
         drop(store);
-        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+        std::fs::rename(&tmp, path).map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), path.display()))
     });
     if saved.is_err() {
         let _ = std::fs::remove_file(&tmp);

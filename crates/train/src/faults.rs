@@ -14,9 +14,6 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 
-/// The file in the run directory that remembers the run-wide one-shot faults that fired.
-pub const FIRED_FILE: &str = oomph_rundir::layout::FAULTS_FIRED;
-
 /// An allocation no machine can satisfy: the system allocator returns null for it (and the
 /// tracking allocator notes the failure) without touching memory.
 const IMPOSSIBLE: usize = 1 << 62;
@@ -105,7 +102,7 @@ impl Faults {
     pub fn for_run(cfg: FaultsSection, run_dir: &std::path::Path) -> Self {
         let mut f = Self::new(cfg);
         if !f.empty {
-            let path = run_dir.join(FIRED_FILE);
+            let path = oomph_rundir::RunDir::new(run_dir).faults_fired();
             f.fired_in_run = std::fs::read_to_string(&path)
                 .unwrap_or_default()
                 .lines()

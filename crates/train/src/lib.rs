@@ -35,15 +35,9 @@ pub mod trainer;
 
 pub use error::TrainError;
 pub use objective::{default_weight, Evaluation, Loss, MetricSum, Objective};
-pub use oomph_rundir::{checkpoint, current};
+/// The files of a run directory, each with its record, writer and reader (`oomph_rundir`'s).
+pub use oomph_rundir::{checkpoint, current, events, metrics};
 pub use oomph_rundir::{EvalRecord, Event, EventLine, StepRecord, Summary};
 pub use progress::{Console, Observer, Silent};
-
-/// The records of a run directory (defined, written and read by `oomph_rundir`).
-pub mod records {
-    pub use oomph_rundir::events::{Event, EventLine};
-    pub use oomph_rundir::metrics::{read_lines, EvalRecord, JsonLines, MetricLine, StepRecord};
-    pub use oomph_rundir::summary::Summary;
-}
 pub use registry::{DataNeeds, Models, Prepared, Registry};
 pub use trainer::{train, Resume, Session};

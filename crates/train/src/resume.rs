@@ -14,7 +14,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use oomph_data::Splits;
 use oomph_recipe::Recipe;
-use oomph_rundir::layout::{CKPT_MODEL, CKPT_OPTIM, CKPT_RECIPE};
+use oomph_rundir::layout::{ABANDONED, CKPT_MODEL, CKPT_OPTIM, CKPT_RECIPE, DAMAGED};
 use oomph_rundir::Event;
 use std::path::{Path, PathBuf};
 
@@ -81,8 +81,7 @@ impl Checkpointer {
         for (dir, why) in &found.skipped {
             // A damaged checkpoint never holds a retention slot: it leaves the namespace (kept
             // for inspection).
-            let moved = checkpoint::set_aside(root, dir, checkpoint::DAMAGED)
-                .map_err(|e| TrainError::io(e.op, &e.path, &e.source))?;
+            let moved = checkpoint::set_aside(root, dir, DAMAGED)?;
             log.note(format!("skipped damaged checkpoint ({why}); moved to {}", moved.display()));
             log.event(1, Event::CheckpointSkipped { message: why.clone(), moved_to: moved.display().to_string() });
         }
@@ -117,15 +116,14 @@ impl Checkpointer {
         // One linear history: checkpoints later than the one resumed belong to an abandoned
         // future. They leave the `step-N` namespace (kept under `abandoned/`), so retention,
         // `--resume auto` and the final weights never pick them up.
-        let abandoned =
-            checkpoint::abandon_after(root, st.step).map_err(|e| TrainError::io(e.op, &e.path, &e.source))?;
+        let abandoned = checkpoint::abandon_after(root, st.step)?;
         if !abandoned.is_empty() {
             let names: Vec<String> = abandoned.iter().map(|s| checkpoint::dir_name(*s)).collect();
             log.note(format!(
                 "resuming from step {} abandons the later checkpoints {}: moved to {}",
                 st.step,
                 names.join(", "),
-                root.join(checkpoint::ABANDONED).display()
+                root.join(ABANDONED).display()
             ));
             log.event(st.step, Event::Abandoned { steps: abandoned });
         }
@@ -138,11 +136,11 @@ impl Checkpointer {
     /// `Resume::Never`) leave the namespace.
     fn start_over(&self, log: &mut RunLog) -> Result<(), TrainError> {
         let root = self.root();
-        let abandoned = checkpoint::abandon_after(root, 0).map_err(|e| TrainError::io(e.op, &e.path, &e.source))?;
+        let abandoned = checkpoint::abandon_after(root, 0)?;
         if !abandoned.is_empty() {
             log.note(format!(
                 "starting over abandons the existing checkpoints (steps {abandoned:?}): moved to {}",
-                root.join(checkpoint::ABANDONED).display()
+                root.join(ABANDONED).display()
             ));
         }
         Ok(())

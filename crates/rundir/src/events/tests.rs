@@ -1,6 +1,7 @@
 //! Tests of the parent module.
 
 use super::*;
+use oomph_sched::{Event as Policy, ShrinkReason};
 
 /// Lines exactly as the trainer and the supervisor write them today (and as older
 /// versions wrote them), with the event each must read as.
@@ -109,19 +110,19 @@ fn todays_lines() -> Vec<(&'static str, EventLine)> {
         ),
         (
             r#"{"kind":"shrink","step":1,"wall_s":0.05521963,"from":48,"reason":"halved","to":24}"#,
-            at(1, 0.05521963, Event::Shrink { from: 48, to: 24, reason: ShrinkReason::Halved }),
+            at(1, 0.05521963, Policy::Shrink { from: 48, to: 24, reason: ShrinkReason::Halved }.into()),
         ),
         (
             r#"{"kind":"grow","step":9,"wall_s":1.166887525,"from":24,"to":32}"#,
-            at(9, 1.166887525, Event::Grow { from: 24, to: 32 }),
+            at(9, 1.166887525, Policy::Grow { from: 24, to: 32 }.into()),
         ),
         (
             r#"{"kind":"grow_failed","step":18,"wall_s":2.390636772,"at":48,"back_to":32,"next_try_after_steps":16}"#,
-            at(18, 2.390636772, Event::GrowFailed { at: 48, back_to: 32, next_try_after_steps: 16 }),
+            at(18, 2.390636772, Policy::GrowFailed { at: 48, back_to: 32, next_try_after_steps: 16 }.into()),
         ),
         (
             r#"{"kind":"ceiling_cleared","step":11,"wall_s":1.401372686,"ceiling":32}"#,
-            at(11, 1.401372686, Event::CeilingCleared { ceiling: 32 }),
+            at(11, 1.401372686, Policy::CeilingCleared { ceiling: 32 }.into()),
         ),
         (
             r#"{"kind":"eval_shrink","step":11,"wall_s":1.5,"from":48,"reason":"oom","to":24}"#,
@@ -191,7 +192,7 @@ fn older_shapes_still_read() {
     // A policy event that carried its kind twice.
     let e =
         parse_event(r#"{"kind":"shrink","step":1,"wall_s":0.05,"from":48,"kind":"shrink","reason":"halved","to":24}"#);
-    assert_eq!(e.map(|e| e.event), Some(Event::Shrink { from: 48, to: 24, reason: ShrinkReason::Halved }));
+    assert_eq!(e.map(|e| e.event), Some(Policy::Shrink { from: 48, to: 24, reason: ShrinkReason::Halved }.into()));
     // An evaluation shrink written as a shrink with a scope.
     let e = parse_event(r#"{"kind":"shrink","step":11,"wall_s":1.3,"from":48,"reason":"oom","scope":"eval","to":24}"#);
     assert_eq!(e.map(|e| e.event), Some(Event::EvalShrink { from: 48, to: 24, reason: EvalShrinkReason::Oom }));
@@ -236,19 +237,71 @@ fn torn_and_unknown_lines_are_skipped_and_counted() {
 
 #[test]
 fn policy_events_convert_both_ways() {
-    let all = [
-        oomph_sched::Event::Shrink { from: 64, to: 32, reason: ShrinkReason::PredictedFit },
-        oomph_sched::Event::Grow { from: 32, to: 48 },
-        oomph_sched::Event::GrowFailed { at: 48, back_to: 32, next_try_after_steps: 8 },
-        oomph_sched::Event::CeilingCleared { ceiling: 48 },
-    ];
-    for p in all {
+    for p in one_of_each_policy_event() {
         let e = Event::from(p.clone());
         assert_eq!(e.kind(), p.kind());
-        assert_eq!(e.policy(), Some(p.clone()));
+        assert_eq!(e.policy(), Some(&p));
         assert_eq!(e.to_string(), p.to_string());
         // Serialised the same way as the policy's own event.
         assert_eq!(serde_json::to_value(&e).unwrap(), serde_json::to_value(&p).unwrap());
+    }
+}
+
+/// Every kind of run event, one event each, with the variants' names; the match has no
+/// wildcard, so a new variant must be added here (and its kind is then checked below).
+fn one_of_each_run_event() -> Vec<Event> {
+    let all: Vec<Event> = todays_lines().into_iter().map(|(_, l)| l.event).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for e in &all {
+        let variant = match e {
+            Event::Oom { .. } => "Oom",
+            Event::GiveUp { .. } => "GiveUp",
+            Event::Checkpoint { .. } => "Checkpoint",
+            Event::CheckpointSkipped { .. } => "CheckpointSkipped",
+            Event::CheckpointRefused { .. } => "CheckpointRefused",
+            Event::Resume { .. } => "Resume",
+            Event::Abandoned { .. } => "Abandoned",
+            Event::AutoSettled { .. } => "AutoSettled",
+            Event::NonfiniteStep { .. } => "NonfiniteStep",
+            Event::Diverged { .. } => "Diverged",
+            Event::EvalShrink { .. } => "EvalShrink",
+            Event::Restart { .. } => "Restart",
+            Event::Policy(_) => "Policy",
+        };
+        seen.insert(variant);
+    }
+    assert_eq!(seen.len(), 13, "todays_lines lacks a variant: has only {seen:?}");
+    all
+}
+
+/// The policy's events, one of each kind (no wildcard: a new kind must be added here).
+fn one_of_each_policy_event() -> Vec<Policy> {
+    let all = vec![
+        Policy::Shrink { from: 64, to: 32, reason: ShrinkReason::PredictedFit },
+        Policy::Grow { from: 32, to: 48 },
+        Policy::GrowFailed { at: 48, back_to: 32, next_try_after_steps: 8 },
+        Policy::CeilingCleared { ceiling: 48 },
+    ];
+    for p in &all {
+        match p {
+            Policy::Shrink { .. } | Policy::Grow { .. } | Policy::GrowFailed { .. } | Policy::CeilingCleared { .. } => {
+            }
+        }
+    }
+    all
+}
+
+#[test]
+fn no_run_event_kind_is_a_policy_event_kind() {
+    // A run event's kind equal to a policy kind would shadow the untagged `Event::Policy`:
+    // the policy's lines would no longer read as its events.
+    let policy: Vec<&str> = one_of_each_policy_event().iter().map(Policy::kind).collect();
+    for e in one_of_each_run_event().iter().filter(|e| e.policy().is_none()) {
+        assert!(!policy.contains(&e.kind()), "run event kind {:?} is also a policy event kind", e.kind());
+    }
+    for p in one_of_each_policy_event() {
+        let line = serde_json::to_string(&EventLine::new(4, 0.5, p.clone())).unwrap();
+        assert_eq!(parse_event(&line).map(|l| l.event), Some(Event::Policy(p)), "{line}");
     }
 }
 
