@@ -75,16 +75,17 @@ impl CurrentFile {
         if *c == self.last {
             return;
         }
-        let mut text = serde_json::to_string(c).unwrap_or_default();
-        if text.len() >= LEN {
+        // The object, padded with spaces, then a newline; built on the stack (no allocation:
+        // the loop writes this twice per step). An object that does not fit is not written.
+        let mut text = [b' '; LEN];
+        text[LEN - 1] = b'\n';
+        if serde_json::to_writer(&mut &mut text[..LEN - 1], c).is_err() {
             return;
         }
-        text.extend(std::iter::repeat_n(' ', LEN - 1 - text.len()));
-        text.push('\n');
         match &self.file {
             Some(f) => {
                 use std::os::unix::fs::FileExt;
-                let _ = f.write_all_at(text.as_bytes(), 0);
+                let _ = f.write_all_at(&text, 0);
             }
             // SAFETY: `ptr` maps LEN writable bytes and `text` is exactly LEN bytes long.
             None => unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), self.ptr, LEN) },
