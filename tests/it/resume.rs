@@ -171,3 +171,14 @@ fn resume_never_in_the_library_starts_fresh() {
     let sum = train_session(s, &data).unwrap();
     assert_eq!(sum.resumes, 0);
 }
+
+#[test]
+fn a_finished_run_leaves_no_current_json() {
+    // `current.json` says what a running worker is doing; once the run has finished, no
+    // worker runs, and a supervisor must not read a stale position.
+    let d = tempfile::tempdir().unwrap();
+    let recipe = TestRecipe::mlp().set("training.steps", 4).set("checkpoint.every", 2);
+    train_builtin(recipe.recipe(&[]), d.path()).unwrap();
+    assert!(d.path().join("summary.json").is_file());
+    assert!(!d.path().join("current.json").exists(), "current.json outlived the finished run");
+}

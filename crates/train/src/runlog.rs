@@ -25,6 +25,8 @@ pub struct RunLog {
     metrics: JsonLines,
     events: JsonLines,
     current: Option<CurrentFile>,
+    /// No worker runs any more (`current.json` removed): positions are no longer written.
+    ended: bool,
     observer: Box<dyn Observer>,
     started: Instant,
     /// Wall time of the workers before this one (restored from the checkpoint).
@@ -42,6 +44,7 @@ impl RunLog {
             events: JsonLines::open(&dir.events())?,
             dir,
             current: None,
+            ended: false,
             observer,
             started: Instant::now(),
             wall_before: 0.0,
@@ -114,6 +117,9 @@ impl RunLog {
     /// Writes `current.json`: what the worker is doing now (read by the supervisor after a
     /// death without a word; see [`oomph_rundir::current`]).
     pub fn position(&mut self, c: &Current) {
+        if self.ended {
+            return;
+        }
         if self.current.is_none() {
             self.current = CurrentFile::open(&self.dir.current());
         }
@@ -122,8 +128,9 @@ impl RunLog {
         }
     }
 
-    /// No worker runs any more: `current.json` goes.
+    /// No worker runs any more: `current.json` goes, and later positions are not written.
     pub fn clear_position(&mut self) {
+        self.ended = true;
         drop(self.current.take());
         let _ = std::fs::remove_file(self.dir.current());
     }
