@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Two invariants of ARCHITECTURE.md. The layering: the burn-free crates never depend on burn or
+# Three invariants of ARCHITECTURE.md. The layering: the burn-free crates never depend on burn or
 # cubecl, directly or through another crate, so a recipe can be checked, a policy tested, a
 # run directory read and a report drawn wherever the crates build, without a device.
 set -euo pipefail
@@ -27,5 +27,17 @@ if hits=$(grep -rnE '\bprint(ln)?!' crates/{recipe,sched,data,train,models,repor
     status=1
 else
     echo "check-layering: no library prints to stdout"
+fi
+# Errors are values until `main` prints them, once: no other line of the workspace writes
+# "error:" to stderr (`main_with` in crates/cli/src/lib.rs is the one that does).
+if hits=$(grep -rnE 'eprint(ln)?!\("error' crates/*/src src | grep -vE '^crates/cli/src/lib.rs:') && [ -n "$hits" ]; then
+    echo "check-layering: an error is printed outside main (return it instead):"
+    echo "$hits"
+    status=1
+elif [ "$(grep -cE 'eprint(ln)?!\("error' crates/cli/src/lib.rs)" != 1 ]; then
+    echo "check-layering: crates/cli/src/lib.rs must print errors in one place (main_with)"
+    status=1
+else
+    echo "check-layering: errors are printed once, by main"
 fi
 exit $status

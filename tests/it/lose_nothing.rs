@@ -555,6 +555,28 @@ fn overwrite_replaces_only_a_run_and_never_empties_a_directory_that_holds_other_
 }
 
 #[test]
+fn overwrite_removes_nothing_until_the_new_recipe_data_and_model_are_known_good() {
+    let f = Fixture::new(&base());
+    let run = f.run("run");
+    assert!(f.train("run", &["--no-supervise", "--set", "training.steps=4"]).status.success());
+    let before = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    // An effective batch the data cannot fill, and a model that cannot take the data: both
+    // are found only once the data is loaded, and in both, supervised or not, the old run stays.
+    for bad in ["training.effective_batch=100000", "model.kind=gpt"] {
+        for mode in [&[][..], &["--no-supervise"][..]] {
+            let mut args = vec!["--resume", "never", "--overwrite", "--set", bad];
+            args.extend_from_slice(mode);
+            let o = f.train("run", &args);
+            assert_eq!(o.status.code(), Some(2), "{bad} {mode:?}: {}", text(&o));
+            assert!(!text(&o).contains("removed the old run"), "{bad} {mode:?}: {}", text(&o));
+            assert!(run.join("checkpoints/step-4").is_dir(), "{bad} {mode:?}: the checkpoints stay");
+            let after = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+            assert_eq!(after, before, "{bad} {mode:?}: the metrics stay");
+        }
+    }
+}
+
+#[test]
 fn resuming_a_finished_run_adds_no_line_and_counts_restarts_across_commands() {
     let f = Fixture::new(&base());
     let run = f.run("run");

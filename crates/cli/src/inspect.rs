@@ -1,23 +1,23 @@
 //! `oomph inspect CHECKPOINT`: what a checkpoint holds, verified.
 
 use oomph_rundir::{checkpoint, layout, RunDir};
+use oomph_train::error::TrainError;
 use std::path::Path;
 
 /// Prints a verified checkpoint's contents; a run directory shows its newest checkpoint.
-/// Returns the exit code (4 when unusable).
-pub fn run(path: &Path) -> i32 {
+/// An unusable checkpoint is a [`TrainError::Checkpoint`] (exit 4).
+pub fn run(path: &Path) -> Result<(), TrainError> {
     let dir = if path.join(layout::CKPT_MANIFEST).is_file() {
         path.to_path_buf()
     } else {
         match checkpoint::newest(&RunDir::new(path).checkpoints()) {
             Some(newest) => newest.dir,
             None => {
-                eprintln!(
-                    "error: {} is neither a checkpoint (no manifest.json) nor a run directory with checkpoints. \
+                return Err(TrainError::Checkpoint(format!(
+                    "{} is neither a checkpoint (no manifest.json) nor a run directory with checkpoints. \
                      Fix: pass RUN_DIR or RUN_DIR/checkpoints/step-N.",
                     path.display()
-                );
-                return oomph_train::error::EXIT_CHECKPOINT;
+                )))
             }
         }
     };
@@ -46,13 +46,10 @@ pub fn run(path: &Path) -> i32 {
                 s.restarts,
                 s.resumes
             );
-            0
+            Ok(())
         }
-        Err(e) => {
-            eprintln!(
-                "error: checkpoint unusable: {e}. Fix: resume from an older checkpoint (--resume STEP) or start over."
-            );
-            oomph_train::error::EXIT_CHECKPOINT
-        }
+        Err(e) => Err(TrainError::Checkpoint(format!(
+            "checkpoint unusable: {e}. Fix: resume from an older checkpoint (--resume STEP) or start over."
+        ))),
     }
 }

@@ -9,17 +9,17 @@
 pub use oomph_train::alloc;
 pub mod inspect;
 pub mod lock;
+mod prepare;
 pub mod supervise;
 
 pub use alloc::TrackingAllocator;
 
-use anyhow::Result;
 use clap::{Parser, Subcommand};
 use oomph_recipe::Recipe;
 use oomph_rundir::{layout, RunDir, WorkerEnv};
-use oomph_train::backend::{dispatch, BackendEnv, WithBackend};
+use oomph_train::backend::{dispatch, BackendEnv, FlexTrain, WithBackend};
 use oomph_train::error::{TrainError, EXIT_BAD_INPUT};
-use oomph_train::{Console, Models, Registry, Resume, Session, Summary};
+use oomph_train::{Console, Models, Resume, Session, Summary};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -84,6 +84,25 @@ enum Cmd {
     },
 }
 
+/// How a command that did not succeed ends.
+#[derive(Debug)]
+pub enum Failure {
+    /// An error that `main` prints once, as one paragraph, and exits with its code.
+    Error(TrainError),
+    /// An exit code whose cause was already told: by the worker, on the stderr it shares
+    /// with the supervisor, or in the supervisor's own notice.
+    Code(i32),
+}
+
+impl From<TrainError> for Failure {
+    fn from(e: TrainError) -> Self {
+        Failure::Error(e)
+    }
+}
+
+/// What a command returns.
+pub type Outcome = Result<(), Failure>;
+
 /// `oomph`'s own entry point: the built-in models only.
 pub fn main() -> ExitCode {
     main_with::<oomph_models::Builtin>()
@@ -107,11 +126,19 @@ pub fn main_with<M: Models>() -> ExitCode {
         // SAFETY: restoring the default disposition of one signal before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    let code = match cli.cmd {
+    let outcome = match cli.cmd {
         Cmd::Train(args) => train_command::<M>(args),
         Cmd::Check { recipe, set } => check_command::<M>(&recipe, &set),
         Cmd::Report { run_dir } => report_command(&run_dir),
-        Cmd::Inspect { checkpoint } => inspect::run(&checkpoint),
+        Cmd::Inspect { checkpoint } => inspect::run(&checkpoint).map_err(Failure::from),
+    };
+    let code = match outcome {
+        Ok(()) => 0,
+        Err(Failure::Error(e)) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+        Err(Failure::Code(code)) => code,
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -123,71 +150,15 @@ fn init_tracing() {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
-/// Prints an error as one paragraph and returns its exit code.
-pub fn report_error(e: &TrainError) -> i32 {
-    eprintln!("error: {e}");
-    e.exit_code()
-}
-
-fn load_recipe(path: &Path, set: &[String]) -> Result<Recipe, i32> {
-    oomph_recipe::load(path, set).map_err(|e| {
-        eprintln!("error: {e}");
-        EXIT_BAD_INPUT
-    })
-}
-
-/// Validates the model keys (model keys do not depend on the backend, so the CPU registry
-/// answers) and fills in the model's defaults.
-fn check_model<M: Models>(recipe: &mut Recipe, origin: &str) -> Result<(), i32> {
-    let mut reg = Registry::<oomph_train::backend::FlexTrain>::new();
-    oomph_models::Builtin::register(&mut reg);
-    M::register(&mut reg);
-    let prepared = reg.prepare(&recipe.model.kind, &recipe.model.params, origin).map_err(|e| {
-        eprintln!("error: {e}");
-        EXIT_BAD_INPUT
-    })?;
-    recipe.model.params = prepared.resolved_params();
-    Ok(())
-}
-
-fn check_command<M: Models>(path: &Path, set: &[String]) -> i32 {
+/// `oomph check`: everything `oomph train` rejects before a run starts, on the CPU; prints
+/// the resolved recipe.
+fn check_command<M: Models>(path: &Path, set: &[String]) -> Outcome {
     let origin = path.display().to_string();
-    let mut recipe = match load_recipe(path, set) {
-        Ok(r) => r,
-        Err(c) => return c,
-    };
-    if let Err(c) = check_model::<M>(&mut recipe, &origin) {
-        return c;
-    }
-    if let Err(c) = check_data::<M>(&recipe, &origin) {
-        return c;
-    }
+    let mut recipe = prepare::recipe(path, set)?;
+    let model = prepare::model::<FlexTrain, M>(&mut recipe, &origin)?;
+    prepare::build(model, &recipe, &origin, &Default::default())?;
     print!("{}", oomph_recipe::to_toml_string(&recipe));
-    0
-}
-
-/// Loads the data and builds the model for it once (on the CPU), so `oomph check` rejects
-/// what `oomph train` would: data errors, an effective batch larger than the training split,
-/// a model that cannot take the data.
-fn check_data<M: Models>(recipe: &Recipe, origin: &str) -> Result<(), i32> {
-    let fail = |msg: String| {
-        eprintln!("error: {msg}");
-        EXIT_BAD_INPUT
-    };
-    let mut reg = Registry::<oomph_train::backend::FlexTrain>::new();
-    oomph_models::Builtin::register(&mut reg);
-    M::register(&mut reg);
-    let prepared = reg.prepare(&recipe.model.kind, &recipe.model.params, origin).map_err(|e| fail(e.to_string()))?;
-    let data = oomph_data::load(&recipe.data, recipe.run.seed, prepared.needs().seq_len)
-        .map_err(|e| fail(format!("{origin}: {e}")))?;
-    oomph_train::trainer::check_data_fits(recipe, origin, &data).map_err(|e| fail(e.to_string()))?;
-    prepared.check(&data, &Default::default()).map_err(|e| {
-        fail(format!(
-            "{origin}: model.kind = \"{}\" cannot be built for this data: {e}. Fix: pick a model.kind that takes \
-             {} data, or change the [data] section to data this model takes.",
-            recipe.model.kind, recipe.data.kind
-        ))
-    })
+    Ok(())
 }
 
 /// The run directory a recipe and arguments imply.
@@ -195,26 +166,21 @@ pub fn run_dir_for(recipe: &Recipe, arg: Option<&Path>) -> PathBuf {
     arg.map(Path::to_path_buf).unwrap_or_else(|| Path::new(&recipe.run.output_dir).join(&recipe.run.name))
 }
 
-fn parse_resume(s: &str) -> Result<Resume, i32> {
+fn parse_resume(s: &str) -> Result<Resume, TrainError> {
     match s {
         "auto" => Ok(Resume::Auto),
         "never" => Ok(Resume::Never),
         n => n.parse::<usize>().map(Resume::Step).map_err(|_| {
-            eprintln!("error: --resume {n:?} is not valid. Fix: use `auto`, `never`, or a checkpoint step number such as 200.");
-            EXIT_BAD_INPUT
+            TrainError::BadInput(format!(
+                "--resume {n:?} is not valid. Fix: use `auto`, `never`, or a checkpoint step number such as 200."
+            ))
         }),
     }
 }
 
-fn train_command<M: Models>(args: TrainArgs) -> i32 {
+fn train_command<M: Models>(args: TrainArgs) -> Outcome {
     let origin = args.recipe.display().to_string();
-    let mut recipe = match load_recipe(&args.recipe, &args.set) {
-        Ok(r) => r,
-        Err(c) => return c,
-    };
-    if let Err(c) = check_model::<M>(&mut recipe, &origin) {
-        return c;
-    }
+    let mut recipe = prepare::recipe(&args.recipe, &args.set)?;
     let is_worker = WorkerEnv::is_worker();
     let worker_env = WorkerEnv::from_env();
     // `--resume` applies to the first worker only: a restarted one resumes from the newest
@@ -223,40 +189,41 @@ fn train_command<M: Models>(args: TrainArgs) -> i32 {
         Some(r) if is_worker => r.clone(),
         _ => args.resume.clone(),
     };
-    let resume = match parse_resume(&resume_arg) {
-        Ok(r) => r,
-        Err(c) => return c,
-    };
+    let resume = parse_resume(&resume_arg)?;
+    let limit = recipe.run.gpu_memory_limit.as_deref().map(oomph_recipe::parse_bytes).transpose().map_err(|e| {
+        TrainError::BadInput(format!(
+            "{origin}: `run.gpu_memory_limit` is invalid: {e}. Fix: write a size such as \"8GiB\"."
+        ))
+    })?;
     let run_dir = run_dir_for(&recipe, args.run_dir.as_deref());
     // One run directory, one writer: held by this command (and its worker) until they exit.
     let inherited = worker_env.lock_fd.filter(|_| is_worker).and_then(|fd| lock::RunLock::inherited(&run_dir, fd));
-    let _lock = match inherited {
+    let lock = match inherited {
         Some(l) => l,
-        None => match lock::RunLock::acquire(&run_dir) {
-            Ok(l) => l,
-            Err(msg) => {
-                eprintln!("error: {msg}");
-                return EXIT_BAD_INPUT;
-            }
-        },
+        None => lock::RunLock::acquire(&run_dir).map_err(TrainError::BadInput)?,
     };
-    if !is_worker {
-        if let Err(c) = prepare_run_dir(&run_dir, resume, args.overwrite) {
-            return c;
+    // A worker never replaces a run: the command that started it decided.
+    let replaces = !is_worker && replaces_a_run(&run_dir, resume, args.overwrite)?;
+    if !is_worker && recipe.supervisor.enabled && !args.no_supervise {
+        // The supervisor trains nothing itself: it checks the model keys, and before it
+        // removes an old run, everything its worker would reject.
+        let model = prepare::model::<FlexTrain, M>(&mut recipe, &origin)?;
+        if replaces {
+            prepare::build(model, &recipe, &origin, &Default::default())?;
+            remove_old_run(&run_dir)?;
         }
-        if recipe.supervisor.enabled && !args.no_supervise {
-            return supervise::supervise(&recipe, &run_dir, &_lock);
-        }
+        return supervise::supervise(&recipe, &run_dir, &lock);
     }
-    let WorkerEnv { lower_ceiling, lower_eval, in_place_update: first_update_in_place, restarts, .. } = worker_env;
     if std::fs::create_dir_all(&run_dir).is_ok() {
         alloc::arm(&RunDir::new(&run_dir).worker_death());
     }
-    let origin_copy = origin.clone();
+    let WorkerEnv { lower_ceiling, lower_eval, in_place_update: first_update_in_place, restarts, .. } = worker_env;
+    let (backend, device) = (recipe.run.backend.clone(), recipe.run.device);
     let job = Job::<M> {
-        recipe: recipe.clone(),
+        recipe,
         origin,
-        run_dir,
+        run_dir: run_dir.clone(),
+        replaces,
         resume,
         lower_ceiling,
         lower_eval,
@@ -265,88 +232,66 @@ fn train_command<M: Models>(args: TrainArgs) -> i32 {
         plain: args.plain,
         _m: std::marker::PhantomData,
     };
-    let limit = match recipe.run.gpu_memory_limit.as_deref().map(oomph_recipe::parse_bytes).transpose() {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "error: {origin_copy}: `run.gpu_memory_limit` is invalid: {e}. Fix: write a size such as \"8GiB\"."
-            );
-            return EXIT_BAD_INPUT;
-        }
-    };
-    match dispatch(&recipe.run.backend, recipe.run.device, limit, job).and_then(|r| r) {
-        Ok(summary) => {
-            let run_dir = Path::new(&summary.model_path).parent().map(Path::to_path_buf).unwrap_or_default();
-            if let Err(e) = oomph_report::render(&run_dir) {
-                tracing::warn!("the run finished but its report could not be drawn: {e}");
-            }
-            match oomph_report::summary_text(&run_dir) {
-                Ok(t) => println!("{t}"),
-                Err(e) => tracing::warn!("the run finished but its summary could not be read back: {e}"),
-            }
-            0
-        }
-        Err(e) => report_error(&e),
+    dispatch(&backend, device, limit, job)??;
+    if let Err(e) = oomph_report::render(&run_dir) {
+        tracing::warn!("the run finished but its report could not be drawn: {e}");
     }
-}
-
-fn report_command(run_dir: &Path) -> i32 {
-    let rendered = oomph_report::render(run_dir);
-    match oomph_report::summary_text(run_dir) {
+    match oomph_report::summary_text(&run_dir) {
         Ok(t) => println!("{t}"),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_BAD_INPUT;
-        }
+        Err(e) => tracing::warn!("the run finished but its summary could not be read back: {e}"),
     }
-    match rendered {
-        Ok(_) => 0,
-        Err(e) => {
-            eprintln!("error: {e}");
-            1
-        }
-    }
+    Ok(())
 }
 
-/// Refuses to silently reuse a run directory with `--resume never`; with `--overwrite`,
-/// removes the old run's files (oomph's only: a directory that holds anything else is
-/// refused, never emptied).
-fn prepare_run_dir(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<(), i32> {
+fn report_command(run_dir: &Path) -> Outcome {
+    let rendered = oomph_report::render(run_dir);
+    let text = oomph_report::summary_text(run_dir).map_err(|e| TrainError::BadInput(e.to_string()))?;
+    println!("{text}");
+    rendered.map(drop).map_err(|e| TrainError::Failed(e.to_string()).into())
+}
+
+/// Whether starting this command removes an old run from `run_dir` (`--resume never
+/// --overwrite` on a directory that holds one). Refuses to silently reuse a run directory
+/// with `--resume never`, and a directory that also holds files oomph did not write.
+fn replaces_a_run(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<bool, TrainError> {
     if overwrite && resume != Resume::Never {
-        eprintln!(
-            "error: --overwrite replaces an existing run and only goes with --resume never. Fix: add --resume never \
+        return Err(TrainError::BadInput(format!(
+            "--overwrite replaces an existing run and only goes with --resume never. Fix: add --resume never \
              to start over in {}, or drop --overwrite to continue the run.",
             run_dir.display()
-        );
-        return Err(EXIT_BAD_INPUT);
+        )));
     }
     let rd = RunDir::new(run_dir);
     let non_empty = |p: &Path| std::fs::read_dir(p).map(|mut r| r.next().is_some()).unwrap_or(false);
     let metrics = std::fs::metadata(rd.metrics()).map(|m| m.len() > 0).unwrap_or(false);
     let has_run = non_empty(&rd.checkpoints()) || metrics;
     if resume != Resume::Never || (!has_run && !overwrite) {
-        return Ok(());
+        return Ok(false);
     }
     if !overwrite {
-        eprintln!(
-            "error: the run directory {} already holds a run, and --resume never refuses to overwrite it. \
+        return Err(TrainError::BadInput(format!(
+            "the run directory {} already holds a run, and --resume never refuses to overwrite it. \
              Fix: --resume auto to continue that run, add --overwrite to replace it, or pick another --run-dir.",
             run_dir.display()
-        );
-        return Err(EXIT_BAD_INPUT);
+        )));
     }
     let foreign = rd.foreign_entries();
     if !foreign.is_empty() {
         let shown: Vec<String> = foreign.iter().take(5).map(|p| p.display().to_string()).collect();
-        eprintln!(
-            "error: --overwrite would replace the run in {}, but the directory also holds files that oomph did not \
+        return Err(TrainError::BadInput(format!(
+            "--overwrite would replace the run in {}, but the directory also holds files that oomph did not \
              write ({}{}); nothing was removed. Fix: pick another --run-dir, or move those files away first.",
             run_dir.display(),
             shown.join(", "),
             if foreign.len() > 5 { format!(" and {} more", foreign.len() - 5) } else { String::new() }
-        );
-        return Err(EXIT_BAD_INPUT);
+        )));
     }
+    Ok(true)
+}
+
+/// Removes the old run's files from `run_dir` (oomph's own, the lock aside), once the new
+/// run's recipe, data and model are known to be good.
+fn remove_old_run(run_dir: &Path) -> Result<(), TrainError> {
     let mut removed = Vec::new();
     let ours = layout::RUN_FILES.iter().filter(|n| **n != layout::LOCK).map(|n| run_dir.join(n));
     // A writer's temporary file that a crash left behind goes too.
@@ -359,11 +304,10 @@ fn prepare_run_dir(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<()
             continue;
         };
         result.map_err(|err| {
-            eprintln!(
-                "error: removing {} of the old run failed: {err}. Fix: remove it by hand or pick another --run-dir.",
+            TrainError::Failed(format!(
+                "removing {} of the old run failed: {err}. Fix: remove it by hand or pick another --run-dir.",
                 p.display()
-            );
-            1
+            ))
         })?;
         removed.push(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     }
@@ -373,10 +317,14 @@ fn prepare_run_dir(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<()
     Ok(())
 }
 
+/// Training in this process on the recipe's backend: the model is prepared and built here,
+/// once.
 struct Job<M> {
     recipe: Recipe,
     origin: String,
     run_dir: PathBuf,
+    /// Remove the old run in `run_dir` once the model is built for the data.
+    replaces: bool,
     resume: Resume,
     lower_ceiling: Option<usize>,
     lower_eval: Option<usize>,
@@ -390,18 +338,15 @@ impl<M: Models> WithBackend for Job<M> {
     type Output = Result<Summary, TrainError>;
 
     fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device, env: BackendEnv) -> Self::Output {
-        let mut reg = Registry::<B>::new();
-        oomph_models::Builtin::register(&mut reg);
-        M::register(&mut reg);
-        let prepared = reg
-            .prepare(&self.recipe.model.kind, &self.recipe.model.params, &self.origin)
-            .map_err(|e| TrainError::BadInput(e.to_string()))?;
-        let needs = prepared.needs();
-        let data = oomph_data::load(&self.recipe.data, self.recipe.run.seed, needs.seq_len)
-            .map_err(|e| TrainError::BadInput(format!("{}: {e}", self.origin)))?;
-        let observer = Box::new(Console::new(self.recipe.run.log_every, self.plain));
+        let mut recipe = self.recipe;
+        let model = prepare::model::<B, M>(&mut recipe, &self.origin)?;
+        let (model, data) = prepare::build(model, &recipe, &self.origin, &device)?;
+        if self.replaces {
+            remove_old_run(&self.run_dir)?;
+        }
+        let observer = Box::new(Console::new(recipe.run.log_every, self.plain));
         let session = Session {
-            recipe: self.recipe,
+            recipe,
             origin: self.origin,
             device,
             backend_name: env.name.clone(),
@@ -417,7 +362,7 @@ impl<M: Models> WithBackend for Job<M> {
             memory: env.memory.clone(),
         };
         // `env` (and the ballast it holds) lives until training ends.
-        let result = prepared.train(session, &data);
+        let result = model.train(session, &data);
         drop(env);
         result
     }

@@ -15,12 +15,13 @@
 //! checkpoint, whatever `--resume` said.
 
 use crate::lock::RunLock;
+use crate::{Failure, Outcome};
 use oomph_recipe::Recipe;
 use oomph_rundir::current::{self, Current, WorkerPhase};
 use oomph_rundir::events::{self, Event, EventLine, RESTART_STOP};
 use oomph_rundir::{metrics, note, RunDir, WorkerEnv};
 use oomph_sched::{decide_after_death, Death, DeathAt, DeathDecision, Policy, Supervision};
-use oomph_train::error::{EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, EXIT_MEMORY_DEATH};
+use oomph_train::error::{TrainError, EXIT_INTERRUPTED, EXIT_MEMORY_DEATH};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::Command;
@@ -150,22 +151,22 @@ fn record_restart(run_dir: &Path, at: &DeathAt, death: &Death, restarts: usize, 
     }
 }
 
-/// The supervisor stops with `code`: no worker runs any more, so `current.json` goes.
-fn stop(run_dir: &Path, code: i32) -> i32 {
+/// The supervisor stops with `failure`: no worker runs any more, so `current.json` goes.
+fn stop(run_dir: &Path, failure: Failure) -> Outcome {
     let _ = std::fs::remove_file(RunDir::new(run_dir).current());
-    code
+    Err(failure)
 }
 
 /// Runs the current command line as a supervised worker until it finishes, fails for a
-/// reason a restart cannot fix, or exceeds `supervisor.max_restarts`. Returns the exit code.
-pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
+/// reason a restart cannot fix, or exceeds `supervisor.max_restarts`.
+pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> Outcome {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
-            eprintln!(
-                "error: cannot find this program's own path to start a worker ({e}). Fix: run with --no-supervise."
-            );
-            return 1;
+            return Err(TrainError::Failed(format!(
+                "cannot find this program's own path to start a worker ({e}). Fix: run with --no-supervise."
+            ))
+            .into())
         }
     };
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -188,7 +189,7 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
                 "oomph supervisor: interrupted between two workers; the run stops here and the same command resumes \
                  it from its newest checkpoint"
             );
-            return stop(run_dir, EXIT_INTERRUPTED);
+            return stop(run_dir, Failure::Code(EXIT_INTERRUPTED));
         }
         let mut cmd = Command::new(&exe);
         cmd.args(&args);
@@ -220,8 +221,8 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("error: cannot start the training worker: {e}. Fix: run with --no-supervise.");
-                return 1;
+                let message = format!("cannot start the training worker: {e}. Fix: run with --no-supervise.");
+                return Err(TrainError::Failed(message).into());
             }
         };
         CHILD.store(child.id() as i32, Ordering::SeqCst);
@@ -233,14 +234,11 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
         // The signal handler only forwards with kill(2); std retries waitpid on EINTR.
         let status = match child.wait() {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: lost the training worker: {e}");
-                return 1;
-            }
+            Err(e) => return Err(TrainError::Failed(format!("lost the training worker: {e}")).into()),
         };
         CHILD.store(0, Ordering::SeqCst);
         if status.success() {
-            return 0;
+            return Ok(());
         }
         let interrupted = STOP.load(Ordering::SeqCst);
         let Some(death) = classify(status, run_dir, kills_before) else {
@@ -251,7 +249,7 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
                          run from its newest checkpoint"
                     );
                 }
-                return stop(run_dir, EXIT_INTERRUPTED);
+                return stop(run_dir, Failure::Code(EXIT_INTERRUPTED));
             }
             if let Some(sig) = status.signal() {
                 // A worker killed by a signal printed nothing of its own.
@@ -262,7 +260,8 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
                     if sig == libc::SIGABRT { " (SIGABRT, an abort)" } else { "" }
                 );
             }
-            return stop(run_dir, status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)));
+            // The worker told its own error; its exit code is the command's.
+            return stop(run_dir, Failure::Code(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))));
         };
         if interrupted {
             eprintln!(
@@ -270,7 +269,7 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
                  the run from its newest checkpoint",
                 death.describe()
             );
-            return stop(run_dir, EXIT_INTERRUPTED);
+            return stop(run_dir, Failure::Code(EXIT_INTERRUPTED));
         }
         let (mut at, current) = where_it_died(run_dir);
         if matches!(death, Death::HostAlloc { checkpoint: true, .. }) {
@@ -293,8 +292,8 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> i32 {
         match decision {
             DeathDecision::Stop { does_not_fit, message } => {
                 record_restart(run_dir, &at, &death, restarts, RESTART_STOP, started.elapsed().as_secs_f64());
-                eprintln!("error: {message}");
-                return stop(run_dir, if does_not_fit { EXIT_DOES_NOT_FIT } else { 1 });
+                let error = if does_not_fit { TrainError::DoesNotFit(message) } else { TrainError::Failed(message) };
+                return stop(run_dir, error.into());
             }
             DeathDecision::Restart { lower_micro: m, lower_eval: e, in_place: ip, action } => {
                 record_restart(run_dir, &at, &death, restarts, &action, started.elapsed().as_secs_f64());

@@ -39,5 +39,5 @@ pub use objective::{default_weight, Evaluation, Loss, MetricSum, Objective};
 pub use oomph_rundir::{checkpoint, current, events, metrics};
 pub use oomph_rundir::{EvalRecord, Event, EventLine, StepRecord, Summary};
 pub use progress::{Console, Observer, Silent};
-pub use registry::{DataNeeds, Models, Prepared, Registry};
+pub use registry::{Built, DataNeeds, Models, Prepared, Registry};
 pub use trainer::{train, Resume, Session};

@@ -9,7 +9,7 @@ use crate::trainer::{train, Session};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use oomph_data::{DataInfo, Splits};
-use oomph_recipe::RecipeError;
+use oomph_recipe::{Recipe, RecipeError};
 use oomph_rundir::Summary;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -29,15 +29,30 @@ pub trait Models {
     fn register<B: AutodiffBackend>(registry: &mut Registry<B>);
 }
 
-/// A model kind whose recipe keys were parsed: ready to load data for and train.
+/// A model kind whose recipe keys were parsed: ready to build for its data, once.
 pub trait Prepared<B: AutodiffBackend> {
     /// What the data loader must know (e.g. the context length).
     fn needs(&self) -> DataNeeds;
     /// The model's keys with every default filled in (for the resolved recipe).
     fn resolved_params(&self) -> toml::Table;
-    /// Builds the model for `data` once and drops it, so `oomph check` rejects what training
-    /// would (burn initialises parameters lazily, so this allocates little).
-    fn check(&self, data: &Splits, device: &B::Device) -> Result<(), String>;
+    /// Builds the model for `data` on `device`, the backend seeded with `run.seed` first. A
+    /// model that cannot take the data is a bad-input error that names both kinds.
+    fn build(
+        self: Box<Self>,
+        recipe: &Recipe,
+        origin: &str,
+        data: &Splits,
+        device: &B::Device,
+    ) -> Result<Box<dyn Built<B>>, TrainError>;
+    /// Builds the model for `data` and trains it in `session`.
+    fn train(self: Box<Self>, session: Session<B>, data: &Splits) -> Result<Summary, TrainError> {
+        let built = self.build(&session.recipe, &session.origin, data, &session.device)?;
+        built.train(session, data)
+    }
+}
+
+/// A model built for its data: ready to train.
+pub trait Built<B: AutodiffBackend> {
     /// Trains on `data` in `session`.
     fn train(self: Box<Self>, session: Session<B>, data: &Splits) -> Result<Summary, TrainError>;
 }
@@ -82,21 +97,36 @@ where
         toml::Table::try_from(&self.config).unwrap_or_default()
     }
 
-    fn check(&self, data: &Splits, device: &B::Device) -> Result<(), String> {
-        (self.init)(&self.config, &data.info, device).map(drop)
-    }
-
-    fn train(self: Box<Self>, session: Session<B>, data: &Splits) -> Result<Summary, TrainError> {
-        // Build once up front so a model that rejects the data fails before the run starts.
-        let device = session.device.clone();
-        B::seed(&device, session.recipe.run.seed);
-        let model = (self.init)(&self.config, &data.info, &device).map_err(|e| {
+    fn build(
+        self: Box<Self>,
+        recipe: &Recipe,
+        origin: &str,
+        data: &Splits,
+        device: &B::Device,
+    ) -> Result<Box<dyn Built<B>>, TrainError> {
+        B::seed(device, recipe.run.seed);
+        let model = (self.init)(&self.config, &data.info, device).map_err(|e| {
             TrainError::BadInput(format!(
-                "{}: model.kind = \"{}\" cannot be built for this data: {e}. Fix: pick a model.kind that takes {} \
+                "{origin}: model.kind = \"{}\" cannot be built for this data: {e}. Fix: pick a model.kind that takes {} \
                  data, or change the [data] section to data this model takes.",
-                session.origin, session.recipe.model.kind, session.recipe.data.kind
+                recipe.model.kind, recipe.data.kind
             ))
         })?;
+        Ok(Box::new(Model(model)))
+    }
+}
+
+/// A built model of type `M`.
+struct Model<M>(M);
+
+impl<B, M> Built<B> for Model<M>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Objective<B> + 'static,
+    M::InnerModule: Objective<B::InnerBackend>,
+{
+    fn train(self: Box<Self>, session: Session<B>, data: &Splits) -> Result<Summary, TrainError> {
+        let model = self.0;
         train(session, data, move |_| model)
     }
 }
