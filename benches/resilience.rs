@@ -45,7 +45,7 @@ fn main() {
         let ts = Instant::now();
         match s {
             "backend" => backend(),
-            "overhead" => overhead(),
+            "overhead" => overhead(&args),
             "accumulation" => accumulation(),
             "recovery" => recovery(),
             "restart" => restart(),
@@ -160,7 +160,7 @@ fn backend() {
 
 // ---------------------------------------------------------------------------------------
 
-fn overhead() {
+fn overhead(args: &[String]) {
     println!("## Framework overhead: oomph step vs a plain burn loop\n");
     println!("Same model and init (seed), same batches (oomph's sampler), same AdamW, micro-batch = effective");
     println!("batch (one chunk), flex backend, checkpoints and evaluation off. plain: gather, forward, mean");
@@ -182,6 +182,11 @@ fn overhead() {
         ("tiny-gpt-debug (8 x 1)", "tiny-gpt-debug.toml", 150, 20, 7, (0..variants.len()).collect()),
         ("big, 101 M parameters (16 x 1)", "", 5, 1, 2, (0..variants.len()).collect()),
     ];
+    // `overhead mlp` (or `gpt`, `101`) measures only the cases whose label holds that word.
+    let labels = ["mlp", "gpt", "101"];
+    let chosen: Vec<&String> = args.iter().filter(|a| labels.contains(&a.as_str())).collect();
+    let cases: Vec<Case> =
+        cases.into_iter().filter(|c| chosen.is_empty() || chosen.iter().any(|a| c.0.contains(a.as_str()))).collect();
     let mut cols: Vec<Vec<String>> = Vec::new();
     let mut plain_abs = Vec::new();
     for (label, file, steps, warm, reps, which) in &cases {

@@ -333,11 +333,10 @@ every = 0
         oomph_data::load(&r.data, r.run.seed, None).unwrap()
     }
 
-    /// burn's CPU backends share one RNG: runs that seed it take turns.
-    fn serial() -> std::sync::MutexGuard<'static, ()> {
-        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        LOCK.lock().unwrap_or_else(|e| e.into_inner())
-    }
+    /// burn's CPU backends share one RNG, and the recovery boundary reads the process-wide
+    /// panic recorder (another test's panicking thread would look like this run's failure):
+    /// tests that train take turns with the recovery tests.
+    use crate::recovery::tests::serial;
 
     fn run(micro: usize, dir: &Path) -> crate::Summary {
         let r = recipe(micro);

@@ -75,6 +75,15 @@ impl TrainError {
 }
 
 impl TrainError {
+    /// The run ended at `step` with weights that are not finite: nothing final was written.
+    pub fn final_weights_not_finite(step: usize) -> Self {
+        TrainError::Diverged(format!(
+            "the weights after the last step ({step}) are not finite, so neither a final checkpoint nor \
+             model.safetensors was written; the newest checkpoint holds the last finite weights. Fix: lower \
+             optimizer.lr or set optimizer.grad_clip_norm, and start over in a new --run-dir."
+        ))
+    }
+
     /// The paragraph for a run that stopped after `in_a_row` non-finite steps (the limit is
     /// `training.max_nonfinite_steps`), the last at `step`; `newest` is the newest checkpoint.
     pub fn diverged_message(

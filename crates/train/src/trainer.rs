@@ -8,17 +8,14 @@
 //! **Invariant:** no optimizer update is applied to a partial or failed gradient: after an OOM
 //! the same effective batch is retried from its first chunk (`tests/it/recovery.rs`).
 
-use crate::checkpoint::TrainState;
 use crate::checkpointer::Checkpointer;
 use crate::error::TrainError;
 use crate::evaluation::{attempt_eval, eval_len};
-use crate::export::save_safetensors;
 use crate::faults::{phase_name, Faults};
 use crate::objective::Objective;
 use crate::optim::{lr_at, Optim};
 use crate::recovery::cleanup;
 pub use crate::resume::Resume;
-use crate::resume::{Expect, Loaded};
 use crate::runlog::{position, worker_phase, RunLog};
 pub use crate::session::{check_data_fits, policy_config, total_steps, Session};
 use crate::signals;
@@ -29,25 +26,16 @@ use burn::tensor::backend::AutodiffBackend;
 use oomph_data::{Sampler, Splits};
 use oomph_recipe::{MicroInitial, Phase};
 use oomph_rundir::events::EvalShrinkReason;
-use oomph_rundir::{EvalRecord, StepRecord, Summary};
+use oomph_rundir::{EvalRecord, Summary};
 use oomph_rundir::{Event, RunDir};
 use oomph_sched::decide::{Decision, OomContext, OomPhase};
 use oomph_sched::{MemoryHint, Policy};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-/// The run's counters, carried across restarts in the checkpoint's state.
-#[derive(Debug, Clone, Default)]
-struct Tally {
-    samples_seen: u64,
-    last_loss: Option<f64>,
-    oom_events: usize,
-    recovery_s: f64,
-    resumes: usize,
-    /// Steps skipped because their loss or gradient norm was not finite, in total and in a row.
-    nonfinite_steps: usize,
-    nonfinite_run: usize,
-}
+mod state;
+
+use state::{Completed, Tally};
 
 /// One run of the loop, generic over backend and model.
 struct Run<'a, B: AutodiffBackend, M: AutodiffModule<B>> {
@@ -160,12 +148,7 @@ where
             self.evaluate()?;
         }
         if !self.checkpoint("final")? {
-            return Err(TrainError::Diverged(format!(
-                "the weights after the last step ({}) are not finite, so neither a final checkpoint nor \
-                 model.safetensors was written; the newest checkpoint holds the last finite weights. Fix: lower \
-                 optimizer.lr or set optimizer.grad_clip_norm, and start over in a new --run-dir.",
-                self.step
-            )));
+            return Err(TrainError::final_weights_not_finite(self.step));
         }
         self.finish()
     }
@@ -195,11 +178,14 @@ where
             };
             match outcome {
                 Outcome::Updated { loss, grad_norm } => {
-                    self.finish_step(step, loss, lr, &plan, t0, grad_norm, had_oom, false)?;
+                    let done = Completed { step, loss, lr, plan: &plan, started: t0, grad_norm, skipped: false };
+                    self.finish_step(&done, had_oom)?;
                     return Ok(had_oom);
                 }
                 Outcome::NonFinite { loss, check } => {
-                    self.skip_step(step, loss, check, lr, &plan, t0, had_oom)?;
+                    let grad_norm = check.norm.filter(|n| n.is_finite());
+                    let done = Completed { step, loss, lr, plan: &plan, started: t0, grad_norm, skipped: true };
+                    self.skip_step(&done, check, had_oom)?;
                     return Ok(had_oom);
                 }
                 Outcome::Failed(e) => return Err(e),
@@ -280,20 +266,11 @@ where
     /// A step whose loss or gradient norm is not finite: no update; recorded as a skipped step
     /// (its samples count as consumed, so resuming and the sampler stay in step); after
     /// `training.max_nonfinite_steps` in a row the run stops.
-    #[allow(clippy::too_many_arguments)]
-    fn skip_step(
-        &mut self,
-        step: usize,
-        loss: f64,
-        check: GradCheck,
-        lr: f64,
-        plan: &[usize],
-        t0: Instant,
-        had_oom: bool,
-    ) -> Result<(), TrainError> {
+    fn skip_step(&mut self, done: &Completed, check: GradCheck, had_oom: bool) -> Result<(), TrainError> {
+        let (step, loss, lr) = (done.step, done.loss, done.lr);
         self.tally.nonfinite_steps += 1;
         self.tally.nonfinite_run += 1;
-        self.finish_step(step, loss, lr, plan, t0, check.norm.filter(|n| n.is_finite()), had_oom, true)?;
+        self.finish_step(done, had_oom)?;
         let in_a_row = self.tally.nonfinite_run;
         let event = Event::NonfiniteStep {
             loss: loss.to_string(),
@@ -315,23 +292,13 @@ where
     }
 
     /// Records a completed step (`skipped`: completed without an update, as non-finite).
-    #[allow(clippy::too_many_arguments)]
-    fn finish_step(
-        &mut self,
-        step: usize,
-        loss: f64,
-        lr: f64,
-        plan: &[usize],
-        t0: Instant,
-        grad_norm: Option<f64>,
-        had_oom: bool,
-        skipped: bool,
-    ) -> Result<(), TrainError> {
+    fn finish_step(&mut self, done: &Completed, had_oom: bool) -> Result<(), TrainError> {
+        let (step, plan) = (done.step, done.plan);
         let n = self.s.recipe.training.effective_batch;
         self.step = step;
         self.tally.samples_seen += n as u64;
-        if !skipped {
-            self.tally.last_loss = Some(loss);
+        if !done.skipped {
+            self.tally.last_loss = Some(done.loss);
             self.tally.nonfinite_run = 0;
         }
         // Any allocation failure noted during this step was survived.
@@ -341,22 +308,7 @@ where
         if let Some(m) = mem {
             self.policy.observe_memory(plan[0], m.reserved, m.capacity);
         }
-        let rec = StepRecord {
-            step,
-            samples_seen: self.tally.samples_seen,
-            loss,
-            lr,
-            micro_batch: plan[0],
-            chunks: plan.len(),
-            samples_per_sec: n as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-            wall_s: self.log.wall(),
-            oom_events: self.tally.oom_events,
-            grad_norm,
-            skipped,
-            mem_used: mem.map(|m| m.in_use),
-            mem_reserved: mem.map(|m| m.reserved),
-            mem_total: mem.map(|m| m.capacity),
-        };
+        let rec = self.step_record(done, mem);
         self.log.step(&rec, self.total)?;
         if step == 1 && self.s.recipe.micro_batch.initial == MicroInitial::Auto {
             let event = Event::AutoSettled { micro_batch: plan[0], chunks: plan.len(), ooms: self.tally.oom_events };
@@ -452,94 +404,6 @@ where
         Ok(())
     }
 
-    /// Resumes from the checkpoint the session asks for, or starts over; then applies what a
-    /// supervisor asked for after a worker's death.
-    fn resume(&mut self) -> Result<(), TrainError> {
-        let expect = Expect {
-            recipe: &self.s.recipe,
-            origin: &self.s.origin,
-            run_dir: &self.s.run_dir,
-            data: self.data,
-            total: self.total,
-        };
-        let loaded = self.ckpt.load(self.s.resume, &expect, &mut self.net, &self.s.device, &mut self.log)?;
-        let step = loaded.as_ref().map_or(0, |l| l.state.step);
-        // Lines a dead worker left after the checkpoint are dropped: those steps run again.
-        self.last_eval = self.log.truncate(step)?;
-        if let Some(Loaded { state: st, dir, eval_batch_changed }) = loaded {
-            self.policy = Policy::from_state(policy_config(&self.s.recipe), st.policy.clone());
-            self.sampler = Sampler::with_cursor(self.data.train.len(), st.seed, true, st.cursor);
-            self.step = st.step;
-            // The evaluation batch learned by the run (lowered after OOMs) holds unless the
-            // recipe now asks for another one.
-            self.eval_batch = match (eval_batch_changed, self.s.recipe.training.eval_batch) {
-                (true, Some(b)) => b,
-                (true, None) => self.policy.limit(),
-                (false, _) => st.eval_batch,
-            }
-            .max(1);
-            self.tally = Tally {
-                samples_seen: st.samples_seen,
-                last_loss: st.last_loss,
-                oom_events: st.oom_events,
-                recovery_s: st.recovery_s,
-                resumes: st.resumes + 1,
-                nonfinite_steps: st.nonfinite_steps,
-                nonfinite_run: st.nonfinite_run,
-            };
-            self.log.resume_wall(st.wall_s);
-            let checkpoint = dir.display().to_string();
-            self.log.event(st.step, Event::Resume { from_step: st.step, checkpoint, micro_batch: self.policy.limit() });
-            self.log.note(format!("resuming from {} (step {}/{})", dir.display(), st.step, self.total));
-        }
-        if let Some(m) = self.s.lower_ceiling {
-            let evs = self.policy.lower_ceiling(m);
-            self.log.policy_events(self.step + 1, evs);
-        }
-        if let Some(e) = self.s.lower_eval {
-            let to = oomph_sched::eval_batch_below(e);
-            if to < self.eval_batch {
-                let event = Event::EvalShrink { from: self.eval_batch, to, reason: EvalShrinkReason::WorkerDied };
-                self.log.event(self.step + 1, event);
-                self.eval_batch = to;
-            }
-        }
-        self.write_position();
-        Ok(())
-    }
-
-    /// The start-up banner.
-    fn banner(&mut self) {
-        let lines =
-            self.s.banner_lines(&self.policy, &self.data.info, self.parameters, self.total, self.step, &self.faults);
-        self.log.start(self.step, self.total, lines);
-    }
-
-    /// The state a checkpoint written now carries.
-    fn state(&self, reason: &str) -> TrainState {
-        let t = &self.tally;
-        TrainState {
-            step: self.step,
-            samples_seen: t.samples_seen,
-            cursor: self.sampler.cursor(),
-            policy: self.policy.state().clone(),
-            eval_batch: self.eval_batch,
-            seed: self.s.recipe.run.seed,
-            recipe_fingerprint: oomph_recipe::fingerprint(&self.s.recipe),
-            last_loss: t.last_loss,
-            oom_events: t.oom_events,
-            recovery_s: t.recovery_s,
-            wall_s: self.log.wall(),
-            restarts: self.s.restarts,
-            resumes: t.resumes,
-            reason: reason.into(),
-            data: Some(self.data.identity.clone()),
-            total_steps: Some(self.total),
-            nonfinite_steps: t.nonfinite_steps,
-            nonfinite_run: t.nonfinite_run,
-        }
-    }
-
     /// Enters `phase` (recorded in `current.json`).
     fn enter(&mut self, phase: Phase) {
         self.phase = phase;
@@ -549,38 +413,5 @@ where
     fn write_position(&mut self) {
         let c = position(self.phase, self.step, &self.policy, self.eval_batch, self.parameters, self.ckpt.writing());
         self.log.position(&c);
-    }
-
-    /// Writes the final weights and `summary.json`.
-    fn finish(&mut self) -> Result<Summary, TrainError> {
-        self.log.flush()?;
-        self.settle_writer()?;
-        let model_path = RunDir::new(&self.s.run_dir).model();
-        save_safetensors::<B, M>(self.net.model(), &model_path)?;
-        let ev = self.last_eval.clone();
-        let t = &self.tally;
-        let summary = Summary {
-            name: self.s.recipe.run.name.clone(),
-            steps: self.step,
-            samples_seen: t.samples_seen,
-            effective_batch: self.s.recipe.training.effective_batch,
-            train_loss: t.last_loss,
-            valid_loss: ev.as_ref().map(|e| e.valid_loss),
-            valid_accuracy: ev.as_ref().and_then(|e| e.metrics.get("accuracy").copied()),
-            valid_metrics: ev.map(|e| e.metrics).unwrap_or_default(),
-            wall_s: self.log.wall(),
-            oom_events: t.oom_events,
-            micro_batch_final: self.policy.limit(),
-            micro_batch_history: self.policy.state().history.clone(),
-            recovery_s: t.recovery_s,
-            restarts: self.log.restarts_in_run().max(self.s.restarts),
-            resumes: t.resumes,
-            parameters: self.parameters,
-            model_path: model_path.display().to_string(),
-            checkpoint_stall_s: self.ckpt.stall_s(),
-            nonfinite_steps: t.nonfinite_steps,
-        };
-        self.log.finish(&summary)?;
-        Ok(summary)
     }
 }

@@ -1,5 +1,6 @@
 //! Tests of the recovery boundary on the CPU backend. The panic ring is process-wide, so every
-//! test that records panics or runs an attempt takes [`serial`].
+//! test of this crate that records panics or runs an attempt (training included) takes
+//! [`serial`].
 
 use super::*;
 use burn::backend::Flex;
