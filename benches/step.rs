@@ -156,21 +156,69 @@ fn policy_step(bencher: Bencher) {
     });
 }
 
-/// One `metrics.jsonl` line, serialised and flushed.
+/// One `metrics.jsonl` line as the run log writes it: serialised into the buffered writer,
+/// flushed at most every 100 ms.
 #[divan::bench(max_time = 1)]
 fn metrics_line(bencher: Bencher) {
     let d = tempfile::tempdir().unwrap();
-    let mut out = JsonLines::open(&d.path().join("metrics.jsonl")).unwrap();
+    let path = d.path().join("metrics.jsonl");
+    let mut out = JsonLines::open_with(&path, std::time::Duration::from_millis(100)).unwrap();
     let mut step = 0;
     bencher.bench_local(|| {
         step += 1;
-        let rec: StepRecord = serde_json::from_value(serde_json::json!({
-            "kind": "step", "step": step, "samples_seen": step as u64 * 64, "loss": 1.234, "lr": 3e-3,
-            "micro_batch": 64, "chunks": 1, "samples_per_sec": 12345.0, "wall_s": 1.5, "oom_events": 0,
-        }))
-        .unwrap();
+        let rec = StepRecord {
+            step,
+            samples_seen: step as u64 * 64,
+            loss: 1.234_567_8,
+            lr: 3e-3,
+            micro_batch: 64,
+            chunks: 1,
+            samples_per_sec: 12_345.678,
+            wall_s: 1.5 + step as f64 * 5e-5,
+            oom_events: 0,
+            grad_norm: None,
+            skipped: false,
+            mem_used: None,
+            mem_reserved: None,
+            mem_total: None,
+        };
         out.write(&rec).unwrap();
     });
+}
+
+/// The gradient check of one step: every gradient reduced on the device and read back with
+/// the loss in one read (`step.rs`), against reading the loss alone (the plain loop's read).
+#[divan::bench(args = MODELS, consts = [false, true], max_time = 2)]
+fn grad_check<const CHECK: bool>(bencher: Bencher, name: &str) {
+    use burn::tensor::{ElementConversion, Tensor};
+    use oomph::train::optim::{reduce_grads, Reduce};
+    let r = recipe(name);
+    let data = data_for(&r);
+    let device = Default::default();
+    let batch = data.train.batch(&(0..r.training.effective_batch).collect::<Vec<_>>());
+    fn run<M: AutodiffModule<Fx> + PlainLoss<Fx>, const CHECK: bool>(
+        bencher: Bencher,
+        m: M,
+        batch: &oomph::data::Batch,
+        device: &burn::tensor::Device<Fx>,
+    ) {
+        let loss = m.mean_loss(batch, device);
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        let loss = m.mean_loss(batch, device).inner();
+        bencher.bench_local(|| {
+            if CHECK {
+                let mut all = vec![loss.clone()];
+                all.extend(reduce_grads::<Fx, M>(&m, &grads, Reduce::Sum));
+                black_box(Tensor::cat(all, 0).into_data().iter::<f64>().sum::<f64>())
+            } else {
+                black_box(loss.clone().into_scalar().elem::<f64>())
+            }
+        });
+    }
+    match build::<Fx>(&r, &data, &device) {
+        Builtins::Mlp(m) => run::<_, CHECK>(bencher, m, &batch, &device),
+        Builtins::Gpt(m) => run::<_, CHECK>(bencher, m, &batch, &device),
+    }
 }
 
 /// Gathering one effective batch (sampler + `Source::batch`), which both loops do.
@@ -201,34 +249,26 @@ fn oom_roundtrip(bencher: Bencher) {
     });
 }
 
-/// `current.json` as the trainer writes it after every policy event: write a temporary file,
-/// rename it over the old one.
+/// `current.json` as the run log keeps it: two writes per step (the forward phase of the
+/// next step, then the optimizer phase) into the memory-mapped file.
 #[divan::bench(max_time = 1)]
 fn current_json(bencher: Bencher) {
+    use oomph::train::current::{Current, CurrentFile, WorkerPhase};
     let d = tempfile::tempdir().unwrap();
-    let (tmp, fin) = (d.path().join("current.json.tmp"), d.path().join("current.json"));
+    let mut f = CurrentFile::open(&d.path().join("current.json")).unwrap();
+    let mut c = Current {
+        pid: 4242,
+        micro_batch: 64,
+        eval_batch: 64,
+        min_micro_batch: 1,
+        parameters: 2410,
+        ..Default::default()
+    };
     bencher.bench_local(|| {
-        std::fs::write(&tmp, r#"{"pid":1,"step":2,"micro_batch":32}"#).unwrap();
-        std::fs::rename(&tmp, &fin).unwrap();
-    });
-}
-
-/// The same, rewritten in place through a file kept open (one `pwrite`, padded to a fixed
-/// length so a shorter text leaves no stale tail): the cheaper way to keep `current.json`.
-#[divan::bench(max_time = 1)]
-fn current_json_in_place(bencher: Bencher) {
-    use std::os::unix::fs::FileExt;
-    let d = tempfile::tempdir().unwrap();
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(d.path().join("current.json"))
-        .unwrap();
-    bencher.bench_local(|| {
-        let mut line = r#"{"pid":1,"step":2,"micro_batch":32}"#.to_string();
-        line.push_str(&" ".repeat(127 - line.len()));
-        line.push('\n');
-        f.write_all_at(line.as_bytes(), 0).unwrap();
+        c.step += 1;
+        c.phase = WorkerPhase::Train;
+        f.write(&c);
+        c.phase = WorkerPhase::Optimizer;
+        f.write(&c);
     });
 }

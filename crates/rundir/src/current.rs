@@ -1,8 +1,9 @@
 //! `current.json`: what a worker is doing right now (step, phase, sizes in force), for the
 //! supervisor to read after the worker died without a word (SIGKILL from the OOM killer, an
-//! aborted allocation). It is a fixed-length file mapped into memory, so an update is a
-//! memory copy, not a system call (the loop updates it at every phase change); the kernel
-//! keeps the page when the process dies, so the supervisor reads what was last written.
+//! aborted allocation). It is a fixed-length file mapped into memory with a fixed slot per
+//! value, so an update copies the few bytes that changed, without a system call (the loop
+//! updates it at every phase change); the kernel keeps the page when the process dies, so
+//! the supervisor reads what was last written.
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -37,12 +38,38 @@ pub struct Current {
     pub checkpoint_step: Option<usize>,
 }
 
+/// The fields of the file in order, each with the width of its value's slot. The object
+/// is laid out once with every value padded by spaces to its slot (JSON allows whitespace
+/// after a value), so a write rewrites only the slots whose value changed: the loop's two
+/// writes per step touch the phase and the step, a few bytes each. `writing` is `1` while
+/// slots change: a worker killed in the middle of a write leaves a file that [`read`] turns
+/// down rather than one that mixes two positions.
+const FIELDS: [(&str, usize); 9] = [
+    ("writing", 1),
+    ("pid", 10),
+    ("step", 20),
+    ("phase", 12),
+    ("micro_batch", 20),
+    ("eval_batch", 20),
+    ("min_micro_batch", 20),
+    ("parameters", 20),
+    ("checkpoint_step", 20),
+];
+
+/// A value's text in its slot, padded with spaces.
+type Slot = [u8; 20];
+
 /// The mapped `current.json` of a running worker (or, where the file system cannot map it,
 /// the open file, rewritten with one positioned write per update).
 pub struct CurrentFile {
     ptr: *mut u8,
     file: Option<std::fs::File>,
-    last: Current,
+    /// The whole file as it is now.
+    text: [u8; LEN],
+    /// Where each field's value slot starts in `text`.
+    offsets: [usize; FIELDS.len()],
+    /// What the file holds (`None` before the first write).
+    last: Option<Current>,
 }
 
 impl CurrentFile {
@@ -64,34 +91,135 @@ impl CurrentFile {
                 0,
             )
         };
-        if ptr == libc::MAP_FAILED {
-            return Some(Self { ptr: std::ptr::null_mut(), file: Some(f), last: Current::default() });
-        }
-        Some(Self { ptr: ptr.cast(), file: None, last: Current::default() })
+        let (text, offsets) = layout();
+        let (ptr, file) = if ptr == libc::MAP_FAILED { (std::ptr::null_mut(), Some(f)) } else { (ptr.cast(), None) };
+        Some(Self { ptr, file, text, offsets, last: None })
     }
 
     /// Writes `c` unless it is what the file already holds.
     pub fn write(&mut self, c: &Current) {
-        if *c == self.last {
+        if self.last.as_ref() == Some(c) {
             return;
         }
-        // The object, padded with spaces, then a newline; built on the stack (no allocation:
-        // the loop writes this twice per step). An object that does not fit is not written.
-        let mut text = [b' '; LEN];
-        text[LEN - 1] = b'\n';
-        if serde_json::to_writer(&mut &mut text[..LEN - 1], c).is_err() {
-            return;
-        }
-        match &self.file {
+        let changed: [bool; FIELDS.len()] = match &self.last {
+            None => [true; FIELDS.len()],
+            Some(last) => std::array::from_fn(|i| i > 0 && differs(last, c, i)),
+        };
+        match self.file.take() {
             Some(f) => {
+                for i in 1..FIELDS.len() {
+                    self.set(i, &render(c, i));
+                }
                 use std::os::unix::fs::FileExt;
-                let _ = f.write_all_at(&text, 0);
+                let _ = f.write_all_at(&self.text, 0);
+                self.file = Some(f);
             }
-            // SAFETY: `ptr` maps LEN writable bytes and `text` is exactly LEN bytes long.
-            None => unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), self.ptr, LEN) },
+            None => {
+                use std::sync::atomic::{fence, Ordering};
+                if self.last.is_none() {
+                    // The first write lays the whole object out, marked as being written.
+                    self.text[self.offsets[0]] = b'1';
+                    self.flush(0, LEN);
+                    fence(Ordering::Release);
+                } else {
+                    self.mark(b'1');
+                }
+                for i in (1..FIELDS.len()).filter(|&i| changed[i]) {
+                    self.set(i, &render(c, i));
+                    self.flush(self.offsets[i], FIELDS[i].1);
+                }
+                fence(Ordering::Release);
+                self.mark(b'0');
+            }
         }
-        self.last = c.clone();
+        self.last = Some(c.clone());
     }
+
+    /// Puts slot `i`'s text into `text`.
+    fn set(&mut self, i: usize, slot: &Slot) {
+        let (at, width) = (self.offsets[i], FIELDS[i].1);
+        self.text[at..at + width].copy_from_slice(&slot[..width]);
+    }
+
+    /// Sets the `writing` flag, in `text` and in the mapping (one byte: it cannot tear).
+    fn mark(&mut self, flag: u8) {
+        let at = self.offsets[0];
+        self.text[at] = flag;
+        self.flush(at, 1);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+    }
+
+    /// Copies `text[at..at + len]` into the mapping.
+    fn flush(&self, at: usize, len: usize) {
+        debug_assert!(!self.ptr.is_null() && at + len <= LEN);
+        // SAFETY: `ptr` maps LEN writable bytes and `at + len <= LEN`.
+        unsafe { std::ptr::copy_nonoverlapping(self.text.as_ptr().add(at), self.ptr.add(at), len) };
+    }
+}
+
+/// The empty layout (`writing` 0, every other slot blank) and where each slot starts.
+fn layout() -> ([u8; LEN], [usize; FIELDS.len()]) {
+    let mut text = [b' '; LEN];
+    text[LEN - 1] = b'\n';
+    let mut offsets = [0; FIELDS.len()];
+    let mut at = 0;
+    let put = |text: &mut [u8; LEN], at: &mut usize, s: &[u8]| {
+        text[*at..*at + s.len()].copy_from_slice(s);
+        *at += s.len();
+    };
+    for (i, (name, width)) in FIELDS.iter().enumerate() {
+        put(&mut text, &mut at, if i == 0 { b"{\"" } else { b",\"" });
+        put(&mut text, &mut at, name.as_bytes());
+        put(&mut text, &mut at, b"\":");
+        offsets[i] = at;
+        put(&mut text, &mut at, &[b' '; 20][..*width]);
+    }
+    put(&mut text, &mut at, b"}");
+    text[offsets[0]] = b'0';
+    (text, offsets)
+}
+
+/// Whether field `i` of [`FIELDS`] differs between `a` and `b`.
+fn differs(a: &Current, b: &Current, i: usize) -> bool {
+    match i {
+        1 => a.pid != b.pid,
+        2 => a.step != b.step,
+        3 => a.phase != b.phase,
+        4 => a.micro_batch != b.micro_batch,
+        5 => a.eval_batch != b.eval_batch,
+        6 => a.min_micro_batch != b.min_micro_batch,
+        7 => a.parameters != b.parameters,
+        _ => a.checkpoint_step != b.checkpoint_step,
+    }
+}
+
+/// Field `i` of [`FIELDS`] (past `writing`) as its slot's text.
+fn render(c: &Current, i: usize) -> Slot {
+    use std::io::Write;
+    let mut slot = [b' '; 20];
+    let number = match i {
+        1 => Some(c.pid as u64),
+        2 => Some(c.step as u64),
+        4 => Some(c.micro_batch as u64),
+        5 => Some(c.eval_batch as u64),
+        6 => Some(c.min_micro_batch as u64),
+        7 => Some(c.parameters as u64),
+        8 => c.checkpoint_step.map(|v| v as u64),
+        _ => None,
+    };
+    match (i, number) {
+        (3, _) => {
+            let phase = c.phase.as_str().as_bytes();
+            slot[0] = b'"';
+            slot[1..1 + phase.len()].copy_from_slice(phase);
+            slot[1 + phase.len()] = b'"';
+        }
+        (_, Some(v)) => {
+            let _ = write!(&mut slot[..], "{v}");
+        }
+        (_, None) => slot[..4].copy_from_slice(b"null"),
+    }
+    slot
 }
 
 impl Drop for CurrentFile {
@@ -103,9 +231,20 @@ impl Drop for CurrentFile {
     }
 }
 
-/// Reads a worker's `current.json` (`None` when absent, unreadable or not a `Current`).
+/// Reads a worker's `current.json` (`None` when absent, unreadable, not a `Current`, or
+/// torn: its worker died in the middle of a write).
 pub fn read(path: &Path) -> Option<Current> {
-    serde_json::from_str(std::fs::read_to_string(path).ok()?.trim()).ok()
+    #[derive(Deserialize)]
+    struct Flag {
+        #[serde(default)]
+        writing: u8,
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let flag: Flag = serde_json::from_str(text.trim()).ok()?;
+    if flag.writing != 0 {
+        return None;
+    }
+    serde_json::from_str(text.trim()).ok()
 }
 
 #[cfg(test)]
@@ -126,6 +265,56 @@ mod tests {
         drop(f);
         assert_eq!(read(&p), Some(c));
         assert_eq!(std::fs::metadata(&p).unwrap().len(), LEN as u64);
+    }
+
+    #[test]
+    fn every_write_reads_back_as_written_whatever_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("current.json");
+        let mut f = CurrentFile::open(&p).unwrap();
+        let phases = [WorkerPhase::Checkpoint, WorkerPhase::Eval, WorkerPhase::Train, WorkerPhase::Optimizer];
+        // Values that grow and shrink by digits (a shorter value must not keep the tail of a
+        // longer one), the longest and shortest phases, a checkpoint step that comes and goes.
+        let sizes = [0usize, 9, 10, 99_999, 7, usize::MAX, 1];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut c = Current::default();
+        for _ in 0..400 {
+            let r = next();
+            match r % 8 {
+                0 => c.pid = (r >> 8) as u32,
+                1 | 2 => c.step = sizes[(r >> 8) as usize % sizes.len()],
+                3 | 4 => c.phase = phases[(r >> 8) as usize % phases.len()],
+                5 => c.micro_batch = sizes[(r >> 8) as usize % sizes.len()],
+                6 => {
+                    (c.eval_batch, c.min_micro_batch, c.parameters) =
+                        ((r >> 8) as usize, (r >> 16) as usize % 3, r as usize)
+                }
+                _ => c.checkpoint_step = (r & 256 == 0).then(|| sizes[(r >> 9) as usize % sizes.len()]),
+            }
+            f.write(&c);
+            assert_eq!(read(&p).as_ref(), Some(&c));
+        }
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), LEN as u64);
+    }
+
+    #[test]
+    fn a_write_cut_short_reads_as_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("current.json");
+        let mut f = CurrentFile::open(&p).unwrap();
+        f.write(&Current { pid: 7, step: 3, ..Default::default() });
+        drop(f);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with(r#"{"writing":0,"#), "{text}");
+        // A worker killed between the flag and the end of its write leaves the flag set.
+        std::fs::write(&p, text.replacen(r#""writing":0"#, r#""writing":1"#, 1)).unwrap();
+        assert_eq!(read(&p), None);
     }
 
     #[test]

@@ -158,10 +158,11 @@ impl JsonLines {
 
     /// Writes one value as a line.
     pub fn write<T: Serialize>(&mut self, value: &T) -> Result<(), Error> {
-        let mut line =
-            serde_json::to_vec(value).map_err(std::io::Error::other).at("serialising a line for", &self.path)?;
-        line.push(b'\n');
-        self.out.write_all(&line).at("appending to", &self.path)?;
+        // Serialised straight into the buffer (no line allocated per step). The records
+        // serialise without error (string keys only; serde_json writes NaN as null), so only
+        // an I/O error can stop a line midway, as with any write.
+        serde_json::to_writer(&mut self.out, value).map_err(std::io::Error::other).at("appending to", &self.path)?;
+        self.out.write_all(b"\n").at("appending to", &self.path)?;
         if self.last_flush.is_none_or(|t| t.elapsed() >= self.flush_every) {
             self.flush()?;
         }

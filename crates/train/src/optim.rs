@@ -170,29 +170,27 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: 
     }
 }
 
-/// Every gradient of `module` reduced as `how` says and added up, on the device (no read),
-/// `[1]`; `None` when no parameter has a gradient.
+/// Every gradient of `module` reduced to one number as `how` says, on the device (no read):
+/// one `[1]` tensor per parameter that has a gradient, in visiting order. Read them back
+/// together with the loss (`Tensor::cat`) and add them up on the host.
 pub fn reduce_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &GradientsParams,
     how: Reduce,
-) -> Option<Tensor<B::InnerBackend, 1>> {
-    let mut total: Option<Tensor<B::InnerBackend, 1>> = None;
-    for (id, rank) in param_ids::<B, M>(module) {
-        let part: Option<Tensor<B::InnerBackend, 1>> = for_rank!(rank, B::InnerBackend, reduce_one, grads, id, how);
-        if let Some(p) = part {
-            total = Some(match total {
-                Some(t) => t + p,
-                None => p,
-            });
-        }
-    }
-    total
+) -> Vec<Tensor<B::InnerBackend, 1>> {
+    param_ids::<B, M>(module)
+        .into_iter()
+        .filter_map(|(id, rank)| for_rank!(rank, B::InnerBackend, reduce_one, grads, id, how))
+        .collect()
 }
 
 /// Global L2 norm of all gradients of `module` (one device read).
 pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f64 {
-    reduce_grads::<B, M>(module, grads, Reduce::Squares).map(|t| t.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0)
+    let parts = reduce_grads::<B, M>(module, grads, Reduce::Squares);
+    if parts.is_empty() {
+        return 0.0;
+    }
+    Tensor::cat(parts, 0).into_data().iter::<f64>().sum::<f64>().sqrt()
 }
 
 /// Scales `grads` down to global norm `max_norm` when their norm `norm` (already known)

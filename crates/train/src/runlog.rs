@@ -181,7 +181,7 @@ pub fn position(
 ) -> Current {
     let (step, phase) = worker_phase(phase, step);
     Current {
-        pid: std::process::id(),
+        pid: pid(),
         step,
         phase,
         micro_batch: policy.limit(),
@@ -190,6 +190,13 @@ pub fn position(
         parameters,
         checkpoint_step: writing,
     }
+}
+
+/// This process's id, asked of the kernel once (`getpid` is a system call, and `current.json`
+/// is written twice per step).
+fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 /// Seconds rounded to the microsecond for event lines.

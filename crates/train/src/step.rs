@@ -294,14 +294,17 @@ where
     // clipping needs the norm, otherwise the plain sum (finite exactly when every element is).
     let with_norm = input.clip.is_some();
     let how = if with_norm { Reduce::Squares } else { Reduce::Sum };
-    let check = reduce_grads::<B, M>(model, &grads, how);
-    let (loss, check) = match (loss_sum, check) {
-        (Some(l), Some(q)) => {
-            let v: Vec<f64> = Tensor::cat(vec![l, q], 0).into_data().iter::<f64>().collect();
-            (v[0], v[1])
+    let parts = reduce_grads::<B, M>(model, &grads, how);
+    let (loss, check) = match loss_sum {
+        Some(l) if parts.is_empty() => (l.into_scalar().elem::<f64>(), 0.0),
+        Some(l) => {
+            let mut all = Vec::with_capacity(parts.len() + 1);
+            all.push(l);
+            all.extend(parts);
+            let v: Vec<f64> = Tensor::cat(all, 0).into_data().iter::<f64>().collect();
+            (v[0], v[1..].iter().sum::<f64>())
         }
-        (Some(l), None) => (l.into_scalar().elem::<f64>(), 0.0),
-        (None, _) => (f64::NAN, f64::NAN),
+        None => (f64::NAN, f64::NAN),
     };
     let grads_check = GradCheck { finite: check.is_finite(), norm: with_norm.then(|| check.sqrt()) };
     (grads, loss, grads_check)
