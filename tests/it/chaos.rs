@@ -117,7 +117,7 @@ fn chaos_from_a_seed_ends_as_the_undisturbed_run() {
         // clock. The random kills (every other one) gain at most half the run together and an
         // aimed one at most the next write, so every kill lands before the run ends.
         let target_write = kills % 2 == 0;
-        let newest = oomph::train::checkpoint::list(&run.join("checkpoints")).first().map_or(0, |c| c.0);
+        let newest = oomph::train::checkpoint::list(&run.join("checkpoints")).unwrap().first().map_or(0, |c| c.0);
         let at = newest + rng.step(1, steps / (kills_wanted + 1));
         // Wait for the moment of the kill, unless the worker ends first or no kill is left: a
         // random step, or, for a targeted kill, a checkpoint write in progress, checked again
@@ -157,7 +157,7 @@ fn chaos_from_a_seed_ends_as_the_undisturbed_run() {
             let completed = current.as_ref().map(|c| c.step.saturating_sub(1)).unwrap_or(0);
             let pending = current.as_ref().is_some_and(|c| c.checkpoint_step.is_some());
             // Every checkpoint that counts is complete and verifiable, whatever the moment.
-            let counted = oomph::train::checkpoint::list(&run.join("checkpoints"));
+            let counted = oomph::train::checkpoint::list(&run.join("checkpoints")).unwrap();
             for (_, dir) in &counted {
                 oomph::train::checkpoint::verify(dir)
                     .unwrap_or_else(|e| panic!("a counted checkpoint is damaged: {e}"));

@@ -27,7 +27,7 @@ fn base() -> TestRecipe {
 
 /// Checkpoint steps that count, highest first.
 fn checkpoint_steps(run: &Path) -> Vec<usize> {
-    oomph::train::checkpoint::list(&run.join("checkpoints")).iter().map(|c| c.0).collect()
+    oomph::train::checkpoint::list(&run.join("checkpoints")).unwrap().iter().map(|c| c.0).collect()
 }
 
 /// `--set faults.die_at=[{step=S, phase="P"}]`.
@@ -287,7 +287,7 @@ fn a_diverging_run_stops_with_exit_5_and_no_checkpoint_holds_non_finite_weights(
     let r = base().recipe(&["optimizer.kind=sgd"]);
     let data = data_for(&r);
     let cfg: oomph::models::mlp::MlpConfig = oomph::recipe::params(&r.model.params, "model", "test").unwrap();
-    for (step, dir) in oomph::train::checkpoint::list(&run.join("checkpoints")) {
+    for (step, dir) in oomph::train::checkpoint::list(&run.join("checkpoints")).unwrap() {
         let v = oomph::train::checkpoint::verify(&dir).unwrap();
         let model = oomph::models::mlp::init::<B>(&cfg, &data.info, &Default::default()).unwrap();
         use oomph::burn::module::Module;
@@ -573,6 +573,27 @@ fn overwrite_removes_nothing_until_the_new_recipe_data_and_model_are_known_good(
             let after = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
             assert_eq!(after, before, "{bad} {mode:?}: the metrics stay");
         }
+    }
+}
+
+#[test]
+fn a_checkpoint_directory_that_cannot_be_read_stops_the_resume_and_loses_nothing() {
+    let f = Fixture::new(&base());
+    let run = f.run("run");
+    assert!(f.train("run", &["--no-supervise", "--set", "training.steps=4"]).status.success());
+    let before = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    // `checkpoints` cannot be listed (here: it is a file; as another user, a directory
+    // without read permission; on a network file system, a stale handle).
+    std::fs::rename(run.join("checkpoints"), f.dir.path().join("kept")).unwrap();
+    std::fs::write(run.join("checkpoints"), "").unwrap();
+    for mode in [&["--no-supervise"][..], &[][..]] {
+        let mut args = vec!["--set", "training.steps=8"];
+        args.extend_from_slice(mode);
+        let o = f.train("run", &args);
+        let all = text(&o);
+        assert_eq!(o.status.code(), Some(4), "{mode:?}: {all}");
+        assert!(all.contains(&run.join("checkpoints").display().to_string()), "names the directory: {all}");
+        assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(), before, "{mode:?}: the history stays");
     }
 }
 

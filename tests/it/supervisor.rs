@@ -73,7 +73,7 @@ fn sigkill_of_the_whole_tree_at_random_moments_then_rerun_is_bit_identical() {
     let mut rng = Rng(0x2545F4914F6CDD1D);
     let kills = 6;
     for n in 1..=kills {
-        let newest = oomph::train::checkpoint::list(&run.join("checkpoints")).first().map_or(0, |c| c.0);
+        let newest = oomph::train::checkpoint::list(&run.join("checkpoints")).unwrap().first().map_or(0, |c| c.0);
         let at = newest + rng.step(1, 6);
         let mut child = f.cmd("killed", &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let supervisor = child.id();
@@ -84,7 +84,7 @@ fn sigkill_of_the_whole_tree_at_random_moments_then_rerun_is_bit_identical() {
         kill_tree(supervisor);
         let _ = child.wait();
         // Every checkpoint that counts is complete and verifiable.
-        for (_, dir) in oomph::train::checkpoint::list(&run.join("checkpoints")) {
+        for (_, dir) in oomph::train::checkpoint::list(&run.join("checkpoints")).unwrap() {
             oomph::train::checkpoint::verify(&dir)
                 .unwrap_or_else(|e| panic!("a complete-looking checkpoint is damaged: {e}"));
         }
@@ -107,7 +107,7 @@ fn sigterm_checkpoints_exits_130_and_the_same_command_resumes_identically() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    let ck = oomph::train::checkpoint::list(&run.join("checkpoints"));
+    let ck = oomph::train::checkpoint::list(&run.join("checkpoints")).unwrap();
     let (step, dir) = ck.first().expect("a checkpoint written on SIGTERM");
     let state = oomph::train::checkpoint::verify(dir).unwrap().state;
     assert_eq!(state.reason, "signal");

@@ -10,7 +10,14 @@ pub fn run(path: &Path) -> Result<(), TrainError> {
     let dir = if path.join(layout::CKPT_MANIFEST).is_file() {
         path.to_path_buf()
     } else {
-        match checkpoint::newest(&RunDir::new(path).checkpoints()) {
+        let root = RunDir::new(path).checkpoints();
+        let newest = checkpoint::newest(&root).map_err(|e| {
+            TrainError::Checkpoint(format!(
+                "{e}. Fix: make {} a readable directory again (check its permissions and the disk).",
+                root.display()
+            ))
+        })?;
+        match newest {
             Some(newest) => newest.dir,
             None => {
                 return Err(TrainError::Checkpoint(format!(

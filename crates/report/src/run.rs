@@ -99,7 +99,9 @@ impl Run {
             evals: metrics.evals,
             events: events::linear_history(events),
             summary,
-            checkpoint: checkpoint::newest(&rd.checkpoints()),
+            // The report shows what it can read: a checkpoint directory that cannot be listed
+            // leaves the checkpoint out (`oomph inspect` and a resume name the error).
+            checkpoint: checkpoint::newest(&rd.checkpoints()).ok().flatten(),
             skipped_lines: metrics.skipped + skipped_events,
         })
     }

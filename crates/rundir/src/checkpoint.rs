@@ -159,7 +159,7 @@ fn write_tmp(root: &Path, tmp: &Path, payload: &Payload) -> Result<(), Error> {
         f.sync_all().at("syncing", &p)?;
         entries.push(FileEntry { name: name.clone(), bytes: bytes.len() as u64, sha256: sha256_hex(bytes) });
     }
-    let manifest = Manifest { format: FORMAT, step: payload.step, seq: next_seq(root), files: entries };
+    let manifest = Manifest { format: FORMAT, step: payload.step, seq: next_seq(root)?, files: entries };
     let p = tmp.join(CKPT_MANIFEST);
     let text = serde_json::to_string_pretty(&manifest).map_err(std::io::Error::other).at("serialising", &p)?;
     let mut f = File::create(&p).at("creating", &p)?;
@@ -227,23 +227,30 @@ fn parse_name(name: &str) -> Option<(usize, bool)> {
     }
 }
 
-/// Complete checkpoint directories (with a manifest) under `root`, highest step first.
-pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
-    let mut found: Vec<(usize, bool, PathBuf)> = fs::read_dir(root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let (step, old) = parse_name(&e.file_name().to_string_lossy())?;
+/// Complete checkpoint directories (with a manifest) under `root`, highest step first. A
+/// missing `root` holds none; one that cannot be listed is an error naming it (never "no
+/// checkpoints": a resume would start over and trim the run's history).
+pub fn list(root: &Path) -> Result<Vec<(usize, PathBuf)>, Error> {
+    let entries = match fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::new("listing", root, e)),
+    };
+    let mut found: Vec<(usize, bool, PathBuf)> = Vec::new();
+    for e in entries {
+        let e = e.at("listing", root)?;
+        if let Some((step, old)) = parse_name(&e.file_name().to_string_lossy()) {
             let p = e.path();
-            p.join(CKPT_MANIFEST).is_file().then_some((step, old, p))
-        })
-        .collect();
+            if p.join(CKPT_MANIFEST).is_file() {
+                found.push((step, old, p));
+            }
+        }
+    }
     let current: Vec<usize> = found.iter().filter(|c| !c.1).map(|c| c.0).collect();
     found.retain(|(step, old, _)| !old || !current.contains(step));
     let mut v: Vec<(usize, PathBuf)> = found.into_iter().map(|(s, _, p)| (s, p)).collect();
     v.sort_by_key(|e| std::cmp::Reverse(e.0));
-    v
+    Ok(v)
 }
 
 /// The write order of a checkpoint (its manifest's `seq`; 0 when unreadable or older).
@@ -256,15 +263,15 @@ fn seq_of(dir: &Path) -> u64 {
 }
 
 /// The next write-order number: one more than any complete checkpoint's.
-fn next_seq(root: &Path) -> u64 {
-    list(root).iter().map(|(_, d)| seq_of(d)).max().unwrap_or(0) + 1
+fn next_seq(root: &Path) -> Result<u64, Error> {
+    Ok(list(root)?.iter().map(|(_, d)| seq_of(d)).max().unwrap_or(0) + 1)
 }
 
 /// Complete checkpoints, most recently written first (ties: higher step first).
-fn by_write_order(root: &Path) -> Vec<(usize, PathBuf)> {
-    let mut v: Vec<(u64, usize, PathBuf)> = list(root).into_iter().map(|(s, d)| (seq_of(&d), s, d)).collect();
+fn by_write_order(root: &Path) -> Result<Vec<(usize, PathBuf)>, Error> {
+    let mut v: Vec<(u64, usize, PathBuf)> = list(root)?.into_iter().map(|(s, d)| (seq_of(&d), s, d)).collect();
     v.sort_by_key(|b| std::cmp::Reverse((b.0, b.1)));
-    v.into_iter().map(|(_, s, d)| (s, d)).collect()
+    Ok(v.into_iter().map(|(_, s, d)| (s, d)).collect())
 }
 
 /// Removes a checkpoint directory so that a crash at any moment never leaves a
@@ -282,12 +289,12 @@ fn discard(root: &Path, dir: &Path) -> Result<(), Error> {
 }
 
 fn prune(root: &Path, keep: usize) -> Result<(), Error> {
-    for (_, p) in by_write_order(root).into_iter().skip(keep.max(1)) {
+    for (_, p) in by_write_order(root)?.into_iter().skip(keep.max(1)) {
         discard(root, &p)?;
     }
     // Leftovers of writes or deletions that a crash interrupted are garbage, and so is a
     // replaced copy once its successor is in place.
-    let listed: Vec<PathBuf> = list(root).into_iter().map(|(_, p)| p).collect();
+    let listed: Vec<PathBuf> = list(root)?.into_iter().map(|(_, p)| p).collect();
     for e in fs::read_dir(root).at("listing", root)?.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let garbage = name.ends_with(".tmp")
@@ -324,7 +331,7 @@ pub fn set_aside(root: &Path, dir: &Path, into: &str) -> Result<PathBuf, Error> 
 /// pick up the abandoned one. Returns the steps moved.
 pub fn abandon_after(root: &Path, step: usize) -> Result<Vec<usize>, Error> {
     let mut moved = Vec::new();
-    for (s, dir) in list(root).into_iter().rev() {
+    for (s, dir) in list(root)?.into_iter().rev() {
         if s > step {
             set_aside(root, &dir, ABANDONED)?;
             moved.push(s);
@@ -401,7 +408,13 @@ pub struct Found {
 
 /// Finds the newest verifiable checkpoint under `root` (or exactly step `want`).
 pub fn find(root: &Path, want: Option<usize>) -> Result<Found, String> {
-    let all = list(root);
+    let all = list(root).map_err(|e| {
+        format!(
+            "{e}, so the run's checkpoints cannot be found; nothing was changed. Fix: make {} a readable \
+             directory again (check its permissions and the disk), then run the same command again.",
+            root.display()
+        )
+    })?;
     let mut skipped = Vec::new();
     if let Some(step) = want {
         let Some((_, dir)) = all.iter().find(|(s, _)| *s == step) else {
@@ -458,10 +471,10 @@ pub struct Newest {
 
 /// The complete checkpoint (with a manifest) of the highest step under `root`, with its
 /// state read leniently; no checksum is verified (see [`verify`] for that).
-pub fn newest(root: &Path) -> Option<Newest> {
-    let (step, dir) = list(root).into_iter().next()?;
+pub fn newest(root: &Path) -> Result<Option<Newest>, Error> {
+    let Some((step, dir)) = list(root)?.into_iter().next() else { return Ok(None) };
     let state = fs::read_to_string(dir.join(CKPT_STATE)).ok().and_then(|t| serde_json::from_str(&t).ok());
-    Some(Newest { step, dir, state })
+    Ok(Some(Newest { step, dir, state }))
 }
 
 #[cfg(test)]

@@ -188,8 +188,9 @@ impl Checkpointer {
         Ok(Some(Written { step: p.step, reason: p.reason, dir, write_s: p.started.elapsed().as_secs_f64(), stall_s }))
     }
 
-    /// The newest intact checkpoint: its step and directory.
+    /// The newest intact checkpoint: its step and directory (for messages: `None` also when
+    /// the directory cannot be listed, which the next resume reports).
     pub fn newest(&self) -> Option<(usize, PathBuf)> {
-        checkpoint::list(&self.root).into_iter().next()
+        checkpoint::list(&self.root).ok()?.into_iter().next()
     }
 }

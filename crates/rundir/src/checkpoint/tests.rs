@@ -16,7 +16,7 @@ fn write_lists_prunes_and_detects_damage() {
     for s in [10, 20, 30] {
         write(d.path(), &payload(s), 2).unwrap();
     }
-    let l: Vec<usize> = list(d.path()).iter().map(|x| x.0).collect();
+    let l: Vec<usize> = list(d.path()).unwrap().iter().map(|x| x.0).collect();
     assert_eq!(l, vec![30, 20]);
     // state.json "{}" does not parse as TrainState: verify reports it.
     let e = verify(&d.path().join("step-30")).unwrap_err();
@@ -31,11 +31,11 @@ fn write_lists_prunes_and_detects_damage() {
     assert!(e.contains("checksum"), "{e}");
     // A directory without manifest does not count.
     std::fs::create_dir_all(d.path().join("step-99")).unwrap();
-    assert_eq!(list(d.path())[0].0, 30);
+    assert_eq!(list(d.path()).unwrap()[0].0, 30);
 }
 
 fn steps(root: &Path) -> Vec<usize> {
-    list(root).iter().map(|x| x.0).collect()
+    list(root).unwrap().iter().map(|x| x.0).collect()
 }
 
 #[test]
@@ -107,16 +107,30 @@ fn a_replaced_copy_counts_only_while_its_successor_is_missing() {
     // A crash between "step-10 -> step-10.old" and "step-10.tmp -> step-10".
     std::fs::rename(d.path().join("step-10"), d.path().join("step-10.old")).unwrap();
     assert_eq!(steps(d.path()), vec![10]);
-    assert!(list(d.path())[0].1.ends_with("step-10.old"));
+    assert!(list(d.path()).unwrap()[0].1.ends_with("step-10.old"));
     write(d.path(), &payload(10), 2).unwrap();
-    assert_eq!(list(d.path()), vec![(10, d.path().join("step-10"))]);
+    assert_eq!(list(d.path()).unwrap(), vec![(10, d.path().join("step-10"))]);
     assert!(!d.path().join("step-10.old").exists(), "the replaced copy is garbage once step-10 exists");
+}
+
+#[test]
+fn a_directory_that_cannot_be_listed_is_an_error_naming_it_not_an_empty_run() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("checkpoints");
+    std::fs::write(&root, "").unwrap();
+    let e = list(&root).unwrap_err();
+    assert!(e.to_string().contains(&root.display().to_string()), "{e}");
+    assert!(newest(&root).is_err());
+    let msg = find(&root, None).unwrap_err();
+    assert!(msg.contains(&root.display().to_string()) && msg.contains("Fix:"), "{msg}");
+    assert!(write(&root, &payload(10), 3).is_err());
 }
 
 #[test]
 fn the_newest_checkpoint_and_what_its_state_says() {
     let d = tempfile::tempdir().unwrap();
-    assert_eq!(newest(d.path()), None);
+    assert_eq!(newest(d.path()).unwrap(), None);
+    assert_eq!(newest(&d.path().join("missing")).unwrap(), None, "a missing directory holds none");
     write(d.path(), &payload(10), 3).unwrap();
     let mut p = payload(20);
     p.files[1].1 = br#"{"step":20,"recovery_s":1.25,"wall_s":17.0}"#.to_vec();
@@ -124,7 +138,7 @@ fn the_newest_checkpoint_and_what_its_state_says() {
     // An incomplete checkpoint (no manifest) does not count.
     std::fs::create_dir_all(d.path().join("step-30.tmp")).unwrap();
     std::fs::create_dir_all(d.path().join("step-40")).unwrap();
-    let n = newest(d.path()).unwrap();
+    let n = newest(d.path()).unwrap().unwrap();
     assert_eq!((n.step, n.dir.clone()), (20, d.path().join("step-20")));
     let st = n.state.unwrap();
     assert_eq!(st.recovery_s, Some(1.25));
