@@ -140,3 +140,22 @@ fn cuda_without_cuda_support_is_bad_input() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cuda"), "{}", text(&o));
 }
+
+/// `oomph check` refuses what `oomph train` refuses about the backend before it opens a
+/// device: a memory limit on a CPU backend, and a backend this binary was built without.
+#[test]
+fn check_refuses_a_backend_train_would_refuse() {
+    let mut bad = vec!["run.gpu_memory_limit=\"1GiB\""];
+    if !cfg!(feature = "cuda") {
+        bad.push("run.backend=cuda");
+    }
+    if !cfg!(feature = "tch") {
+        bad.push("run.backend=tch");
+    }
+    for set in bad {
+        let o = oomph(&["check", "configs/digits-mlp-debug.toml", "--set", set]);
+        assert_eq!(o.status.code(), Some(2), "{set}: {}", text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stderr).matches("error:").count(), 1, "{set}: {}", text(&o));
+        assert!(o.stdout.is_empty(), "{set}: nothing printed as a resolved recipe");
+    }
+}

@@ -560,9 +560,15 @@ fn overwrite_removes_nothing_until_the_new_recipe_data_and_model_are_known_good(
     let run = f.run("run");
     assert!(f.train("run", &["--no-supervise", "--set", "training.steps=4"]).status.success());
     let before = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    // An effective batch the data cannot fill, and a model that cannot take the data: both
-    // are found only once the data is loaded, and in both, supervised or not, the old run stays.
-    for bad in ["training.effective_batch=100000", "model.kind=gpt"] {
+    // An effective batch the data cannot fill and a model that cannot take the data (found
+    // once the data is loaded), a memory limit on a CPU backend and a backend this binary
+    // lacks (found by the process that opens the device, the worker): in every case,
+    // supervised or not, the old run stays.
+    let mut bad = vec!["training.effective_batch=100000", "model.kind=gpt", "run.gpu_memory_limit=\"1GiB\""];
+    if !cfg!(feature = "cuda") {
+        bad.push("run.backend=\"cuda\"");
+    }
+    for bad in bad {
         for mode in [&[][..], &["--no-supervise"][..]] {
             let mut args = vec!["--resume", "never", "--overwrite", "--set", bad];
             args.extend_from_slice(mode);
@@ -594,6 +600,39 @@ fn a_checkpoint_directory_that_cannot_be_read_stops_the_resume_and_loses_nothing
         assert_eq!(o.status.code(), Some(4), "{mode:?}: {all}");
         assert!(all.contains(&run.join("checkpoints").display().to_string()), "names the directory: {all}");
         assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(), before, "{mode:?}: the history stays");
+    }
+}
+
+#[test]
+fn overwrite_under_the_supervisor_replaces_the_run_once_and_a_restart_resumes_the_new_one() {
+    let f = Fixture::new(&base());
+    let run = f.run("run");
+    assert!(f.train("run", &["--no-supervise"]).status.success());
+    assert!(run.join("checkpoints/step-12").is_dir());
+    // The first worker replaces the run, checkpoints steps 2 and 4, and dies at step 5; the
+    // restarted one resumes the new run from step 4 (it must not replace it again).
+    let die = die_at(5, "forward");
+    let o = f.train("run", &["--resume", "never", "--overwrite", "--set", "training.steps=8", "--set", &die]);
+    assert!(o.status.success(), "{}", text(&o));
+    let resumed: Vec<u64> = events(&run, "resume").iter().map(|e| e["from_step"].as_u64().unwrap()).collect();
+    assert_eq!(resumed, vec![4], "{}", text(&o));
+    assert!(!run.join("checkpoints/step-12").exists(), "the old run's checkpoints went");
+    let s = summary(&run);
+    assert_eq!((s.steps, s.restarts), (8, 1));
+    let steps = lines(&run.join("metrics.jsonl")).iter().filter(|v| v["kind"] == "step").count();
+    assert_eq!(steps, 8, "one line per step of the new run only");
+}
+
+#[test]
+fn a_typo_in_a_model_key_leaves_no_run_directory() {
+    let f = Fixture::new(&base());
+    for mode in [&[][..], &["--no-supervise"][..]] {
+        let mut args = vec!["--set", "model.hiden=[8]"];
+        args.extend_from_slice(mode);
+        let o = f.train("fresh", &args);
+        assert_eq!(o.status.code(), Some(2), "{mode:?}: {}", text(&o));
+        assert!(text(&o).contains("model.hiden"), "{}", text(&o));
+        assert!(!f.run("fresh").exists(), "{mode:?}: a run directory was left behind");
     }
 }
 

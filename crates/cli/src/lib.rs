@@ -17,7 +17,7 @@ pub use alloc::TrackingAllocator;
 use clap::{Parser, Subcommand};
 use oomph_recipe::Recipe;
 use oomph_rundir::{layout, RunDir, WorkerEnv};
-use oomph_train::backend::{dispatch, BackendEnv, FlexTrain, WithBackend};
+use oomph_train::backend::{self, dispatch, BackendEnv, FlexTrain, WithBackend};
 use oomph_train::error::{TrainError, EXIT_BAD_INPUT};
 use oomph_train::{Console, Models, Resume, Session, Summary};
 use std::path::{Path, PathBuf};
@@ -150,15 +150,26 @@ fn init_tracing() {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
-/// `oomph check`: everything `oomph train` rejects before a run starts, on the CPU; prints
-/// the resolved recipe.
+/// `oomph check`: everything `oomph train` rejects before a run starts, on the CPU (a
+/// backend that is not compiled in too; whether the GPU itself works is known only by
+/// opening it, which `train` does); prints the resolved recipe.
 fn check_command<M: Models>(path: &Path, set: &[String]) -> Outcome {
     let origin = path.display().to_string();
     let mut recipe = prepare::recipe(path, set)?;
+    backend::check(&recipe.run.backend, memory_limit(&recipe, &origin)?)?;
     let model = prepare::model::<FlexTrain, M>(&mut recipe, &origin)?;
     prepare::build(model, &recipe, &origin, &Default::default())?;
     print!("{}", oomph_recipe::to_toml_string(&recipe));
     Ok(())
+}
+
+/// `run.gpu_memory_limit` in bytes.
+fn memory_limit(recipe: &Recipe, origin: &str) -> Result<Option<u64>, TrainError> {
+    recipe.run.gpu_memory_limit.as_deref().map(oomph_recipe::parse_bytes).transpose().map_err(|e| {
+        TrainError::BadInput(format!(
+            "{origin}: `run.gpu_memory_limit` is invalid: {e}. Fix: write a size such as \"8GiB\"."
+        ))
+    })
 }
 
 /// The run directory a recipe and arguments imply.
@@ -190,40 +201,34 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
         _ => args.resume.clone(),
     };
     let resume = parse_resume(&resume_arg)?;
-    let limit = recipe.run.gpu_memory_limit.as_deref().map(oomph_recipe::parse_bytes).transpose().map_err(|e| {
-        TrainError::BadInput(format!(
-            "{origin}: `run.gpu_memory_limit` is invalid: {e}. Fix: write a size such as \"8GiB\"."
-        ))
-    })?;
+    let limit = memory_limit(&recipe, &origin)?;
     let run_dir = run_dir_for(&recipe, args.run_dir.as_deref());
-    // One run directory, one writer: held by this command (and its worker) until they exit.
-    let inherited = worker_env.lock_fd.filter(|_| is_worker).and_then(|fd| lock::RunLock::inherited(&run_dir, fd));
-    let lock = match inherited {
-        Some(l) => l,
-        None => lock::RunLock::acquire(&run_dir).map_err(TrainError::BadInput)?,
-    };
-    // A worker never replaces a run: the command that started it decided.
-    let replaces = !is_worker && replaces_a_run(&run_dir, resume, args.overwrite)?;
+    backend::check(&recipe.run.backend, limit)?;
+    if !is_worker {
+        // What `--resume never` refuses needs nothing prepared: said at once (and asked again
+        // under the lock, before anything is removed).
+        replaces_a_run(&run_dir, resume, args.overwrite)?;
+    }
     if !is_worker && recipe.supervisor.enabled && !args.no_supervise {
-        // The supervisor trains nothing itself: it checks the model keys, and before it
-        // removes an old run, everything its worker would reject.
-        let model = prepare::model::<FlexTrain, M>(&mut recipe, &origin)?;
-        if replaces {
-            prepare::build(model, &recipe, &origin, &Default::default())?;
-            remove_old_run(&run_dir)?;
-        }
-        return supervise::supervise(&recipe, &run_dir, &lock);
+        // The supervisor trains nothing and never opens the device: it checks the model keys
+        // (on the CPU registry) and leaves the rest to its worker, which also removes an old
+        // run that `--overwrite` replaces, once everything is known good.
+        prepare::model::<FlexTrain, M>(&mut recipe, &origin)?;
+        // One run directory, one writer: held by this command and inherited by its workers.
+        let lock = lock::RunLock::acquire(&run_dir).map_err(TrainError::BadInput)?;
+        let replaces = replaces_a_run(&run_dir, resume, args.overwrite)?;
+        return supervise::supervise(&recipe, &run_dir, &lock, replaces);
     }
-    if std::fs::create_dir_all(&run_dir).is_ok() {
-        alloc::arm(&RunDir::new(&run_dir).worker_death());
-    }
+    let mut lock = worker_env.lock_fd.filter(|_| is_worker).and_then(|fd| lock::RunLock::inherited(&run_dir, fd));
+    let replace = if is_worker { Replace::Told(worker_env.replace) } else { Replace::Decide(resume, args.overwrite) };
     let WorkerEnv { lower_ceiling, lower_eval, in_place_update: first_update_in_place, restarts, .. } = worker_env;
     let (backend, device) = (recipe.run.backend.clone(), recipe.run.device);
     let job = Job::<M> {
         recipe,
         origin,
         run_dir: run_dir.clone(),
-        replaces,
+        lock: &mut lock,
+        replace,
         resume,
         lower_ceiling,
         lower_eval,
@@ -289,11 +294,13 @@ fn replaces_a_run(run_dir: &Path, resume: Resume, overwrite: bool) -> Result<boo
     Ok(true)
 }
 
-/// Removes the old run's files from `run_dir` (oomph's own, the lock aside), once the new
-/// run's recipe, data and model are known to be good.
+/// Removes the old run's files from `run_dir` (oomph's own; the lock stays, and so does the
+/// allocation-failure note, which this process has already opened and emptied), once the new
+/// run's recipe, data, model and device are known good.
 fn remove_old_run(run_dir: &Path) -> Result<(), TrainError> {
     let mut removed = Vec::new();
-    let ours = layout::RUN_FILES.iter().filter(|n| **n != layout::LOCK).map(|n| run_dir.join(n));
+    let kept = [layout::LOCK, layout::WORKER_DEATH];
+    let ours = layout::RUN_FILES.iter().filter(|n| !kept.contains(n)).map(|n| run_dir.join(n));
     // A writer's temporary file that a crash left behind goes too.
     for p in ours.flat_map(|p| [layout::temporary(&p), p]) {
         let result = if p.is_dir() {
@@ -317,14 +324,25 @@ fn remove_old_run(run_dir: &Path) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// Whether an in-process run replaces the old run in its directory.
+enum Replace {
+    /// A worker does what its supervisor says ([`WorkerEnv::replace`]).
+    Told(bool),
+    /// The command itself decides from `--resume` and `--overwrite` ([`replaces_a_run`]),
+    /// under the lock.
+    Decide(Resume, bool),
+}
+
 /// Training in this process on the recipe's backend: the model is prepared and built here,
 /// once.
-struct Job<M> {
+struct Job<'l, M> {
     recipe: Recipe,
     origin: String,
     run_dir: PathBuf,
-    /// Remove the old run in `run_dir` once the model is built for the data.
-    replaces: bool,
+    /// The run directory's lock: inherited from the supervisor, or taken here once the model
+    /// keys are known good (held by the caller until the command ends).
+    lock: &'l mut Option<lock::RunLock>,
+    replace: Replace,
     resume: Resume,
     lower_ceiling: Option<usize>,
     lower_eval: Option<usize>,
@@ -334,14 +352,33 @@ struct Job<M> {
     _m: std::marker::PhantomData<M>,
 }
 
-impl<M: Models> WithBackend for Job<M> {
+/// Points the allocation-failure note at the run directory's `worker-death.txt` (creating
+/// the directory).
+fn arm_note(run_dir: &Path) {
+    if std::fs::create_dir_all(run_dir).is_ok() {
+        alloc::arm(&RunDir::new(run_dir).worker_death());
+    }
+}
+
+impl<M: Models> WithBackend for Job<'_, M> {
     type Output = Result<Summary, TrainError>;
 
     fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device, env: BackendEnv) -> Self::Output {
         let mut recipe = self.recipe;
+        // The model keys first: a typo in them leaves no run directory behind.
         let model = prepare::model::<B, M>(&mut recipe, &self.origin)?;
+        if self.lock.is_none() {
+            *self.lock = Some(lock::RunLock::acquire(&self.run_dir).map_err(TrainError::BadInput)?);
+        }
+        // Armed before the data is loaded: a host allocation that fails while loading is a
+        // memory death the supervisor restarts.
+        arm_note(&self.run_dir);
         let (model, data) = prepare::build(model, &recipe, &self.origin, &device)?;
-        if self.replaces {
+        let replaces = match self.replace {
+            Replace::Told(r) => r,
+            Replace::Decide(resume, overwrite) => replaces_a_run(&self.run_dir, resume, overwrite)?,
+        };
+        if replaces {
             remove_old_run(&self.run_dir)?;
         }
         let observer = Box::new(Console::new(recipe.run.log_every, self.plain));

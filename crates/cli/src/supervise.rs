@@ -158,8 +158,11 @@ fn stop(run_dir: &Path, failure: Failure) -> Outcome {
 }
 
 /// Runs the current command line as a supervised worker until it finishes, fails for a
-/// reason a restart cannot fix, or exceeds `supervisor.max_restarts`.
-pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> Outcome {
+/// reason a restart cannot fix, or exceeds `supervisor.max_restarts`. With `replaces`
+/// (`--resume never --overwrite` on a directory that holds a run), the worker removes the old
+/// run once its recipe, data, model and device are known good; until a worker has done so,
+/// the next one is told to.
+pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock, replaces: bool) -> Outcome {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
@@ -182,6 +185,7 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> Outcome {
     let mut restarts = 0usize;
     let mut deaths: Vec<DeathAt> = Vec::new();
     let (mut lower_micro, mut lower_eval, mut in_place) = (None::<usize>, None::<usize>, false);
+    let mut replace_pending = replaces;
     let lock_fd = lock.fd();
     loop {
         if STOP.load(Ordering::SeqCst) {
@@ -202,6 +206,7 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> Outcome {
             in_place_update: in_place,
             restarts,
             lock_fd: Some(lock_fd),
+            replace: replace_pending,
         }
         .apply(&mut cmd);
         // The worker gets its own process group so a terminal's Ctrl-C reaches it exactly
@@ -239,6 +244,10 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock) -> Outcome {
         CHILD.store(0, Ordering::SeqCst);
         if status.success() {
             return Ok(());
+        }
+        // A worker that got as far as its run (it wrote `current.json`) had removed the old one.
+        if replace_pending && current::read(&RunDir::new(run_dir).current()).is_some_and(|c| c.pid == child.id()) {
+            replace_pending = false;
         }
         let interrupted = STOP.load(Ordering::SeqCst);
         let Some(death) = classify(status, run_dir, kills_before) else {

@@ -45,7 +45,8 @@ pub struct RunSection {
     pub seed: u64,
     /// Parent directory of run directories. Default `"runs"`.
     pub output_dir: String,
-    /// Backend: `"cpu"` (the embedded CPU default), `"ndarray"`, `"flex"` or `"cuda"`. Default `"cpu"`.
+    /// Backend: `"cpu"` (the embedded CPU default), `"ndarray"`, `"flex"`, `"cuda"`, or LibTorch
+    /// (`"tch"` on the CPU, `"tch-cuda"` on the GPU `run.device`; the `tch` cargo feature). Default `"cpu"`.
     pub backend: String,
     /// Device index for GPU backends. Default `0`.
     pub device: usize,

@@ -9,7 +9,7 @@ use crate::schema::{MicroInitial, Phase, Recipe};
 use std::path::Path;
 
 /// The backends `run.backend` may name.
-pub const BACKENDS: &[&str] = &["cpu", "ndarray", "flex", "cuda"];
+pub const BACKENDS: &[&str] = &["cpu", "ndarray", "flex", "cuda", "tch", "tch-cuda"];
 /// The dataset kinds `data.kind` may name.
 pub const DATA_KINDS: &[&str] = &["csv", "text", "synthetic"];
 /// The tasks `data.task` may name.

@@ -239,12 +239,18 @@ pub fn read(path: &Path) -> Option<Current> {
         #[serde(default)]
         writing: u8,
     }
-    let text = std::fs::read_to_string(path).ok()?;
-    let flag: Flag = serde_json::from_str(text.trim()).ok()?;
-    if flag.writing != 0 {
-        return None;
+    // A reader while the worker runs can overlap a write: two equal reads with the flag
+    // down are one position (a write takes well under a microsecond).
+    let mut text = std::fs::read_to_string(path).ok()?;
+    for _ in 0..8 {
+        let again = std::fs::read_to_string(path).ok()?;
+        if again == text {
+            let flag: Flag = serde_json::from_str(text.trim()).ok()?;
+            return if flag.writing == 0 { serde_json::from_str(text.trim()).ok() } else { None };
+        }
+        text = again;
     }
-    serde_json::from_str(text.trim()).ok()
+    None
 }
 
 #[cfg(test)]
@@ -301,6 +307,16 @@ mod tests {
             assert_eq!(read(&p).as_ref(), Some(&c));
         }
         assert_eq!(std::fs::metadata(&p).unwrap().len(), LEN as u64);
+    }
+
+    #[test]
+    fn every_phase_and_number_fits_its_slot() {
+        let phase_slot = FIELDS.iter().find(|f| f.0 == "phase").unwrap().1;
+        for ph in [WorkerPhase::Train, WorkerPhase::Optimizer, WorkerPhase::Eval, WorkerPhase::Checkpoint] {
+            assert!(ph.as_str().len() + 2 <= phase_slot, "{ph:?} does not fit the phase slot");
+        }
+        assert!(FIELDS.iter().all(|f| f.1 <= 20), "a slot is wider than the rendered text");
+        assert_eq!(u64::MAX.to_string().len(), 20, "the widest number fills a slot");
     }
 
     #[test]

@@ -18,9 +18,14 @@ pub const IN_PLACE_UPDATE: &str = "OOMPH_IN_PLACE_UPDATE";
 pub const RESUME: &str = "OOMPH_RESUME";
 /// The descriptor of the run directory's locked `oomph.lock` that the worker inherits.
 pub const LOCK_FD: &str = "OOMPH_LOCK_FD";
+/// The command replaces the run in the directory (`--resume never --overwrite`) and no worker
+/// has done it yet (`1`): the worker removes the old run once its recipe, data, model and
+/// device are known good.
+pub const REPLACE: &str = "OOMPH_REPLACE";
 
 /// Every variable of [`WorkerEnv`].
-pub(crate) const ALL: &[&str] = &[WORKER, LOWER_CEILING, RESTARTS, LOWER_EVAL, IN_PLACE_UPDATE, RESUME, LOCK_FD];
+pub(crate) const ALL: &[&str] =
+    &[WORKER, LOWER_CEILING, RESTARTS, LOWER_EVAL, IN_PLACE_UPDATE, RESUME, LOCK_FD, REPLACE];
 
 /// What a supervisor hands to its worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,6 +43,8 @@ pub struct WorkerEnv {
     pub restarts: usize,
     /// The inherited descriptor of the locked `oomph.lock`.
     pub lock_fd: Option<i32>,
+    /// Remove the old run in the directory before training (no worker has yet).
+    pub replace: bool,
 }
 
 impl WorkerEnv {
@@ -61,6 +68,7 @@ impl WorkerEnv {
             in_place_update: get(IN_PLACE_UPDATE).is_some(),
             restarts: num(RESTARTS).unwrap_or(0),
             lock_fd: get(LOCK_FD).and_then(|v| v.trim().parse().ok()),
+            replace: get(REPLACE).is_some(),
         }
     }
 
@@ -81,6 +89,9 @@ impl WorkerEnv {
         }
         if let Some(fd) = self.lock_fd {
             v.push((LOCK_FD, fd.to_string()));
+        }
+        if self.replace {
+            v.push((REPLACE, "1".to_string()));
         }
         v
     }
@@ -114,6 +125,7 @@ mod tests {
                 in_place_update: true,
                 restarts: 2,
                 lock_fd: Some(5),
+                replace: true,
             },
         ];
         for e in envs {
@@ -141,7 +153,8 @@ mod tests {
                 "OOMPH_LOWER_EVAL",
                 "OOMPH_IN_PLACE_UPDATE",
                 "OOMPH_RESUME",
-                "OOMPH_LOCK_FD"
+                "OOMPH_LOCK_FD",
+                "OOMPH_REPLACE"
             ]
         );
         let e = WorkerEnv::from_vars(|name| (name == LOWER_CEILING).then(|| "not a number".to_string()));

@@ -140,6 +140,8 @@ pub struct JsonLines {
     /// A line is flushed when the previous flush is at least this old (zero: every line).
     flush_every: Duration,
     last_flush: Option<Instant>,
+    /// The line being written (kept to reuse its allocation).
+    line: Vec<u8>,
 }
 
 impl JsonLines {
@@ -153,16 +155,21 @@ impl JsonLines {
     /// checkpoints and at the end. Dropping the writer flushes too.
     pub fn open_with(path: &Path, flush_every: Duration) -> Result<Self, Error> {
         let f = OpenOptions::new().create(true).append(true).open(path).at("opening (for appending)", path)?;
-        Ok(Self { out: BufWriter::new(f), path: path.to_path_buf(), flush_every, last_flush: None })
+        Ok(Self { out: BufWriter::new(f), path: path.to_path_buf(), flush_every, last_flush: None, line: Vec::new() })
     }
 
     /// Writes one value as a line.
     pub fn write<T: Serialize>(&mut self, value: &T) -> Result<(), Error> {
-        // Serialised straight into the buffer (no line allocated per step). The records
-        // serialise without error (string keys only; serde_json writes NaN as null), so only
-        // an I/O error can stop a line midway, as with any write.
-        serde_json::to_writer(&mut self.out, value).map_err(std::io::Error::other).at("appending to", &self.path)?;
-        self.out.write_all(b"\n").at("appending to", &self.path)?;
+        // The line is serialised whole into a buffer kept across lines (no allocation per
+        // step), then handed over at once: the buffered writer takes a line shorter than its
+        // 8 KiB buffer whole or not at all, so a full disk never leaves half a line to be
+        // glued to the next one.
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, value)
+            .map_err(std::io::Error::other)
+            .at("serialising a line for", &self.path)?;
+        self.line.push(b'\n');
+        self.out.write_all(&self.line).at("appending to", &self.path)?;
         if self.last_flush.is_none_or(|t| t.elapsed() >= self.flush_every) {
             self.flush()?;
         }
@@ -273,6 +280,51 @@ pub fn last_step(path: &Path) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A disk that fills up and frees space again never leaves half a line glued to the next
+    /// one. The disk is a file-size limit (`RLIMIT_FSIZE`, with `SIGXFSZ` ignored), which only
+    /// a process of its own may set: the test runs itself again in a child.
+    #[test]
+    fn a_full_disk_never_glues_half_a_line_to_the_next() {
+        const CHILD: &str = "OOMPH_TEST_FULL_DISK_CHILD";
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("events.jsonl");
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "metrics::tests::a_full_disk_never_glues_half_a_line_to_the_next", "--nocapture"])
+                .env(CHILD, &path)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}");
+            return;
+        }
+        let path = std::path::PathBuf::from(std::env::var_os(CHILD).unwrap());
+        let limit = |bytes: u64| {
+            let l = libc::rlimit { rlim_cur: bytes, rlim_max: libc::RLIM_INFINITY };
+            // SAFETY: setting this process's own limit.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &l) }, 0);
+        };
+        // SAFETY: ignoring one signal in this child process.
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+        let mut out = JsonLines::open(&path).unwrap();
+        limit(1000);
+        let mut failed = 0;
+        for i in 0..400 {
+            failed += out.write(&step(i)).is_err() as usize;
+        }
+        assert!(failed > 0, "the limit was never reached");
+        limit(libc::RLIM_INFINITY);
+        for i in 400..410 {
+            out.write(&step(i)).unwrap();
+        }
+        drop(out);
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines() {
+            assert!(serde_json::from_str::<StepRecord>(line).is_ok(), "a torn line: {line}");
+        }
+        assert!(text.lines().count() >= 10);
+    }
 
     /// Lines exactly as the trainer writes them today.
     const STEP: &str = r#"{"kind":"step","step":1,"samples_seen":96,"loss":2.3137898445129395,"lr":0.003,"micro_batch":24,"chunks":4,"samples_per_sec":558.773466630296,"wall_s":0.226817115,"oom_events":1}"#;

@@ -171,9 +171,9 @@ impl<B: AutodiffBackend> Registry<B> {
                     origin: origin.to_string(),
                     line: None,
                     key: Some("model.kind".into()),
-                    message: format!("`model.kind` = \"{kind}\" is not a registered model"),
+                    message: format!("`model.kind` = \"{kind}\" is not a registered model."),
                     fix: format!(
-                        "use one of: {} (a program can register its own kinds through oomph's `Models` trait)",
+                        "use one of: {} (a program can register its own kinds through oomph's `Models` trait).",
                         known.join(", ")
                     ),
                 })
