@@ -8,4 +8,6 @@ mod lose_nothing;
 mod recovery;
 mod resume;
 mod supervisor;
+#[cfg(feature = "tch")]
+mod tch;
 mod util;

@@ -107,6 +107,7 @@ impl TestRecipe {
             .set("checkpoint.every", 0)
     }
 
+    #[cfg(not(feature = "tch"))]
     /// A wide MLP (one hidden layer of 262144) whose activations grow with the micro-batch: the
     /// runs that meet a real address-space limit ([`limit_memory`]). Seed 1, SGD at lr 0.05, no
     /// growth of the micro-batch, up to 4 restarts; each test sets its data and sizes.
@@ -513,6 +514,7 @@ pub fn kill_tree(pid: u32) {
     }
 }
 
+#[cfg(not(feature = "tch"))]
 /// Makes `cmd`'s process start under a 300 MiB address-space limit with two malloc arenas, so
 /// that a [`TestRecipe::wide`] run meets a real allocation failure: glibc reserves 64 MiB of
 /// address space per malloc arena and thread, and two arenas keep the baseline small and stable

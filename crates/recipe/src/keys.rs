@@ -213,6 +213,7 @@ pub(crate) const SECTIONS: &[SectionSpec] = &[
             k("abort_at", Kind::FaultList),
             k("nan_at", Kind::StepList),
             k("disk_full_at", Kind::StepList),
+            opt("address_space_headroom", Kind::Str, "no limit"),
         ],
     },
 ];
@@ -290,6 +291,7 @@ mod tests {
         r.training.eval_batch = Some(1);
         r.micro_batch.max = Some(1);
         r.faults.simulate_memory_samples = Some(1);
+        r.faults.address_space_headroom = Some("1MiB".into());
         let v = toml::Value::try_from(&r).unwrap();
         let top = v.as_table().unwrap();
         let names: Vec<&str> = top.keys().map(String::as_str).collect();

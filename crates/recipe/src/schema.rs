@@ -422,4 +422,10 @@ pub struct FaultsSection {
     /// Steps whose checkpoint write fails as on a full disk (`No space left on device`),
     /// after part of the checkpoint was written. Each fires once per run.
     pub disk_full_at: Vec<usize>,
+    /// Real allocation failures, not simulated ones (Linux): when training starts, the
+    /// worker's address space (`RLIMIT_AS`) is limited to what it maps then plus this much
+    /// (a size such as "256MiB"), so allocations past it really fail. On the tch backend
+    /// libtorch raises a catchable error that oomph recovers from in-process; on the Rust
+    /// backends a failed allocation aborts the worker, which the supervisor restarts.
+    pub address_space_headroom: Option<String>,
 }

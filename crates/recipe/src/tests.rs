@@ -297,6 +297,8 @@ fn semantic_rules() {
         ("[run]\nlog_every = 0", "run.log_every", &["= 0"]),
         ("[run]\ngpu_memory_limit = \"lots\"", "run.gpu_memory_limit", &["\"lots\"", "8GiB"]),
         ("[run]\ngpu_memory_limit = \"0GiB\"", "run.gpu_memory_limit", &["zero"]),
+        ("[faults]\naddress_space_headroom = \"lots\"", "faults.address_space_headroom", &["\"lots\"", "256MiB"]),
+        ("[faults]\naddress_space_headroom = \"0MiB\"", "faults.address_space_headroom", &["zero"]),
         ("[run]\nname = \"a/b\"", "run.name", &["separator"]),
         ("[run]\nname = \"\"", "run.name", &["non-empty"]),
         ("[run]\noutput_dir = \"\"", "run.output_dir", &["runs"]),
@@ -380,6 +382,7 @@ fn allowed_edge_cases() {
     ok("[optimizer]\nbetas = [0, 0.5]\nmomentum = 0\n");
     ok("[checkpoint]\nkeep = 2\n");
     ok("[run]\ngpu_memory_limit = \"1.5GiB\"\n");
+    ok("[faults]\naddress_space_headroom = \"100MiB\"\n");
     for b in BACKENDS {
         ok(&format!("[run]\nbackend = \"{b}\"\n"));
     }

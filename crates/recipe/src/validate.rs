@@ -423,5 +423,20 @@ fn faults(r: &Recipe, cx: &Ctx) -> R {
             at_least(cx, &format!("faults.{name}[{i}]"), s, 1, "steps count from 1", 1)?;
         }
     }
+    if let Some(h) = &f.address_space_headroom {
+        let why = match parse_bytes(h) {
+            Ok(0) => Some("a headroom of zero bytes leaves nothing to allocate".to_string()),
+            Ok(_) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(why) = why {
+            return Err(cx.invalid(
+                "faults.address_space_headroom",
+                format!("{h:?}"),
+                &why,
+                "write a size such as \"256MiB\", or remove the key",
+            ));
+        }
+    }
     Ok(())
 }

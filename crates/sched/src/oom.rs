@@ -87,6 +87,11 @@ const CUDA_MARKERS: &[&str] = &[
     "cudaErrorMemoryAllocation",
     // HIP: hipError_t::hipErrorOutOfMemory.
     "hipErrorOutOfMemory",
+    // libtorch's CUDA caching allocator (c10/cuda/CUDACachingAllocator.cpp, tch backend):
+    // "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of ...".
+    "CUDA out of memory. Tried to allocate",
+    // cuBLAS could not allocate its workspace (libtorch's CUDABlas.cpp names the status).
+    "CUBLAS_STATUS_ALLOC_FAILED",
 ];
 
 /// Case-sensitive markers of a wgpu out-of-memory.
@@ -113,6 +118,10 @@ const HOST_MARKERS: &[&str] = &[
     "kind: OutOfMemory",
     // C++ (libtorch through tch).
     "std::bad_alloc",
+    // libtorch's CPU allocator (c10/core/impl/alloc_cpu.cpp): "[enforce fail at
+    // alloc_cpu.cpp:124] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to
+    // allocate 6400000000 bytes. Error code 12 (Cannot allocate memory)".
+    "DefaultCPUAllocator: can't allocate memory",
 ];
 
 /// Decides whether `message` is an out-of-memory failure, and of which kind.
@@ -275,6 +284,48 @@ mod tests {
         assert_eq!(kind("hipErrorOutOfMemory"), Some(OomKind::CudaDriver));
         // libtorch (tch backend) phrase.
         assert_eq!(kind("CUDA out of memory. Tried to allocate 2.00 GiB"), Some(OomKind::CudaDriver));
+    }
+
+    /// The texts of libtorch 2.9.0 (the `tch` backend): PyTorch 2.9.0's own messages, as tch
+    /// carries them in `TchError::Torch` (a panic's `Torch("...")`), with libtorch's
+    /// "Exception raised from ..." trace after them.
+    #[test]
+    fn libtorch() {
+        // Under `prlimit --as=5000000000`, torch.empty(1_600_000_000) (6.4 GB of f32):
+        let cpu = "called `Result::unwrap()` on an `Err` value: Torch(\"[enforce fail at alloc_cpu.cpp:124] err == 0. \
+                   DefaultCPUAllocator: can't allocate memory: you tried to allocate 6400000000 bytes. Error code 12 \
+                   (Cannot allocate memory)\\nException raised from alloc_cpu at /pytorch/c10/core/impl/alloc_cpu.cpp:124 \
+                   (most recent call first):\")";
+        assert_eq!(kind(cpu), Some(OomKind::HostAlloc));
+        // The same with the errno text cut off.
+        assert_eq!(
+            kind("DefaultCPUAllocator: can't allocate memory: you tried to allocate 64 bytes."),
+            Some(OomKind::HostAlloc)
+        );
+        // c10/cuda/CUDACachingAllocator.cpp, PyTorch 2.9.0:
+        let cuda =
+            "Torch(\"CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB of \
+                    which 3.06 GiB is free. Including non-PyTorch memory, this process has 76.12 GiB memory in use. Of \
+                    the allocated memory 75.50 GiB is allocated by PyTorch, and 1.12 MiB is reserved by PyTorch but \
+                    unallocated. If reserved but unallocated memory is large try setting \
+                    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.\")";
+        assert_eq!(kind(cuda), Some(OomKind::CudaDriver));
+        // aten/src/ATen/cuda/CUDABlas.cpp: TORCH_CUDABLAS_CHECK's text.
+        let cublas = "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`";
+        assert_eq!(kind(cublas), Some(OomKind::CudaDriver));
+        // libtorch's other errors (PyTorch 2.9.0's texts) are not memory.
+        for m in [
+            "The size of tensor a (3) must match the size of tensor b (4) at non-singleton dimension 0",
+            "mat1 and mat2 shapes cannot be multiplied (2x3 and 2x3)",
+            "dot : expected both vectors to have same dtype, but found Float and Double",
+            "expected scalar type Float but found Double",
+            "Target 5 is out of bounds.",
+            "index 7 is out of bounds for dimension 0 with size 3",
+            "CUDA error: an illegal memory access was encountered",
+            "CUDA error: device-side assert triggered",
+        ] {
+            assert_eq!(kind(m), None, "{m:?} must not be an OOM");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! per *run*: the process that fired one is gone, so they are remembered in the run
 //! directory's `faults-fired.txt`.
 
+use crate::error::TrainError;
 use oomph_recipe::{FaultsSection, Phase};
 use oomph_sched::oom::SIMULATED_OOM_PREFIX;
 use std::collections::BTreeSet;
@@ -199,6 +200,40 @@ impl Faults {
     /// Whether any fault is configured.
     pub fn is_empty(&self) -> bool {
         self.empty
+    }
+
+    /// `faults.address_space_headroom`: limits this process's address space (`RLIMIT_AS`) to
+    /// what it maps now plus the headroom, so that later allocations past it really fail.
+    /// Returns the limit set, in bytes (`None` without the key).
+    pub fn limit_address_space(&self) -> Result<Option<u64>, TrainError> {
+        let Some(h) = &self.cfg.address_space_headroom else { return Ok(None) };
+        let headroom = oomph_recipe::parse_bytes(h).map_err(|e| TrainError::BadInput(e.to_string()))?;
+        let status = "/proc/self/status";
+        let text = std::fs::read_to_string(status).map_err(|e| TrainError::io("reading", status.as_ref(), &e))?;
+        let vm_kib: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| {
+                TrainError::BadInput(format!(
+                    "faults.address_space_headroom needs the address space size from {status}, which does not \
+                     give it (Linux only). Fix: remove the key on this system."
+                ))
+            })?;
+        let limit = vm_kib * 1024 + headroom;
+        let l = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: libc::RLIM_INFINITY };
+        // SAFETY: setrlimit on this process with a valid struct; only the soft limit is lowered.
+        if unsafe { libc::setrlimit(libc::RLIMIT_AS, &l) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(TrainError::Failed(format!("faults.address_space_headroom: setrlimit(RLIMIT_AS) failed: {e}")));
+        }
+        eprintln!(
+            "SIMULATION: faults.address_space_headroom limits the worker's address space to {:.1} MiB ({} MiB \
+             mapped now + {h}): allocations past it really fail",
+            limit as f64 / 1048576.0,
+            vm_kib / 1024
+        );
+        Ok(Some(limit))
     }
 
     /// The simulated capacity (in samples per micro-batch) in force at `step`, if any.

@@ -106,6 +106,7 @@ where
     };
     run.resume()?;
     run.banner();
+    run.faults.limit_address_space()?;
     signals::install();
     let result = run.run_loop();
     let written = run.settle_writer();

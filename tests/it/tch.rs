@@ -1,0 +1,84 @@
+//! The LibTorch backend (`run.backend = "tch"`, the `tch` cargo feature; build and run with
+//! `scripts/setup-tch.sh test --test it tch`): the same guarantees as the other backends, and
+//! in-process recovery from real allocation failures of libtorch's CPU allocator.
+
+use crate::accumulation::TOL;
+use crate::util::*;
+
+/// The digits-sized MLP of the other tests on tch: 30 steps of 64 samples, a checkpoint every
+/// 4 steps.
+fn base() -> TestRecipe {
+    TestRecipe::mlp()
+        .set("run.backend", "tch")
+        .set("run.seed", 11)
+        .set("model.hidden", [32])
+        .set("micro_batch.grow_after", 1000)
+        .set("checkpoint.every", 4)
+        .set("training.eval_every", 10)
+}
+
+#[test]
+fn tch_accumulates_exactly_and_resumes_bit_identically() {
+    let f = Fixture::new(&base());
+    let whole = f.reference("whole", &["--set", "micro_batch.initial=64"]);
+    let split = f.reference("split", &["--set", "micro_batch.initial=8"]);
+    let d = max_param_diff(&whole, &split);
+    assert!(d < TOL, "micro 64 vs 8 on tch: max |diff| {d:e}");
+    // A worker death in the update of step 7 (as after a failed host allocation): the
+    // supervisor restarts it from step 4 at the same micro-batch (its first update in place),
+    // and the run ends where the undisturbed one does, bit for bit.
+    let died = f.run("died");
+    let die = "faults.die_at=[{step=7, phase=\"optimizer\"}]";
+    let o = f.train("died", &["--set", "micro_batch.initial=64", "--set", die]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(summary(&died).restarts, 1, "{}", text(&o));
+    assert_same_bits(&whole, &died, "undisturbed vs restarted from step 4 on tch");
+    assert_eq!(summary(&died).samples_seen, summary(&whole).samples_seen);
+}
+
+/// A wide layer whose activations grow with the micro-batch: at 4096 samples a step needs
+/// about 150 MiB more than at the start of training, at 1024 about 60 MiB. SGD, as in the
+/// other real-limit tests: Adam turns the rounding of near-zero gradients into steps of the
+/// learning rate, which no accumulation tolerance survives.
+fn wide() -> TestRecipe {
+    TestRecipe::mlp()
+        .set("run.backend", "tch")
+        .set("run.seed", 3)
+        .sgd(0.05)
+        .set("model.hidden", [2048])
+        .synthetic(6000, 256, 4)
+        .set("training.steps", 4)
+        .set("training.effective_batch", 4096)
+        .set("training.eval_every", 0)
+        .set("micro_batch.initial", 4096)
+        .set("micro_batch.grow_after", 1000)
+}
+
+#[test]
+fn tch_recovers_in_process_from_real_allocation_failures_with_the_same_parameters() {
+    let f = Fixture::new(&wide());
+    let reference = f.reference("reference", &[]);
+    // The address space is limited to what the worker maps when training starts (libtorch's
+    // libraries included) plus 100 MiB: the step at 4096 samples really fails inside
+    // libtorch's CPU allocator. One thread and one malloc arena keep the address space of the
+    // rest of the process from moving (a thread's stack or arena is address space too).
+    let run = f.run("limited");
+    let o = f
+        .cmd("limited", &["--set", "faults.address_space_headroom=\"100MiB\""])
+        .env("OMP_NUM_THREADS", "1")
+        .env("MALLOC_ARENA_MAX", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let s = summary(&run);
+    assert!(s.oom_events >= 1 && s.micro_batch_final < 4096, "no real failure: {}", text(&o));
+    assert_eq!(s.restarts, 0, "recovered in-process, without a worker restart: {}", text(&o));
+    assert!(events(&run, "restart").is_empty());
+    let ooms = events(&run, "oom");
+    assert!(
+        ooms.iter().all(|e| e["message"].as_str().unwrap_or("").contains("DefaultCPUAllocator: can't allocate memory")),
+        "the failures are libtorch's own: {ooms:?}"
+    );
+    let d = max_param_diff(&reference, &run);
+    assert!(d < TOL, "limited vs unconstrained: max |diff| {d:e}");
+}
