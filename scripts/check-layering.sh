@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Three invariants of ARCHITECTURE.md. The layering: the burn-free crates never depend on burn or
+# Four invariants of ARCHITECTURE.md. The layering: the burn-free crates never depend on burn or
 # cubecl, directly or through another crate, so a recipe can be checked, a policy tested, a
 # run directory read and a report drawn wherever the crates build, without a device.
 set -euo pipefail
@@ -19,6 +19,16 @@ for crate in oomph-recipe oomph-sched oomph-data oomph-report oomph-rundir; do
         echo "check-layering: $crate is burn-free"
     fi
 done
+# The default build stays pure Rust: LibTorch (torch-sys, tch, burn-tch) comes only with the
+# tch feature.
+if torch=$(cargo tree --offline -p oomph -e normal,build --prefix none 2>&1 | grep -E '^(torch-sys|tch|burn-tch) ' | sort -u) \
+    && [ -n "$torch" ]; then
+    echo "check-layering: the default build depends on LibTorch (only the tch feature may):"
+    echo "$torch"
+    status=1
+else
+    echo "check-layering: the default build has no LibTorch"
+fi
 # Only the command line prints to stdout: libraries log through `tracing` and report
 # progress through the `Observer` trait (stderr). Doc comments (`//!`, `///`) may show it.
 if hits=$(grep -rnE '\bprint(ln)?!' crates/{recipe,sched,data,train,models,report,rundir}/src | grep -vE '^[^:]+:[0-9]+:\s*//') && [ -n "$hits" ]; then

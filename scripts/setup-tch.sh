@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
 # Builds oomph with the LibTorch backend (`run.backend = "tch"` / `"tch-cuda"`) in one command:
 #
-#   scripts/setup-tch.sh                      # cargo build --release --features tch
-#   scripts/setup-tch.sh test --test it tch   # any cargo command, with the feature and the env
+#   scripts/setup-tch.sh                        # cargo build --release --features tch
+#   scripts/setup-tch.sh test --test it tch::   # any cargo command, with the feature and the env
 #
 # It installs PyTorch 2.9.0 (the version torch-sys 0.22 expects) from the Python package
-# registry into .venv-tch (once; about 6.7 GB with the CUDA libraries PyTorch's Linux wheel
-# depends on, 1-2 minutes on a fast link), then builds with the `tch` feature against the
-# libtorch inside that wheel (LIBTORCH_USE_PYTORCH=1; torch-sys's own download is never used).
-# The binary finds libtorch through an rpath (build.rs): no LD_LIBRARY_PATH to export, as long
-# as .venv-tch stays where it is. PYTHON (default python3) is the interpreter for the venv.
+# registry into .venv-tch (once; PyTorch's Linux wheel brings the CUDA libraries: about 4 GB
+# to download, 6.7 GB installed, 1-2 minutes on a fast link), then runs cargo with the `tch`
+# feature against the libtorch inside that wheel (LIBTORCH_USE_PYTORCH=1, so torch-sys never
+# downloads libtorch itself). The binaries of this package find libtorch through an rpath
+# (build.rs): nothing to export, as long as .venv-tch stays where it is. PYTHON (default
+# python3, 3.10 or later) makes the venv; OOMPH_TCH_VENV puts it elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${OOMPH_TCH_VENV:-$PWD/.venv-tch}"
 python="${PYTHON:-python3}"
-if [ ! -x "$venv/bin/python" ]; then
+fail() { echo "setup-tch: $*" >&2; exit 2; }
+if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+    "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \
+        || fail "$python is missing or older than 3.10 (PyTorch 2.9.0 has no wheel for it). Fix: PYTHON=python3.11 $0"
     echo "setup-tch: creating $venv" >&2
-    "$python" -m venv "$venv"
+    # --clear repairs a venv a failed run left without pip.
+    "$python" -m venv --clear "$venv" \
+        || fail "$python -m venv failed. Fix: install Python's venv module (Debian, Ubuntu: apt install python3-venv)."
 fi
 if ! "$venv/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.9.0")' 2>/dev/null; then
-    echo "setup-tch: installing torch==2.9.0 into $venv" >&2
-    "$venv/bin/pip" install --quiet --disable-pip-version-check torch==2.9.0
+    echo "setup-tch: installing torch==2.9.0 into $venv (about 4 GB to download)" >&2
+    "$venv/bin/python" -m pip install --no-cache-dir --disable-pip-version-check torch==2.9.0 \
+        | grep -E '^(Collecting|Successfully)' >&2 || true
+    "$venv/bin/python" -c 'import torch' 2>/dev/null || fail "torch==2.9.0 did not install into $venv (see pip's output above)."
 fi
+command -v c++ >/dev/null || fail "torch-sys compiles C++ and no c++ compiler is installed. Fix: apt install g++."
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(build --release)
 cmd="${args[0]}"

@@ -49,6 +49,37 @@ fn a_real_allocation_failure_kills_the_worker_and_the_supervisor_finishes_the_ru
     assert!(diff < TOL, "restarted run differs from the reference by {diff:e}");
 }
 
+/// `faults.address_space_headroom` on a Rust backend: the worker limits its own address space
+/// when training starts, a real allocation past it aborts the worker, and the supervisor
+/// restarts it smaller until the run fits (relative to what each worker maps, so this holds
+/// in a build with the tch feature too, whose binary maps libtorch's libraries).
+#[test]
+fn the_address_space_headroom_makes_real_deaths_that_the_supervisor_recovers_from() {
+    let recipe = TestRecipe::wide()
+        .synthetic(512, 8, 3)
+        .set("training.steps", 6)
+        .set("micro_batch.initial", 64)
+        .set("checkpoint.every", 2);
+    let f = Fixture::new(&recipe);
+    let reference = f.reference("reference", &[]);
+    let o = f
+        .cmd("limited", &["--set", "faults.address_space_headroom=\"150MiB\""])
+        .env("MALLOC_ARENA_MAX", "1")
+        .output()
+        .unwrap();
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert!(all.contains("memory allocation of"), "the allocation failure must be real: {all}");
+    let run = f.run("limited");
+    let restarts = events(&run, "restart");
+    assert!(!restarts.is_empty() && restarts[0]["cause"].as_str().unwrap().contains("host allocation"), "{all}");
+    let s = summary(&run);
+    assert_eq!((s.steps, s.samples_seen), (6, 6 * 64), "effective batch unchanged");
+    assert!(s.micro_batch_final < 64);
+    let diff = max_param_diff(&reference, &run);
+    assert!(diff < crate::accumulation::TOL, "restarted run differs from the reference by {diff:e}");
+}
+
 /// A run with dropout, AdamW and a cosine schedule that checkpoints every step.
 fn kill() -> TestRecipe {
     TestRecipe::mlp()

@@ -107,7 +107,6 @@ impl TestRecipe {
             .set("checkpoint.every", 0)
     }
 
-    #[cfg(not(feature = "tch"))]
     /// A wide MLP (one hidden layer of 262144) whose activations grow with the micro-batch: the
     /// runs that meet a real address-space limit ([`limit_memory`]). Seed 1, SGD at lr 0.05, no
     /// growth of the micro-batch, up to 4 restarts; each test sets its data and sizes.

@@ -299,6 +299,11 @@ fn semantic_rules() {
         ("[run]\ngpu_memory_limit = \"0GiB\"", "run.gpu_memory_limit", &["zero"]),
         ("[faults]\naddress_space_headroom = \"lots\"", "faults.address_space_headroom", &["\"lots\"", "256MiB"]),
         ("[faults]\naddress_space_headroom = \"0MiB\"", "faults.address_space_headroom", &["zero"]),
+        (
+            "[run]\nbackend = \"tch-cuda\"\n[faults]\naddress_space_headroom = \"1GiB\"",
+            "faults.address_space_headroom",
+            &["GPU", "CPU backend"],
+        ),
         ("[run]\nname = \"a/b\"", "run.name", &["separator"]),
         ("[run]\nname = \"\"", "run.name", &["non-empty"]),
         ("[run]\noutput_dir = \"\"", "run.output_dir", &["runs"]),

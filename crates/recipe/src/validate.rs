@@ -424,18 +424,21 @@ fn faults(r: &Recipe, cx: &Ctx) -> R {
         }
     }
     if let Some(h) = &f.address_space_headroom {
-        let why = match parse_bytes(h) {
-            Ok(0) => Some("a headroom of zero bytes leaves nothing to allocate".to_string()),
+        let size_fix = "write a size such as \"256MiB\", or remove the key";
+        let problem = match parse_bytes(h) {
+            // A GPU runtime maps and reserves address space as it goes (contexts, handles,
+            // modules): under the limit those fail as memory errors that no smaller
+            // micro-batch fixes.
+            Ok(_) if matches!(r.run.backend.as_str(), "cuda" | "tch-cuda") => Some((
+                format!("the limit is for the CPU backends, and run.backend = {:?} is a GPU one", r.run.backend),
+                "remove the key, or set run.backend to a CPU backend (\"cpu\", \"tch\")",
+            )),
+            Ok(0) => Some(("a headroom of zero bytes leaves nothing to allocate".to_string(), size_fix)),
             Ok(_) => None,
-            Err(e) => Some(e),
+            Err(e) => Some((e, size_fix)),
         };
-        if let Some(why) = why {
-            return Err(cx.invalid(
-                "faults.address_space_headroom",
-                format!("{h:?}"),
-                &why,
-                "write a size such as \"256MiB\", or remove the key",
-            ));
+        if let Some((why, fix)) = problem {
+            return Err(cx.invalid("faults.address_space_headroom", format!("{h:?}"), &why, fix));
         }
     }
     Ok(())

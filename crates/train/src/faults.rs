@@ -202,10 +202,24 @@ impl Faults {
         self.empty
     }
 
+    /// Whether any simulated failure is set (`faults.address_space_headroom` makes real
+    /// failures, not simulated ones).
+    pub fn simulates(&self) -> bool {
+        let cfg = FaultsSection { address_space_headroom: None, ..self.cfg.clone() };
+        cfg != FaultsSection::default()
+    }
+
     /// `faults.address_space_headroom`: limits this process's address space (`RLIMIT_AS`) to
-    /// what it maps now plus the headroom, so that later allocations past it really fail.
-    /// Returns the limit set, in bytes (`None` without the key).
-    pub fn limit_address_space(&self) -> Result<Option<u64>, TrainError> {
+    /// what it maps now plus the headroom, so that later allocations past it really fail,
+    /// until the returned guard is dropped (the limit in force before comes back). A limit
+    /// that was already lower stays. `None` without the key.
+    ///
+    /// The headroom must hold everything the run allocates from here: activations, gradients,
+    /// the optimizer's state and its first update's copies, and a checkpoint's host copy. On
+    /// the Rust backends a failed allocation aborts the worker (the supervisor restarts it,
+    /// with the limit computed again from what the new worker maps); on tch libtorch raises
+    /// an error that oomph recovers from in-process.
+    pub fn limit_address_space(&self) -> Result<Option<AddressSpaceLimit>, TrainError> {
         let Some(h) = &self.cfg.address_space_headroom else { return Ok(None) };
         let headroom = oomph_recipe::parse_bytes(h).map_err(|e| TrainError::BadInput(e.to_string()))?;
         let status = "/proc/self/status";
@@ -220,10 +234,16 @@ impl Faults {
                      give it (Linux only). Fix: remove the key on this system."
                 ))
             })?;
-        let limit = vm_kib * 1024 + headroom;
-        let l = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: libc::RLIM_INFINITY };
-        // SAFETY: setrlimit on this process with a valid struct; only the soft limit is lowered.
-        if unsafe { libc::setrlimit(libc::RLIMIT_AS, &l) } != 0 {
+        let mut before = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit into a valid struct.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut before) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(TrainError::Failed(format!("faults.address_space_headroom: getrlimit(RLIMIT_AS) failed: {e}")));
+        }
+        let limit = (vm_kib.saturating_mul(1024).saturating_add(headroom) as libc::rlim_t).min(before.rlim_cur);
+        let now = libc::rlimit { rlim_cur: limit, rlim_max: before.rlim_max };
+        // SAFETY: setrlimit on this process with a valid struct; the soft limit only goes down.
+        if unsafe { libc::setrlimit(libc::RLIMIT_AS, &now) } != 0 {
             let e = std::io::Error::last_os_error();
             return Err(TrainError::Failed(format!("faults.address_space_headroom: setrlimit(RLIMIT_AS) failed: {e}")));
         }
@@ -233,7 +253,7 @@ impl Faults {
             limit as f64 / 1048576.0,
             vm_kib / 1024
         );
-        Ok(Some(limit))
+        Ok(Some(AddressSpaceLimit { before }))
     }
 
     /// The simulated capacity (in samples per micro-batch) in force at `step`, if any.
@@ -288,5 +308,20 @@ impl Faults {
                 "simulated model bug injected by faults.panic_at in {name} of step {step} (not a memory failure)"
             ));
         }
+    }
+}
+
+/// The address-space limit of `faults.address_space_headroom` in force: dropping it brings
+/// back the limit that was in force before.
+#[derive(Debug)]
+pub struct AddressSpaceLimit {
+    before: libc::rlimit,
+}
+
+impl Drop for AddressSpaceLimit {
+    fn drop(&mut self) {
+        // SAFETY: setrlimit on this process with the limit getrlimit returned (raising the soft
+        // limit back up to it is allowed: it is at most the unchanged hard limit).
+        unsafe { libc::setrlimit(libc::RLIMIT_AS, &self.before) };
     }
 }

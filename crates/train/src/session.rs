@@ -111,7 +111,7 @@ impl<B: Backend> Session<B> {
                 if self.memory.is_some() { " and the device's memory statistics" } else { "" }
             ));
         }
-        if !faults.is_empty() {
+        if faults.simulates() {
             lines.push("SIMULATION: [faults] is set; injected OOMs are simulated, not real".into());
         }
         lines

@@ -106,7 +106,8 @@ where
     };
     run.resume()?;
     run.banner();
-    run.faults.limit_address_space()?;
+    // Lifted again when `train` returns, whatever the outcome.
+    let _limit = run.faults.limit_address_space()?;
     signals::install();
     let result = run.run_loop();
     let written = run.settle_writer();
