@@ -175,12 +175,7 @@ fn metrics_line(bencher: Bencher) {
             chunks: 1,
             samples_per_sec: 12_345.678,
             wall_s: 1.5 + step as f64 * 5e-5,
-            oom_events: 0,
-            grad_norm: None,
-            skipped: false,
-            mem_used: None,
-            mem_reserved: None,
-            mem_total: None,
+            ..Default::default()
         };
         out.write(&rec).unwrap();
     });

@@ -495,12 +495,7 @@ where
                 chunks: plan.len(),
                 samples_per_sec: n as f64 / t.elapsed().as_secs_f64().max(1e-9),
                 wall_s: l.wall(),
-                oom_events: 0,
-                grad_norm: None,
-                skipped: false,
-                mem_used: None,
-                mem_reserved: None,
-                mem_total: None,
+                ..Default::default()
             };
             l.step(&rec, steps).unwrap();
         }
