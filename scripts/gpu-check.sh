@@ -12,8 +12,15 @@
 #   (b) the same with --no-supervise, to prove in-process recovery;
 #   (c) a sweep of fixed micro-batches under the same limit (the oracle: the best one that fits)
 #       and the adaptive run's throughput against it.
+#   (d) with OOMPH_TCH_BINARY set to a binary built with `scripts/setup-tch.sh` (the `tch`
+#       feature), (a) and (b) again on the LibTorch backend (`tch-cuda`, PyTorch's caching
+#       allocator), which must also report the allocator's memory in its metrics. That binary
+#       finds libtorch through its rpath, or through OOMPH_TCH_LIB (the `torch/lib` directory
+#       of a PyTorch 2.9.0 on the GPU machine); without a loadable libtorch, (d) is reported as
+#       skipped, with the reason.
 # It prints one table and copies the run directories' small files to OUT_DIR.
-# --dry-run does the same on the CPU with a tiny model and a simulated capacity (CI runs it).
+# --dry-run does the same on the CPU with a tiny model and a simulated capacity (CI runs it;
+# with OOMPH_TCH_BINARY, (d) runs on the tch CPU backend).
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
@@ -36,6 +43,7 @@ if [ "$MODE" = "--dry-run" ]; then
           --set checkpoint.every=4 --set micro_batch.grow_after=4)
   CAP=(--set faults.simulate_memory_samples=5)
   SWEEP="16 8 6 4 3 2"
+  TCH_BACKEND=tch
 else
   CARD=$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | head -1 || echo "unknown GPU")
   RECIPE=configs/tiny-gpt.toml
@@ -45,12 +53,17 @@ else
           --set training.eval_every=0 --set checkpoint.every=20 --set micro_batch.grow_after=10)
   CAP=(--set 'run.gpu_memory_limit="8GiB"')
   SWEEP="256 128 96 64 48 32"
+  TCH_BACKEND=tch-cuda
 fi
 
 run() { # name, extra args...
-  local name=$1; shift
+  run_with "$BIN" "$@"
+}
+
+run_with() { # binary, name, extra args...
+  local bin=$1 name=$2; shift 2
   set +e
-  "$BIN" train "$RECIPE" --run-dir "$WORK/$name" --plain "${COMMON[@]}" "$@" >"$WORK/$name.log" 2>&1
+  "$bin" train "$RECIPE" --run-dir "$WORK/$name" --plain "${COMMON[@]}" "$@" >"$WORK/$name.log" 2>&1
   local rc=$?
   set -e
   echo "$rc" >"$WORK/$name.rc"
@@ -64,9 +77,27 @@ for m in $SWEEP; do
   run "fixed-$m" "${CAP[@]}" --set micro_batch.initial=$m --set micro_batch.min=$m --set micro_batch.max=$m --no-supervise
 done
 
-python3 - "$WORK" "$OUT" "$EFF" "$CARD" $SWEEP <<'PY'
+TCH="none"
+if [ -n "${OOMPH_TCH_BINARY:-}" ]; then
+  TCH_BIN=$(realpath "$OOMPH_TCH_BINARY")
+  if [ -n "${OOMPH_TCH_LIB:-}" ]; then
+    export LD_LIBRARY_PATH="$OOMPH_TCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+  if MISSING=$(ldd "$TCH_BIN" 2>&1 | grep "not found"); then
+    TCH="skipped: libtorch not found ($(echo "$MISSING" | head -1 | xargs)); set OOMPH_TCH_LIB"
+  else
+    TCH="$TCH_BACKEND"
+    TCH_ARGS=(--set "run.backend=\"$TCH_BACKEND\"" "${CAP[@]}" --set micro_batch.initial=$EFF)
+    run_with "$TCH_BIN" tch-adaptive "${TCH_ARGS[@]}"
+    run_with "$TCH_BIN" tch-inprocess "${TCH_ARGS[@]}" --no-supervise
+  fi
+fi
+
+python3 - "$WORK" "$OUT" "$EFF" "$CARD" "$MODE" "$TCH" $SWEEP <<'PY'
 import json, os, shutil, statistics, sys
-work, out, eff, card, sweep = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+work, out, eff, card, mode, tch, sweep = (sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4],
+                                          sys.argv[5], sys.argv[6], sys.argv[7:])
+tch_runs = ["tch-adaptive", "tch-inprocess"] if tch in ("tch", "tch-cuda") else []
 
 def load(name):
     d = os.path.join(work, name)
@@ -96,7 +127,7 @@ for m in sweep:
     r = load("fixed-" + m)
     if r["rc"] == 0 and (oracle is None or r["thr"] > oracle["thr"]):
         oracle = dict(r, micro=int(m))
-for name in ("adaptive", "inprocess"):
+for name in ["adaptive", "inprocess"] + tch_runs:
     r = load(name)
     s = r["summary"]
     if r["rc"] != 0 or s is None:
@@ -113,20 +144,29 @@ for name in ("adaptive", "inprocess"):
         failures.append(f"{name}: loss did not fall")
     if any(x != x for x in losses):
         failures.append(f"{name}: NaN loss")
-    ratio = r["thr"] / oracle["thr"] if oracle else float("nan")
+    if name.startswith("tch") and mode != "--dry-run":
+        if not any(x.get("mem_reserved") and x.get("mem_total") for x in r["steps"]):
+            failures.append(f"{name}: no memory statistics in metrics.jsonl")
+        if not any("backend tch-cuda:" in line for line in open(os.path.join(work, name + ".log"))):
+            failures.append(f"{name}: the log does not name the tch-cuda backend")
+    # The oracle ran on the burn backend: a LibTorch run is compared with the adaptive one.
+    base = load("adaptive") if name.startswith("tch") else oracle
+    ratio = r["thr"] / base["thr"] if base and base["thr"] else float("nan")
     rows.append((name, s["oom_events"], s["restarts"], s["micro_batch_final"], f"{s['recovery_s']:.2f}", f"{ratio:.3f}"))
 
 print(f"card: {card}")
+print(f"libtorch backend: {tch}")
 print(f"oracle (best fixed micro-batch that fits): {oracle['micro'] if oracle else 'none'}"
       f" at {oracle['thr'] if oracle else 0:.0f} samples/s")
-print(f"{'run':<10} {'ooms':>5} {'restarts':>8} {'final micro':>11} {'recovery s':>10} {'adaptive/oracle':>15}")
+print(f"{'run':<13} {'ooms':>5} {'restarts':>8} {'final micro':>11} {'recovery s':>10} {'throughput':>15}")
+print("  (throughput: a burn run's against the oracle, a tch run's against the burn adaptive run)")
 for r in rows:
-    print(f"{r[0]:<10} {r[1]:>5} {r[2]:>8} {r[3]:>11} {r[4]:>10} {r[5]:>15}")
+    print(f"{r[0]:<13} {r[1]:>5} {r[2]:>8} {r[3]:>11} {r[4]:>10} {r[5]:>15}")
 for m in sweep:
     r = load("fixed-" + m)
     print(f"  fixed {m:>4}: exit {r['rc']}, {r['thr']:.0f} samples/s")
 # Small files only.
-for name in ["adaptive", "inprocess"] + ["fixed-" + m for m in sweep]:
+for name in ["adaptive", "inprocess"] + tch_runs + ["fixed-" + m for m in sweep]:
     dst = os.path.join(out, name)
     os.makedirs(dst, exist_ok=True)
     for f in ("metrics.jsonl", "events.jsonl", "summary.json", "recipe.resolved.toml", "report.png"):

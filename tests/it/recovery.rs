@@ -222,3 +222,24 @@ fn an_optimizer_oom_is_retried_once_then_exits_3() {
     assert!(err.contains("optimizer update") && err.contains("parameters"), "{err}");
     assert_eq!(step_records(&run).len(), 3, "no update was applied at step 4");
 }
+
+/// A backend whose allocator caches what burn's `memory_cleanup` does not release (LibTorch's
+/// CUDA cache) gets its release hook called once per failed attempt, after the attempt's
+/// tensors are dropped and before the retry.
+#[test]
+fn the_backend_cache_release_runs_after_every_failed_attempt() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let d = tempfile::tempdir().unwrap();
+    let r = base().recipe(&["faults.simulate_memory_samples=12", "micro_batch.grow_after=1000"]);
+    let data = data_for(&r);
+    let mut s = session(r, d.path());
+    let released = Arc::new(AtomicUsize::new(0));
+    let count = released.clone();
+    s.release = Some(Arc::new(move || {
+        count.fetch_add(1, Ordering::SeqCst);
+    }));
+    let summary = train_session(s, &data).unwrap();
+    assert!(summary.oom_events >= 3, "{summary:?}");
+    assert_eq!(released.load(Ordering::SeqCst), summary.oom_events, "{summary:?}");
+}

@@ -88,3 +88,30 @@ fn tch_recovers_in_process_from_real_allocation_failures_with_the_same_parameter
     let d = max_param_diff(&reference, &run);
     assert!(d < TOL, "limited vs unconstrained: max |diff| {d:e}");
 }
+
+/// The shim over LibTorch's CUDA caching allocator (`oomph::train::tch_cuda`) links and answers
+/// on any machine without crashing: with a card, its memory; without one (the CUDA-enabled
+/// wheel and no driver, or a CPU-only libtorch), the reason in words. Releasing the cache when
+/// nothing was allocated on a card releases nothing and never fails.
+#[test]
+fn tch_cuda_memory_statistics_answer_with_a_card_or_say_why_not() {
+    use oomph::train::tch_cuda::{device_count, empty_cache, memory};
+    let cards = device_count();
+    match memory(0) {
+        Ok(m) => {
+            assert!(cards > 0, "memory statistics without a CUDA device: {m:?}");
+            assert!(m.capacity > 0 && m.reserved <= m.capacity && m.in_use <= m.reserved, "{m:?}");
+        }
+        Err(why) => {
+            assert_eq!(cards, 0, "LibTorch sees {cards} CUDA device(s) but the statistics failed: {why}");
+            assert!(why.contains("CUDA"), "the reason names CUDA: {why}");
+        }
+    }
+    let released = empty_cache();
+    if cards == 0 {
+        assert_eq!(released, Ok(false));
+    } else {
+        assert!(released.is_ok(), "{released:?}");
+    }
+    assert!(memory(usize::MAX).is_err());
+}

@@ -397,6 +397,7 @@ impl<M: Models> WithBackend for Job<'_, M> {
             banner: Vec::new(),
             stop: Default::default(),
             memory: env.memory.clone(),
+            release: env.release.clone(),
         };
         // `env` (and the ballast it holds) lives until training ends.
         let result = model.train(session, &data);

@@ -6,6 +6,8 @@ use crate::error::TrainError;
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::backend::AutodiffBackend;
 use std::any::Any;
+#[cfg(feature = "tch")]
+use std::panic::catch_unwind;
 use std::sync::Arc;
 
 /// The CPU backend used for `backend = "cpu"` (chosen by measurement; see BENCHMARKS.md).
@@ -36,6 +38,10 @@ pub struct MemoryStats {
 /// Reads the device's memory statistics.
 pub type MemoryProbe = Arc<dyn Fn() -> Option<MemoryStats> + Send + Sync>;
 
+/// Hands the blocks a backend's allocator caches back to the device after a failed attempt,
+/// where burn's `memory_cleanup` does not (LibTorch's CUDA cache: `torch.cuda.empty_cache()`).
+pub type CacheRelease = Arc<dyn Fn() + Send + Sync>;
+
 /// What the chosen backend provides besides its device.
 #[derive(Clone)]
 pub struct BackendEnv {
@@ -43,6 +49,8 @@ pub struct BackendEnv {
     pub name: String,
     /// Memory statistics, where the backend reports them (CUDA); `None` on the CPU.
     pub memory: Option<MemoryProbe>,
+    /// What to call after burn's `memory_cleanup` once a failed attempt's tensors are dropped.
+    pub release: Option<CacheRelease>,
     /// Allocations held for the whole run to emulate a smaller device
     /// (`run.gpu_memory_limit`); dropping them releases the memory.
     pub ballast: Arc<Vec<Box<dyn Any + Send + Sync>>>,
@@ -51,7 +59,7 @@ pub struct BackendEnv {
 impl BackendEnv {
     /// A backend without memory statistics.
     pub fn plain(name: &str) -> Self {
-        Self { name: name.to_string(), memory: None, ballast: Arc::new(Vec::new()) }
+        Self { name: name.to_string(), memory: None, release: None, ballast: Arc::new(Vec::new()) }
     }
 }
 
@@ -74,14 +82,14 @@ pub fn resolve(backend: &str) -> &str {
 
 /// Whether a recipe's backend can run in this binary, decided from the recipe alone (no
 /// device is opened): the name is known and compiled in, and `run.gpu_memory_limit` is only
-/// set for the cuda backend. A process that never trains (the supervisor, `oomph check`)
+/// set for a GPU backend (cuda, tch-cuda). A process that never trains (the supervisor, `oomph check`)
 /// asks this; [`dispatch`] asks it too before it opens the device.
 pub fn check(backend: &str, memory_limit: Option<u64>) -> Result<(), TrainError> {
     let resolved = resolve(backend);
-    if memory_limit.is_some() && resolved != "cuda" {
+    if memory_limit.is_some() && !matches!(resolved, "cuda" | "tch-cuda") {
         return Err(TrainError::BadInput(format!(
-            "`run.gpu_memory_limit` emulates a smaller GPU on the cuda backend, and `run.backend` = \"{backend}\" \
-             is not it. Fix: remove run.gpu_memory_limit, or set run.backend = \"cuda\"."
+            "`run.gpu_memory_limit` emulates a smaller GPU on the cuda and tch-cuda backends, and `run.backend` = \
+             \"{backend}\" is neither. Fix: remove run.gpu_memory_limit, or set run.backend = \"cuda\"."
         )));
     }
     match resolved {
@@ -121,8 +129,8 @@ pub fn dispatch<W: WithBackend>(
         "ndarray" => Ok(w.run::<NdArrayTrain>(Default::default(), BackendEnv::plain("ndarray (cpu)"))),
         "flex" => Ok(w.run::<FlexTrain>(Default::default(), BackendEnv::plain("flex (cpu)"))),
         "cuda" => cuda(device, memory_limit, w),
-        "tch" => tch(None, w),
-        "tch-cuda" => tch(Some(device), w),
+        "tch" => tch(None, None, w),
+        "tch-cuda" => tch(Some(device), memory_limit, w),
         other => unreachable!("backend::check accepted {other}"),
     }
 }
@@ -141,12 +149,12 @@ fn cuda<W: WithBackend>(_device: usize, _memory_limit: Option<u64>, _w: W) -> Re
 }
 
 #[cfg(feature = "tch")]
-fn tch<W: WithBackend>(cuda: Option<usize>, w: W) -> Result<W::Output, TrainError> {
+fn tch<W: WithBackend>(cuda: Option<usize>, memory_limit: Option<u64>, w: W) -> Result<W::Output, TrainError> {
     use burn::backend::libtorch::LibTorchDevice;
-    let (dev, name) = match cuda {
-        None => (LibTorchDevice::Cpu, "tch (cpu, libtorch)".to_string()),
+    let env = match cuda {
+        None => (LibTorchDevice::Cpu, BackendEnv::plain("tch (cpu, libtorch)")),
         Some(index) => {
-            let count = tch::Cuda::device_count().max(0) as usize;
+            let count = crate::tch_cuda::device_count();
             if index >= count {
                 return Err(TrainError::BadInput(format!(
                     "`run.backend` = \"tch-cuda\" asks for CUDA device {index}, but LibTorch sees {count} CUDA \
@@ -154,13 +162,93 @@ fn tch<W: WithBackend>(cuda: Option<usize>, w: W) -> Result<W::Output, TrainErro
                     if count == 0 { " (no usable GPU or driver, or a CPU-only PyTorch)" } else { "" }
                 )));
             }
-            (LibTorchDevice::Cuda(index), format!("tch-cuda:{index} (libtorch)"))
+            (LibTorchDevice::Cuda(index), tch_cuda_env(index, memory_limit)?)
         }
     };
-    Ok(w.run::<TchTrain>(dev, BackendEnv::plain(&name)))
+    Ok(w.run::<TchTrain>(env.0, env.1))
+}
+
+/// LibTorch on CUDA device `index`: the card's memory as its caching allocator reports it
+/// (allocated, reserved, total), its cache released after an out-of-memory, and with `limit`
+/// a smaller card emulated as on the cuda backend: tensors that take the rest are held for
+/// the whole run, and the statistics leave them out.
+#[cfg(feature = "tch")]
+fn tch_cuda_env(index: usize, limit: Option<u64>) -> Result<BackendEnv, TrainError> {
+    let stats = crate::tch_cuda::memory(index);
+    let total = match (&stats, limit) {
+        (Ok(m), _) => m.capacity,
+        (Err(why), Some(_)) => {
+            return Err(TrainError::BadInput(format!(
+                "`run.gpu_memory_limit` needs the size of CUDA device {index}, and LibTorch could not tell it: \
+                 {why}. Fix: remove run.gpu_memory_limit, or check the driver with nvidia-smi."
+            )))
+        }
+        (Err(why), None) => {
+            tracing::warn!("LibTorch's CUDA memory statistics are not available: {why}");
+            0
+        }
+    };
+    let mut ballast: Vec<Box<dyn Any + Send + Sync>> = Vec::new();
+    let mut held = 0u64;
+    let capacity = match limit {
+        Some(l) if l < total => {
+            let device = burn::backend::libtorch::LibTorchDevice::Cuda(index);
+            let in_use = stats.as_ref().map(|m| m.reserved).unwrap_or(0);
+            let mut remaining = total.saturating_sub(l).saturating_sub(in_use);
+            // The last chunks may not fit next to the driver's own reservations, which only
+            // makes the emulation stricter.
+            while remaining >= 1 << 20 {
+                let bytes = remaining.min(1 << 30);
+                let dev = device;
+                let floats = (bytes / 4) as usize;
+                let chunk = catch_unwind(move || {
+                    burn::tensor::Tensor::<burn::backend::LibTorch<f32>, 1>::empty([floats], &dev)
+                });
+                match chunk {
+                    Ok(t) => ballast.push(Box::new(t)),
+                    Err(_) => break,
+                }
+                held += bytes;
+                remaining -= bytes;
+            }
+            tracing::info!(limit = l, total, held, "emulating a smaller GPU with ballast");
+            l
+        }
+        Some(l) => {
+            tracing::warn!("run.gpu_memory_limit ({l} bytes) is not below the device's {total} bytes; ignored");
+            total
+        }
+        None => total,
+    };
+    let name = match (total, limit) {
+        (0, _) => format!("tch-cuda:{index} (libtorch)"),
+        (t, Some(l)) if l < t => format!("tch-cuda:{index} (libtorch, {:.1} GiB, emulating {:.1} GiB)", gib(t), gib(l)),
+        (t, _) => format!("tch-cuda:{index} (libtorch, {:.1} GiB)", gib(t)),
+    };
+    let memory: Option<MemoryProbe> = match total {
+        0 => None,
+        _ => Some(Arc::new(move || {
+            crate::tch_cuda::memory(index).ok().map(|m| MemoryStats {
+                in_use: m.in_use.saturating_sub(held),
+                reserved: m.reserved.saturating_sub(held),
+                capacity,
+            })
+        })),
+    };
+    let release: CacheRelease = Arc::new(|| {
+        if let Err(why) = crate::tch_cuda::empty_cache() {
+            tracing::warn!("releasing LibTorch's CUDA cache failed: {why}");
+        }
+    });
+    Ok(BackendEnv { name, memory, release: Some(release), ballast: Arc::new(ballast) })
+}
+
+#[cfg(feature = "tch")]
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
 }
 
 #[cfg(not(feature = "tch"))]
-fn tch<W: WithBackend>(_cuda: Option<usize>, _w: W) -> Result<W::Output, TrainError> {
+fn tch<W: WithBackend>(_cuda: Option<usize>, _limit: Option<u64>, _w: W) -> Result<W::Output, TrainError> {
     unreachable!("backend::check refuses tch in a build without it")
 }

@@ -107,5 +107,5 @@ pub fn cuda_env(
             _ => String::new(),
         }
     );
-    Ok(BackendEnv { name, memory: Some(memory), ballast: Arc::new(ballast) })
+    Ok(BackendEnv { name, memory: Some(memory), release: None, ballast: Arc::new(ballast) })
 }

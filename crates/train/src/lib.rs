@@ -30,6 +30,8 @@ pub mod runlog;
 pub mod session;
 pub mod signals;
 pub mod step;
+#[cfg(feature = "tch")]
+pub mod tch_cuda;
 pub mod tensors;
 pub mod trainer;
 

@@ -1,7 +1,7 @@
 //! A run's inputs besides the model and the data ([`Session`]), and what the recipe implies
 //! for the loop: the run length, the policy's configuration, and the data-dependent checks.
 
-use crate::backend::MemoryProbe;
+use crate::backend::{CacheRelease, MemoryProbe};
 use crate::error::TrainError;
 use crate::faults::Faults;
 use crate::progress::Observer;
@@ -49,6 +49,8 @@ pub struct Session<B: Backend> {
     pub stop: Arc<AtomicBool>,
     /// Device memory statistics, where the backend reports them.
     pub memory: Option<MemoryProbe>,
+    /// Releases the backend allocator's cache after a failed attempt, where burn does not.
+    pub release: Option<CacheRelease>,
 }
 
 impl<B: Backend> Session<B> {
@@ -69,6 +71,7 @@ impl<B: Backend> Session<B> {
             banner: Vec::new(),
             stop: Arc::default(),
             memory: None,
+            release: None,
         }
     }
 

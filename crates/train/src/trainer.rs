@@ -226,6 +226,9 @@ where
         let size = if phase == OomPhase::Eval { self.eval_batch } else { micro };
         if !in_place {
             cleanup::<B>(&self.s.device);
+            if let Some(release) = &self.s.release {
+                release();
+            }
             crate::alloc::survived();
         }
         self.tally.oom_events += 1;
