@@ -1,8 +1,9 @@
 //! Reading tabular data from CSV files.
 //!
-//! The reader handles a UTF-8 byte-order mark, LF, CRLF and lone-CR line endings, a missing
-//! or present trailing newline, blank lines (skipped) and RFC 4180 quoting (fields in double
-//! quotes may hold commas, line breaks and `""` for a quote). Every non-label column must be
+//! Records are split by the `csv` crate (`records.rs`): a UTF-8 byte-order mark, LF, CRLF
+//! and lone-CR line endings, a missing or present trailing newline, blank lines (skipped) and
+//! RFC 4180 quoting (fields in double quotes may hold commas, line breaks and `""` for a
+//! quote). Every non-label column must be
 //! numeric; the label column holds class labels (integers or strings) or regression targets
 //! (numbers). Errors name the file, the line, the column and the value.
 

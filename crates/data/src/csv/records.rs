@@ -1,5 +1,12 @@
-//! Splitting CSV text into records: RFC 4180 quoting, a UTF-8 byte-order mark, LF, CRLF and
-//! lone-CR line endings, blank lines skipped.
+//! Splitting CSV text into records with the `csv` crate: RFC 4180 quoting, LF, CRLF and
+//! lone-CR line endings (a line break inside a quoted field reads as `\n`), blank lines
+//! skipped, after a UTF-8 byte-order mark is dropped.
+//!
+//! Two things stay here. The line a record starts on is counted from its byte offset, because
+//! the crate counts only `\n` (a file with lone-CR endings would be "line 1" throughout). And
+//! the crate reads a quote left open to the end of the file, or text after a closing quote, as
+//! data; in a data file both are mistakes that shift every later column, so a record that
+//! holds a quote is checked for them ([`check_quotes`]) and the error names the line.
 
 use std::path::Path;
 
@@ -15,102 +22,115 @@ pub(crate) struct Record {
 /// Split CSV text into records (RFC 4180 quoting). Blank lines are skipped.
 pub(crate) fn parse_records(path: &Path, text: &str) -> Result<Vec<Record>, DataError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut records = Vec::new();
-    let mut fields: Vec<String> = Vec::new();
-    let mut field = String::new();
-    let mut any_quoted = false;
-    let mut line = 1;
-    let mut record_line = 1;
-    let mut chars = text.chars().peekable();
-
     let syntax = |line: usize, problem: String| DataError::CsvSyntax { path: path.to_path_buf(), line, problem };
-
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes());
+    let mut lines = Lines { text, at: 0, line: 1 };
+    let mut records = Vec::new();
+    let mut record = csv::StringRecord::new();
     loop {
-        // At the start of a field.
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            any_quoted = true;
-            let quote_line = line;
-            loop {
-                match chars.next() {
-                    None => {
-                        return Err(syntax(
-                            quote_line,
-                            format!("field {} opens a quote (\") that is never closed", fields.len() + 1),
-                        ))
-                    }
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
-                    }
-                    Some('"') => break,
-                    Some('\n') => {
-                        line += 1;
-                        field.push('\n');
-                    }
-                    Some('\r') => {
-                        if chars.peek() == Some(&'\n') {
-                            chars.next();
-                        }
-                        line += 1;
-                        field.push('\n');
-                    }
-                    Some(c) => field.push(c),
-                }
-            }
-            match chars.peek() {
-                None | Some(',') | Some('\n') | Some('\r') => {}
-                Some(&c) => {
-                    return Err(syntax(
-                        line,
-                        format!("field {} has the character '{c}' after its closing quote", fields.len() + 1),
-                    ))
-                }
-            }
+        let start = reader.position().byte() as usize;
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(syntax(lines.at(start), e.to_string())),
         }
-        // The rest of an unquoted field (or the separator after a quoted one).
-        let end_of_record;
-        loop {
-            match chars.next() {
-                None => {
-                    end_of_record = None;
-                    break;
-                }
-                Some(',') => {
-                    end_of_record = Some(false);
-                    break;
-                }
-                Some('\n') => {
-                    end_of_record = Some(true);
-                    break;
-                }
-                Some('\r') => {
-                    if chars.peek() == Some(&'\n') {
-                        chars.next();
-                    }
-                    end_of_record = Some(true);
-                    break;
-                }
-                Some(c) => field.push(c),
-            }
+        // The crate skips the empty lines before a record, and its position is before them.
+        let end = (reader.position().byte() as usize).min(text.len());
+        let start = start + text.as_bytes()[start..end].iter().take_while(|&&b| b == b'\n' || b == b'\r').count();
+        let line = lines.at(start);
+        let raw = &text[start..end];
+        let quoted = raw.contains('"');
+        if quoted {
+            check_quotes(raw).map_err(|(below, problem)| syntax(line + below, problem))?;
         }
-        fields.push(std::mem::take(&mut field));
-        match end_of_record {
-            Some(false) => {}
-            Some(true) | None => {
-                let blank = !any_quoted && fields.len() == 1 && fields[0].trim().is_empty();
-                if !blank {
-                    records.push(Record { line: record_line, fields: std::mem::take(&mut fields) });
-                }
-                fields.clear();
-                any_quoted = false;
-                if end_of_record.is_none() {
-                    break;
-                }
-                line += 1;
-                record_line = line;
-            }
+        let blank = !quoted && record.len() == 1 && record[0].trim().is_empty();
+        if !blank {
+            records.push(Record { line, fields: record.iter().map(one_line_ending).collect() });
         }
     }
     Ok(records)
+}
+
+/// A field with its line breaks (`\r\n`, `\r`) written as `\n`, so that a file reads the same
+/// whatever line endings an editor gave it.
+fn one_line_ending(field: &str) -> String {
+    if field.contains('\r') {
+        field.replace("\r\n", "\n").replace('\r', "\n")
+    } else {
+        field.to_string()
+    }
+}
+
+/// Line numbers of byte offsets, asked in increasing order: `\n`, `\r\n` and a lone `\r` each
+/// end a line.
+struct Lines<'a> {
+    text: &'a str,
+    at: usize,
+    line: usize,
+}
+
+impl Lines<'_> {
+    fn at(&mut self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        if offset > self.at {
+            self.line += breaks(&self.text.as_bytes()[self.at..offset]);
+            self.at = offset;
+        }
+        self.line
+    }
+}
+
+/// The line breaks in `bytes` (a `\r\n` is one).
+fn breaks(bytes: &[u8]) -> usize {
+    let mut n = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')) {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// In one record's text (its terminator included): a quoted field must close, and only a
+/// comma or the end of the record may follow its closing quote. An error is the number of
+/// lines below the record's first line, and the problem.
+fn check_quotes(raw: &str) -> Result<(), (usize, String)> {
+    let b = raw.as_bytes();
+    let (mut i, mut field) = (0, 1);
+    while i < b.len() {
+        if b[i] == b'"' {
+            let open = i;
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => {
+                        return Err((
+                            breaks(&b[..open]),
+                            format!("field {field} opens a quote (\") that is never closed"),
+                        ))
+                    }
+                    Some(b'"') if b.get(i + 1) == Some(&b'"') => i += 2,
+                    Some(b'"') => break,
+                    Some(_) => i += 1,
+                }
+            }
+            i += 1;
+            if let Some(c) = raw[i..].chars().next().filter(|c| !matches!(c, ',' | '\n' | '\r')) {
+                return Err((
+                    breaks(&b[..i]),
+                    format!("field {field} has the character '{c}' after its closing quote"),
+                ));
+            }
+        }
+        // The rest of the field, then a comma or the end of the record.
+        while i < b.len() && !matches!(b[i], b',' | b'\n' | b'\r') {
+            i += 1;
+        }
+        if i >= b.len() || b[i] != b',' {
+            return Ok(());
+        }
+        i += 1;
+        field += 1;
+    }
+    Ok(())
 }

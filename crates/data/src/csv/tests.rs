@@ -50,6 +50,78 @@ fn unterminated_quote_is_an_error_naming_the_line() {
 }
 
 #[test]
+fn lone_cr_line_endings_count_lines() {
+    let r = parse_records(p(), "a,b\r1,2\r\r3,\"x\ry\"\r4,5").unwrap();
+    let lines: Vec<usize> = r.iter().map(|r| r.line).collect();
+    assert_eq!(lines, vec![1, 2, 4, 6]);
+    assert_eq!(r[2].fields, vec!["3", "x\ny"]);
+    let e = parse_records(p(), "a,b\r1,2\r\"x\"y,3\r").unwrap_err().to_string();
+    assert!(e.contains("line 3") && e.contains("field 1") && e.contains("after its closing quote"), "{e}");
+}
+
+#[test]
+fn quote_errors_name_the_line_inside_a_multi_line_record() {
+    let e = parse_records(p(), "a,b,c\n1,\"two\nlines\"z,3\n").unwrap_err().to_string();
+    assert!(e.contains("line 3") && e.contains("field 2") && e.contains("'z'"), "{e}");
+    let e = parse_records(p(), "a,b\n1,2\n\n3,\"open\n4,5\n6,7").unwrap_err().to_string();
+    assert!(e.contains("line 4") && e.contains("field 2") && e.contains("never closed"), "{e}");
+    // A quote inside an unquoted field is data, as it always was.
+    let r = parse_records(p(), "a,b\n5 \"inch\",2\n").unwrap();
+    assert_eq!(r[1].fields, vec!["5 \"inch\"", "2"]);
+}
+
+proptest::proptest! {
+    /// Any table written in RFC 4180 (fields quoted when they must be, or always), with any
+    /// line ending and blank lines between records, reads back field for field (a line break
+    /// inside a field as `\n`), each record on the line it starts.
+    #[test]
+    fn written_tables_read_back_with_their_lines(
+        rows in proptest::collection::vec(
+            proptest::collection::vec("[a-z0-9 ,\"\r\n.-]{0,6}", 1..4), 1..6),
+        ending in 0usize..3,
+        always in proptest::bool::ANY,
+        blanks in proptest::collection::vec(0usize..3, 6),
+        bom in proptest::bool::ANY,
+    ) {
+        let eol = ["\n", "\r\n", "\r"][ending];
+        let mut text = String::from(if bom { "\u{feff}" } else { "" });
+        let mut line = 1;
+        let mut expect = Vec::new();
+        for (k, row) in rows.iter().enumerate() {
+            // A row of one empty field is a blank line, which readers skip.
+            let row: Vec<String> = if row.len() == 1 && row[0].trim().is_empty() {
+                vec!["x".into()]
+            } else {
+                row.clone()
+            };
+            for _ in 0..blanks[k] {
+                text.push_str(eol);
+                line += 1;
+            }
+            // Line breaks inside a field read as `\n`, whatever the file's line ending.
+            expect.push((line, row.iter().map(|f| f.replace("\r\n", "\n").replace('\r', "\n")).collect::<Vec<_>>()));
+            let cells: Vec<String> = row
+                .iter()
+                .map(|f| {
+                    if always || f.contains(['"', ',', '\r', '\n']) || f.trim() != f {
+                        format!("\"{}\"", f.replace('"', "\"\""))
+                    } else {
+                        f.clone()
+                    }
+                })
+                .collect();
+            let cell_text = cells.join(",");
+            line += cell_text.replace("\r\n", "\n").replace('\r', "\n").matches('\n').count() + 1;
+            text.push_str(&cell_text);
+            text.push_str(eol);
+        }
+        let got = parse_records(p(), &text).unwrap();
+        let got: Vec<(usize, Vec<String>)> = got.into_iter().map(|r| (r.line, r.fields)).collect();
+        proptest::prop_assert_eq!(got, expect);
+    }
+}
+
+#[test]
 fn string_labels_are_sorted_unique_names() {
     let t = parse_csv(
         p(),
