@@ -16,8 +16,8 @@
 #       feature), (a) and (b) again on the LibTorch backend (`tch-cuda`, PyTorch's caching
 #       allocator), which must also report the allocator's memory in its metrics. That binary
 #       finds libtorch through its rpath, or through OOMPH_TCH_LIB (the `torch/lib` directory
-#       of a PyTorch 2.9.0 on the GPU machine); without a loadable libtorch, (d) is reported as
-#       skipped, with the reason.
+#       of a PyTorch 2.9.0 on the GPU machine); a tch binary that cannot start (no libtorch)
+#       fails the check, with the loader's reason.
 # It prints one table and copies the run directories' small files to OUT_DIR.
 # --dry-run does the same on the CPU with a tiny model and a simulated capacity (CI runs it;
 # with OOMPH_TCH_BINARY, (d) runs on the tch CPU backend).
@@ -83,8 +83,8 @@ if [ -n "${OOMPH_TCH_BINARY:-}" ]; then
   if [ -n "${OOMPH_TCH_LIB:-}" ]; then
     export LD_LIBRARY_PATH="$OOMPH_TCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   fi
-  if MISSING=$(ldd "$TCH_BIN" 2>&1 | grep "not found"); then
-    TCH="skipped: libtorch not found ($(echo "$MISSING" | head -1 | xargs)); set OOMPH_TCH_LIB"
+  if ! "$TCH_BIN" --help >/dev/null 2>"$WORK/tch-start.err"; then
+    TCH="unusable: $(head -1 "$WORK/tch-start.err" | cut -c1-200); set OOMPH_TCH_LIB to PyTorch 2.9.0's torch/lib"
   else
     TCH="$TCH_BACKEND"
     TCH_ARGS=(--set "run.backend=\"$TCH_BACKEND\"" "${CAP[@]}" --set micro_batch.initial=$EFF)
@@ -98,6 +98,7 @@ import json, os, shutil, statistics, sys
 work, out, eff, card, mode, tch, sweep = (sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4],
                                           sys.argv[5], sys.argv[6], sys.argv[7:])
 tch_runs = ["tch-adaptive", "tch-inprocess"] if tch in ("tch", "tch-cuda") else []
+failures = [f"libtorch backend {tch}"] if tch.startswith("unusable") else []
 
 def load(name):
     d = os.path.join(work, name)
@@ -120,7 +121,6 @@ def load(name):
     thr = statistics.median([s["samples_per_sec"] for s in half]) if half else 0.0
     return dict(name=name, rc=rc, steps=steps, events=events, summary=summary, thr=thr, dir=d)
 
-failures = []
 rows = []
 oracle = None
 for m in sweep:

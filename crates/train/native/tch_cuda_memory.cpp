@@ -1,12 +1,14 @@
 // What oomph needs from LibTorch's CUDA caching allocator that neither tch nor burn-tch
 // exposes: `torch.cuda.empty_cache()` and the allocated / reserved / total bytes of a card
-// (`torch.cuda.memory_allocated`, `memory_reserved`, `mem_get_info`). Built only with the
+// (`torch.cuda.memory_allocated`, `memory_reserved`, and the card's total). Built only with the
 // `tch` feature (crates/train/build.rs).
 //
 // It includes c10's device-generic allocator header only (no CUDA headers), calls nothing
 // whose signature holds a std::string (so the C++ ABI flag of the libtorch build does not
-// matter), and reaches the CUDA runtime through dlsym, so a CPU-only libtorch or a machine
-// without a driver gives an error code and a message, never a crash or a link failure.
+// matter), and reaches the CUDA driver through dlopen, so a CPU-only libtorch or a machine
+// without a driver gives an error code and a message, never a crash or a link failure. It
+// never calls the CUDA runtime: no context is created on a device the run does not use, and
+// no runtime error is left for libtorch's next kernel launch to report.
 // Every C++ exception stops here: the functions are C ABI and never throw.
 
 #include <c10/core/Allocator.h>
@@ -44,10 +46,12 @@ c10::DeviceAllocator* cuda_allocator(char* msg, size_t len) {
   return nullptr;
 }
 
-using cuda_int_fn = int (*)(int*);
-using cuda_set_fn = int (*)(int);
-using cuda_info_fn = int (*)(size_t*, size_t*);
-using cuda_name_fn = const char* (*)(int);
+// The CUDA driver API, for the card's size: it needs no context (the runtime's cudaMemGetInfo
+// would create one on the current device) and leaves no sticky runtime error behind.
+using cu_init_fn = int (*)(unsigned int);
+using cu_device_get_fn = int (*)(int*, int);
+using cu_total_mem_fn = int (*)(size_t*, int);
+using cu_error_name_fn = int (*)(int, const char**);
 
 }  // namespace
 
@@ -75,39 +79,54 @@ int oomph_tch_cuda_empty_cache(char* msg, size_t len) {
   return 2;
 }
 
-// The bytes in live tensors (`allocated`) and held from the driver (`reserved`) by
-// LibTorch's CUDA allocator on `device`, and the card's memory (`total`, from
-// cudaMemGetInfo on that device). 0: all three are set; otherwise the reason is in `msg`.
-int oomph_tch_cuda_memory(int device, uint64_t* allocated, uint64_t* reserved, uint64_t* total,
-                          char* msg, size_t len) {
-  auto get_device = reinterpret_cast<cuda_int_fn>(dlsym(RTLD_DEFAULT, "cudaGetDevice"));
-  auto set_device = reinterpret_cast<cuda_set_fn>(dlsym(RTLD_DEFAULT, "cudaSetDevice"));
-  auto mem_info = reinterpret_cast<cuda_info_fn>(dlsym(RTLD_DEFAULT, "cudaMemGetInfo"));
-  if (get_device == nullptr || set_device == nullptr || mem_info == nullptr) {
-    say(msg, len, "the CUDA runtime is not loaded (a CPU-only libtorch?)");
+// CUDA device `device`'s memory in bytes (`total`), from the driver: no context is created
+// and the runtime's state is not touched. 0: set; otherwise the reason is in `msg`.
+int oomph_tch_cuda_total(int device, uint64_t* total, char* msg, size_t len) {
+  void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+  if (driver == nullptr) {
+    say(msg, len, "the CUDA driver (libcuda.so.1) cannot be loaded");
     return 1;
   }
-  int previous = 0;
-  int rc = get_device(&previous);
-  if (rc == 0 && previous != device) {
-    rc = set_device(device);
+  auto init = reinterpret_cast<cu_init_fn>(dlsym(driver, "cuInit"));
+  auto device_get = reinterpret_cast<cu_device_get_fn>(dlsym(driver, "cuDeviceGet"));
+  auto total_mem = reinterpret_cast<cu_total_mem_fn>(dlsym(driver, "cuDeviceTotalMem_v2"));
+  auto error_name = reinterpret_cast<cu_error_name_fn>(dlsym(driver, "cuGetErrorString"));
+  int rc = 1;
+  if (init == nullptr || device_get == nullptr || total_mem == nullptr) {
+    say(msg, len, "the CUDA driver lacks cuInit, cuDeviceGet or cuDeviceTotalMem_v2");
+  } else {
+    int handle = 0;
+    size_t bytes = 0;
+    int err = init(0);
+    if (err == 0) {
+      err = device_get(&handle, device);
+    }
+    if (err == 0) {
+      err = total_mem(&bytes, handle);
+    }
+    if (err == 0) {
+      *total = static_cast<uint64_t>(bytes);
+      rc = 0;
+    } else {
+      const char* text = nullptr;
+      if (error_name == nullptr || error_name(err, &text) != 0 || text == nullptr) {
+        text = "no description";
+      }
+      char line[256];
+      std::snprintf(line, sizeof line, "the CUDA driver answered error %d (%s) for device %d", err, text, device);
+      say(msg, len, line);
+      rc = 2;
+    }
   }
-  size_t free_bytes = 0;
-  size_t total_bytes = 0;
-  if (rc == 0) {
-    rc = mem_info(&free_bytes, &total_bytes);
-  }
-  if (previous != device) {
-    set_device(previous);
-  }
-  if (rc != 0) {
-    auto name = reinterpret_cast<cuda_name_fn>(dlsym(RTLD_DEFAULT, "cudaGetErrorString"));
-    char text[256];
-    std::snprintf(text, sizeof text, "the CUDA runtime answered error %d (%s) for device %d", rc,
-                  name != nullptr ? name(rc) : "no description", device);
-    say(msg, len, text);
-    return 2;
-  }
+  dlclose(driver);
+  return rc;
+}
+
+// The bytes in live tensors (`allocated`) and held from the driver (`reserved`) by LibTorch's
+// CUDA allocator on `device` (`torch.cuda.memory_allocated` and `memory_reserved`): both 0
+// before it first allocates. Only the allocator's own counters are read: no CUDA call. 0: set;
+// otherwise the reason is in `msg`.
+int oomph_tch_cuda_allocator(int device, uint64_t* allocated, uint64_t* reserved, char* msg, size_t len) {
   c10::DeviceAllocator* allocator = cuda_allocator(msg, len);
   if (allocator == nullptr) {
     return 1;
@@ -121,7 +140,6 @@ int oomph_tch_cuda_memory(int device, uint64_t* allocated, uint64_t* reserved, u
       *allocated = static_cast<uint64_t>(stats.allocated_bytes[all].current);
       *reserved = static_cast<uint64_t>(stats.reserved_bytes[all].current);
     }
-    *total = static_cast<uint64_t>(total_bytes);
     return 0;
   } catch (const std::exception& e) {
     say(msg, len, e.what());

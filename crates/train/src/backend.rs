@@ -174,17 +174,16 @@ fn tch<W: WithBackend>(cuda: Option<usize>, memory_limit: Option<u64>, w: W) -> 
 /// the whole run, and the statistics leave them out.
 #[cfg(feature = "tch")]
 fn tch_cuda_env(index: usize, limit: Option<u64>) -> Result<BackendEnv, TrainError> {
-    let stats = crate::tch_cuda::memory(index);
-    let total = match (&stats, limit) {
-        (Ok(m), _) => m.capacity,
+    let total = match (crate::tch_cuda::total(index), limit) {
+        (Ok(total), _) => total,
         (Err(why), Some(_)) => {
             return Err(TrainError::BadInput(format!(
-                "`run.gpu_memory_limit` needs the size of CUDA device {index}, and LibTorch could not tell it: \
+                "`run.gpu_memory_limit` needs the size of CUDA device {index}, and the driver could not tell it: \
                  {why}. Fix: remove run.gpu_memory_limit, or check the driver with nvidia-smi."
             )))
         }
         (Err(why), None) => {
-            tracing::warn!("LibTorch's CUDA memory statistics are not available: {why}");
+            tracing::warn!("the size of CUDA device {index} is not known: {why}");
             0
         }
     };
@@ -193,7 +192,7 @@ fn tch_cuda_env(index: usize, limit: Option<u64>) -> Result<BackendEnv, TrainErr
     let capacity = match limit {
         Some(l) if l < total => {
             let device = burn::backend::libtorch::LibTorchDevice::Cuda(index);
-            let in_use = stats.as_ref().map(|m| m.reserved).unwrap_or(0);
+            let in_use = crate::tch_cuda::allocator(index).map(|(_, reserved)| reserved).unwrap_or(0);
             let mut remaining = total.saturating_sub(l).saturating_sub(in_use);
             // The last chunks may not fit next to the driver's own reservations, which only
             // makes the emulation stricter.
@@ -228,9 +227,9 @@ fn tch_cuda_env(index: usize, limit: Option<u64>) -> Result<BackendEnv, TrainErr
     let memory: Option<MemoryProbe> = match total {
         0 => None,
         _ => Some(Arc::new(move || {
-            crate::tch_cuda::memory(index).ok().map(|m| MemoryStats {
-                in_use: m.in_use.saturating_sub(held),
-                reserved: m.reserved.saturating_sub(held),
+            crate::tch_cuda::allocator(index).ok().map(|(in_use, reserved)| MemoryStats {
+                in_use: in_use.saturating_sub(held),
+                reserved: reserved.saturating_sub(held),
                 capacity,
             })
         })),

@@ -1,18 +1,17 @@
 //! LibTorch's CUDA caching allocator, for what neither tch nor burn-tch exposes
 //! (`native/tch_cuda_memory.cpp`): releasing its cached blocks after an out-of-memory, as
-//! `torch.cuda.empty_cache()` does, and the card's memory as `torch.cuda.memory_allocated`,
-//! `memory_reserved` and `mem_get_info` report it.
+//! `torch.cuda.empty_cache()` does, and the card's memory: its size, and what
+//! `torch.cuda.memory_allocated` and `memory_reserved` report.
 
-use crate::backend::MemoryStats;
 use std::ffi::{c_char, c_int, CStr};
 
 unsafe extern "C" {
     fn oomph_tch_cuda_empty_cache(msg: *mut c_char, len: usize) -> c_int;
-    fn oomph_tch_cuda_memory(
+    fn oomph_tch_cuda_total(device: c_int, total: *mut u64, msg: *mut c_char, len: usize) -> c_int;
+    fn oomph_tch_cuda_allocator(
         device: c_int,
         allocated: *mut u64,
         reserved: *mut u64,
-        total: *mut u64,
         msg: *mut c_char,
         len: usize,
     ) -> c_int;
@@ -40,18 +39,31 @@ pub fn empty_cache() -> Result<bool, String> {
     }
 }
 
-/// CUDA device `device`'s memory: bytes in LibTorch's live tensors, bytes its allocator holds
-/// from the driver, and the card's total.
-pub fn memory(device: usize) -> Result<MemoryStats, String> {
-    let index = c_int::try_from(device).map_err(|_| format!("CUDA device {device} is out of range"))?;
-    let (mut in_use, mut reserved, mut capacity) = (0u64, 0u64, 0u64);
-    let mut buf = [0u8; 512];
+fn index(device: usize) -> Result<c_int, String> {
+    c_int::try_from(device).map_err(|_| format!("CUDA device {device} is out of range"))
+}
+
+/// CUDA device `device`'s memory in bytes, from the driver: no context is created and the
+/// runtime's state is not touched, so asking never disturbs the run.
+pub fn total(device: usize) -> Result<u64, String> {
+    let (index, mut total, mut buf) = (index(device)?, 0u64, [0u8; 512]);
     // SAFETY: every pointer is to a live local; the call catches every C++ exception.
-    let rc = unsafe {
-        oomph_tch_cuda_memory(index, &mut in_use, &mut reserved, &mut capacity, buf.as_mut_ptr().cast(), buf.len())
-    };
+    match unsafe { oomph_tch_cuda_total(index, &mut total, buf.as_mut_ptr().cast(), buf.len()) } {
+        0 => Ok(total),
+        _ => Err(message(&buf)),
+    }
+}
+
+/// The bytes in LibTorch's live CUDA tensors on `device` and the bytes its allocator holds
+/// from the driver there (`torch.cuda.memory_allocated`, `memory_reserved`); both 0 before it
+/// first allocates. Reads the allocator's counters only: no CUDA call.
+pub fn allocator(device: usize) -> Result<(u64, u64), String> {
+    let (index, mut allocated, mut reserved, mut buf) = (index(device)?, 0u64, 0u64, [0u8; 512]);
+    // SAFETY: every pointer is to a live local; the call catches every C++ exception.
+    let rc =
+        unsafe { oomph_tch_cuda_allocator(index, &mut allocated, &mut reserved, buf.as_mut_ptr().cast(), buf.len()) };
     match rc {
-        0 => Ok(MemoryStats { in_use, reserved, capacity }),
+        0 => Ok((allocated, reserved)),
         _ => Err(message(&buf)),
     }
 }
