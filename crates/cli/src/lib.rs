@@ -156,7 +156,7 @@ fn init_tracing() {
 fn check_command<M: Models>(path: &Path, set: &[String]) -> Outcome {
     let origin = path.display().to_string();
     let mut recipe = prepare::recipe(path, set)?;
-    backend::check(&recipe.run.backend, memory_limit(&recipe, &origin)?)?;
+    backend::check(recipe.run.backend, memory_limit(&recipe, &origin)?)?;
     let model = prepare::model::<FlexTrain, M>(&mut recipe, &origin)?;
     prepare::build(model, &recipe, &origin, &Default::default())?;
     print!("{}", oomph_recipe::to_toml_string(&recipe));
@@ -203,7 +203,7 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
     let resume = parse_resume(&resume_arg)?;
     let limit = memory_limit(&recipe, &origin)?;
     let run_dir = run_dir_for(&recipe, args.run_dir.as_deref());
-    backend::check(&recipe.run.backend, limit)?;
+    backend::check(recipe.run.backend, limit)?;
     if !is_worker {
         // What `--resume never` refuses needs nothing prepared: said at once (and asked again
         // under the lock, before anything is removed).
@@ -222,7 +222,7 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
     let mut lock = worker_env.lock_fd.filter(|_| is_worker).and_then(|fd| lock::RunLock::inherited(&run_dir, fd));
     let replace = if is_worker { Replace::Told(worker_env.replace) } else { Replace::Decide(resume, args.overwrite) };
     let WorkerEnv { lower_ceiling, lower_eval, in_place_update: first_update_in_place, restarts, .. } = worker_env;
-    let (backend, device) = (recipe.run.backend.clone(), recipe.run.device);
+    let (backend, device) = (recipe.run.backend, recipe.run.device);
     let job = Job::<M> {
         recipe,
         origin,
@@ -237,7 +237,7 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
         plain: args.plain,
         _m: std::marker::PhantomData,
     };
-    dispatch(&backend, device, limit, job)??;
+    dispatch(backend, device, limit, job)??;
     if let Err(e) = oomph_report::render(&run_dir) {
         tracing::warn!("the run finished but its report could not be drawn: {e}");
     }

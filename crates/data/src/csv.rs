@@ -18,25 +18,8 @@ mod records;
 pub use labels::classes_from_strings;
 use records::{parse_records, Record};
 
-/// Whether the label column holds class labels or numeric targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Task {
-    /// Class labels: integers or strings.
-    Classification,
-    /// Numeric targets.
-    Regression,
-}
-
-impl Task {
-    /// Parse `data.task` (`"classification"` or `"regression"`).
-    pub fn parse(task: &str) -> Result<Self, DataError> {
-        match task {
-            "classification" => Ok(Task::Classification),
-            "regression" => Ok(Task::Regression),
-            other => Err(DataError::UnknownTask { task: other.to_string() }),
-        }
-    }
-}
+/// Whether the label column holds class labels or numeric targets (`data.task`).
+pub use oomph_recipe::Task;
 
 /// How to read a CSV file.
 #[derive(Debug, Clone, PartialEq, Eq)]

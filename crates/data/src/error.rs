@@ -45,27 +45,7 @@ pub enum DataError {
     )]
     MissingPath {
         /// The `data.kind` that needs a file.
-        kind: String,
-    },
-
-    /// `data.kind` is not a known dataset kind.
-    #[error(
-        "data.kind = \"{kind}\" is not a dataset kind. Fix: set data.kind to one of \"csv\", \
-         \"text\" or \"synthetic\"."
-    )]
-    UnknownKind {
-        /// The value given.
-        kind: String,
-    },
-
-    /// `data.task` is not a known task.
-    #[error(
-        "data.task = \"{task}\" is not a task. Fix: set data.task to \"classification\" or \
-         \"regression\"."
-    )]
-    UnknownTask {
-        /// The value given.
-        task: String,
+        kind: oomph_recipe::DataKind,
     },
 
     /// `data.valid_fraction` is outside `[0, 1)`.

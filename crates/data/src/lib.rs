@@ -26,6 +26,8 @@ pub mod text;
 
 use std::path::Path;
 
+use oomph_recipe::DataKind;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::csv::{read_csv, CsvOptions, Task};
@@ -237,7 +239,7 @@ pub struct Splits {
 
 /// The file a file-based `data.kind` reads.
 fn data_path(section: &oomph_recipe::DataSection) -> Result<&Path, DataError> {
-    section.path.as_deref().map(Path::new).ok_or_else(|| DataError::MissingPath { kind: section.kind.clone() })
+    section.path.as_deref().map(Path::new).ok_or(DataError::MissingPath { kind: section.kind })
 }
 
 /// Read the data described by a recipe's `[data]` section, unsplit and unstandardised.
@@ -249,19 +251,16 @@ pub fn read_dataset(section: &oomph_recipe::DataSection, seed: u64) -> Result<Da
 
 /// [`read_dataset`], with the SHA-256 (lowercase hex) of the file's bytes for file-based kinds.
 fn read_dataset_hashed(section: &oomph_recipe::DataSection, seed: u64) -> Result<(Dataset, Option<String>), DataError> {
-    match section.kind.as_str() {
-        "csv" => {
-            let options = CsvOptions {
-                header: section.header,
-                label_column: section.label_column.clone(),
-                task: Task::parse(&section.task)?,
-            };
+    match section.kind {
+        DataKind::Csv => {
+            let options =
+                CsvOptions { header: section.header, label_column: section.label_column.clone(), task: section.task };
             let (data, sha256) = csv::read_csv_hashed(data_path(section)?, &options)?;
             Ok((Dataset::Tabular(data), Some(sha256)))
         }
-        "synthetic" => {
+        DataKind::Synthetic => {
             let spec = SyntheticSpec {
-                task: Task::parse(&section.task)?,
+                task: section.task,
                 samples: section.samples,
                 features: section.features,
                 classes: section.classes,
@@ -269,11 +268,10 @@ fn read_dataset_hashed(section: &oomph_recipe::DataSection, seed: u64) -> Result
             };
             Ok((Dataset::Tabular(synthetic_tabular(&spec, seed)?), None))
         }
-        "text" => {
+        DataKind::Text => {
             let (text, sha256) = text::read_text_hashed(data_path(section)?)?;
             Ok((Dataset::Text(text), Some(sha256)))
         }
-        other => Err(DataError::UnknownKind { kind: other.to_string() }),
     }
 }
 
@@ -294,7 +292,7 @@ pub fn load(section: &oomph_recipe::DataSection, seed: u64, seq_len: Option<usiz
         return Err(DataError::BadValidFraction { value: frac });
     }
     // Check the text-only requirement before reading a possibly large file.
-    let text_seq_len = if section.kind == "text" {
+    let text_seq_len = if section.kind == DataKind::Text {
         let path = data_path(section)?;
         match seq_len {
             Some(s) if s > 0 => Some(s),
@@ -311,11 +309,11 @@ pub fn load(section: &oomph_recipe::DataSection, seed: u64, seq_len: Option<usiz
     };
     let splits = match read_dataset_hashed(section, seed)? {
         (Dataset::Tabular(data), file_sha256) => {
-            let name = match section.kind.as_str() {
-                "csv" => format!("CSV file `{}`", data_path(section)?.display()),
+            let name = match section.kind {
+                DataKind::Csv => format!("CSV file `{}`", data_path(section)?.display()),
                 _ => "synthetic data".to_string(),
             };
-            tabular_splits(&section.kind, &name, data, frac, seed, section.standardize, file_sha256)?
+            tabular_splits(section.kind, &name, data, frac, seed, section.standardize, file_sha256)?
         }
         (Dataset::Text(text), file_sha256) => {
             let seq_len = text_seq_len.expect("checked above for text data");
@@ -337,7 +335,7 @@ fn valid_count(total: usize, fraction: f64) -> usize {
 /// of the file the table was read from; without one (generated data) the identity hashes
 /// the samples of both splits before standardisation.
 fn tabular_splits(
-    kind: &str,
+    kind: DataKind,
     name: &str,
     data: Tabular,
     frac: f64,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use oomph_recipe::DataSection;
+use oomph_recipe::{DataSection, Task};
 
 use super::*;
 
@@ -11,7 +11,7 @@ fn shipped(name: &str) -> String {
 }
 
 fn csv_section(path: &Path) -> DataSection {
-    DataSection { kind: "csv".into(), path: Some(path.to_string_lossy().into_owned()), ..DataSection::default() }
+    DataSection { kind: DataKind::Csv, path: Some(path.to_string_lossy().into_owned()), ..DataSection::default() }
 }
 
 fn tabular(s: &Source) -> &Tabular {
@@ -116,7 +116,7 @@ fn too_small_splits_name_the_numbers_and_the_fix() {
     let txt = dir.path().join("t.txt");
     std::fs::write(&txt, "abcdefghijklmnopqrstuvwxyz").unwrap();
     let section = DataSection {
-        kind: "text".into(),
+        kind: DataKind::Text,
         path: Some(txt.to_string_lossy().into_owned()),
         valid_fraction: 0.2,
         ..DataSection::default()
@@ -135,7 +135,7 @@ fn text_split_is_contiguous_with_a_shared_vocabulary() {
     let body = "abcabcabcabcabcabcabcabcabcabcabcabczz";
     std::fs::write(&path, body).unwrap();
     let section = DataSection {
-        kind: "text".into(),
+        kind: DataKind::Text,
         path: Some(path.to_string_lossy().into_owned()),
         valid_fraction: 0.25,
         ..DataSection::default()
@@ -158,8 +158,11 @@ fn text_split_is_contiguous_with_a_shared_vocabulary() {
 
 #[test]
 fn text_needs_a_sequence_length() {
-    let section =
-        DataSection { kind: "text".into(), path: Some(shipped("shakespeare_tragedies.txt")), ..DataSection::default() };
+    let section = DataSection {
+        kind: DataKind::Text,
+        path: Some(shipped("shakespeare_tragedies.txt")),
+        ..DataSection::default()
+    };
     let e = load(&section, 0, None).unwrap_err().to_string();
     assert!(e.contains("shakespeare_tragedies.txt") && e.contains("sequence length"), "{e}");
     let e = load(&section, 0, Some(0)).unwrap_err().to_string();
@@ -168,12 +171,8 @@ fn text_needs_a_sequence_length() {
 
 #[test]
 fn section_errors_name_the_keys() {
-    let e = load(&DataSection { kind: "parquet".into(), ..DataSection::default() }, 0, None).unwrap_err().to_string();
-    assert!(e.contains("data.kind = \"parquet\"") && e.contains("\"csv\""), "{e}");
-    let e = load(&DataSection { kind: "csv".into(), ..DataSection::default() }, 0, None).unwrap_err().to_string();
-    assert!(e.contains("`data.path` is not set"), "{e}");
-    let e = load(&DataSection { task: "ranking".into(), ..DataSection::default() }, 0, None).unwrap_err().to_string();
-    assert!(e.contains("data.task = \"ranking\""), "{e}");
+    let e = load(&DataSection { kind: DataKind::Csv, ..DataSection::default() }, 0, None).unwrap_err().to_string();
+    assert!(e.contains("data.kind = \"csv\"") && e.contains("`data.path` is not set"), "{e}");
     let e = load(&DataSection { valid_fraction: 1.0, ..DataSection::default() }, 0, None).unwrap_err().to_string();
     assert!(e.contains("data.valid_fraction = 1"), "{e}");
     let section = csv_section(Path::new("/nonexistent/dir/x.csv"));
@@ -194,7 +193,7 @@ fn synthetic_defaults_load_and_are_seeded() {
     assert_eq!((x.len(), n_features), (32, 16));
     assert!(matches!(y, BatchTargets::Classes(ref v) if v.len() == 2));
 
-    let reg = DataSection { task: "regression".into(), ..DataSection::default() };
+    let reg = DataSection { task: Task::Regression, ..DataSection::default() };
     let r = load(&reg, 42, None).unwrap();
     assert_eq!(r.info.task, "regression");
     assert_eq!(r.info.n_classes, None);
@@ -232,8 +231,11 @@ fn shipped_digits_load() {
 
 #[test]
 fn shipped_text_loads() {
-    let section =
-        DataSection { kind: "text".into(), path: Some(shipped("shakespeare_tragedies.txt")), ..DataSection::default() };
+    let section = DataSection {
+        kind: DataKind::Text,
+        path: Some(shipped("shakespeare_tragedies.txt")),
+        ..DataSection::default()
+    };
     let s = load(&section, 0, Some(64)).unwrap();
     let ((train, _), (valid, _)) = (text(&s.train), text(&s.valid));
     let total = train.len() + valid.len();
@@ -246,7 +248,7 @@ fn shipped_text_loads() {
 }
 
 fn text_section(path: &Path) -> DataSection {
-    DataSection { kind: "text".into(), path: Some(path.to_string_lossy().into_owned()), ..DataSection::default() }
+    DataSection { kind: DataKind::Text, path: Some(path.to_string_lossy().into_owned()), ..DataSection::default() }
 }
 
 #[test]

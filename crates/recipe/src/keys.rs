@@ -29,13 +29,42 @@ pub(crate) enum Kind {
     CapacityList,
     /// An array of step numbers.
     StepList,
+    /// One name of a closed vocabulary (a serde enum), as a string.
+    Choice(Vocabulary),
+}
+
+/// The closed vocabularies a key may name; their names come from the enums' serde derive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Vocabulary {
+    Backend,
+    DataKind,
+    Task,
+    Optimizer,
+    Schedule,
+}
+
+impl Vocabulary {
+    /// The names a recipe may write, and what they choose, in words.
+    pub(crate) fn names(self) -> (&'static [&'static str], &'static str) {
+        use crate::choice::*;
+        fn of<C: Choice>() -> (&'static [&'static str], &'static str) {
+            (C::names(), C::WHAT)
+        }
+        match self {
+            Vocabulary::Backend => of::<Backend>(),
+            Vocabulary::DataKind => of::<DataKind>(),
+            Vocabulary::Task => of::<Task>(),
+            Vocabulary::Optimizer => of::<OptimizerKind>(),
+            Vocabulary::Schedule => of::<ScheduleKind>(),
+        }
+    }
 }
 
 impl Kind {
     /// What a value of this kind looks like, in words.
     pub(crate) fn expected(self) -> &'static str {
         match self {
-            Kind::Str => "a string in double quotes",
+            Kind::Str | Kind::Choice(_) => "a string in double quotes",
             Kind::UInt => "a non-negative integer",
             Kind::Float => "a number",
             Kind::Bool => "true or false",
@@ -54,7 +83,7 @@ impl Kind {
     /// An example value, used in fixes when the key has no default to show.
     pub(crate) fn example(self) -> &'static str {
         match self {
-            Kind::Str => "\"text\"",
+            Kind::Str | Kind::Choice(_) => "\"text\"",
             Kind::UInt => "10",
             Kind::Float => "0.5",
             Kind::Bool => "true",
@@ -70,7 +99,7 @@ impl Kind {
     /// Whether a `--set` value for this key is taken as raw text when it is not a quoted
     /// TOML string.
     pub(crate) fn is_textual(self) -> bool {
-        matches!(self, Kind::Str | Kind::Column)
+        matches!(self, Kind::Str | Kind::Column | Kind::Choice(_))
     }
 }
 
@@ -126,7 +155,7 @@ pub(crate) const SECTIONS: &[SectionSpec] = &[
             k("name", Kind::Str),
             k("seed", Kind::UInt),
             k("output_dir", Kind::Str),
-            k("backend", Kind::Str),
+            k("backend", Kind::Choice(Vocabulary::Backend)),
             k("device", Kind::UInt),
             opt("gpu_memory_limit", Kind::Str, "the whole device"),
             k("log_every", Kind::UInt),
@@ -137,12 +166,12 @@ pub(crate) const SECTIONS: &[SectionSpec] = &[
         name: "data",
         free_form: false,
         keys: &[
-            k("kind", Kind::Str),
+            k("kind", Kind::Choice(Vocabulary::DataKind)),
             opt("path", Kind::Str, "no data file"),
             k("valid_fraction", Kind::Float),
             k("header", Kind::Bool),
             opt("label_column", Kind::Column, "the last column"),
-            k("task", Kind::Str),
+            k("task", Kind::Choice(Vocabulary::Task)),
             k("standardize", Kind::Bool),
             k("samples", Kind::UInt),
             k("features", Kind::UInt),
@@ -154,7 +183,7 @@ pub(crate) const SECTIONS: &[SectionSpec] = &[
         name: "optimizer",
         free_form: false,
         keys: &[
-            k("kind", Kind::Str),
+            k("kind", Kind::Choice(Vocabulary::Optimizer)),
             k("lr", Kind::Float),
             k("weight_decay", Kind::Float),
             k("betas", Kind::FloatPair),
@@ -166,7 +195,11 @@ pub(crate) const SECTIONS: &[SectionSpec] = &[
     SectionSpec {
         name: "lr_schedule",
         free_form: false,
-        keys: &[k("kind", Kind::Str), k("warmup_steps", Kind::UInt), k("final_lr_fraction", Kind::Float)],
+        keys: &[
+            k("kind", Kind::Choice(Vocabulary::Schedule)),
+            k("warmup_steps", Kind::UInt),
+            k("final_lr_fraction", Kind::Float),
+        ],
     },
     SectionSpec {
         name: "training",

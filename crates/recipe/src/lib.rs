@@ -23,6 +23,7 @@
 //! ```
 
 mod bytes;
+pub mod choice;
 mod emit;
 mod error;
 mod keys;
@@ -32,11 +33,12 @@ pub mod schema;
 mod validate;
 
 pub use bytes::parse_bytes;
+pub use choice::{Backend, Choice, DataKind, OptimizerKind, ScheduleKind, Task};
 pub use emit::to_toml_string;
 pub use error::RecipeError;
 pub use resume::{diff, fingerprint, is_resumable, FieldChange, UNSET};
 pub use schema::*;
-pub use validate::{BACKENDS, DATA_KINDS, DEFAULT_STEPS, LR_SCHEDULES, OPTIMIZERS, TASKS};
+pub use validate::DEFAULT_STEPS;
 
 use error::Ctx;
 use std::path::Path;
@@ -156,8 +158,14 @@ fn check_structure(table: &toml::Table, cx: &Ctx) -> Result<(), RecipeError> {
             }
             continue;
         }
-        for key in t.keys() {
-            if spec.key(key).is_some() {
+        for (key, value) in t {
+            if let Some(found) = spec.key(key) {
+                // A closed vocabulary is checked here, before serde, for an error that lists
+                // the names and suggests the closest one.
+                if let (keys::Kind::Choice(vocabulary), Some(text)) = (found.kind, value.as_str()) {
+                    let (names, what) = vocabulary.names();
+                    validate::one_of(cx, &format!("{name}.{key}"), text, names, what)?;
+                }
                 continue;
             }
             let dotted = format!("{name}.{key}");

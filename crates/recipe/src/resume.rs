@@ -194,7 +194,7 @@ mod tests {
         same.training.steps = Some(5000);
         same.checkpoint.keep = 9;
         same.micro_batch.initial = MicroInitial::Fixed(4);
-        same.run.backend = "cuda".into();
+        same.run.backend = crate::Backend::Cuda;
         same.run.name = "other".into();
         same.faults.oom_at.push(FaultAt { step: 2, phase: Phase::Backward });
         same.data.path = Some("/elsewhere/data.csv".into());
@@ -206,11 +206,11 @@ mod tests {
             |r| {
                 r.model.params.insert("hidden".into(), toml::Value::Integer(8));
             },
-            |r| r.data.task = "regression".into(),
+            |r| r.data.task = crate::Task::Regression,
             |r| r.data.valid_fraction = 0.2,
             |r| r.optimizer.lr = 0.5,
             |r| r.optimizer.grad_clip_norm = Some(1.0),
-            |r| r.lr_schedule.kind = "cosine".into(),
+            |r| r.lr_schedule.kind = crate::ScheduleKind::Cosine,
             |r| r.training.effective_batch = 64,
         ];
         for change in changes {

@@ -5,6 +5,7 @@
 //! Every section and every key is optional in the TOML file; a missing one takes the
 //! default documented on its field.
 
+use crate::choice::{Backend, DataKind, OptimizerKind, ScheduleKind, Task};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
@@ -47,7 +48,7 @@ pub struct RunSection {
     pub output_dir: String,
     /// Backend: `"cpu"` (the embedded CPU default), `"ndarray"`, `"flex"`, `"cuda"`, or LibTorch
     /// (`"tch"` on the CPU, `"tch-cuda"` on the GPU `run.device`; the `tch` cargo feature). Default `"cpu"`.
-    pub backend: String,
+    pub backend: Backend,
     /// Device index for GPU backends. Default `0`.
     pub device: usize,
     /// Emulated GPU capacity such as `"8GiB"` (GPU backends only). Default: none (whole device).
@@ -62,7 +63,7 @@ impl Default for RunSection {
             name: "run".into(),
             seed: 42,
             output_dir: "runs".into(),
-            backend: "cpu".into(),
+            backend: Backend::Cpu,
             device: 0,
             gpu_memory_limit: None,
             log_every: 10,
@@ -97,7 +98,7 @@ impl Default for ModelSection {
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
     /// `"csv"`, `"text"` or `"synthetic"`. Default `"synthetic"`.
-    pub kind: String,
+    pub kind: DataKind,
     /// File path (csv, text), relative to the recipe file's directory. Default: none.
     pub path: Option<String>,
     /// Fraction of the samples held out for validation, in `[0, 1)`. Default `0.1`.
@@ -109,7 +110,7 @@ pub struct DataSection {
     #[serde(deserialize_with = "de_label_column")]
     pub label_column: Option<String>,
     /// csv/synthetic: `"classification"` or `"regression"`. Default `"classification"`.
-    pub task: String,
+    pub task: Task,
     /// csv: standardise each feature with mean/std of the training split. Default `true`.
     pub standardize: bool,
     /// synthetic: number of samples generated. Default `2048`.
@@ -125,12 +126,12 @@ pub struct DataSection {
 impl Default for DataSection {
     fn default() -> Self {
         Self {
-            kind: "synthetic".into(),
+            kind: DataKind::Synthetic,
             path: None,
             valid_fraction: 0.1,
             header: true,
             label_column: None,
-            task: "classification".into(),
+            task: Task::Classification,
             standardize: true,
             samples: 2048,
             features: 16,
@@ -145,7 +146,7 @@ impl Default for DataSection {
 #[serde(deny_unknown_fields, default)]
 pub struct OptimizerSection {
     /// `"adamw"` or `"sgd"`. Default `"adamw"`.
-    pub kind: String,
+    pub kind: OptimizerKind,
     /// Peak learning rate, > 0. Default `1e-3`.
     pub lr: f64,
     /// Decoupled weight decay (adamw) or L2 penalty (sgd), >= 0. Default `0.0`.
@@ -163,7 +164,7 @@ pub struct OptimizerSection {
 impl Default for OptimizerSection {
     fn default() -> Self {
         Self {
-            kind: "adamw".into(),
+            kind: OptimizerKind::Adamw,
             lr: 1e-3,
             weight_decay: 0.0,
             betas: [0.9, 0.999],
@@ -179,7 +180,7 @@ impl Default for OptimizerSection {
 #[serde(deny_unknown_fields, default)]
 pub struct LrScheduleSection {
     /// `"constant"`, `"cosine"` or `"linear"` (decay after warmup). Default `"constant"`.
-    pub kind: String,
+    pub kind: ScheduleKind,
     /// Linear warmup from 0 to `optimizer.lr` over this many steps. Default `0`.
     pub warmup_steps: usize,
     /// Final learning rate as a fraction of `optimizer.lr`, in `[0, 1]`. Default `0.0`.
@@ -188,7 +189,7 @@ pub struct LrScheduleSection {
 
 impl Default for LrScheduleSection {
     fn default() -> Self {
-        Self { kind: "constant".into(), warmup_steps: 0, final_lr_fraction: 0.0 }
+        Self { kind: ScheduleKind::Constant, warmup_steps: 0, final_lr_fraction: 0.0 }
     }
 }
 

@@ -131,7 +131,7 @@ oom_at = [{ step = 3, phase = "forward" }, { step = 4, phase = "eval" }]
 panic_at = [{ step = 9, phase = "optimizer" }]
 "#;
     let r = parse(text, "full.toml", d.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.run.backend, "cuda");
+    assert_eq!(r.run.backend, Backend::Cuda);
     assert_eq!(r.model.kind, "gpt");
     assert_eq!(r.model.params["n_layer"].as_integer(), Some(2));
     assert_eq!(r.model.params["attn"]["heads"].as_integer(), Some(4));
@@ -388,7 +388,7 @@ fn allowed_edge_cases() {
     ok("[checkpoint]\nkeep = 2\n");
     ok("[run]\ngpu_memory_limit = \"1.5GiB\"\n");
     ok("[faults]\naddress_space_headroom = \"100MiB\"\n");
-    for b in BACKENDS {
+    for b in Backend::names() {
         ok(&format!("[run]\nbackend = \"{b}\"\n"));
     }
     let r = ok("[training]\nepochs = 2\n");

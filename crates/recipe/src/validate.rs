@@ -3,28 +3,18 @@
 //! (`training.steps = 100` when neither `steps` nor `epochs` is given).
 
 use crate::bytes::parse_bytes;
+use crate::choice::{Backend, DataKind, Task};
 use crate::error::{Ctx, RecipeError};
 use crate::keys::did_you_mean;
 use crate::schema::{MicroInitial, Phase, Recipe};
 use std::path::Path;
-
-/// The backends `run.backend` may name.
-pub const BACKENDS: &[&str] = &["cpu", "ndarray", "flex", "cuda", "tch", "tch-cuda"];
-/// The dataset kinds `data.kind` may name.
-pub const DATA_KINDS: &[&str] = &["csv", "text", "synthetic"];
-/// The tasks `data.task` may name.
-pub const TASKS: &[&str] = &["classification", "regression"];
-/// The optimizers `optimizer.kind` may name.
-pub const OPTIMIZERS: &[&str] = &["adamw", "sgd"];
-/// The schedules `lr_schedule.kind` may name.
-pub const LR_SCHEDULES: &[&str] = &["constant", "cosine", "linear"];
 
 /// Run length used when a recipe gives neither `training.steps` nor `training.epochs`.
 pub const DEFAULT_STEPS: usize = 100;
 
 type R = Result<(), RecipeError>;
 
-fn one_of(cx: &Ctx, key: &str, value: &str, allowed: &[&str], what: &str) -> R {
+pub(crate) fn one_of(cx: &Ctx, key: &str, value: &str, allowed: &[&str], what: &str) -> R {
     if allowed.contains(&value) {
         return Ok(());
     }
@@ -113,7 +103,6 @@ fn run(r: &Recipe, cx: &Ctx) -> R {
             format!("set run.seed to an integer at most {}", i64::MAX),
         ));
     }
-    one_of(cx, "run.backend", &run.backend, BACKENDS, "the backend")?;
     at_least(cx, "run.log_every", run.log_every, 1, "a log line every 0 steps is meaningless", 10)?;
     if let Some(limit) = &run.gpu_memory_limit {
         match parse_bytes(limit) {
@@ -153,12 +142,11 @@ fn model(r: &Recipe, cx: &Ctx) -> R {
 
 fn data(r: &Recipe, cx: &Ctx) -> R {
     let d = &r.data;
-    one_of(cx, "data.kind", &d.kind, DATA_KINDS, "the dataset kind")?;
-    if d.kind != "synthetic" && d.path.is_none() {
+    if d.kind != DataKind::Synthetic && d.path.is_none() {
         return Err(RecipeError::new(
             cx.origin("data.kind"),
             Some("data.path".into()),
-            format!("`data.path` is missing: data.kind = {:?} reads its samples from a file", d.kind),
+            format!("`data.path` is missing: data.kind = \"{}\" reads its samples from a file", d.kind),
             "set data.path to the file, relative to the recipe file's directory, or use data.kind = \"synthetic\"",
         ));
     }
@@ -191,12 +179,11 @@ fn data(r: &Recipe, cx: &Ctx) -> R {
         "it is the fraction of samples held out for validation, and some must remain for training",
         "0.1",
     )?;
-    one_of(cx, "data.task", &d.task, TASKS, "the task")?;
     non_negative_finite(cx, "data.noise", d.noise, "noise is a standard deviation / flip probability", "0.1")?;
-    if d.kind == "synthetic" {
+    if d.kind == DataKind::Synthetic {
         at_least(cx, "data.samples", d.samples, 2, "a synthetic dataset needs samples to train and validate on", 2048)?;
         at_least(cx, "data.features", d.features, 1, "a sample needs at least one feature", 16)?;
-        if d.task == "classification" {
+        if d.task == Task::Classification {
             at_least(cx, "data.classes", d.classes, 2, "classification needs at least two classes", 4)?;
         }
     }
@@ -205,7 +192,6 @@ fn data(r: &Recipe, cx: &Ctx) -> R {
 
 fn optimizer(r: &Recipe, cx: &Ctx) -> R {
     let o = &r.optimizer;
-    one_of(cx, "optimizer.kind", &o.kind, OPTIMIZERS, "the optimizer")?;
     positive_finite(cx, "optimizer.lr", o.lr, "the learning rate must be a finite number above zero", "0.001")?;
     non_negative_finite(cx, "optimizer.weight_decay", o.weight_decay, "weight decay cannot be negative", "0.01")?;
     let betas = format!("[{:?}, {:?}]", o.betas[0], o.betas[1]);
@@ -243,7 +229,6 @@ fn optimizer(r: &Recipe, cx: &Ctx) -> R {
 
 fn lr_schedule(r: &Recipe, cx: &Ctx) -> R {
     let s = &r.lr_schedule;
-    one_of(cx, "lr_schedule.kind", &s.kind, LR_SCHEDULES, "the schedule")?;
     unit_interval(
         cx,
         "lr_schedule.final_lr_fraction",
@@ -429,7 +414,7 @@ fn faults(r: &Recipe, cx: &Ctx) -> R {
             // A GPU runtime maps and reserves address space as it goes (contexts, handles,
             // modules): under the limit those fail as memory errors that no smaller
             // micro-batch fixes.
-            Ok(_) if matches!(r.run.backend.as_str(), "cuda" | "tch-cuda") => Some((
+            Ok(_) if matches!(r.run.backend, Backend::Cuda | Backend::TchCuda) => Some((
                 format!("the limit is for the CPU backends, and run.backend = {:?} is a GPU one", r.run.backend),
                 "remove the key, or set run.backend to a CPU backend (\"cpu\", \"tch\")",
             )),

@@ -5,13 +5,14 @@
 use crate::error::TrainError;
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::backend::AutodiffBackend;
+use oomph_recipe::Backend;
 use std::any::Any;
 #[cfg(feature = "tch")]
 use std::panic::catch_unwind;
 use std::sync::Arc;
 
 /// The CPU backend used for `backend = "cpu"` (chosen by measurement; see BENCHMARKS.md).
-pub const CPU_DEFAULT: &str = "flex";
+pub const CPU_DEFAULT: Backend = Backend::Flex;
 
 /// Training on the ndarray CPU backend.
 pub type NdArrayTrain = Autodiff<NdArray<f32>>;
@@ -72,66 +73,59 @@ pub trait WithBackend {
 }
 
 /// The backend a recipe's `run.backend` resolves to (`"cpu"` becomes [`CPU_DEFAULT`]).
-pub fn resolve(backend: &str) -> &str {
-    if backend == "cpu" {
-        CPU_DEFAULT
-    } else {
-        backend
+pub fn resolve(backend: Backend) -> Backend {
+    match backend {
+        Backend::Cpu => CPU_DEFAULT,
+        other => other,
     }
 }
 
 /// Whether a recipe's backend can run in this binary, decided from the recipe alone (no
-/// device is opened): the name is known and compiled in, and `run.gpu_memory_limit` is only
-/// set for a GPU backend (cuda, tch-cuda). A process that never trains (the supervisor, `oomph check`)
+/// device is opened): it is compiled in, and `run.gpu_memory_limit` is only set for a GPU
+/// backend (cuda, tch-cuda). A process that never trains (the supervisor, `oomph check`)
 /// asks this; [`dispatch`] asks it too before it opens the device.
-pub fn check(backend: &str, memory_limit: Option<u64>) -> Result<(), TrainError> {
+pub fn check(backend: Backend, memory_limit: Option<u64>) -> Result<(), TrainError> {
     let resolved = resolve(backend);
-    if memory_limit.is_some() && !matches!(resolved, "cuda" | "tch-cuda") {
+    if memory_limit.is_some() && !matches!(resolved, Backend::Cuda | Backend::TchCuda) {
         return Err(TrainError::BadInput(format!(
             "`run.gpu_memory_limit` emulates a smaller GPU on the cuda and tch-cuda backends, and `run.backend` = \
              \"{backend}\" is neither. Fix: remove run.gpu_memory_limit, or set run.backend = \"cuda\"."
         )));
     }
     match resolved {
-        "ndarray" | "flex" => Ok(()),
-        "cuda" if cfg!(feature = "cuda") => Ok(()),
-        "cuda" => Err(TrainError::BadInput(
+        Backend::Cpu | Backend::Ndarray | Backend::Flex => Ok(()),
+        Backend::Cuda if cfg!(feature = "cuda") => Ok(()),
+        Backend::Cuda => Err(TrainError::BadInput(
             "`run.backend` = \"cuda\" but this oomph binary was built without CUDA support. Fix: rebuild with \
              `cargo build --release --features cuda`, or set run.backend = \"cpu\"."
                 .into(),
         )),
-        "tch" | "tch-cuda" if cfg!(feature = "tch") => Ok(()),
-        "tch" | "tch-cuda" => Err(TrainError::BadInput(
+        Backend::Tch | Backend::TchCuda if cfg!(feature = "tch") => Ok(()),
+        Backend::Tch | Backend::TchCuda => Err(TrainError::BadInput(
             "`run.backend` names LibTorch (\"tch\" or \"tch-cuda\"), but this oomph binary was built without it. \
              Fix: run `scripts/setup-tch.sh` (it installs PyTorch 2.9.0 into .venv-tch and builds oomph with the \
              `tch` feature), or set run.backend = \"cpu\"."
                 .into(),
         )),
-        other => Err(TrainError::BadInput(format!(
-            "`run.backend` = \"{other}\" is not a backend oomph knows. Fix: use \"cpu\", \"ndarray\", \"flex\", \
-             \"cuda\", \"tch\" or \"tch-cuda\"."
-        ))),
     }
 }
 
-/// Runs `w` with the backend named `backend` (`cpu`, `ndarray`, `flex`, `cuda`, `tch`,
-/// `tch-cuda`) on device index `device`; `memory_limit` (bytes) emulates a smaller GPU. A
-/// backend that is not compiled in, or a GPU that is not there, is a bad-input error with a
-/// one-paragraph explanation ([`check`]).
+/// Runs `w` with `backend` on device index `device`; `memory_limit` (bytes) emulates a
+/// smaller GPU. A backend that is not compiled in, or a GPU that is not there, is a
+/// bad-input error with a one-paragraph explanation ([`check`]).
 pub fn dispatch<W: WithBackend>(
-    backend: &str,
+    backend: Backend,
     device: usize,
     memory_limit: Option<u64>,
     w: W,
 ) -> Result<W::Output, TrainError> {
     check(backend, memory_limit)?;
     match resolve(backend) {
-        "ndarray" => Ok(w.run::<NdArrayTrain>(Default::default(), BackendEnv::plain("ndarray (cpu)"))),
-        "flex" => Ok(w.run::<FlexTrain>(Default::default(), BackendEnv::plain("flex (cpu)"))),
-        "cuda" => cuda(device, memory_limit, w),
-        "tch" => tch(None, None, w),
-        "tch-cuda" => tch(Some(device), memory_limit, w),
-        other => unreachable!("backend::check accepted {other}"),
+        Backend::Ndarray => Ok(w.run::<NdArrayTrain>(Default::default(), BackendEnv::plain("ndarray (cpu)"))),
+        Backend::Cpu | Backend::Flex => Ok(w.run::<FlexTrain>(Default::default(), BackendEnv::plain("flex (cpu)"))),
+        Backend::Cuda => cuda(device, memory_limit, w),
+        Backend::Tch => tch(None, None, w),
+        Backend::TchCuda => tch(Some(device), memory_limit, w),
     }
 }
 

@@ -9,7 +9,7 @@ use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder, RecorderError};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
-use oomph_recipe::{LrScheduleSection, OptimizerSection};
+use oomph_recipe::{LrScheduleSection, OptimizerKind, OptimizerSection, ScheduleKind};
 
 /// The optimizer named by `[optimizer] kind`.
 pub enum Optim<M: AutodiffModule<B>, B: AutodiffBackend> {
@@ -32,8 +32,8 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> Optim<M, B> {
     /// Builds the optimizer from its recipe section. Gradient clipping is *not* delegated to
     /// burn (whose clipping is per parameter): oomph clips by the global norm itself.
     pub fn new(cfg: &OptimizerSection) -> Self {
-        match cfg.kind.as_str() {
-            "sgd" => {
+        match cfg.kind {
+            OptimizerKind::Sgd => {
                 let mut c = SgdConfig::new();
                 if cfg.momentum > 0.0 {
                     c = c.with_momentum(Some(MomentumConfig {
@@ -47,7 +47,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> Optim<M, B> {
                 }
                 Self::Sgd(c.init())
             }
-            _ => Self::AdamW(
+            OptimizerKind::Adamw => Self::AdamW(
                 AdamWConfig::new()
                     .with_beta_1(cfg.betas[0] as f32)
                     .with_beta_2(cfg.betas[1] as f32)
@@ -95,10 +95,10 @@ pub fn lr_at(step: usize, total: usize, base: f64, s: &LrScheduleSection) -> f64
     let fin = base * s.final_lr_fraction;
     let span = total.saturating_sub(warmup).max(1) as f64;
     let p = ((step.saturating_sub(warmup)) as f64 / span).clamp(0.0, 1.0);
-    match s.kind.as_str() {
-        "cosine" => fin + (base - fin) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
-        "linear" => base - (base - fin) * p,
-        _ => base,
+    match s.kind {
+        ScheduleKind::Cosine => fin + (base - fin) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+        ScheduleKind::Linear => base - (base - fin) * p,
+        ScheduleKind::Constant => base,
     }
 }
 
@@ -246,13 +246,13 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
 mod tests {
     use super::*;
 
-    fn sched(kind: &str, warmup: usize, fin: f64) -> LrScheduleSection {
-        LrScheduleSection { kind: kind.into(), warmup_steps: warmup, final_lr_fraction: fin }
+    fn sched(kind: ScheduleKind, warmup: usize, fin: f64) -> LrScheduleSection {
+        LrScheduleSection { kind, warmup_steps: warmup, final_lr_fraction: fin }
     }
 
     #[test]
     fn warmup_then_cosine_reaches_the_final_fraction() {
-        let s = sched("cosine", 10, 0.1);
+        let s = sched(ScheduleKind::Cosine, 10, 0.1);
         assert!((lr_at(1, 110, 1.0, &s) - 0.1).abs() < 1e-12);
         assert!((lr_at(10, 110, 1.0, &s) - 1.0).abs() < 1e-12);
         assert!((lr_at(60, 110, 1.0, &s) - 0.55).abs() < 1e-12);
@@ -261,8 +261,8 @@ mod tests {
 
     #[test]
     fn linear_and_constant() {
-        let s = sched("linear", 0, 0.0);
+        let s = sched(ScheduleKind::Linear, 0, 0.0);
         assert!((lr_at(50, 100, 2.0, &s) - 1.0).abs() < 1e-12);
-        assert_eq!(lr_at(7, 100, 2.0, &sched("constant", 0, 0.0)), 2.0);
+        assert_eq!(lr_at(7, 100, 2.0, &sched(ScheduleKind::Constant, 0, 0.0)), 2.0);
     }
 }

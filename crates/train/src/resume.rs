@@ -204,7 +204,7 @@ fn schedule_change(r: &Recipe, old_total: usize, total: usize, at: usize) -> Opt
     let sched = &r.lr_schedule;
     let next = at + 1;
     let (was, now) = (lr_at(next, old_total, r.optimizer.lr, sched), lr_at(next, total, r.optimizer.lr, sched));
-    Some(if sched.kind == "constant" {
+    Some(if sched.kind == oomph_recipe::ScheduleKind::Constant {
         format!(
             "run length {old_total} -> {total} steps: the learning rate is constant{}, so the schedule is unchanged",
             if sched.warmup_steps > 0 { " after its warmup" } else { "" }

@@ -31,7 +31,7 @@ fn overrides_apply_with_types() {
     assert!(!r.checkpoint.on_oom);
     assert_eq!(r.micro_batch.initial, MicroInitial::Fixed(16));
     assert_eq!(r.run.name, "123");
-    assert_eq!(r.run.backend, "ndarray");
+    assert_eq!(r.run.backend, crate::Backend::Ndarray);
     assert_eq!(r.run.gpu_memory_limit.as_deref(), Some("8GiB"));
     assert_eq!(r.data.label_column.as_deref(), Some("2"));
     assert_eq!(r.model.kind, "gpt");
