@@ -1,6 +1,6 @@
 //! Splitting CSV text into records with the `csv` crate: RFC 4180 quoting, LF, CRLF and
 //! lone-CR line endings (a line break inside a quoted field reads as `\n`), blank lines
-//! skipped, after a UTF-8 byte-order mark is dropped.
+//! skipped, one UTF-8 byte-order mark dropped.
 //!
 //! Two things stay here. The line a record starts on is counted from its byte offset, because
 //! the crate counts only `\n` (a file with lone-CR endings would be "line 1" throughout). And
@@ -21,7 +21,9 @@ pub(crate) struct Record {
 
 /// Split CSV text into records (RFC 4180 quoting). Blank lines are skipped.
 pub(crate) fn parse_records(path: &Path, text: &str) -> Result<Vec<Record>, DataError> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // The crate drops one byte-order mark itself but counts its bytes in its positions; a
+    // record never starts inside it.
+    let bom = if text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
     let syntax = |line: usize, problem: String| DataError::CsvSyntax { path: path.to_path_buf(), line, problem };
     let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes());
     let mut lines = Lines { text, at: 0, line: 1 };
@@ -36,6 +38,7 @@ pub(crate) fn parse_records(path: &Path, text: &str) -> Result<Vec<Record>, Data
         }
         // The crate skips the empty lines before a record, and its position is before them.
         let end = (reader.position().byte() as usize).min(text.len());
+        let start = start.max(bom);
         let start = start + text.as_bytes()[start..end].iter().take_while(|&&b| b == b'\n' || b == b'\r').count();
         let line = lines.at(start);
         let raw = &text[start..end];

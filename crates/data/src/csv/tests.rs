@@ -60,6 +60,18 @@ fn lone_cr_line_endings_count_lines() {
 }
 
 #[test]
+fn only_one_byte_order_mark_is_dropped_and_quotes_after_a_second_are_data() {
+    // A tool that added a second mark: the second is data, as it always was, so the quote
+    // after it is inside an unquoted field, and the header's first name keeps the mark.
+    let r = parse_records(p(), "\u{feff}\u{feff}\"a,b\n1,2\n").unwrap();
+    assert_eq!(r[0].fields, vec!["\u{feff}\"a", "b"]);
+    assert_eq!((r[0].line, r[1].line), (1, 2));
+    let r = parse_records(p(), "\u{feff}\u{feff}\n\na,b\n1,2").unwrap();
+    assert_eq!((r[0].line, &r[0].fields), (1, &vec!["\u{feff}".to_string()]));
+    assert_eq!((r[1].line, &r[1].fields), (3, &vec!["a".to_string(), "b".to_string()]));
+}
+
+#[test]
 fn quote_errors_name_the_line_inside_a_multi_line_record() {
     let e = parse_records(p(), "a,b,c\n1,\"two\nlines\"z,3\n").unwrap_err().to_string();
     assert!(e.contains("line 3") && e.contains("field 2") && e.contains("'z'"), "{e}");
@@ -85,6 +97,7 @@ proptest::proptest! {
     ) {
         let eol = ["\n", "\r\n", "\r"][ending];
         let mut text = String::from(if bom { "\u{feff}" } else { "" });
+        // A first row quoted from its first byte must still be read right after the mark.
         let mut line = 1;
         let mut expect = Vec::new();
         for (k, row) in rows.iter().enumerate() {
