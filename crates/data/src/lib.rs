@@ -311,7 +311,8 @@ pub fn load(section: &oomph_recipe::DataSection, seed: u64, seq_len: Option<usiz
         (Dataset::Tabular(data), file_sha256) => {
             let name = match section.kind {
                 DataKind::Csv => format!("CSV file `{}`", data_path(section)?.display()),
-                _ => "synthetic data".to_string(),
+                DataKind::Synthetic => "synthetic data".to_string(),
+                DataKind::Text => unreachable!("text is read as a Text, not a table"),
             };
             tabular_splits(section.kind, &name, data, frac, seed, section.standardize, file_sha256)?
         }

@@ -77,7 +77,16 @@ macro_rules! choices {
                 f.write_str(self.name())
             }
         }
-    )+};
+    )+
+
+        /// What the [`Choice`] whose Rust name is `enum_name` chooses, in words.
+        pub(crate) fn what(enum_name: &str) -> Option<&'static str> {
+            match enum_name {
+                $(stringify!($name) => Some($what),)+
+                _ => None,
+            }
+        }
+    };
 }
 
 choices! {

@@ -42,7 +42,7 @@ pub fn to_toml_string(r: &Recipe) -> String {
                 continue;
             }
         };
-        for key in spec.keys {
+        for key in &spec.keys {
             match table.get(key.name) {
                 Some(v) => out.push_str(&format!("{} = {}\n", key.name, value_text(v))),
                 None => out.push_str(&format!("# {} is unset: {}\n", key.name, key.unset)),

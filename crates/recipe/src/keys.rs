@@ -1,10 +1,18 @@
 //! The key catalogue: every section and key a recipe may contain, with the kind of value
 //! each expects.
 //!
-//! It drives the structural checks (unknown sections and keys, listing the valid ones),
-//! `--set` coercion (string keys take the raw text), error wording (the expected type and
-//! an example) and the order of keys in [`crate::to_toml_string`]. A unit test keeps it in
-//! step with the serde schema in [`crate::schema`].
+//! It is read from the schema's serde derive ([`trace`]): the sections, their keys in
+//! declaration order, and each key's kind of value (an enum's names included). What the
+//! types cannot tell is noted here by key: the kind of the two hand-written values, and what
+//! leaving an optional key unset means. The catalogue drives the structural checks (unknown
+//! sections and keys, listing the valid ones), `--set` coercion (string keys take the raw
+//! text), error wording (the expected type and an example) and the order of keys in
+//! [`crate::to_toml_string`].
+
+mod trace;
+
+use std::sync::OnceLock;
+use trace::Shape;
 
 /// The kind of value a key holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,41 +38,19 @@ pub(crate) enum Kind {
     /// An array of step numbers.
     StepList,
     /// One name of a closed vocabulary (a serde enum), as a string.
-    Choice(Vocabulary),
-}
-
-/// The closed vocabularies a key may name; their names come from the enums' serde derive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Vocabulary {
-    Backend,
-    DataKind,
-    Task,
-    Optimizer,
-    Schedule,
-}
-
-impl Vocabulary {
-    /// The names a recipe may write, and what they choose, in words.
-    pub(crate) fn names(self) -> (&'static [&'static str], &'static str) {
-        use crate::choice::*;
-        fn of<C: Choice>() -> (&'static [&'static str], &'static str) {
-            (C::names(), C::WHAT)
-        }
-        match self {
-            Vocabulary::Backend => of::<Backend>(),
-            Vocabulary::DataKind => of::<DataKind>(),
-            Vocabulary::Task => of::<Task>(),
-            Vocabulary::Optimizer => of::<OptimizerKind>(),
-            Vocabulary::Schedule => of::<ScheduleKind>(),
-        }
-    }
+    Choice {
+        /// The names a recipe may write.
+        names: &'static [&'static str],
+        /// What the key chooses, in words (e.g. "the backend").
+        what: &'static str,
+    },
 }
 
 impl Kind {
     /// What a value of this kind looks like, in words.
     pub(crate) fn expected(self) -> &'static str {
         match self {
-            Kind::Str | Kind::Choice(_) => "a string in double quotes",
+            Kind::Str | Kind::Choice { .. } => "a string in double quotes",
             Kind::UInt => "a non-negative integer",
             Kind::Float => "a number",
             Kind::Bool => "true or false",
@@ -83,7 +69,7 @@ impl Kind {
     /// An example value, used in fixes when the key has no default to show.
     pub(crate) fn example(self) -> &'static str {
         match self {
-            Kind::Str | Kind::Choice(_) => "\"text\"",
+            Kind::Str | Kind::Choice { .. } => "\"text\"",
             Kind::UInt => "10",
             Kind::Float => "0.5",
             Kind::Bool => "true",
@@ -99,7 +85,7 @@ impl Kind {
     /// Whether a `--set` value for this key is taken as raw text when it is not a quoted
     /// TOML string.
     pub(crate) fn is_textual(self) -> bool {
-        matches!(self, Kind::Str | Kind::Column | Kind::Choice(_))
+        matches!(self, Kind::Str | Kind::Column | Kind::Choice { .. })
     }
 }
 
@@ -119,15 +105,15 @@ pub(crate) struct KeySpec {
 pub(crate) struct SectionSpec {
     /// The section's name.
     pub(crate) name: &'static str,
-    /// Its fixed keys.
-    pub(crate) keys: &'static [KeySpec],
+    /// Its fixed keys, in declaration order.
+    pub(crate) keys: Vec<KeySpec>,
     /// Whether other keys are allowed too (`[model]`: the model's own keys).
     pub(crate) free_form: bool,
 }
 
 impl SectionSpec {
     /// The spec of `key`, if the section has it.
-    pub(crate) fn key(&self, key: &str) -> Option<&'static KeySpec> {
+    pub(crate) fn key(&self, key: &str) -> Option<&KeySpec> {
         self.keys.iter().find(|k| k.name == key)
     }
 
@@ -138,122 +124,93 @@ impl SectionSpec {
     }
 }
 
-const fn k(name: &'static str, kind: Kind) -> KeySpec {
-    KeySpec { name, kind, unset: "" }
+/// The kinds of the values whose `Deserialize` is written by hand (the trace sees "any").
+const HAND_WRITTEN: &[(&str, Kind)] = &[("data.label_column", Kind::Column), ("micro_batch.initial", Kind::Initial)];
+
+/// What leaving each optional key unset means (written as a comment in the resolved recipe).
+const UNSET: &[(&str, &str)] = &[
+    ("run.gpu_memory_limit", "the whole device"),
+    ("data.path", "no data file"),
+    ("data.label_column", "the last column"),
+    ("optimizer.grad_clip_norm", "no gradient clipping"),
+    ("training.steps", "train for `epochs` instead"),
+    ("training.epochs", "train for `steps` instead"),
+    ("training.eval_batch", "the training micro-batch limit"),
+    ("micro_batch.max", "the effective batch"),
+    ("faults.simulate_memory_samples", "no simulated capacity"),
+    ("faults.address_space_headroom", "no limit"),
+];
+
+/// The fixed keys of a free-form section (a flattened table, whose own keys belong to a
+/// component): `[model]` has `kind`, the rest is the model's.
+const FREE_FORM_KEYS: &[(&str, &str)] = &[("model", "kind")];
+
+/// Every section, in the order [`crate::to_toml_string`] writes them.
+pub(crate) fn sections() -> &'static [SectionSpec] {
+    static SECTIONS: OnceLock<Vec<SectionSpec>> = OnceLock::new();
+    SECTIONS.get_or_init(|| catalogue(trace::shape::<crate::schema::Recipe>()))
 }
 
-const fn opt(name: &'static str, kind: Kind, unset: &'static str) -> KeySpec {
+fn catalogue(recipe: Shape) -> Vec<SectionSpec> {
+    let Shape::Struct(sections) = recipe else { panic!("the recipe is not a struct: {recipe:?}") };
+    sections
+        .into_iter()
+        .map(|(name, shape)| match shape {
+            Shape::Struct(fields) => SectionSpec {
+                name,
+                free_form: false,
+                keys: fields.into_iter().map(|(key, shape)| key_spec_of(name, key, shape)).collect(),
+            },
+            Shape::Map => {
+                let (_, key) = FREE_FORM_KEYS
+                    .iter()
+                    .find(|(s, _)| *s == name)
+                    .unwrap_or_else(|| panic!("free-form section [{name}] has no entry in keys::FREE_FORM_KEYS"));
+                SectionSpec { name, free_form: true, keys: vec![KeySpec { name: key, kind: Kind::Str, unset: "" }] }
+            }
+            other => panic!("section [{name}] is not a table: {other:?}"),
+        })
+        .collect()
+}
+
+fn key_spec_of(section: &str, name: &'static str, shape: Shape) -> KeySpec {
+    let dotted = format!("{section}.{name}");
+    let (shape, unset) = match shape {
+        Shape::Option(inner) => {
+            let note = UNSET.iter().find(|(k, _)| *k == dotted).map(|(_, n)| *n);
+            (*inner, note.unwrap_or_else(|| panic!("optional key {dotted} has no entry in keys::UNSET")))
+        }
+        other => (other, ""),
+    };
+    let kind = match shape {
+        Shape::Str => Kind::Str,
+        Shape::UInt => Kind::UInt,
+        Shape::Float => Kind::Float,
+        Shape::Bool => Kind::Bool,
+        Shape::Choice(enum_name, names) => Kind::Choice {
+            names,
+            what: crate::choice::what(enum_name).unwrap_or_else(|| panic!("{enum_name} ({dotted}) is not a Choice")),
+        },
+        Shape::Tuple(items) if items == [Shape::Float, Shape::Float] => Kind::FloatPair,
+        Shape::List(item) => match *item {
+            Shape::UInt => Kind::StepList,
+            Shape::Struct(fields) if fields.iter().any(|(_, s)| matches!(s, Shape::Choice(..))) => Kind::FaultList,
+            Shape::Struct(fields) if fields.iter().all(|(_, s)| *s == Shape::UInt) => Kind::CapacityList,
+            other => panic!("{dotted}: a list of {other:?} has no kind"),
+        },
+        Shape::Any => HAND_WRITTEN
+            .iter()
+            .find(|(k, _)| *k == dotted)
+            .map(|(_, kind)| *kind)
+            .unwrap_or_else(|| panic!("{dotted} is deserialized by hand and has no entry in keys::HAND_WRITTEN")),
+        other => panic!("{dotted}: {other:?} has no kind"),
+    };
     KeySpec { name, kind, unset }
 }
 
-/// Every section, in the order [`crate::to_toml_string`] writes them.
-pub(crate) const SECTIONS: &[SectionSpec] = &[
-    SectionSpec {
-        name: "run",
-        free_form: false,
-        keys: &[
-            k("name", Kind::Str),
-            k("seed", Kind::UInt),
-            k("output_dir", Kind::Str),
-            k("backend", Kind::Choice(Vocabulary::Backend)),
-            k("device", Kind::UInt),
-            opt("gpu_memory_limit", Kind::Str, "the whole device"),
-            k("log_every", Kind::UInt),
-        ],
-    },
-    SectionSpec { name: "model", free_form: true, keys: &[k("kind", Kind::Str)] },
-    SectionSpec {
-        name: "data",
-        free_form: false,
-        keys: &[
-            k("kind", Kind::Choice(Vocabulary::DataKind)),
-            opt("path", Kind::Str, "no data file"),
-            k("valid_fraction", Kind::Float),
-            k("header", Kind::Bool),
-            opt("label_column", Kind::Column, "the last column"),
-            k("task", Kind::Choice(Vocabulary::Task)),
-            k("standardize", Kind::Bool),
-            k("samples", Kind::UInt),
-            k("features", Kind::UInt),
-            k("classes", Kind::UInt),
-            k("noise", Kind::Float),
-        ],
-    },
-    SectionSpec {
-        name: "optimizer",
-        free_form: false,
-        keys: &[
-            k("kind", Kind::Choice(Vocabulary::Optimizer)),
-            k("lr", Kind::Float),
-            k("weight_decay", Kind::Float),
-            k("betas", Kind::FloatPair),
-            k("eps", Kind::Float),
-            k("momentum", Kind::Float),
-            opt("grad_clip_norm", Kind::Float, "no gradient clipping"),
-        ],
-    },
-    SectionSpec {
-        name: "lr_schedule",
-        free_form: false,
-        keys: &[
-            k("kind", Kind::Choice(Vocabulary::Schedule)),
-            k("warmup_steps", Kind::UInt),
-            k("final_lr_fraction", Kind::Float),
-        ],
-    },
-    SectionSpec {
-        name: "training",
-        free_form: false,
-        keys: &[
-            opt("steps", Kind::UInt, "train for `epochs` instead"),
-            opt("epochs", Kind::UInt, "train for `steps` instead"),
-            k("effective_batch", Kind::UInt),
-            k("eval_every", Kind::UInt),
-            opt("eval_batch", Kind::UInt, "the training micro-batch limit"),
-            k("max_nonfinite_steps", Kind::UInt),
-        ],
-    },
-    SectionSpec {
-        name: "micro_batch",
-        free_form: false,
-        keys: &[
-            k("initial", Kind::Initial),
-            k("min", Kind::UInt),
-            opt("max", Kind::UInt, "the effective batch"),
-            k("grow_after", Kind::UInt),
-            k("max_retries_per_step", Kind::UInt),
-        ],
-    },
-    SectionSpec {
-        name: "checkpoint",
-        free_form: false,
-        keys: &[k("every", Kind::UInt), k("keep", Kind::UInt), k("on_oom", Kind::Bool)],
-    },
-    SectionSpec {
-        name: "supervisor",
-        free_form: false,
-        keys: &[k("enabled", Kind::Bool), k("max_restarts", Kind::UInt)],
-    },
-    SectionSpec {
-        name: "faults",
-        free_form: false,
-        keys: &[
-            opt("simulate_memory_samples", Kind::UInt, "no simulated capacity"),
-            k("simulate_memory_changes", Kind::CapacityList),
-            k("oom_at", Kind::FaultList),
-            k("panic_at", Kind::FaultList),
-            k("die_at", Kind::FaultList),
-            k("abort_at", Kind::FaultList),
-            k("nan_at", Kind::StepList),
-            k("disk_full_at", Kind::StepList),
-            opt("address_space_headroom", Kind::Str, "no limit"),
-        ],
-    },
-];
-
 /// The spec of section `name`.
 pub(crate) fn section(name: &str) -> Option<&'static SectionSpec> {
-    SECTIONS.iter().find(|s| s.name == name)
+    sections().iter().find(|s| s.name == name)
 }
 
 /// The spec of `section.key` (a fixed key only).
@@ -264,7 +221,7 @@ pub(crate) fn key_spec(dotted: &str) -> Option<&'static KeySpec> {
 
 /// The section names, as `[run], [model], ...`.
 pub(crate) fn section_list() -> String {
-    let names: Vec<String> = SECTIONS.iter().map(|s| format!("[{}]", s.name)).collect();
+    let names: Vec<String> = sections().iter().map(|s| format!("[{}]", s.name)).collect();
     names.join(", ")
 }
 
@@ -328,12 +285,12 @@ mod tests {
         let v = toml::Value::try_from(&r).unwrap();
         let top = v.as_table().unwrap();
         let names: Vec<&str> = top.keys().map(String::as_str).collect();
-        let mut expected: Vec<&str> = SECTIONS.iter().map(|s| s.name).collect();
+        let mut expected: Vec<&str> = sections().iter().map(|s| s.name).collect();
         expected.sort_unstable();
         let mut names_sorted = names.clone();
         names_sorted.sort_unstable();
         assert_eq!(names_sorted, expected);
-        for spec in SECTIONS {
+        for spec in sections() {
             let t = top[spec.name].as_table().unwrap();
             let mut got: Vec<&str> = t.keys().map(String::as_str).collect();
             got.sort_unstable();
@@ -343,9 +300,40 @@ mod tests {
         }
     }
 
+    /// The kinds read from the serde derive, and the notes by key all name real keys.
+    #[test]
+    fn kinds_come_from_the_schema_types() {
+        let kind = |k: &str| key_spec(k).unwrap_or_else(|| panic!("{k}")).kind;
+        assert_eq!(
+            kind("run.backend"),
+            Kind::Choice {
+                names: <crate::Backend as crate::Choice>::names(),
+                what: <crate::Backend as crate::Choice>::WHAT
+            }
+        );
+        assert_eq!(kind("run.seed"), Kind::UInt);
+        assert_eq!(kind("run.name"), Kind::Str);
+        assert_eq!(kind("optimizer.betas"), Kind::FloatPair);
+        assert_eq!(kind("optimizer.grad_clip_norm"), Kind::Float);
+        assert_eq!(kind("checkpoint.on_oom"), Kind::Bool);
+        assert_eq!(kind("faults.oom_at"), Kind::FaultList);
+        assert_eq!(kind("faults.simulate_memory_changes"), Kind::CapacityList);
+        assert_eq!(kind("faults.nan_at"), Kind::StepList);
+        assert_eq!(kind("data.label_column"), Kind::Column);
+        assert_eq!(kind("micro_batch.initial"), Kind::Initial);
+        assert_eq!(key_spec("training.eval_batch").unwrap().unset, "the training micro-batch limit");
+        assert_eq!(key_spec("training.effective_batch").unwrap().unset, "");
+        let run: Vec<&str> = section("run").unwrap().keys.iter().map(|k| k.name).collect();
+        assert_eq!(run, ["name", "seed", "output_dir", "backend", "device", "gpu_memory_limit", "log_every"]);
+        assert!(section("model").unwrap().free_form);
+        for k in UNSET.iter().map(|(k, _)| k).chain(HAND_WRITTEN.iter().map(|(k, _)| k)) {
+            assert!(key_spec(k).is_some(), "{k} is noted but is not a key");
+        }
+    }
+
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("trainng", SECTIONS.iter().map(|s| s.name)), Some("training"));
+        assert_eq!(did_you_mean("trainng", sections().iter().map(|s| s.name)), Some("training"));
         assert_eq!(did_you_mean("step", ["steps", "epochs"]), Some("steps"));
         assert_eq!(did_you_mean("zzzzzz", ["steps", "epochs"]), None);
         assert_eq!(edit_distance("", "abc"), 3);

@@ -122,9 +122,12 @@ pub fn params<T: serde::de::DeserializeOwned>(
 fn check_structure(table: &toml::Table, cx: &Ctx) -> Result<(), RecipeError> {
     for (name, value) in table {
         let Some(spec) = keys::section(name) else {
-            let owners: Vec<String> =
-                keys::SECTIONS.iter().filter(|s| s.key(name).is_some()).map(|s| format!("{}.{name}", s.name)).collect();
-            let fix = if let Some(s) = keys::did_you_mean(name, keys::SECTIONS.iter().map(|s| s.name)) {
+            let owners: Vec<String> = keys::sections()
+                .iter()
+                .filter(|s| s.key(name).is_some())
+                .map(|s| format!("{}.{name}", s.name))
+                .collect();
+            let fix = if let Some(s) = keys::did_you_mean(name, keys::sections().iter().map(|s| s.name)) {
                 format!("did you mean [{s}]? Rename or remove `{name}`")
             } else if !owners.is_empty() {
                 format!("keys belong inside a section: move `{name}` under its section, as {}", owners.join(" or "))
@@ -162,14 +165,13 @@ fn check_structure(table: &toml::Table, cx: &Ctx) -> Result<(), RecipeError> {
             if let Some(found) = spec.key(key) {
                 // A closed vocabulary is checked here, before serde, for an error that lists
                 // the names and suggests the closest one.
-                if let (keys::Kind::Choice(vocabulary), Some(text)) = (found.kind, value.as_str()) {
-                    let (names, what) = vocabulary.names();
+                if let (keys::Kind::Choice { names, what }, Some(text)) = (found.kind, value.as_str()) {
                     validate::one_of(cx, &format!("{name}.{key}"), text, names, what)?;
                 }
                 continue;
             }
             let dotted = format!("{name}.{key}");
-            let elsewhere: Vec<String> = keys::SECTIONS
+            let elsewhere: Vec<String> = keys::sections()
                 .iter()
                 .filter(|s| s.name != name && s.key(key).is_some() && !s.free_form)
                 .map(|s| format!("[{}]", s.name))

@@ -54,7 +54,7 @@ pub(crate) fn apply(
             }
         };
         let Some(spec) = keys::section(section) else {
-            let hint = keys::did_you_mean(section, keys::SECTIONS.iter().map(|s| s.name))
+            let hint = keys::did_you_mean(section, keys::sections().iter().map(|s| s.name))
                 .map(|s| format!("did you mean `{s}.{key}`? "))
                 .unwrap_or_default();
             return Err(RecipeError::new(

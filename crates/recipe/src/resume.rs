@@ -5,7 +5,7 @@
 //! nested with dots, arrays kept whole) with its value written as TOML.
 
 use crate::error::show;
-use crate::keys::{self, SECTIONS};
+use crate::keys::{self, sections};
 use crate::schema::Recipe;
 use sha2::{Digest, Sha256};
 
@@ -57,7 +57,7 @@ pub(crate) fn section_tables(r: &Recipe) -> Vec<(&'static keys::SectionSpec, Res
             Err(e) => Err(e.to_string()),
         }
     }
-    SECTIONS
+    sections()
         .iter()
         .map(|spec| {
             let t = match spec.name {
@@ -114,14 +114,14 @@ pub(crate) fn leaves(r: &Recipe) -> Vec<(String, String)> {
                 continue;
             }
         };
-        for key in spec.keys {
+        for key in &spec.keys {
             if let Some(v) = table.get(key.name) {
                 out.push((format!("{}.{}", spec.name, key.name), show_full(v)));
             }
         }
         if spec.free_form {
             let mut rest = table.clone();
-            for key in spec.keys {
+            for key in &spec.keys {
                 rest.remove(key.name);
             }
             push_nested(spec.name, &rest, &mut out);
@@ -153,8 +153,8 @@ pub fn fingerprint(r: &Recipe) -> String {
 /// order, free-form (model) keys after the fixed ones, by name.
 fn recipe_order(key: &str) -> (usize, usize, String) {
     let (section, rest) = key.split_once('.').unwrap_or((key, ""));
-    let s = SECTIONS.iter().position(|s| s.name == section).unwrap_or(usize::MAX);
-    let k = SECTIONS.get(s).and_then(|spec| spec.keys.iter().position(|k| k.name == rest)).unwrap_or(usize::MAX);
+    let s = sections().iter().position(|s| s.name == section).unwrap_or(usize::MAX);
+    let k = sections().get(s).and_then(|spec| spec.keys.iter().position(|k| k.name == rest)).unwrap_or(usize::MAX);
     (s, k, key.to_owned())
 }
 

@@ -24,7 +24,7 @@ fn garbage_never_panics() {
         "[model]\nx = { a = [1, 2] }\n[faults]\noom_at = [{ step = 3, phase = \"forward\" }]\n[micro_batch]\nmax = 8\n",
     ));
     let alphabet: Vec<char> = "[]{}=\".,'#\n\t 0123456789-+eE_aZé\\ntruefalsinf".chars().collect();
-    let keys: Vec<String> = keys::SECTIONS
+    let keys: Vec<String> = keys::sections()
         .iter()
         .flat_map(|s| s.keys.iter().map(move |k| format!("{}.{}", s.name, k.name)))
         .chain(["model.q".to_string(), "x".into(), "".into(), "a.b.c".into()])
