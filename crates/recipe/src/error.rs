@@ -306,6 +306,17 @@ pub(crate) fn from_serde(
     RecipeError::new(cx.origin(&path), Some(path.clone()), message, fix)
 }
 
+/// `path` = `value` is not a value of `kind` (a catalogue key's wrong type).
+pub(crate) fn wrong_type(cx: &Ctx, path: &str, value: &toml::Value, kind: keys::Kind) -> RecipeError {
+    let expected = kind.expected();
+    RecipeError::new(
+        cx.origin(path),
+        Some(path.to_owned()),
+        format!("`{path}` = {} has the wrong type or value: expected {expected}", show(value)),
+        format!("set {path} to {expected}, such as {}", default_example(path, kind)),
+    )
+}
+
 /// The default value of `section.key` as TOML text, or an example of `kind`.
 pub(crate) fn default_example(dotted: &str, kind: keys::Kind) -> String {
     let defaults = crate::resume::leaves(&crate::schema::Recipe::default());

@@ -175,12 +175,13 @@ fn catalogue(recipe: Shape) -> Vec<SectionSpec> {
 
 fn key_spec_of(section: &str, name: &'static str, shape: Shape) -> KeySpec {
     let dotted = format!("{section}.{name}");
+    // A hand-written optional value (`data.label_column`) is traced as "any", not an option.
+    let note = UNSET.iter().find(|(k, _)| *k == dotted).map(|(_, n)| *n);
     let (shape, unset) = match shape {
         Shape::Option(inner) => {
-            let note = UNSET.iter().find(|(k, _)| *k == dotted).map(|(_, n)| *n);
             (*inner, note.unwrap_or_else(|| panic!("optional key {dotted} has no entry in keys::UNSET")))
         }
-        other => (other, ""),
+        other => (other, note.unwrap_or("")),
     };
     let kind = match shape {
         Shape::Str => Kind::Str,
@@ -326,8 +327,11 @@ mod tests {
         let run: Vec<&str> = section("run").unwrap().keys.iter().map(|k| k.name).collect();
         assert_eq!(run, ["name", "seed", "output_dir", "backend", "device", "gpu_memory_limit", "log_every"]);
         assert!(section("model").unwrap().free_form);
-        for k in UNSET.iter().map(|(k, _)| k).chain(HAND_WRITTEN.iter().map(|(k, _)| k)) {
-            assert!(key_spec(k).is_some(), "{k} is noted but is not a key");
+        for (k, note) in UNSET {
+            assert_eq!(key_spec(k).map(|s| s.unset), Some(*note), "{k}'s unset note");
+        }
+        for (k, kind) in HAND_WRITTEN {
+            assert_eq!(key_spec(k).map(|s| s.kind), Some(*kind), "{k}'s kind");
         }
     }
 

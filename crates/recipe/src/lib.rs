@@ -165,8 +165,11 @@ fn check_structure(table: &toml::Table, cx: &Ctx) -> Result<(), RecipeError> {
             if let Some(found) = spec.key(key) {
                 // A closed vocabulary is checked here, before serde, for an error that lists
                 // the names and suggests the closest one.
-                if let (keys::Kind::Choice { names, what }, Some(text)) = (found.kind, value.as_str()) {
-                    validate::one_of(cx, &format!("{name}.{key}"), text, names, what)?;
+                if let keys::Kind::Choice { names, what } = found.kind {
+                    let dotted = format!("{name}.{key}");
+                    // Only a string names a choice (TOML would also read `{ sgd = [] }` as one).
+                    let text = value.as_str().ok_or_else(|| error::wrong_type(cx, &dotted, value, found.kind))?;
+                    validate::one_of(cx, &dotted, text, names, what)?;
                 }
                 continue;
             }

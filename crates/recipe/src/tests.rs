@@ -270,6 +270,10 @@ fn wrong_types_name_key_value_and_expected_type() {
         ("[data]\nlabel_column = -1\n", "data.label_column", &["-1", "column"]),
         ("[faults]\noom_at = 3\n", "faults.oom_at", &["3", "step"]),
         ("[model]\nkind = 5\n", "model.kind", &["5", "string"]),
+        // TOML reads a one-key table as an enum variant: a choice must still be a string.
+        ("[optimizer]\nkind = { sgd = [] }\n", "optimizer.kind", &["{ sgd = [] }", "string", "\"adamw\""]),
+        ("[run]\nbackend = { cuda = 1 }\n", "run.backend", &["{ cuda = 1 }", "string", "\"cpu\""]),
+        ("[data]\ntask = { regression = {} }\n", "data.task", &["string"]),
     ];
     for (text, key, words) in cases {
         let e = err(text);
@@ -302,7 +306,7 @@ fn semantic_rules() {
         (
             "[run]\nbackend = \"tch-cuda\"\n[faults]\naddress_space_headroom = \"1GiB\"",
             "faults.address_space_headroom",
-            &["GPU", "CPU backend"],
+            &["GPU", "CPU backend", "run.backend = \"tch-cuda\""],
         ),
         ("[run]\nname = \"a/b\"", "run.name", &["separator"]),
         ("[run]\nname = \"\"", "run.name", &["non-empty"]),

@@ -415,7 +415,7 @@ fn faults(r: &Recipe, cx: &Ctx) -> R {
             // modules): under the limit those fail as memory errors that no smaller
             // micro-batch fixes.
             Ok(_) if matches!(r.run.backend, Backend::Cuda | Backend::TchCuda) => Some((
-                format!("the limit is for the CPU backends, and run.backend = {:?} is a GPU one", r.run.backend),
+                format!("the limit is for the CPU backends, and run.backend = \"{}\" is a GPU one", r.run.backend),
                 "remove the key, or set run.backend to a CPU backend (\"cpu\", \"tch\")",
             )),
             Ok(0) => Some(("a headroom of zero bytes leaves nothing to allocate".to_string(), size_fix)),
