@@ -14,9 +14,6 @@
 //!   `InferenceStep` returning a `ClassificationOutput`), trained unchanged through oomph's
 //!   adapter [`BurnTrain`].
 
-#[global_allocator]
-static ALLOC: oomph::cli::TrackingAllocator = oomph::cli::TrackingAllocator;
-
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -31,9 +28,9 @@ use oomph::train::random;
 use oomph::train::tensors::{correct, cross_entropy_per_row, tabular_classes};
 use oomph::train::{DataNeeds, Evaluation, Loss, MetricSum, Models, Objective, Registry};
 
-fn main() -> std::process::ExitCode {
-    oomph::cli::main_with::<MyModels>()
-}
+// `main` (oomph's command line with these kinds) and the allocation tracker the supervisor
+// relies on.
+oomph::main!(MyModels);
 
 /// This program's model kinds (oomph adds its built-in ones).
 struct MyModels;

@@ -23,3 +23,31 @@ pub use oomph_sched as sched;
 pub use oomph_train as train;
 
 pub use oomph_train::{Models, Objective, Registry};
+
+/// Writes a program's `main`: oomph's command line (`train`, `check`, `report`, `inspect`)
+/// with the built-in model kinds plus those of `$models` (a type implementing [`Models`]),
+/// and the allocation tracker the supervisor relies on as the global allocator.
+///
+/// ```no_run
+/// struct MyModels;
+/// impl oomph::Models for MyModels {
+///     fn register<B: oomph::burn::tensor::backend::AutodiffBackend>(_: &mut oomph::Registry<B>) {}
+/// }
+/// oomph::main!(MyModels);
+/// ```
+///
+/// `oomph::main!()` is the `oomph` binary itself (the built-in kinds only).
+#[macro_export]
+macro_rules! main {
+    () => {
+        $crate::main!($crate::models::Builtin);
+    };
+    ($models:ty) => {
+        #[global_allocator]
+        static OOMPH_ALLOCATION_TRACKER: $crate::cli::TrackingAllocator = $crate::cli::TrackingAllocator;
+
+        fn main() -> ::std::process::ExitCode {
+            $crate::cli::main_with::<$models>()
+        }
+    };
+}

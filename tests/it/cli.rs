@@ -159,3 +159,16 @@ fn check_refuses_a_backend_train_would_refuse() {
         assert!(o.stdout.is_empty(), "{set}: nothing printed as a resolved recipe");
     }
 }
+
+/// A program built with `oomph::main!` (the `oomph` binary) installs the allocation tracker
+/// and says nothing about it; one that trains through `main_with` without it (as this test
+/// binary would) is told at start-up, with the line that fixes it.
+#[test]
+fn a_program_without_the_allocation_tracker_is_warned_at_start_up() {
+    let o = oomph(&["check", "configs/digits-mlp-debug.toml"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("allocation tracker"), "{}", text(&o));
+    let warning = oomph::cli::tracker_warning().expect("this test binary keeps the system allocator");
+    assert!(warning.starts_with("warning: ") && warning.contains("oomph::main!(YourModels);"), "{warning}");
+    assert!(warning.contains("#[global_allocator]"), "{warning}");
+}

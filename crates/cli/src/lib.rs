@@ -111,6 +111,9 @@ pub fn main() -> ExitCode {
 /// The command line for a program that adds model kinds `M` to the built-in ones.
 pub fn main_with<M: Models>() -> ExitCode {
     init_tracing();
+    if let Some(warning) = tracker_warning() {
+        eprintln!("{warning}");
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -141,6 +144,22 @@ pub fn main_with<M: Models>() -> ExitCode {
         Err(Failure::Code(code)) => code,
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// The start-up warning of a program that trains without oomph's allocation tracker (a
+/// worker does not repeat its supervisor's).
+pub fn tracker_warning() -> Option<String> {
+    if oomph_train::alloc::installed() || WorkerEnv::is_worker() {
+        return None;
+    }
+    Some(
+        "warning: this program does not install oomph's allocation tracker, so a failed host allocation \
+         kills a worker with no note: the supervisor cannot tell that memory death from any other crash and \
+         restarts at the same micro-batch instead of shrinking it. Fix: write `oomph::main!(YourModels);` in \
+         place of your own `fn main`, or declare `#[global_allocator] static ALLOC: \
+         oomph::cli::TrackingAllocator = oomph::cli::TrackingAllocator;`."
+            .into(),
+    )
 }
 
 fn init_tracing() {

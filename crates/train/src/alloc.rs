@@ -20,9 +20,11 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
 static DEATH_FD: AtomicI32 = AtomicI32::new(-1);
+/// Set by the tracker's first allocation: the program installed it as its global allocator.
+static IN_USE: AtomicBool = AtomicBool::new(false);
 /// Which threads wrote a note since it was last cleared: [`OTHER`] and/or [`CHECKPOINT`].
 static NOTED: AtomicU8 = AtomicU8::new(0);
 /// A note from any thread but the checkpoint writer.
@@ -51,6 +53,9 @@ fn note_failure(size: usize) {
 // SAFETY: delegates every call to `System`; only observes null results.
 unsafe impl GlobalAlloc for TrackingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if !IN_USE.load(Ordering::Relaxed) {
+            IN_USE.store(true, Ordering::Relaxed);
+        }
         // SAFETY: same contract as the caller's.
         let p = unsafe { System.alloc(layout) };
         if p.is_null() {
@@ -81,6 +86,15 @@ unsafe impl GlobalAlloc for TrackingAllocator {
         }
         p
     }
+}
+
+/// Whether this program's global allocator is the [`TrackingAllocator`] (it marks itself on
+/// its first allocation; this allocates once to be sure one happened). Without it a failed
+/// host allocation kills the worker with no note, and the supervisor cannot tell a memory
+/// death from any other crash.
+pub fn installed() -> bool {
+    drop(std::hint::black_box(Box::new(0u64)));
+    IN_USE.load(Ordering::Relaxed)
 }
 
 /// Marks this thread as the checkpoint writer: an allocation failure on it is noted as a
@@ -131,6 +145,12 @@ pub fn arm(path: &std::path::Path) {
 mod tests {
     use super::*;
     use oomph_rundir::note::{read_note, Note};
+
+    /// A test binary keeps the system allocator: the tracker reports itself missing.
+    #[test]
+    fn without_the_tracker_as_global_allocator_it_is_not_installed() {
+        assert!(!installed());
+    }
 
     #[test]
     fn the_loop_clears_its_own_notes_but_not_the_checkpoint_writers() {
