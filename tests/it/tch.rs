@@ -111,3 +111,26 @@ fn tch_cuda_memory_statistics_answer_with_a_card_or_say_why_not() {
     assert_eq!(empty_cache(), Ok(false));
     assert!(total(usize::MAX).is_err() && allocator(usize::MAX).is_err());
 }
+
+/// The masked softmax's LibTorch path (no masked fill, the masked positions never reach `exp`)
+/// gives the plain `softmax(mask_fill(..))`: the same values bit for bit, the same gradients.
+#[test]
+fn tch_masked_softmax_is_the_plain_one_bit_for_bit() {
+    use oomph::burn::backend::{Autodiff, LibTorch};
+    use oomph::burn::tensor::{activation::softmax, Bool, Distribution, Tensor};
+    use oomph::train::tensors::masked_softmax;
+    type B = Autodiff<LibTorch<f32>>;
+    let device = Default::default();
+    let scores = Tensor::<B, 4>::random([3, 2, 9, 9], Distribution::Normal(0.0, 3.0), &device).require_grad();
+    let causal = Tensor::<B, 2, Bool>::tril_mask([9, 9], 0, &device).reshape([1, 1, 9, 9]);
+    let weights = Tensor::<B, 4>::random([3, 2, 9, 9], Distribution::Default, &device);
+    let ours = masked_softmax(scores.clone(), causal.clone(), -1.0e4, 3);
+    let plain = softmax(scores.clone().mask_fill(causal, -1.0e4), 3);
+    assert_eq!(ours.clone().into_data(), plain.clone().into_data());
+    let g_ours = (ours * weights.clone()).sum().backward();
+    let g_plain = (plain * weights).sum().backward();
+    // Equal as numbers: a masked position's gradient may be -0 on one side and +0 on the other.
+    let values = |t: Tensor<LibTorch<f32>, 4>| t.into_data().iter::<f32>().collect::<Vec<_>>();
+    let (a, b) = (values(scores.grad(&g_ours).unwrap()), values(scores.grad(&g_plain).unwrap()));
+    assert!(a.iter().zip(&b).all(|(x, y)| x == y), "{a:?}\n{b:?}");
+}

@@ -9,11 +9,11 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 use oomph_data::{Batch, DataInfo};
 use oomph_train::random::{dropout, site, site_at};
-use oomph_train::tensors::{correct, cross_entropy_per_row, tokens};
+use oomph_train::tensors::{correct, cross_entropy_per_row, masked_softmax, tokens};
 use oomph_train::{DataNeeds, Evaluation, Loss, MetricSum, Objective};
 use serde::{Deserialize, Serialize};
 
@@ -169,7 +169,7 @@ impl<B: Backend> Block<B> {
             .map(|m| m.reshape([n, t, h, d / h]).swap_dims(1, 2));
         let (q, k, v) = (qkv.next().unwrap(), qkv.next().unwrap(), qkv.next().unwrap());
         let scores = q.matmul(k.swap_dims(2, 3)).div_scalar(((d / h) as f64).sqrt());
-        let weights = softmax(scores.mask_fill(causal, MASKED_SCORE), 3);
+        let weights = masked_softmax(scores, causal, MASKED_SCORE, 3);
         let weights = dropout(weights, p, site_at(ATTENTION_WEIGHTS_DROPOUT, self.layer));
         let context = weights.matmul(v).swap_dims(1, 2).reshape([n, t, d]);
         let x = x + dropout(self.proj.forward(context), p, site_at(ATTENTION_OUTPUT_DROPOUT, self.layer));

@@ -1,6 +1,6 @@
 //! Turning host batches into tensors: helpers for model authors.
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 use oomph_data::{Batch, BatchTargets};
 
 /// A tabular batch as `(features [n, f], class labels [n])`. Panics on a token batch or on
@@ -60,4 +60,34 @@ pub fn cross_entropy_per_row<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B
 pub fn correct<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
     let n = targets.dims()[0];
     logits.argmax(1).reshape([n]).equal(targets).float().sum()
+}
+
+/// `softmax(scores.mask_fill(masked, fill), dim)`, bit for bit for finite scores, for a
+/// `fill` whose exponential underflows to 0 (such as `-1e4`: the masked positions get weight
+/// 0). `masked` broadcasts against `scores`.
+///
+/// On LibTorch's CPU backend the masked positions never reach `exp` and no masked fill runs:
+/// products with a 0/1 mask set them (to `fill` for the row maximum, to 0 before and after the
+/// exponential). There an underflowing `exp` takes MKL's slow special-value path and a masked
+/// fill is a scalar loop: together a fifth of a tiny-gpt step, which the products replace.
+/// Other backends take the plain form, which is fastest for them (on flex the products cost
+/// more than they save).
+pub fn masked_softmax<B: Backend, const D: usize>(
+    scores: Tensor<B, D>,
+    masked: Tensor<B, D, Bool>,
+    fill: f32,
+    dim: usize,
+) -> Tensor<B, D> {
+    if !B::name(&scores.device()).contains("libtorch<cpu>") {
+        return burn::tensor::activation::softmax(scores.mask_fill(masked, fill), dim);
+    }
+    // `keep` is 0 where masked and 1 elsewhere: `scores * keep + fill * masked` is the masked
+    // fill (x * 1 + 0 = x, x * 0 + fill = fill), with the same gradient (`keep`). Then burn's
+    // softmax, the masked positions of the shifted scores and of their exponential set to 0.
+    let masked = masked.float();
+    let keep = masked.clone().neg().add_scalar(1.0);
+    let filled = scores * keep.clone() + masked.mul_scalar(fill);
+    let max = filled.clone().detach().max_dim(dim);
+    let exp = ((filled - max) * keep.clone()).exp() * keep;
+    exp.clone() / exp.sum_dim(dim)
 }
