@@ -114,6 +114,7 @@ fn tch_cuda_memory_statistics_answer_with_a_card_or_say_why_not() {
 
 /// The masked softmax's LibTorch path (no masked fill, the masked positions never reach `exp`)
 /// gives the plain `softmax(mask_fill(..))`: the same values bit for bit, the same gradients.
+/// Without autodiff (evaluation), and with an infinite fill, it is the plain form itself.
 #[test]
 fn tch_masked_softmax_is_the_plain_one_bit_for_bit() {
     use oomph::burn::backend::{Autodiff, LibTorch};
@@ -125,7 +126,7 @@ fn tch_masked_softmax_is_the_plain_one_bit_for_bit() {
     let causal = Tensor::<B, 2, Bool>::tril_mask([9, 9], 0, &device).reshape([1, 1, 9, 9]);
     let weights = Tensor::<B, 4>::random([3, 2, 9, 9], Distribution::Default, &device);
     let ours = masked_softmax(scores.clone(), causal.clone(), -1.0e4, 3);
-    let plain = softmax(scores.clone().mask_fill(causal, -1.0e4), 3);
+    let plain = softmax(scores.clone().mask_fill(causal.clone(), -1.0e4), 3);
     assert_eq!(ours.clone().into_data(), plain.clone().into_data());
     let g_ours = (ours * weights.clone()).sum().backward();
     let g_plain = (plain * weights).sum().backward();
@@ -133,4 +134,10 @@ fn tch_masked_softmax_is_the_plain_one_bit_for_bit() {
     let values = |t: Tensor<LibTorch<f32>, 4>| t.into_data().iter::<f32>().collect::<Vec<_>>();
     let (a, b) = (values(scores.grad(&g_ours).unwrap()), values(scores.grad(&g_plain).unwrap()));
     assert!(a.iter().zip(&b).all(|(x, y)| x == y), "{a:?}\n{b:?}");
+    let inner = scores.clone().inner();
+    let inner_mask = causal.clone().inner();
+    let plain = softmax(inner.clone().mask_fill(inner_mask.clone(), -1.0e4), 3);
+    assert_eq!(masked_softmax(inner, inner_mask, -1.0e4, 3).into_data(), plain.into_data());
+    let plain = softmax(scores.clone().mask_fill(causal.clone(), f32::NEG_INFINITY), 3);
+    assert_eq!(masked_softmax(scores, causal, f32::NEG_INFINITY, 3).into_data(), plain.into_data());
 }
