@@ -23,8 +23,9 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
 static DEATH_FD: AtomicI32 = AtomicI32::new(-1);
-/// Set by the tracker's first allocation: the program installed it as its global allocator.
-static IN_USE: AtomicBool = AtomicBool::new(false);
+/// Set by the tracker when an allocation fails: how [`installed`] sees it is the global
+/// allocator, without a cost on allocations that succeed.
+static SAW_FAILURE: AtomicBool = AtomicBool::new(false);
 /// Which threads wrote a note since it was last cleared: [`OTHER`] and/or [`CHECKPOINT`].
 static NOTED: AtomicU8 = AtomicU8::new(0);
 /// A note from any thread but the checkpoint writer.
@@ -53,12 +54,10 @@ fn note_failure(size: usize) {
 // SAFETY: delegates every call to `System`; only observes null results.
 unsafe impl GlobalAlloc for TrackingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if !IN_USE.load(Ordering::Relaxed) {
-            IN_USE.store(true, Ordering::Relaxed);
-        }
         // SAFETY: same contract as the caller's.
         let p = unsafe { System.alloc(layout) };
         if p.is_null() {
+            SAW_FAILURE.store(true, Ordering::Relaxed);
             note_failure(layout.size());
         }
         p
@@ -68,6 +67,7 @@ unsafe impl GlobalAlloc for TrackingAllocator {
         // SAFETY: same contract as the caller's.
         let p = unsafe { System.alloc_zeroed(layout) };
         if p.is_null() {
+            SAW_FAILURE.store(true, Ordering::Relaxed);
             note_failure(layout.size());
         }
         p
@@ -82,19 +82,33 @@ unsafe impl GlobalAlloc for TrackingAllocator {
         // SAFETY: same contract as the caller's.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if p.is_null() {
+            SAW_FAILURE.store(true, Ordering::Relaxed);
             note_failure(new_size);
         }
         p
     }
 }
 
-/// Whether this program's global allocator is the [`TrackingAllocator`] (it marks itself on
-/// its first allocation; this allocates once to be sure one happened). Without it a failed
-/// host allocation kills the worker with no note, and the supervisor cannot tell a memory
-/// death from any other crash.
+/// Whether this program's global allocator is the [`TrackingAllocator`]: asks the global
+/// allocator for an impossible size (half the address space, which any allocator refuses at
+/// once) and looks whether the tracker saw the failure. Call it before [`arm`]: an armed
+/// tracker would note the failure. Without the tracker a failed host allocation kills the
+/// worker with no note, and the supervisor cannot tell a memory death from any other crash.
 pub fn installed() -> bool {
-    drop(std::hint::black_box(Box::new(0u64)));
-    IN_USE.load(Ordering::Relaxed)
+    if SAW_FAILURE.load(Ordering::Relaxed) {
+        return true;
+    }
+    let Ok(layout) = Layout::from_size_align(isize::MAX as usize / 2 + 1, 1) else { return false };
+    // Called through an opaque function pointer: the compiler may remove a call to the
+    // allocation function it knows whose result goes unused (and assume it succeeded).
+    let alloc: unsafe fn(Layout) -> *mut u8 = std::hint::black_box(std::alloc::alloc);
+    // SAFETY: a non-zero size; the result is freed if it is ever non-null.
+    let p = unsafe { alloc(layout) };
+    if !p.is_null() {
+        // SAFETY: allocated just above with this layout.
+        unsafe { std::alloc::dealloc(p, layout) };
+    }
+    SAW_FAILURE.load(Ordering::Relaxed)
 }
 
 /// Marks this thread as the checkpoint writer: an allocation failure on it is noted as a
