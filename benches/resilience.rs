@@ -21,8 +21,8 @@ use oomph::recipe::Recipe;
 use oomph::sched::plan::{achievable_sizes, max_chunk};
 use oomph::train::checkpoint::{self, Payload, TrainState};
 use oomph::train::optim::Optim;
+use oomph::train::{Data, Models, Objective, Registry};
 use oomph::train::{Event, StepRecord};
-use oomph::train::{Models, Registry};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -199,6 +199,7 @@ fn overhead(args: &[String]) {
             let d = data_for(&r);
             (r, d, None)
         };
+        let feeds = Data::<Fx>::from_splits(data.clone());
         let mut t = vec![Vec::new(); variants.len()];
         for rep in 0..*reps {
             for j in 0..which.len() {
@@ -207,7 +208,9 @@ fn overhead(args: &[String]) {
                     (None, None) => oomph_step::<Fx>(&r, &data, *warm),
                     (None, Some(_)) => median(&train_with(&big_registry(), r.clone(), &data).step_times(*warm)),
                     (Some(None), None) => median(&plain_run::<Fx>(&r, &data, *steps)[*warm..]),
-                    (Some(None), Some(m)) => median(&Plain::<Fx, _>::new(m.clone(), &r, &data).run(*steps)[*warm..]),
+                    (Some(None), Some(m)) => median(
+                        &Plain::<Fx, _>::new(m.clone(), &r, train_feed::<Fx, Big<Fx>>(&feeds)).run(*steps)[*warm..],
+                    ),
                     (Some(Some(p)), Some(m)) => median(&pieces_run(m.clone(), &r, &data, *steps, p)[*warm..]),
                     (Some(Some(p)), None) => {
                         let device = Default::default();
@@ -760,16 +763,22 @@ struct Direct {
 /// Checkpoint pieces measured directly, as the trainer does them: snapshot (handle copies,
 /// on the training thread), serialisation and the atomic write (on the writer thread), and
 /// resume (verify checksums, decode and load the records). Step time from `steps` steps.
-fn direct<M: AutodiffModule<Fx> + PlainLoss<Fx>>(model: M, r: &Recipe, data: &Splits, steps: usize) -> Direct {
+fn direct<M>(model: M, r: &Recipe, data: &Splits, steps: usize) -> Direct
+where
+    M: AutodiffModule<Fx> + PlainLoss<Fx>,
+    M::InnerModule: Objective<<Fx as AutodiffBackend>::InnerBackend>,
+{
     let device = Default::default();
     let mut optim = Optim::<M, Fx>::new(&r.optimizer);
     let mut model = model;
-    let mut sampler = Sampler::new(data.train.len(), r.run.seed, true);
+    let feeds = Data::<Fx>::from_splits(data.clone());
+    let feed = train_feed::<Fx, M>(&feeds);
+    let mut sampler = Sampler::new(feed.len(), r.run.seed, true);
     let mut times = Vec::new();
     for _ in 0..steps {
         let t = Instant::now();
-        let batch = data.train.batch(&sampler.next_batch(r.training.effective_batch));
-        let loss = model.mean_loss(&batch, &device);
+        let batch = feed.batch(&sampler.next_batch(r.training.effective_batch), &device);
+        let loss = model.mean_loss(batch);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(r.optimizer.lr, model, grads);
         let _ = <Fx as Backend>::sync(&device);

@@ -14,10 +14,14 @@ use burn::tensor::backend::Backend;
 use common::*;
 use divan::Bencher;
 use oomph::data::Sampler;
+use oomph::models::gpt::Gpt;
+use oomph::models::mlp::Mlp;
 use oomph::recipe::Recipe;
 use oomph::sched::Policy;
+use oomph::train::feed::Feed;
 use oomph::train::metrics::JsonLines;
 use oomph::train::optim::Optim;
+use oomph::train::Data;
 use oomph::train::StepRecord;
 use std::hint::black_box;
 
@@ -38,14 +42,15 @@ fn plain_step(bencher: Bencher, name: &str) {
     let r = recipe(name);
     let data = data_for(&r);
     let device = Default::default();
+    let feeds = Data::<Fx>::from_splits(data.clone());
     match build::<Fx>(&r, &data, &device) {
         Builtins::Mlp(m) => {
-            let mut p = Plain::new(m, &r, &data);
+            let mut p = Plain::new(m, &r, train_feed::<Fx, Mlp<Fx>>(&feeds));
             p.run(10);
             bencher.bench_local(|| p.step());
         }
         Builtins::Gpt(m) => {
-            let mut p = Plain::new(m, &r, &data);
+            let mut p = Plain::new(m, &r, train_feed::<Fx, Gpt<Fx>>(&feeds));
             p.run(10);
             bencher.bench_local(|| p.step());
         }
@@ -59,9 +64,10 @@ fn step_on_copies(bencher: Bencher, name: &str) {
     let r = recipe(name);
     let data = data_for(&r);
     let device = Default::default();
+    let feeds = Data::<Fx>::from_splits(data.clone());
     match build::<Fx>(&r, &data, &device) {
-        Builtins::Mlp(m) => copies_loop(bencher, m, &r, &data),
-        Builtins::Gpt(m) => copies_loop(bencher, m, &r, &data),
+        Builtins::Mlp(m) => copies_loop(bencher, m, &r, train_feed::<Fx, Mlp<Fx>>(&feeds)),
+        Builtins::Gpt(m) => copies_loop(bencher, m, &r, train_feed::<Fx, Gpt<Fx>>(&feeds)),
     }
 }
 
@@ -69,17 +75,16 @@ fn copies_loop<M: AutodiffModule<Fx> + PlainLoss<Fx>>(
     bencher: Bencher,
     model: M,
     r: &Recipe,
-    data: &oomph::data::Splits,
+    data: &dyn Feed<Fx, M::Batch>,
 ) {
     let device = Default::default();
     let mut optim = Optim::<M, Fx>::new(&r.optimizer);
     let mut model = model;
-    let mut sampler = Sampler::new(data.train.len(), r.run.seed, true);
+    let mut sampler = Sampler::new(data.len(), r.run.seed, true);
     let n = r.training.effective_batch;
     let lr = r.optimizer.lr;
     let mut step = || {
-        let batch = data.train.batch(&sampler.next_batch(n));
-        let loss = model.mean_loss(&batch, &device);
+        let loss = model.mean_loss(data.batch(&sampler.next_batch(n), &device));
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let mut o = optim.clone();
         let m = o.step(lr, model.clone(), grads);
@@ -100,9 +105,10 @@ fn copy_handles(bencher: Bencher, name: &str) {
     let r = recipe(name);
     let data = data_for(&r);
     let device = Default::default();
+    let feeds = Data::<Fx>::from_splits(data.clone());
     match build::<Fx>(&r, &data, &device) {
-        Builtins::Mlp(m) => copy_loop(bencher, m, &r, &data),
-        Builtins::Gpt(m) => copy_loop(bencher, m, &r, &data),
+        Builtins::Mlp(m) => copy_loop(bencher, m, &r, train_feed::<Fx, Mlp<Fx>>(&feeds)),
+        Builtins::Gpt(m) => copy_loop(bencher, m, &r, train_feed::<Fx, Gpt<Fx>>(&feeds)),
     }
 }
 
@@ -110,15 +116,14 @@ fn copy_loop<M: AutodiffModule<Fx> + PlainLoss<Fx>>(
     bencher: Bencher,
     model: M,
     r: &Recipe,
-    data: &oomph::data::Splits,
+    data: &dyn Feed<Fx, M::Batch>,
 ) {
     let device = Default::default();
     let mut optim = Optim::<M, Fx>::new(&r.optimizer);
     let mut model = model;
-    let mut sampler = Sampler::new(data.train.len(), r.run.seed, true);
+    let mut sampler = Sampler::new(data.len(), r.run.seed, true);
     for _ in 0..3 {
-        let batch = data.train.batch(&sampler.next_batch(r.training.effective_batch));
-        let loss = model.mean_loss(&batch, &device);
+        let loss = model.mean_loss(data.batch(&sampler.next_batch(r.training.effective_batch), &device));
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(r.optimizer.lr, model, grads);
     }
@@ -190,16 +195,18 @@ fn grad_check<const CHECK: bool>(bencher: Bencher, name: &str) {
     let r = recipe(name);
     let data = data_for(&r);
     let device = Default::default();
-    let batch = data.train.batch(&(0..r.training.effective_batch).collect::<Vec<_>>());
+    let indices: Vec<usize> = (0..r.training.effective_batch).collect();
+    let feeds = Data::<Fx>::from_splits(data.clone());
     fn run<M: AutodiffModule<Fx> + PlainLoss<Fx>, const CHECK: bool>(
         bencher: Bencher,
         m: M,
-        batch: &oomph::data::Batch,
+        feed: &dyn Feed<Fx, M::Batch>,
+        indices: &[usize],
         device: &burn::tensor::Device<Fx>,
     ) {
-        let loss = m.mean_loss(batch, device);
+        let loss = m.mean_loss(feed.batch(indices, device));
         let grads = GradientsParams::from_grads(loss.backward(), &m);
-        let loss = m.mean_loss(batch, device).inner();
+        let loss = m.mean_loss(feed.batch(indices, device)).inner();
         bencher.bench_local(|| {
             if CHECK {
                 let mut all = vec![loss.clone()];
@@ -211,19 +218,31 @@ fn grad_check<const CHECK: bool>(bencher: Bencher, name: &str) {
         });
     }
     match build::<Fx>(&r, &data, &device) {
-        Builtins::Mlp(m) => run::<_, CHECK>(bencher, m, &batch, &device),
-        Builtins::Gpt(m) => run::<_, CHECK>(bencher, m, &batch, &device),
+        Builtins::Mlp(m) => run::<_, CHECK>(bencher, m, train_feed::<Fx, Mlp<Fx>>(&feeds), &indices, &device),
+        Builtins::Gpt(m) => run::<_, CHECK>(bencher, m, train_feed::<Fx, Gpt<Fx>>(&feeds), &indices, &device),
     }
 }
 
-/// Gathering one effective batch (sampler + `Source::batch`), which both loops do.
+/// Gathering one effective batch onto the device (sampler + the built-in dataset and
+/// batcher), which both loops do.
 #[divan::bench(args = MODELS, max_time = 1)]
 fn gather_batch(bencher: Bencher, name: &str) {
     let r = recipe(name);
     let data = data_for(&r);
-    let mut s = Sampler::new(data.train.len(), 1, true);
+    let feeds = Data::<Fx>::from_splits(data.clone());
+    let device = Default::default();
     let n = r.training.effective_batch;
-    bencher.bench_local(|| black_box(data.train.batch(&s.next_batch(n))));
+    let mut s = Sampler::new(feeds.train_len(), 1, true);
+    match r.model.kind.as_str() {
+        "mlp" => {
+            let feed = train_feed::<Fx, Mlp<Fx>>(&feeds);
+            bencher.bench_local(|| black_box(feed.batch(&s.next_batch(n), &device)))
+        }
+        _ => {
+            let feed = train_feed::<Fx, Gpt<Fx>>(&feeds);
+            bencher.bench_local(|| black_box(feed.batch(&s.next_batch(n), &device)))
+        }
+    }
 }
 
 /// A simulated out-of-memory panic caught by the recovery boundary and classified (the

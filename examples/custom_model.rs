@@ -22,11 +22,12 @@ use burn::tensor::activation::{gelu, relu};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
-use oomph::data::{Batch, DataInfo};
-use oomph::train::adapter::{BurnTrain, FromBatch};
+use oomph::data::DataInfo;
+use oomph::train::adapter::BurnTrain;
+use oomph::train::feed::{TabularBatch, TabularTargets};
 use oomph::train::random;
-use oomph::train::tensors::{correct, cross_entropy_per_row, tabular_classes};
-use oomph::train::{DataNeeds, Evaluation, Loss, MetricSum, Models, Objective, Registry};
+use oomph::train::tensors::{correct, cross_entropy_per_row};
+use oomph::train::{Evaluation, Loss, MetricSum, Models, Objective, Registry};
 
 // `main` (oomph's command line with these kinds) and the allocation tracker the supervisor
 // relies on.
@@ -40,23 +41,16 @@ impl Models for MyModels {
         r.add(
             "resmlp",
             "residual MLP with layer norm, tabular classification (examples/custom_model.rs)",
-            no_needs::<ResMlpConfig>,
             ResMlp::<B>::init,
         );
         r.add(
             "burn-train-mlp",
             "a burn-train (TrainStep/InferenceStep) MLP through oomph's adapter (examples/custom_model.rs)",
-            no_needs::<BurnMlpConfig>,
             |cfg: &BurnMlpConfig, info: &DataInfo, device: &B::Device| {
                 BurnMlp::<B>::init(cfg, info, device).map(BurnTrain::new)
             },
         );
     }
-}
-
-/// Both kinds need nothing from the data loader beyond tabular rows.
-fn no_needs<C>(_: &C) -> DataNeeds {
-    DataNeeds::default()
 }
 
 /// `(features, classes)` of tabular classification data, or why the data does not fit.
@@ -162,20 +156,32 @@ impl<B: Backend> ResMlp<B> {
 /// What oomph calls: generic over the backend, so it serves the autodiff model in training
 /// and the inner model in evaluation.
 impl<B: Backend> Objective<B> for ResMlp<B> {
-    fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B> {
-        let (x, y) = tabular_classes::<B>(batch, device);
+    /// oomph's batches of table rows (`csv` and `synthetic` data).
+    type Batch = TabularBatch<B>;
+
+    fn loss(&self, batch: TabularBatch<B>) -> Loss<B> {
+        let (x, y) = classes(batch);
         // The sum over the micro-batch, not the mean: oomph divides by the effective batch.
         Loss { sum: cross_entropy_per_row(self.forward(x), y).sum() }
     }
 
-    fn evaluate(&self, batch: &Batch, device: &B::Device) -> Evaluation<B> {
-        let (x, y) = tabular_classes::<B>(batch, device);
+    fn evaluate(&self, batch: TabularBatch<B>) -> Evaluation<B> {
+        let n = batch.len() as f64;
+        let (x, y) = classes(batch);
         let logits = self.forward(x);
         let accuracy = correct(logits.clone(), y.clone());
         Evaluation {
             loss_sum: cross_entropy_per_row(logits, y).sum(),
-            metrics: vec![MetricSum { name: "accuracy", sum: accuracy, weight: batch.len() as f64 }],
+            metrics: vec![MetricSum { name: "accuracy", sum: accuracy, weight: n }],
         }
+    }
+}
+
+/// Features and class indices of a batch of classification rows (`init` refused other data).
+fn classes<B: Backend>(batch: TabularBatch<B>) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+    match batch.targets {
+        TabularTargets::Classes(y) => (batch.features, y),
+        TabularTargets::Values(_) => unreachable!("the model is built for classification data only"),
     }
 }
 
@@ -204,12 +210,6 @@ struct BurnMlp<B: Backend> {
     output: Linear<B>,
 }
 
-/// The model's batch type (what a burn `Batcher` would produce).
-struct DigitsBatch<B: Backend> {
-    images: Tensor<B, 2>,
-    targets: Tensor<B, 1, Int>,
-}
-
 impl<B: Backend> BurnMlp<B> {
     /// Builds the model for the loaded data.
     fn init(cfg: &BurnMlpConfig, info: &DataInfo, device: &B::Device) -> Result<Self, String> {
@@ -231,30 +231,24 @@ impl<B: Backend> BurnMlp<B> {
     }
 }
 
+/// Its input is oomph's batch of table rows, which oomph's `csv` and `synthetic` data give.
 impl<B: AutodiffBackend> TrainStep for BurnMlp<B> {
-    type Input = DigitsBatch<B>;
+    type Input = TabularBatch<B>;
     type Output = ClassificationOutput<B>;
 
-    fn step(&self, batch: DigitsBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
-        let item = self.forward_classification(batch.images, batch.targets);
+    fn step(&self, batch: TabularBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
+        let (images, targets) = classes(batch);
+        let item = self.forward_classification(images, targets);
         TrainOutput::new(self, item.loss.backward(), item)
     }
 }
 
 impl<B: Backend> InferenceStep for BurnMlp<B> {
-    type Input = DigitsBatch<B>;
+    type Input = TabularBatch<B>;
     type Output = ClassificationOutput<B>;
 
-    fn step(&self, batch: DigitsBatch<B>) -> ClassificationOutput<B> {
-        self.forward_classification(batch.images, batch.targets)
-    }
-}
-
-/// All the adapter needs besides the model: its input from one of oomph's batches. (The
-/// mean loss comes out of `ClassificationOutput` through the adapter's ready-made `HasLoss`.)
-impl<B: Backend> FromBatch<B> for DigitsBatch<B> {
-    fn from_batch(batch: &Batch, device: &B::Device) -> Self {
-        let (images, targets) = tabular_classes::<B>(batch, device);
-        DigitsBatch { images, targets }
+    fn step(&self, batch: TabularBatch<B>) -> ClassificationOutput<B> {
+        let (images, targets) = classes(batch);
+        self.forward_classification(images, targets)
     }
 }

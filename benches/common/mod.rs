@@ -12,15 +12,16 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
-use oomph::data::{Batch, DataInfo, Sampler, Splits};
+use oomph::data::{DataInfo, Sampler, Splits};
 use oomph::models::gpt::{Gpt, GptConfig};
 use oomph::models::mlp::{Mlp, MlpConfig};
 use oomph::models::Builtin;
 use oomph::recipe::Recipe;
 use oomph::train::events::read_events;
+use oomph::train::feed::{Feed, TabularBatch, TabularTargets, TokenBatch};
 use oomph::train::metrics::read_metrics;
-use oomph::train::tensors::{cross_entropy_per_row, tabular_classes, tokens};
-use oomph::train::{DataNeeds, Loss, Models, Objective, Registry, Resume, Session, Silent};
+use oomph::train::tensors::cross_entropy_per_row;
+use oomph::train::{Data, InnerBatch, Loss, Models, Objective, Registry, Resume, Session, Silent};
 use oomph::train::{EventLine, StepRecord, Summary};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -115,8 +116,9 @@ pub fn step_times(steps: &[StepRecord], from: usize) -> Vec<f64> {
 pub fn train_with<B: AutodiffBackend>(reg: &Registry<B>, recipe: Recipe, data: &Splits) -> RunOut {
     let dir = tempfile::Builder::new().prefix("oomph-bench-").tempdir().expect("temp dir");
     let p = reg.prepare(&recipe.model.kind, &recipe.model.params, "bench.toml").unwrap_or_else(|e| panic!("{e}"));
+    let data = Data::<B>::from_splits(data.clone());
     let t = Instant::now();
-    let summary = p.train(session::<B>(recipe, dir.path()), data).unwrap_or_else(|e| panic!("{e}"));
+    let summary = p.train(session::<B>(recipe, dir.path()), &data).unwrap_or_else(|e| panic!("{e}"));
     let call_s = t.elapsed().as_secs_f64();
     let steps: Vec<StepRecord> = step_lines(&dir.path().join("metrics.jsonl"));
     let events = event_lines(&dir.path().join("events.jsonl"));
@@ -134,10 +136,10 @@ pub fn train_builtin<B: AutodiffBackend>(recipe: Recipe, data: &Splits) -> RunOu
 // The plain hand-written burn loop.
 
 /// The mean loss a plain loop computes, written with burn primitives only (the same math as
-/// oomph's `cross_entropy_per_row`, averaged instead of summed).
-pub trait PlainLoss<B: Backend> {
+/// oomph's `cross_entropy_per_row`, averaged instead of summed), on the model's own batches.
+pub trait PlainLoss<B: Backend>: Objective<B> {
     /// Mean cross-entropy of the batch.
-    fn mean_loss(&self, batch: &Batch, device: &B::Device) -> Tensor<B, 1>;
+    fn mean_loss(&self, batch: Self::Batch) -> Tensor<B, 1>;
 }
 
 fn mean_cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
@@ -146,21 +148,38 @@ fn mean_cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, In
     logp.gather(1, targets.reshape([n, 1])).reshape([n]).neg().mean()
 }
 
+/// Features and classes of a batch of classification rows.
+fn classes<B: Backend>(batch: TabularBatch<B>) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+    match batch.targets {
+        TabularTargets::Classes(y) => (batch.features, y),
+        TabularTargets::Values(_) => panic!("classification rows expected"),
+    }
+}
+
 impl<B: Backend> PlainLoss<B> for Mlp<B> {
-    fn mean_loss(&self, batch: &Batch, device: &B::Device) -> Tensor<B, 1> {
-        let (x, y) = tabular_classes::<B>(batch, device);
+    fn mean_loss(&self, batch: TabularBatch<B>) -> Tensor<B, 1> {
+        let (x, y) = classes(batch);
         mean_cross_entropy(self.forward(x), y)
     }
 }
 
 impl<B: Backend> PlainLoss<B> for Gpt<B> {
-    fn mean_loss(&self, batch: &Batch, device: &B::Device) -> Tensor<B, 1> {
-        let (inputs, targets) = tokens::<B>(batch, device);
-        let [n, t] = targets.dims();
-        let logits = self.forward(inputs);
+    fn mean_loss(&self, batch: TokenBatch<B>) -> Tensor<B, 1> {
+        let [n, t] = batch.targets.dims();
+        let logits = self.forward(batch.inputs);
         let vocab = logits.dims()[2];
-        mean_cross_entropy(logits.reshape([n * t, vocab]), targets.reshape([n * t]))
+        mean_cross_entropy(logits.reshape([n * t, vocab]), batch.targets.reshape([n * t]))
     }
+}
+
+/// The training feed of `data` for model `M` (the one oomph's trainer draws from).
+pub fn train_feed<B, M>(data: &Data<B>) -> &dyn Feed<B, M::Batch>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Objective<B>,
+    M::InnerModule: Objective<B::InnerBackend>,
+{
+    &*data.feeds::<M::Batch, InnerBatch<B, M>>().expect("the model takes the data").train
 }
 
 /// A built-in model, built exactly as oomph builds it (same seed, same init).
@@ -191,11 +210,11 @@ pub fn build<B: Backend>(recipe: &Recipe, data: &Splits, device: &B::Device) -> 
 
 /// A plain training loop's state: model, AdamW (configured from the recipe, as oomph
 /// configures it), the sampler and the data.
-pub struct Plain<'a, B: AutodiffBackend, M: AutodiffModule<B>> {
+pub struct Plain<'a, B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>> {
     model: Option<M>,
     optim: burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, M, B>,
     sampler: Sampler,
-    data: &'a Splits,
+    data: &'a dyn Feed<B, M::Batch>,
     n: usize,
     lr: f64,
     device: B::Device,
@@ -203,7 +222,7 @@ pub struct Plain<'a, B: AutodiffBackend, M: AutodiffModule<B>> {
 
 impl<'a, B: AutodiffBackend, M: AutodiffModule<B> + PlainLoss<B>> Plain<'a, B, M> {
     /// The loop's state at step 0.
-    pub fn new(model: M, recipe: &Recipe, data: &'a Splits) -> Self {
+    pub fn new(model: M, recipe: &Recipe, data: &'a dyn Feed<B, M::Batch>) -> Self {
         let o = &recipe.optimizer;
         let optim = AdamWConfig::new()
             .with_beta_1(o.betas[0] as f32)
@@ -214,7 +233,7 @@ impl<'a, B: AutodiffBackend, M: AutodiffModule<B> + PlainLoss<B>> Plain<'a, B, M
         Self {
             model: Some(model),
             optim,
-            sampler: Sampler::new(data.train.len(), recipe.run.seed, true),
+            sampler: Sampler::new(data.len(), recipe.run.seed, true),
             data,
             n: recipe.training.effective_batch,
             lr: o.lr,
@@ -226,9 +245,9 @@ impl<'a, B: AutodiffBackend, M: AutodiffModule<B> + PlainLoss<B>> Plain<'a, B, M
     /// and read the loss (as any loop that logs it does). Returns the loss.
     pub fn step(&mut self) -> f64 {
         let idx = self.sampler.next_batch(self.n);
-        let batch = self.data.train.batch(&idx);
+        let batch = self.data.batch(&idx, &self.device);
         let model = self.model.take().expect("model");
-        let loss = model.mean_loss(&batch, &self.device);
+        let loss = model.mean_loss(batch);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let value: f64 = loss.into_scalar().elem();
         self.model = Some(self.optim.step(self.lr, model, grads));
@@ -250,9 +269,10 @@ impl<'a, B: AutodiffBackend, M: AutodiffModule<B> + PlainLoss<B>> Plain<'a, B, M
 /// Per-step wall times of a plain loop of `steps` steps on the recipe's built-in model.
 pub fn plain_run<B: AutodiffBackend>(recipe: &Recipe, data: &Splits, steps: usize) -> Vec<f64> {
     let device = B::Device::default();
+    let feeds = Data::<B>::from_splits(data.clone());
     match build::<B>(recipe, data, &device) {
-        Builtins::Mlp(m) => Plain::<B, _>::new(m, recipe, data).run(steps),
-        Builtins::Gpt(m) => Plain::<B, _>::new(m, recipe, data).run(steps),
+        Builtins::Mlp(m) => Plain::<B, _>::new(m, recipe, train_feed::<B, Mlp<B>>(&feeds)).run(steps),
+        Builtins::Gpt(m) => Plain::<B, _>::new(m, recipe, train_feed::<B, Gpt<B>>(&feeds)).run(steps),
     }
 }
 
@@ -363,15 +383,16 @@ impl<B: Backend> Big<B> {
 }
 
 impl<B: Backend> Objective<B> for Big<B> {
-    fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B> {
-        let (x, y) = tabular_classes::<B>(batch, device);
+    type Batch = TabularBatch<B>;
+    fn loss(&self, batch: TabularBatch<B>) -> Loss<B> {
+        let (x, y) = classes(batch);
         Loss { sum: cross_entropy_per_row(self.forward(x), y).sum() }
     }
 }
 
 impl<B: Backend> PlainLoss<B> for Big<B> {
-    fn mean_loss(&self, batch: &Batch, device: &B::Device) -> Tensor<B, 1> {
-        let (x, y) = tabular_classes::<B>(batch, device);
+    fn mean_loss(&self, batch: TabularBatch<B>) -> Tensor<B, 1> {
+        let (x, y) = classes(batch);
         mean_cross_entropy(self.forward(x), y)
     }
 }
@@ -404,12 +425,9 @@ keep = 2
 /// A registry with the big model as `kind = "big"`.
 pub fn big_registry() -> Registry<Fx> {
     let mut reg = Registry::<Fx>::new();
-    reg.add(
-        "big",
-        "synthetic 101 M parameter MLP",
-        |_: &BigConfig| DataNeeds::default(),
-        |c: &BigConfig, info: &DataInfo, d: &burn::tensor::Device<Fx>| Ok(Big::<Fx>::new(c, info, d)),
-    );
+    reg.add("big", "synthetic 101 M parameter MLP", |c: &BigConfig, info: &DataInfo, d: &burn::tensor::Device<Fx>| {
+        Ok(Big::<Fx>::new(c, info, d))
+    });
     reg
 }
 
@@ -454,14 +472,17 @@ pub fn event_lines(path: &Path) -> Vec<EventLine> {
 pub fn pieces_run<M>(model: M, r: &Recipe, data: &Splits, steps: usize, p: Pieces) -> Vec<f64>
 where
     M: AutodiffModule<Fx> + Objective<Fx>,
+    M::InnerModule: Objective<<Fx as AutodiffBackend>::InnerBackend>,
 {
+    let feeds = Data::<Fx>::from_splits(data.clone());
+    let feed = train_feed::<Fx, M>(&feeds);
     use oomph::recipe::Phase;
     use oomph::train::faults::Faults;
     use oomph::train::runlog::{position, RunLog};
     use oomph::train::step::{Outcome, StepInput, Trainable};
     let device: burn::tensor::Device<Fx> = Default::default();
     let mut net = Trainable::new(model, oomph::train::optim::Optim::<M, Fx>::new(&r.optimizer), false);
-    let mut sampler = Sampler::new(data.train.len(), r.run.seed, true);
+    let mut sampler = Sampler::new(feed.len(), r.run.seed, true);
     let mut faults = Faults::new(Default::default());
     let mut policy = oomph::sched::Policy::new(oomph::train::trainer::policy_config(r));
     let n = r.training.effective_batch;
@@ -480,7 +501,7 @@ where
                 l.position(&position(phase, step - 1, &policy, n, 0, None));
             }
         };
-        let loss = match net.attempt(&data.train, input, &device, &mut faults, &mut enter) {
+        let loss = match net.attempt(feed, input, &device, &mut faults, &mut enter) {
             Outcome::Updated { loss, .. } => loss,
             other => panic!("step {step}: {other:?}"),
         };

@@ -11,9 +11,10 @@
 use crate::util::*;
 use oomph::burn::module::Module;
 use oomph::burn::tensor::backend::Backend;
-use oomph::data::{Batch, BatchTargets};
+use oomph::data::{Source, Splits};
 use oomph::models::mlp::{self, Mlp, MlpConfig};
-use oomph::train::{train, Evaluation, Loss, Objective};
+use oomph::train::feed::{TabularBatch, TabularItem, TabularRows, TabularTarget, TabularTargets};
+use oomph::train::{train, Data, Evaluation, Loss, Objective};
 
 pub const TOL: f32 = 1e-5;
 
@@ -53,26 +54,34 @@ fn micro_batches_64_8_5_give_equal_parameters() {
     }
 }
 
-/// An MLP whose objective is computed per chunk as a plain mean and summed over chunks:
-/// the normalisation oomph exists to avoid.
+/// The recipe's table, each row weighing `weigh(row)`.
+fn weighed_data(r: &oomph::recipe::Recipe, weigh: fn(&TabularItem) -> f64) -> Data<B> {
+    let Splits { train, valid, info, identity, .. } = splits_for(r);
+    let (Source::Tabular(train), Source::Tabular(valid)) = (train, valid) else { unreachable!("a table") };
+    Data::new(info, identity, TabularRows::feed(train).weighed(weigh), TabularRows::feed(valid))
+}
+
+/// Each of the 64 samples of a step weighs 1/64: the trainer divides by a total of 1.
+fn sixty_fourth(_: &TabularItem) -> f64 {
+    1.0 / 64.0
+}
+
+/// An MLP whose objective is computed per chunk as a plain mean and summed over chunks (its
+/// data weighs each sample 1/64, so the trainer's division by the total leaves the sum of the
+/// per-chunk means): the normalisation oomph exists to avoid.
 #[derive(Module, Debug)]
 struct ChunkMeanSummed<B: Backend> {
     inner: Mlp<B>,
-    chunks: usize,
 }
 
 impl<B: Backend> Objective<B> for ChunkMeanSummed<B> {
-    fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B> {
+    type Batch = TabularBatch<B>;
+    fn loss(&self, batch: TabularBatch<B>) -> Loss<B> {
         let n = batch.len() as f64;
-        Loss { sum: self.inner.loss(batch, device).sum.div_scalar(n) }
+        Loss { sum: self.inner.loss(batch).sum.div_scalar(n) }
     }
-    // Each chunk weighs 1/k, so the trainer's division by the total (1) leaves the sum of the
-    // per-chunk means.
-    fn weight(&self, _batch: &Batch) -> f64 {
-        1.0 / self.chunks as f64
-    }
-    fn evaluate(&self, batch: &Batch, device: &B::Device) -> Evaluation<B> {
-        self.inner.evaluate(batch, device)
+    fn evaluate(&self, batch: TabularBatch<B>) -> Evaluation<B> {
+        self.inner.evaluate(batch)
     }
 }
 
@@ -82,77 +91,68 @@ fn a_wrong_normalisation_fails_the_equality() {
     run_micro(64, reference.path(), &[]);
     let wrong = tempfile::tempdir().unwrap();
     let r = base().recipe(&["micro_batch.initial=5"]);
-    let data = data_for(&r);
+    let data = weighed_data(&r, sixty_fourth);
     let cfg = MlpConfig { hidden: vec![16], ..Default::default() };
     let info = data.info.clone();
     let _turn = serial();
-    train(session(r, wrong.path()), &data, |d| ChunkMeanSummed {
-        inner: mlp::init::<B>(&cfg, &info, d).unwrap(),
-        chunks: 13,
-    })
-    .unwrap();
+    train(session(r, wrong.path()), &data, |d| ChunkMeanSummed { inner: mlp::init::<B>(&cfg, &info, d).unwrap() })
+        .unwrap();
     let diff = max_param_diff(reference.path(), wrong.path());
     assert!(diff > 1e-2, "the wrong normalisation went unnoticed: max |diff| {diff:e}");
 }
 
-/// Token weighting with uneven lengths: sample `i` stands for a sequence of `1 + label % 3`
-/// tokens, each with the sample's loss. The step's loss must be the mean over *tokens*.
+/// Sample `i` stands for a sequence of `1 + label % 3` tokens, each with the sample's loss.
+fn tokens_of(item: &TabularItem) -> f64 {
+    match item.target {
+        TabularTarget::Class(c) => 1.0 + f64::from(c % 3),
+        TabularTarget::Value(_) => unreachable!("classification data"),
+    }
+}
+
+/// Token weighting with uneven lengths: the data weighs each sample in its tokens
+/// ([`tokens_of`]) and the model sums its loss over them. The step's loss must be the mean
+/// over *tokens*.
 #[derive(Module, Debug)]
 struct UnevenTokens<B: Backend> {
     inner: Mlp<B>,
-    /// 0: correct (sum over tokens / total tokens); k > 0: per-chunk token mean summed over k chunks.
-    wrong_chunks: usize,
-}
-
-fn lengths(batch: &Batch) -> Vec<f32> {
-    match batch {
-        Batch::Tabular { y: BatchTargets::Classes(y), .. } => y.iter().map(|&c| 1.0 + (c % 3) as f32).collect(),
-        _ => unreachable!(),
-    }
+    /// Per-chunk token means summed (with data weighing each sample 1/64): wrong.
+    wrong: bool,
 }
 
 impl<B: Backend> Objective<B> for UnevenTokens<B> {
-    fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B> {
-        let (x, y) = oomph::train::tensors::tabular_classes::<B>(batch, device);
-        let per_row = oomph::train::tensors::cross_entropy_per_row(self.inner.forward(x), y);
-        let len = lengths(batch);
-        let tokens: f32 = len.iter().sum();
-        let w = oomph::burn::tensor::Tensor::<B, 1>::from_floats(len.as_slice(), device);
-        let sum = (per_row * w).sum();
-        Loss { sum: if self.wrong_chunks > 0 { sum.div_scalar(tokens) } else { sum } }
-    }
-    fn weight(&self, batch: &Batch) -> f64 {
-        if self.wrong_chunks > 0 {
-            1.0 / self.wrong_chunks as f64
-        } else {
-            lengths(batch).iter().map(|&l| l as f64).sum()
-        }
+    type Batch = TabularBatch<B>;
+    fn loss(&self, batch: TabularBatch<B>) -> Loss<B> {
+        let TabularTargets::Classes(y) = batch.targets else { unreachable!("classification data") };
+        let per_row = oomph::train::tensors::cross_entropy_per_row(self.inner.forward(batch.features), y.clone());
+        let len = y.remainder_scalar(3).add_scalar(1).float();
+        let sum = (per_row * len.clone()).sum();
+        Loss { sum: if self.wrong { sum / len.sum() } else { sum } }
     }
 }
 
 #[test]
 fn token_weighting_with_uneven_lengths_is_split_invariant() {
-    let run = |micro: usize, wrong_chunks: usize| {
+    let run = |micro: usize, wrong: bool| {
         let d = tempfile::tempdir().unwrap();
         let r = base().recipe(&[&format!("micro_batch.initial={micro}")]);
-        let data = data_for(&r);
+        let data = weighed_data(&r, if wrong { sixty_fourth } else { tokens_of });
         let cfg = MlpConfig { hidden: vec![16], ..Default::default() };
         let info = data.info.clone();
         let _turn = serial();
         train(session(r, d.path()), &data, |dev| UnevenTokens {
             inner: mlp::init::<B>(&cfg, &info, dev).unwrap(),
-            wrong_chunks,
+            wrong,
         })
         .unwrap();
         d
     };
-    let full = run(64, 0);
-    let m8 = run(8, 0);
-    let m5 = run(5, 0);
+    let full = run(64, false);
+    let m8 = run(8, false);
+    let m5 = run(5, false);
     let (d8, d5) = (max_param_diff(full.path(), m8.path()), max_param_diff(full.path(), m5.path()));
     assert!(d8 < TOL && d5 < TOL, "token-weighted: micro 8 {d8:e}, micro 5 {d5:e}");
     // Per-chunk token means summed: wrong, and visibly so.
-    let wrong = run(8, 8);
+    let wrong = run(8, true);
     let dw = max_param_diff(full.path(), wrong.path());
     assert!(dw > 1e-2, "per-chunk token means went unnoticed: {dw:e}");
 }

@@ -1,6 +1,7 @@
 //! oomph's integration tests: one binary, small helpers in `util`.
 
 mod accumulation;
+mod burn_way;
 mod chaos;
 mod cli;
 mod dropout;

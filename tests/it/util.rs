@@ -3,10 +3,9 @@
 //! directory, and process control (waits bounded by a count of polls, never by the clock).
 
 use oomph::burn::backend::{Autodiff, Flex};
-use oomph::data::Splits;
 use oomph::models::Builtin;
 use oomph::recipe::Recipe;
-use oomph::train::{Models, Registry, Session, Summary, TrainError};
+use oomph::train::{Data, Models, Registry, Session, Summary, TrainError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -203,10 +202,15 @@ fn builtin() -> Registry<B> {
     reg
 }
 
-/// Loads the data a built-in model kind needs.
-pub fn data_for(recipe: &Recipe) -> Splits {
+/// Loads the data a built-in model kind needs, unsplit into feeds.
+pub fn splits_for(recipe: &Recipe) -> oomph::data::Splits {
     let p = builtin().prepare(&recipe.model.kind, &recipe.model.params, "test.toml").unwrap();
     oomph::data::load(&recipe.data, recipe.run.seed, p.needs().seq_len).unwrap()
+}
+
+/// Loads the data a built-in model kind needs.
+pub fn data_for(recipe: &Recipe) -> Data<B> {
+    Data::from_splits(splits_for(recipe))
 }
 
 /// Trains a recipe with a built-in model kind, in-process.
@@ -216,7 +220,7 @@ pub fn train_builtin(recipe: Recipe, dir: &Path) -> Result<Summary, TrainError> 
 }
 
 /// Trains a prepared session with the built-in registry.
-pub fn train_session(s: Session<B>, data: &Splits) -> Result<Summary, TrainError> {
+pub fn train_session(s: Session<B>, data: &Data<B>) -> Result<Summary, TrainError> {
     let _turn = serial();
     let p = builtin().prepare(&s.recipe.model.kind, &s.recipe.model.params, "test.toml").unwrap();
     p.train(s, data)

@@ -392,7 +392,7 @@ impl<M: Models> WithBackend for Job<'_, M> {
         // Armed before the data is loaded: a host allocation that fails while loading is a
         // memory death the supervisor restarts.
         arm_note(&self.run_dir);
-        let (model, data) = prepare::build(model, &recipe, &self.origin, &device)?;
+        let prepare::Loaded { model, data } = prepare::build(model, &recipe, &self.origin, &device)?;
         let replaces = match self.replace {
             Replace::Told(r) => r,
             Replace::Decide(resume, overwrite) => replaces_a_run(&self.run_dir, resume, overwrite)?,

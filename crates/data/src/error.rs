@@ -48,6 +48,17 @@ pub enum DataError {
         kind: oomph_recipe::DataKind,
     },
 
+    /// `data.kind = "program"`: the program loads that data, not this crate.
+    #[error(
+        "data.kind = \"program\" (data.name = {name:?}) is data a program registers, and this program \
+         has none of that name. Fix: run the program that registers it, or use a built-in data.kind \
+         (csv, text, synthetic)."
+    )]
+    ProgramData {
+        /// The `data.name` asked for.
+        name: String,
+    },
+
     /// `data.valid_fraction` is outside `[0, 1)`.
     #[error(
         "data.valid_fraction = {value} is outside [0, 1). Fix: set data.valid_fraction to a \

@@ -9,8 +9,8 @@
 //!   token stream is the validation split; samples are windows of `seq_len + 1` tokens.
 //! - `synthetic`: seeded Gaussian blobs or a linear teacher ([`synthetic`]).
 //!
-//! Batches are plain vectors ([`Batch`]): this crate does not depend on burn; models turn
-//! batches into tensors. The [`Sampler`] yields sample indices in an order fixed by
+//! This crate does not depend on burn: `oomph_train::feed` serves the splits as burn datasets
+//! and batchers. The [`Sampler`] yields sample indices in an order fixed by
 //! `(seed, epoch)` and resumes exactly from a checkpointed [`Cursor`]. Randomness comes from
 //! the crate's own [`rng::SplitMix64`], so data is identical across platforms and versions.
 //! Each load also records a [`DataIdentity`] (shape plus content hash) for resume checks.
@@ -34,7 +34,7 @@ pub use crate::csv::{read_csv, CsvOptions, Task};
 pub use crate::error::{DataError, NumberProblem};
 pub use crate::identity::{file_sha256, samples_sha256, DataIdentity};
 pub use crate::sampler::{Cursor, Sampler};
-pub use crate::source::{Batch, BatchTargets, Source};
+pub use crate::source::Source;
 pub use crate::synthetic::{synthetic_tabular, SyntheticSpec};
 pub use crate::text::{read_text, synthetic_text, Text};
 
@@ -272,6 +272,7 @@ fn read_dataset_hashed(section: &oomph_recipe::DataSection, seed: u64) -> Result
             let (text, sha256) = text::read_text_hashed(data_path(section)?)?;
             Ok((Dataset::Text(text), Some(sha256)))
         }
+        DataKind::Program => Err(DataError::ProgramData { name: section.name.clone().unwrap_or_default() }),
     }
 }
 
@@ -312,7 +313,7 @@ pub fn load(section: &oomph_recipe::DataSection, seed: u64, seq_len: Option<usiz
             let name = match section.kind {
                 DataKind::Csv => format!("CSV file `{}`", data_path(section)?.display()),
                 DataKind::Synthetic => "synthetic data".to_string(),
-                DataKind::Text => unreachable!("text is read as a Text, not a table"),
+                DataKind::Text | DataKind::Program => unreachable!("only csv and synthetic data are tables"),
             };
             tabular_splits(section.kind, &name, data, frac, seed, section.standardize, file_sha256)?
         }

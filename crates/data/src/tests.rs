@@ -151,9 +151,9 @@ fn text_split_is_contiguous_with_a_shared_vocabulary() {
     assert_eq!(s.info.vocab_size, Some(4));
     assert_eq!((s.info.train_len, s.info.valid_len), (25, 7));
     assert_eq!(s.train.len(), 25);
-    // The last training window ends on the last training token: no leakage into valid.
-    let Batch::Tokens { targets, .. } = s.train.batch(&[24]) else { panic!("tokens") };
-    assert_eq!(*targets.last().unwrap(), *train.tokens.last().unwrap());
+    // The last training window (24, of 3 + 1 tokens) ends on the last training token: no
+    // leakage into valid.
+    assert_eq!(s.train.len() - 1 + sl + 1, train.tokens.len());
 }
 
 #[test]
@@ -189,15 +189,15 @@ fn synthetic_defaults_load_and_are_seeded() {
     assert_eq!(a.info.n_features, Some(16));
     assert_eq!(a.info.n_classes, Some(4));
     assert_eq!(a.train.len() + a.valid.len(), 2048);
-    let Batch::Tabular { x, n_features, y } = a.train.batch(&[0, 1]) else { panic!("tabular") };
-    assert_eq!((x.len(), n_features), (32, 16));
-    assert!(matches!(y, BatchTargets::Classes(ref v) if v.len() == 2));
+    let Source::Tabular(t) = &a.train else { panic!("tabular") };
+    assert_eq!((t.features.len(), t.n_features), (t.len() * 16, 16));
+    assert!(matches!(t.targets, Targets::Classes { .. }));
 
     let reg = DataSection { task: Task::Regression, ..DataSection::default() };
     let r = load(&reg, 42, None).unwrap();
     assert_eq!(r.info.task, "regression");
     assert_eq!(r.info.n_classes, None);
-    assert!(matches!(r.valid.batch(&[0]), Batch::Tabular { y: BatchTargets::Values(_), .. }));
+    assert!(matches!(&r.valid, Source::Tabular(t) if matches!(t.targets, Targets::Values(_))));
 }
 
 #[test]
@@ -243,8 +243,7 @@ fn shipped_text_loads() {
     assert_eq!(s.info.vocab_size, Some(73));
     assert_eq!(valid.len(), (total as f64 * 0.1).round() as usize);
     assert!(train.decode(&train.tokens[..40]).starts_with("HAMLET, PRINCE OF DENMARK"));
-    let b = s.valid.batch(&[0, s.valid.len() - 1]);
-    assert_eq!((b.len(), b.weight()), (2, 128));
+    assert!(matches!(s.valid, Source::Text { seq_len: 64, .. }));
 }
 
 fn text_section(path: &Path) -> DataSection {

@@ -11,9 +11,10 @@ use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
-use oomph_data::{Batch, DataInfo};
+use oomph_data::DataInfo;
+use oomph_train::feed::TokenBatch;
 use oomph_train::random::{dropout, site, site_at};
-use oomph_train::tensors::{correct, cross_entropy_per_row, masked_softmax, tokens};
+use oomph_train::tensors::{correct, cross_entropy_per_row, masked_softmax};
 use oomph_train::{DataNeeds, Evaluation, Loss, MetricSum, Objective};
 use serde::{Deserialize, Serialize};
 
@@ -146,10 +147,9 @@ impl<B: Backend> Gpt<B> {
         self.head.forward(self.norm.forward(x))
     }
 
-    fn logits_targets(&self, batch: &Batch, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
-        let (inputs, targets) = tokens::<B>(batch, device);
-        let [n, t] = targets.dims();
-        let logits = self.forward(inputs);
+    fn logits_targets(&self, batch: TokenBatch<B>) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+        let [n, t] = batch.targets.dims();
+        let (logits, targets) = (self.forward(batch.inputs), batch.targets);
         let vocab = logits.dims()[2];
         (logits.reshape([n * t, vocab]), targets.reshape([n * t]))
     }
@@ -179,13 +179,15 @@ impl<B: Backend> Block<B> {
 }
 
 impl<B: Backend> Objective<B> for Gpt<B> {
-    fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B> {
-        let (logits, targets) = self.logits_targets(batch, device);
+    type Batch = TokenBatch<B>;
+
+    fn loss(&self, batch: TokenBatch<B>) -> Loss<B> {
+        let (logits, targets) = self.logits_targets(batch);
         Loss { sum: cross_entropy_per_row(logits, targets).sum() }
     }
 
-    fn evaluate(&self, batch: &Batch, device: &B::Device) -> Evaluation<B> {
-        let (logits, targets) = self.logits_targets(batch, device);
+    fn evaluate(&self, batch: TokenBatch<B>) -> Evaluation<B> {
+        let (logits, targets) = self.logits_targets(batch);
         let tokens = targets.dims()[0] as f64;
         let acc = correct(logits.clone(), targets.clone());
         Evaluation {

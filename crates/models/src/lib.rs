@@ -13,7 +13,7 @@ pub struct Builtin;
 
 impl Models for Builtin {
     fn register<B: AutodiffBackend>(r: &mut Registry<B>) {
-        r.add("mlp", "multi-layer perceptron for tabular classification/regression", mlp::needs, mlp::init::<B>);
-        r.add("gpt", "decoder-only transformer, character-level language model", gpt::needs, gpt::init::<B>);
+        r.add("mlp", "multi-layer perceptron for tabular classification/regression", mlp::init::<B>);
+        r.add_with_needs("gpt", "decoder-only transformer, character-level language model", gpt::needs, gpt::init::<B>);
     }
 }

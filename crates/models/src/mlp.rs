@@ -7,10 +7,11 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{gelu, relu};
 use burn::tensor::{backend::Backend, Tensor};
-use oomph_data::{Batch, DataInfo};
+use oomph_data::DataInfo;
+use oomph_train::feed::{TabularBatch, TabularTargets};
 use oomph_train::random::{dropout, site, site_at};
-use oomph_train::tensors::{correct, cross_entropy_per_row, tabular_classes, tabular_values};
-use oomph_train::{DataNeeds, Evaluation, Loss, MetricSum, Objective};
+use oomph_train::tensors::{correct, cross_entropy_per_row};
+use oomph_train::{Evaluation, Loss, MetricSum, Objective};
 use serde::{Deserialize, Serialize};
 
 /// `[model]` keys of `kind = "mlp"`.
@@ -38,16 +39,10 @@ pub struct Mlp<B: Backend> {
     /// Dropout probability after each hidden layer.
     dropout: f64,
     gelu: bool,
-    regression: bool,
 }
 
 /// The call site of the dropout after hidden layer `i` is `site_at(DROPOUT, i)`.
 const DROPOUT: u64 = site("mlp.dropout");
-
-/// What the mlp needs from the data loader: nothing beyond tabular rows.
-pub fn needs(_: &MlpConfig) -> DataNeeds {
-    DataNeeds::default()
-}
 
 /// Builds an MLP sized for the data.
 pub fn init<B: Backend>(cfg: &MlpConfig, info: &DataInfo, device: &B::Device) -> Result<Mlp<B>, String> {
@@ -71,7 +66,7 @@ pub fn init<B: Backend>(cfg: &MlpConfig, info: &DataInfo, device: &B::Device) ->
     dims.extend(&cfg.hidden);
     dims.push(outputs);
     let layers = dims.windows(2).map(|w| LinearConfig::new(w[0], w[1]).init(device)).collect();
-    Ok(Mlp { layers, dropout: cfg.dropout, gelu, regression })
+    Ok(Mlp { layers, dropout: cfg.dropout, gelu })
 }
 
 impl<B: Backend> Mlp<B> {
@@ -90,31 +85,30 @@ impl<B: Backend> Mlp<B> {
 }
 
 impl<B: Backend> Objective<B> for Mlp<B> {
-    fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B> {
-        if self.regression {
-            let (x, y) = tabular_values::<B>(batch, device);
-            let err = self.forward(x) - y;
-            Loss { sum: err.powi_scalar(2).sum() }
-        } else {
-            let (x, y) = tabular_classes::<B>(batch, device);
-            Loss { sum: cross_entropy_per_row(self.forward(x), y).sum() }
+    type Batch = TabularBatch<B>;
+
+    fn loss(&self, batch: TabularBatch<B>) -> Loss<B> {
+        let out = self.forward(batch.features);
+        match batch.targets {
+            TabularTargets::Values(y) => Loss { sum: (out - y).powi_scalar(2).sum() },
+            TabularTargets::Classes(y) => Loss { sum: cross_entropy_per_row(out, y).sum() },
         }
     }
 
-    fn evaluate(&self, batch: &Batch, device: &B::Device) -> Evaluation<B> {
+    fn evaluate(&self, batch: TabularBatch<B>) -> Evaluation<B> {
         let n = batch.len() as f64;
-        if self.regression {
-            let (x, y) = tabular_values::<B>(batch, device);
-            let err = self.forward(x) - y;
-            let sq = err.powi_scalar(2).sum();
-            Evaluation { loss_sum: sq.clone(), metrics: vec![MetricSum { name: "mse", sum: sq, weight: n }] }
-        } else {
-            let (x, y) = tabular_classes::<B>(batch, device);
-            let logits = self.forward(x);
-            let acc = correct(logits.clone(), y.clone());
-            Evaluation {
-                loss_sum: cross_entropy_per_row(logits, y).sum(),
-                metrics: vec![MetricSum { name: "accuracy", sum: acc, weight: n }],
+        let out = self.forward(batch.features);
+        match batch.targets {
+            TabularTargets::Values(y) => {
+                let sq = (out - y).powi_scalar(2).sum();
+                Evaluation { loss_sum: sq.clone(), metrics: vec![MetricSum { name: "mse", sum: sq, weight: n }] }
+            }
+            TabularTargets::Classes(y) => {
+                let acc = correct(out.clone(), y.clone());
+                Evaluation {
+                    loss_sum: cross_entropy_per_row(out, y).sum(),
+                    metrics: vec![MetricSum { name: "accuracy", sum: acc, weight: n }],
+                }
             }
         }
     }

@@ -113,6 +113,8 @@ choices! {
         Text,
         /// Seeded Gaussian blobs or a linear teacher.
         Synthetic,
+        /// Data the program registers (a burn `Dataset` and `Batcher`), named by `data.name`.
+        Program,
     }
     /// `data.task`: what the label column (csv) or the generated target (synthetic) holds.
     Task, "the task", "lowercase" {

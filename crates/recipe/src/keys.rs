@@ -130,6 +130,7 @@ const HAND_WRITTEN: &[(&str, Kind)] = &[("data.label_column", Kind::Column), ("m
 /// What leaving each optional key unset means (written as a comment in the resolved recipe).
 const UNSET: &[(&str, &str)] = &[
     ("run.gpu_memory_limit", "the whole device"),
+    ("data.name", "no program data"),
     ("data.path", "no data file"),
     ("data.label_column", "the last column"),
     ("optimizer.grad_clip_norm", "no gradient clipping"),
@@ -275,6 +276,7 @@ mod tests {
         let mut r = Recipe::default();
         r.run.gpu_memory_limit = Some("1GiB".into());
         r.data.path = Some("x".into());
+        r.data.name = Some("x".into());
         r.data.label_column = Some("y".into());
         r.optimizer.grad_clip_norm = Some(1.0);
         r.training.steps = Some(1);

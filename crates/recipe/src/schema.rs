@@ -97,9 +97,12 @@ impl Default for ModelSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
-    /// `"csv"`, `"text"` or `"synthetic"`. Default `"synthetic"`.
+    /// `"csv"`, `"text"`, `"synthetic"` or `"program"`. Default `"synthetic"`.
     pub kind: DataKind,
-    /// File path (csv, text), relative to the recipe file's directory. Default: none.
+    /// program: which of the program's registered data kinds. Default: none.
+    pub name: Option<String>,
+    /// File path (csv, text; a file or a directory for program data), relative to the recipe
+    /// file's directory. Default: none.
     pub path: Option<String>,
     /// Fraction of the samples held out for validation, in `[0, 1)`. Default `0.1`.
     pub valid_fraction: f64,
@@ -127,6 +130,7 @@ impl Default for DataSection {
     fn default() -> Self {
         Self {
             kind: DataKind::Synthetic,
+            name: None,
             path: None,
             valid_fraction: 0.1,
             header: true,

@@ -142,7 +142,27 @@ fn model(r: &Recipe, cx: &Ctx) -> R {
 
 fn data(r: &Recipe, cx: &Ctx) -> R {
     let d = &r.data;
-    if d.kind != DataKind::Synthetic && d.path.is_none() {
+    let program = d.kind == DataKind::Program;
+    match (&d.name, program) {
+        (None, true) => {
+            return Err(RecipeError::new(
+                cx.origin("data.kind"),
+                Some("data.name".into()),
+                "`data.name` is missing: data.kind = \"program\" loads data the program registers, by name",
+                "set data.name to one of the program's data kinds (an unknown name lists them)",
+            ))
+        }
+        (Some(name), false) => {
+            return Err(cx.invalid(
+                "data.name",
+                format!("{name:?}"),
+                &format!("it names a program's data kind, but data.kind = \"{}\" is built in", d.kind),
+                "remove data.name, or set data.kind = \"program\" to load the program's data of that name",
+            ))
+        }
+        _ => {}
+    }
+    if !matches!(d.kind, DataKind::Synthetic | DataKind::Program) && d.path.is_none() {
         return Err(RecipeError::new(
             cx.origin("data.kind"),
             Some("data.path".into()),
@@ -161,7 +181,7 @@ fn data(r: &Recipe, cx: &Ctx) -> R {
                 "point data.path at an existing file",
             ));
         }
-        if !p.is_file() {
+        if !p.is_file() && !program {
             return Err(cx.invalid(
                 "data.path",
                 format!("{path:?}"),

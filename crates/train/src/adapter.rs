@@ -3,34 +3,29 @@
 //! A model written for burn-train's `Learner` implements `TrainStep` (forward, then backward
 //! on the micro-batch's **mean** loss) and `InferenceStep` (forward only), both usually
 //! calling one method such as `forward_classification` that returns a
-//! [`ClassificationOutput`]. Wrap it in [`BurnTrain`] and it is an oomph [`Objective`]:
+//! [`ClassificationOutput`]; its batches come from the user's own burn `Batcher`. Wrap the
+//! model in [`BurnTrain`] and it is an oomph [`Objective`] whose batch type is the model's
+//! `InferenceStep::Input`: the same batcher feeds it (see [`crate::feed::Batched`]).
 //!
 //! ```text
-//! use oomph_train::adapter::{BurnTrain, FromBatch};
+//! use oomph_train::adapter::BurnTrain;
 //!
-//! // The model's input type is built from oomph's host batch, for any backend.
-//! impl<B: Backend> FromBatch<B> for DigitsBatch<B> {
-//!     fn from_batch(batch: &Batch, device: &B::Device) -> Self {
-//!         let (images, targets) = oomph_train::tensors::tabular_classes(batch, device);
-//!         DigitsBatch { images, targets }
-//!     }
-//! }
 //! // In `Models::register`: the kind's init returns the wrapped model.
-//! r.add("burn-net", "a burn-train model", |_: &NetConfig| DataNeeds::default(),
+//! r.add("burn-net", "a burn-train model",
 //!       |cfg: &NetConfig, info: &DataInfo, device: &B::Device| Ok(BurnTrain::new(cfg.init::<B>(info, device))));
 //! ```
 //!
-//! What the user supplies:
-//! - **the input**: [`FromBatch`] for the model's `InferenceStep::Input` (ready-made for the
-//!   tuples `(features, classes)`, `(features, values)` and `(inputs, targets)` tokens);
-//! - **the loss**: [`HasLoss`] for its `InferenceStep::Output` (ready-made for burn's
-//!   [`ClassificationOutput`], [`MultiLabelClassificationOutput`], [`RegressionOutput`] and
-//!   [`SequenceOutput`], with accuracy / mse as evaluation metrics where they apply).
+//! The loss comes out of the model's `InferenceStep::Output` through [`HasLoss`], ready-made
+//! for burn's [`ClassificationOutput`], [`MultiLabelClassificationOutput`],
+//! [`RegressionOutput`] and [`SequenceOutput`] (with accuracy / mse as evaluation metrics
+//! where they apply).
 //!
-//! [`Objective::loss`] returns `mean_loss * weight`, where `weight` is
-//! [`Objective::weight`] (the number of samples; target tokens for token batches): the
-//! *sum* oomph expects, so its normalisation by the effective batch's total weight is exact
-//! whatever the micro-batch split.
+//! [`Objective::loss`] returns `mean_loss * n`, where `n` is [`HasLoss::weight`], the number
+//! of units the output's mean is taken over (samples; target tokens for a
+//! [`SequenceOutput`]): the *sum* oomph expects, so its normalisation by the effective
+//! batch's total weight is exact whatever the micro-batch split. The data must weigh its
+//! items in the same units: samples by default, tokens through
+//! [`Batched::weighed`](crate::feed::Batched::weighed) for sequence data.
 //!
 //! # Why `InferenceStep` and not `TrainStep::step`
 //!
@@ -44,73 +39,36 @@
 //! convention) implement `InferenceStep` for every `B: Backend`, autodiff backends included,
 //! and both steps call the same forward method, so this is the model's own code and its
 //! loss tensor, still tracked. The gradient oomph computes for a chunk is exactly
-//! `TrainStep::step`'s gradient times `weight / W` (tested below). If a model implements
+//! `TrainStep::step`'s gradient times `n / W` (tested below). If a model implements
 //! `InferenceStep` only for a concrete inner backend, make that impl generic over
 //! `B: Backend`. A `TrainStep` that does more than forward + backward (extra losses added
 //! only during training) is not reproduced: put that logic in the shared forward method.
 //!
 //! Evaluation uses `InferenceStep` on the inner (non-autodiff) model, which oomph obtains
-//! with `valid()`: the same impl of [`Objective`] serves both.
-//!
-//! # Why a trait for the input, not a closure
-//!
-//! The conversion from oomph's [`Batch`] is needed at two backends, the autodiff one for
-//! training and its inner one for evaluation, with two different input types (e.g.
-//! `DigitsBatch<Autodiff<Flex>>` and `DigitsBatch<Flex>`). A Rust closure cannot be generic
-//! over the backend, and [`BurnTrain`] is itself a burn `Module` (cloned, recorded,
-//! checkpointed, turned into its inner module), so it holds nothing but the model. The
-//! conversion therefore lives with the input type, as [`FromBatch`], the way burn's own
-//! `Batcher` builds a model's batch type for any backend.
+//! with `valid()`: the same impl of [`Objective`] serves both, and the same batcher builds
+//! both backends' batches.
 //!
 //! The wrapped model is the field `model`: its parameters are named `model.<path>` in
 //! checkpoints and in `model.safetensors`.
 
 use crate::objective::{Evaluation, Loss, MetricSum, Objective};
-use crate::tensors::{correct, tabular_classes, tabular_values, tokens};
+use crate::tensors::correct;
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 use burn::train::{
     ClassificationOutput, InferenceStep, MultiLabelClassificationOutput, RegressionOutput, SequenceOutput,
 };
-use oomph_data::Batch;
 use std::marker::PhantomData;
-
-/// A model's input built from one of oomph's host batches, on a device of backend `B`.
-///
-/// Implement it for the model's `InferenceStep::Input` type, generically over `B`. The
-/// conversion may panic on a batch of the wrong kind: a model checks the data kind when it
-/// is built.
-pub trait FromBatch<B: Backend>: Sized {
-    /// Builds the input for `batch` on `device`.
-    fn from_batch(batch: &Batch, device: &B::Device) -> Self;
-}
-
-/// Tabular classification: `(features [n, f], classes [n])`.
-impl<B: Backend> FromBatch<B> for (Tensor<B, 2>, Tensor<B, 1, Int>) {
-    fn from_batch(batch: &Batch, device: &B::Device) -> Self {
-        tabular_classes::<B>(batch, device)
-    }
-}
-
-/// Tabular regression: `(features [n, f], targets [n, 1])`.
-impl<B: Backend> FromBatch<B> for (Tensor<B, 2>, Tensor<B, 2>) {
-    fn from_batch(batch: &Batch, device: &B::Device) -> Self {
-        tabular_values::<B>(batch, device)
-    }
-}
-
-/// Token windows: `(inputs [n, seq_len], targets [n, seq_len])`.
-impl<B: Backend> FromBatch<B> for (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
-    fn from_batch(batch: &Batch, device: &B::Device) -> Self {
-        tokens::<B>(batch, device)
-    }
-}
 
 /// A step output that carries the micro-batch's mean loss.
 pub trait HasLoss<B: Backend> {
     /// The loss averaged over the micro-batch, shape `[1]`: over its samples, or over its
     /// target tokens for token batches (the units of [`Objective::weight`]).
     fn mean_loss(&self) -> Tensor<B, 1>;
+
+    /// The number of units the mean is taken over (samples, or target tokens): the loss sum
+    /// is `mean_loss * weight`. Read from the output's shapes, on the host.
+    fn weight(&self) -> f64;
 
     /// Evaluation metrics summed over the micro-batch (oomph averages them over the whole
     /// evaluation). None by default.
@@ -125,6 +83,10 @@ impl<B: Backend> HasLoss<B> for ClassificationOutput<B> {
         self.loss.clone()
     }
 
+    fn weight(&self) -> f64 {
+        self.targets.dims()[0] as f64
+    }
+
     fn metrics(&self) -> Vec<MetricSum<B>> {
         let n = self.targets.dims()[0] as f64;
         let sum = correct(self.output.clone(), self.targets.clone());
@@ -137,12 +99,20 @@ impl<B: Backend> HasLoss<B> for MultiLabelClassificationOutput<B> {
     fn mean_loss(&self) -> Tensor<B, 1> {
         self.loss.clone()
     }
+
+    fn weight(&self) -> f64 {
+        self.targets.dims()[0] as f64
+    }
 }
 
 /// Loss, plus `mse` (squared error averaged over the targets of a sample, then over samples).
 impl<B: Backend> HasLoss<B> for RegressionOutput<B> {
     fn mean_loss(&self) -> Tensor<B, 1> {
         self.loss.clone()
+    }
+
+    fn weight(&self) -> f64 {
+        self.targets.dims()[0] as f64
     }
 
     fn metrics(&self) -> Vec<MetricSum<B>> {
@@ -156,6 +126,11 @@ impl<B: Backend> HasLoss<B> for RegressionOutput<B> {
 impl<B: Backend> HasLoss<B> for SequenceOutput<B> {
     fn mean_loss(&self) -> Tensor<B, 1> {
         self.loss.clone()
+    }
+
+    fn weight(&self) -> f64 {
+        let [n, s] = self.targets.dims();
+        (n * s) as f64
     }
 
     fn metrics(&self) -> Vec<MetricSum<B>> {
@@ -193,53 +168,43 @@ impl<B: Backend, M: Module<B>> BurnTrain<B, M> {
     }
 }
 
-impl<B, M> BurnTrain<B, M>
-where
-    B: Backend,
-    M: Module<B> + InferenceStep,
-    M::Input: FromBatch<B>,
-    M::Output: HasLoss<B>,
-{
-    /// Runs the model's `InferenceStep` on `batch` (tracked when `B` is an autodiff
-    /// backend).
-    pub fn forward(&self, batch: &Batch, device: &B::Device) -> M::Output {
-        self.model.step(<M::Input as FromBatch<B>>::from_batch(batch, device))
-    }
-}
-
 impl<B, M> Objective<B> for BurnTrain<B, M>
 where
     B: Backend,
     M: Module<B> + InferenceStep,
-    M::Input: FromBatch<B>,
+    M::Input: 'static,
     M::Output: HasLoss<B>,
 {
+    type Batch = M::Input;
+
     /// `mean_loss * weight`: the sum oomph normalises by the effective batch's weight.
-    fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B> {
-        let out = self.forward(batch, device);
-        Loss { sum: out.mean_loss().mul_scalar(self.weight(batch)) }
+    fn loss(&self, batch: M::Input) -> Loss<B> {
+        let out = self.model.step(batch);
+        Loss { sum: out.mean_loss().mul_scalar(out.weight()) }
     }
 
-    fn evaluate(&self, batch: &Batch, device: &B::Device) -> Evaluation<B> {
-        let out = self.forward(batch, device);
-        Evaluation { loss_sum: out.mean_loss().mul_scalar(self.weight(batch)), metrics: out.metrics() }
+    fn evaluate(&self, batch: M::Input) -> Evaluation<B> {
+        let out = self.model.step(batch);
+        Evaluation { loss_sum: out.mean_loss().mul_scalar(out.weight()), metrics: out.metrics() }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feed::{Batched, Data, Feed, TabularItem, TabularRows, TabularTarget};
     use crate::{train, Resume, Session};
     use burn::backend::{Autodiff, Flex};
+    use burn::data::dataloader::batcher::Batcher;
     use burn::module::AutodiffModule;
     use burn::nn::loss::CrossEntropyLossConfig;
     use burn::nn::{Linear, LinearConfig};
     use burn::optim::GradientsParams;
     use burn::tensor::activation::relu;
     use burn::tensor::backend::AutodiffBackend;
-    use burn::tensor::ElementConversion;
+    use burn::tensor::{ElementConversion, Int};
     use burn::train::{TrainOutput, TrainStep};
-    use oomph_data::Splits;
+    use oomph_data::{Source, Splits};
     use std::collections::BTreeMap;
     use std::path::Path;
 
@@ -292,11 +257,32 @@ mod tests {
         }
     }
 
-    /// What the adapter needs from the user: the input from an oomph batch.
-    impl<B: Backend> FromBatch<B> for NetBatch<B> {
-        fn from_batch(batch: &Batch, device: &B::Device) -> Self {
-            let (x, y) = tabular_classes::<B>(batch, device);
-            NetBatch { x, y }
+    /// The user's own burn batcher, from table rows to the model's input type.
+    struct NetBatcher;
+
+    impl<B: Backend> Batcher<B, TabularItem, NetBatch<B>> for NetBatcher {
+        fn batch(&self, items: Vec<TabularItem>, device: &B::Device) -> NetBatch<B> {
+            let n = items.len();
+            let x: Vec<f32> = items.iter().flat_map(|i| i.features.iter().copied()).collect();
+            let y: Vec<i64> = items
+                .iter()
+                .map(|i| match i.target {
+                    TabularTarget::Class(c) => i64::from(c),
+                    TabularTarget::Value(_) => panic!("classification rows expected"),
+                })
+                .collect();
+            let d = x.len() / n.max(1);
+            NetBatch {
+                x: Tensor::from_data(burn::tensor::TensorData::new(x, [n, d]), device),
+                y: Tensor::from_data(burn::tensor::TensorData::new(y, [n]), device),
+            }
+        }
+    }
+
+    fn feed(source: Source) -> Batched<TabularItem, TabularRows, NetBatcher> {
+        match source {
+            Source::Tabular(t) => Batched::new(TabularRows::new(t), NetBatcher),
+            Source::Text { .. } => unreachable!("synthetic data is a table"),
         }
     }
 
@@ -329,8 +315,14 @@ every = 0
         oomph_recipe::parse(RECIPE, "test", Path::new("."), &set).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn data(r: &oomph_recipe::Recipe) -> Splits {
+    fn splits(r: &oomph_recipe::Recipe) -> Splits {
         oomph_data::load(&r.data, r.run.seed, None).unwrap()
+    }
+
+    /// The recipe's synthetic table through the user's batcher.
+    fn data(r: &oomph_recipe::Recipe) -> Data<Ad> {
+        let s = splits(r);
+        Data::new(s.info, s.identity, feed(s.train), feed(s.valid))
     }
 
     /// burn's CPU backends share one RNG, and the recovery boundary reads the process-wide
@@ -340,12 +332,12 @@ every = 0
 
     fn run(micro: usize, dir: &Path) -> crate::Summary {
         let r = recipe(micro);
-        let splits = data(&r);
-        let (features, classes) = (splits.info.n_features.unwrap(), splits.info.n_classes.unwrap());
+        let data = data(&r);
+        let (features, classes) = (data.info.n_features.unwrap(), data.info.n_classes.unwrap());
         let mut session = Session::<Ad>::new(r, "test", Default::default(), dir);
         session.resume = Resume::Never;
         let _turn = serial();
-        train(session, &splits, |device| BurnTrain::new(Net::<Ad>::new(features, classes, device))).unwrap()
+        train(session, &data, |device| BurnTrain::new(Net::<Ad>::new(features, classes, device))).unwrap()
     }
 
     fn weights(path: &Path) -> BTreeMap<String, Vec<f32>> {
@@ -372,16 +364,16 @@ every = 0
         // The CPU backends' RNG is process-wide: no other test may draw from it meanwhile.
         let _turn = serial();
         let r = recipe(64);
-        let splits = data(&r);
+        let train_feed = feed(splits(&r).train);
         let device = Default::default();
         let net = Net::<Ad>::new(8, 3, &device);
         let indices: Vec<usize> = (0..10).collect();
-        let batch = splits.train.batch(&indices);
+        let batch = || -> NetBatch<Ad> { train_feed.batch(&indices, &device) };
 
-        let out = TrainStep::step(&net, NetBatch::from_batch(&batch, &device));
+        let out = TrainStep::step(&net, batch());
         let mean = out.item.loss.clone().inner().into_scalar().elem::<f64>();
         let wrapped = BurnTrain::new(net.clone());
-        let sum = wrapped.loss(&batch, &device).sum;
+        let sum = wrapped.loss(batch()).sum;
         let sum_value = sum.clone().inner().into_scalar().elem::<f64>();
         assert!((sum_value - 10.0 * mean).abs() < 1e-4 * sum_value.abs(), "{sum_value} vs 10 x {mean}");
         let ours = GradientsParams::from_grads(sum.backward(), &wrapped);
@@ -395,7 +387,8 @@ every = 0
         }
 
         // Evaluation runs the inner model's InferenceStep and reports accuracy.
-        let e = wrapped.valid().evaluate(&batch, &device);
+        let inner_batch: NetBatch<Flex> = train_feed.batch(&indices, &device);
+        let e = wrapped.valid().evaluate(inner_batch);
         assert!((e.loss_sum.into_scalar().elem::<f64>() - sum_value).abs() < 1e-4 * sum_value.abs());
         assert_eq!(e.metrics.len(), 1);
         assert_eq!((e.metrics[0].name, e.metrics[0].weight), ("accuracy", 10.0));

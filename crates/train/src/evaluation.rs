@@ -2,23 +2,24 @@
 //! an out-of-memory, the evaluation batch to try next is `oomph_sched`'s decision.
 
 use crate::faults::Faults;
-use crate::objective::Objective;
+use crate::feed::Feed;
+use crate::objective::{InnerBatch, Objective};
 use crate::recovery::{attempt, Failure};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
-use oomph_data::{Batch, Source};
 use oomph_recipe::Phase;
 use std::collections::BTreeMap;
 
 /// The validation loss and the other metrics (e.g. `accuracy`), averaged over the split.
 pub type Scores = (f64, BTreeMap<String, f64>);
 
-/// Evaluates `model` (through its inference copy) on every sample of `src` (non-overlapping
-/// windows for text), `eval_batch` samples per micro-batch, inside the recovery boundary.
+/// Evaluates `model` (through its inference copy) on the samples `src` evaluates (every
+/// sample, or non-overlapping windows for text), `eval_batch` samples per micro-batch, inside
+/// the recovery boundary.
 pub fn attempt_eval<B, M>(
     model: &M,
-    src: &Source,
+    src: &dyn Feed<B::InnerBackend, InnerBatch<B, M>>,
     eval_batch: usize,
     device: &B::Device,
     step: usize,
@@ -29,7 +30,7 @@ where
     M: AutodiffModule<B>,
     M::InnerModule: Objective<B::InnerBackend>,
 {
-    let indices = eval_indices(src);
+    let indices = src.eval_indices();
     let inner = model.valid();
     let out = attempt::<B, _>(device, || {
         evaluate_on::<B::InnerBackend, M::InnerModule>(&inner, src, &indices, eval_batch, device, step, faults)
@@ -38,22 +39,9 @@ where
     out
 }
 
-/// How many samples one evaluation covers (the largest useful evaluation batch).
-pub fn eval_len(src: &Source) -> usize {
-    eval_indices(src).len()
-}
-
-/// Indices evaluated: every sample for tabular data, non-overlapping windows for text.
-fn eval_indices(src: &Source) -> Vec<usize> {
-    match src {
-        Source::Text { seq_len, .. } => (0..src.len()).step_by((*seq_len).max(1)).collect(),
-        _ => (0..src.len()).collect(),
-    }
-}
-
 fn evaluate_on<B: Backend, M: Objective<B>>(
     model: &M,
-    src: &Source,
+    src: &dyn Feed<B, M::Batch>,
     indices: &[usize],
     eval_batch: usize,
     device: &B::Device,
@@ -65,9 +53,8 @@ fn evaluate_on<B: Backend, M: Objective<B>>(
     let mut metrics: BTreeMap<&'static str, (Tensor<B, 1>, f64)> = BTreeMap::new();
     for chunk in indices.chunks(eval_batch) {
         faults.check(step.max(1), Phase::Eval, chunk.len());
-        let batch: Batch = src.batch(chunk);
-        weight += model.weight(&batch);
-        let e = model.evaluate(&batch, device);
+        weight += src.weight(chunk);
+        let e = model.evaluate(src.batch(chunk, device));
         loss = Some(match loss {
             Some(t) => t + e.loss_sum,
             None => e.loss_sum,

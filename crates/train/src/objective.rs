@@ -5,7 +5,6 @@
 //! gradient of the mean loss over the effective batch however it was split into chunks.
 
 use burn::tensor::{backend::Backend, Tensor};
-use oomph_data::Batch;
 
 /// What a model returns for one micro-batch during training.
 pub struct Loss<B: Backend> {
@@ -35,6 +34,12 @@ pub struct Evaluation<B: Backend> {
 /// so it covers both the autodiff model used for training and the inner model used for
 /// evaluation).
 ///
+/// A model declares the batch type it trains on, [`Objective::Batch`]: what the data's burn
+/// `Batcher` produces (see [`crate::feed`]). oomph's built-in data gives
+/// [`TabularBatch`](crate::feed::TabularBatch) (`csv`, `synthetic`) and
+/// [`TokenBatch`](crate::feed::TokenBatch) (`text`); a program's own data gives its own type.
+/// A model and data of different batch types are refused before the model is built.
+///
 /// Randomness: draw it through [`crate::random`] (for example
 /// `oomph_train::random::dropout(x, p, site)` instead of burn's `Dropout`), whose draws are
 /// keyed by (seed, step, sample index, call site), so the same sample gets the same mask
@@ -46,8 +51,8 @@ pub struct Evaluation<B: Backend> {
 /// use burn::module::Module;
 /// use burn::nn::{Linear, LinearConfig};
 /// use burn::tensor::backend::Backend;
-/// use oomph_data::Batch;
-/// use oomph_train::tensors::{cross_entropy_per_row, tabular_classes};
+/// use oomph_train::feed::{Feed, TabularBatch, TabularRows, TabularTargets};
+/// use oomph_train::tensors::cross_entropy_per_row;
 /// use oomph_train::{Loss, Objective};
 ///
 /// #[derive(Module, Debug)]
@@ -56,46 +61,41 @@ pub struct Evaluation<B: Backend> {
 /// }
 ///
 /// impl<B: Backend> Objective<B> for MyModel<B> {
-///     fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B> {
-///         let (x, y) = tabular_classes::<B>(batch, device);
-///         Loss { sum: cross_entropy_per_row(self.linear.forward(x), y).sum() }
+///     type Batch = TabularBatch<B>;
+///     fn loss(&self, batch: TabularBatch<B>) -> Loss<B> {
+///         let TabularTargets::Classes(y) = batch.targets else { unreachable!("built for classes") };
+///         Loss { sum: cross_entropy_per_row(self.linear.forward(batch.features), y).sum() }
 ///     }
 /// }
 ///
 /// type B = burn::backend::Flex;
 /// let device = Default::default();
 /// let model = MyModel::<B> { linear: LinearConfig::new(2, 3).init(&device) };
-/// let batch = Batch::Tabular {
-///     x: vec![0.5, -1.0, 2.0, 0.0],
+/// let table = oomph_data::Tabular {
+///     features: vec![0.5, -1.0, 2.0, 0.0],
 ///     n_features: 2,
-///     y: oomph_data::BatchTargets::Classes(vec![0, 2]),
+///     targets: oomph_data::Targets::Classes { labels: vec![0, 2], names: vec!["a".into(), "b".into(), "c".into()] },
+///     feature_names: vec!["x".into(), "y".into()],
 /// };
-/// assert_eq!(model.weight(&batch), 2.0);
-/// let sum = model.loss(&batch, &device).sum.into_scalar();
+/// let batch: TabularBatch<B> = TabularRows::feed(table).batch(&[0, 1], &device);
+/// let sum = model.loss(batch).sum.into_scalar();
 /// assert!(sum > 0.0);
 /// ```
 pub trait Objective<B: Backend> {
-    /// The sum of the losses of this micro-batch (not the mean).
-    fn loss(&self, batch: &Batch, device: &B::Device) -> Loss<B>;
+    /// The batch type the model trains on (the output of the data's `Batcher`).
+    type Batch: 'static;
 
-    /// The weight this micro-batch contributes to the effective batch: the number of
-    /// samples by default, the number of target tokens for token batches. The step's loss
-    /// is `sum(loss_i) / sum(weight_i)` over all chunks of the step.
-    fn weight(&self, batch: &Batch) -> f64 {
-        default_weight(batch)
-    }
+    /// The sum of the losses of this micro-batch (not the mean), over the units the data
+    /// weighs its samples in (samples by default, target tokens for text).
+    fn loss(&self, batch: Self::Batch) -> Loss<B>;
 
     /// Evaluation: loss sum plus optional metrics. Defaults to the training loss alone.
-    fn evaluate(&self, batch: &Batch, device: &B::Device) -> Evaluation<B> {
-        Evaluation { loss_sum: self.loss(batch, device).sum, metrics: Vec::new() }
+    fn evaluate(&self, batch: Self::Batch) -> Evaluation<B> {
+        Evaluation { loss_sum: self.loss(batch).sum, metrics: Vec::new() }
     }
 }
 
-/// The default weight of a batch: its number of samples, or its number of target tokens
-/// for token batches.
-pub fn default_weight(batch: &Batch) -> f64 {
-    match batch {
-        Batch::Tokens { targets, .. } => targets.len() as f64,
-        other => other.len() as f64,
-    }
-}
+/// The batch type of `M`'s inference copy (the model evaluation runs on).
+pub type InnerBatch<B, M> = <<M as burn::module::AutodiffModule<B>>::InnerModule as Objective<
+    <B as burn::tensor::backend::AutodiffBackend>::InnerBackend,
+>>::Batch;

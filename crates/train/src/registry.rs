@@ -1,15 +1,18 @@
 //! The model registry: maps a recipe's `model.kind` to a model a user or oomph provides.
 //!
 //! A registry is built per backend. A program adds its own kinds by implementing [`Models`];
-//! oomph's binary registers the built-in ones the same way.
+//! oomph's binary registers the built-in ones the same way. A program may also register its
+//! own data ([`Registry::add_data`]): a burn `Dataset` and `Batcher` that a recipe names with
+//! `data.kind = "program"` and `data.name`.
 
 use crate::error::TrainError;
+use crate::feed::{feeds_for, Data};
 use crate::objective::Objective;
 use crate::trainer::{train, Session};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use oomph_data::{DataInfo, Splits};
-use oomph_recipe::{Recipe, RecipeError};
+use oomph_data::DataInfo;
+use oomph_recipe::{DataKind, DataSection, Recipe, RecipeError};
 use oomph_rundir::Summary;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -22,10 +25,21 @@ pub struct DataNeeds {
     pub seq_len: Option<usize>,
 }
 
-/// A set of model kinds a program provides. Implement it on a unit struct and pass it to
-/// `oomph_cli::main_with`.
+/// What a program's data loader is asked for ([`Registry::add_data`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DataRequest<'a> {
+    /// The recipe's `[data]` section (`path` already resolved against the recipe's directory).
+    pub section: &'a DataSection,
+    /// The run seed (for a seeded split or generated data).
+    pub seed: u64,
+    /// What the model needs from the data (e.g. its context length).
+    pub needs: DataNeeds,
+}
+
+/// A set of model kinds (and data) a program provides. Implement it on a unit struct and pass
+/// it to `oomph::main!`.
 pub trait Models {
-    /// Adds this program's model kinds to `registry`.
+    /// Adds this program's model kinds (and data kinds) to `registry`.
     fn register<B: AutodiffBackend>(registry: &mut Registry<B>);
 }
 
@@ -41,11 +55,11 @@ pub trait Prepared<B: AutodiffBackend> {
         self: Box<Self>,
         recipe: &Recipe,
         origin: &str,
-        data: &Splits,
+        data: &Data<B>,
         device: &B::Device,
     ) -> Result<Box<dyn Built<B>>, TrainError>;
     /// Builds the model for `data` and trains it in `session`.
-    fn train(self: Box<Self>, session: Session<B>, data: &Splits) -> Result<Summary, TrainError> {
+    fn train(self: Box<Self>, session: Session<B>, data: &Data<B>) -> Result<Summary, TrainError> {
         let built = self.build(&session.recipe, &session.origin, data, &session.device)?;
         built.train(session, data)
     }
@@ -54,24 +68,31 @@ pub trait Prepared<B: AutodiffBackend> {
 /// A model built for its data: ready to train.
 pub trait Built<B: AutodiffBackend> {
     /// Trains on `data` in `session`.
-    fn train(self: Box<Self>, session: Session<B>, data: &Splits) -> Result<Summary, TrainError>;
+    fn train(self: Box<Self>, session: Session<B>, data: &Data<B>) -> Result<Summary, TrainError>;
 }
 
 type Prepare<B> = Box<dyn Fn(&toml::Table, &str) -> Result<Box<dyn Prepared<B>>, RecipeError>>;
+type Load<B> = Box<dyn Fn(&DataRequest) -> Result<Data<B>, String>>;
 
 struct Entry<B: AutodiffBackend> {
     about: String,
     prepare: Prepare<B>,
 }
 
-/// Model kinds by name.
+struct DataEntry<B: AutodiffBackend> {
+    about: String,
+    load: Load<B>,
+}
+
+/// Model kinds and program data by name.
 pub struct Registry<B: AutodiffBackend> {
     entries: BTreeMap<String, Entry<B>>,
+    data: BTreeMap<String, DataEntry<B>>,
 }
 
 impl<B: AutodiffBackend> Default for Registry<B> {
     fn default() -> Self {
-        Self { entries: BTreeMap::new() }
+        Self { entries: BTreeMap::new(), data: BTreeMap::new() }
     }
 }
 
@@ -101,9 +122,11 @@ where
         self: Box<Self>,
         recipe: &Recipe,
         origin: &str,
-        data: &Splits,
+        data: &Data<B>,
         device: &B::Device,
     ) -> Result<Box<dyn Built<B>>, TrainError> {
+        // The model and the data meet by type: refused before anything is built.
+        feeds_for::<B, M>(data, recipe, origin)?;
         B::seed(device, recipe.run.seed);
         let model = (self.init)(&self.config, &data.info, device).map_err(|e| {
             TrainError::BadInput(format!(
@@ -125,7 +148,7 @@ where
     M: AutodiffModule<B> + Objective<B> + 'static,
     M::InnerModule: Objective<B::InnerBackend>,
 {
-    fn train(self: Box<Self>, session: Session<B>, data: &Splits) -> Result<Summary, TrainError> {
+    fn train(self: Box<Self>, session: Session<B>, data: &Data<B>) -> Result<Summary, TrainError> {
         let model = self.0;
         train(session, data, move |_| model)
     }
@@ -137,11 +160,24 @@ impl<B: AutodiffBackend> Registry<B> {
         Self::default()
     }
 
-    /// Adds model kind `kind`. `C` is the model's own recipe keys (`[model]` minus `kind`),
-    /// deserialised with errors that name `model.<key>`; use `#[serde(deny_unknown_fields,
-    /// default)]`. It is serialised back, defaults filled in, into the resolved recipe. `needs` tells the data loader what the model needs; `init` builds the
-    /// model for the loaded data on a device.
-    pub fn add<C, M, F>(&mut self, kind: &str, about: &str, needs: fn(&C) -> DataNeeds, init: F)
+    /// Adds model kind `kind`, described in one line. `C` is the model's own recipe keys
+    /// (`[model]` minus `kind`), deserialised with errors that name `model.<key>`; use
+    /// `#[serde(deny_unknown_fields, default)]`. It is serialised back, defaults filled in,
+    /// into the resolved recipe. `init` builds the model for the loaded data on a device, or
+    /// says in one sentence why it cannot.
+    pub fn add<C, M, F>(&mut self, kind: &str, about: &str, init: F)
+    where
+        C: DeserializeOwned + Serialize + Clone + 'static,
+        M: AutodiffModule<B> + Objective<B> + 'static,
+        M::InnerModule: Objective<B::InnerBackend>,
+        F: Fn(&C, &DataInfo, &B::Device) -> Result<M, String> + Clone + 'static,
+    {
+        self.add_with_needs(kind, about, |_: &C| DataNeeds::default(), init);
+    }
+
+    /// [`Registry::add`] for a model that tells the data loader what it needs (e.g. the
+    /// context length of a sequence model, which cuts `text` data into windows).
+    pub fn add_with_needs<C, M, F>(&mut self, kind: &str, about: &str, needs: fn(&C) -> DataNeeds, init: F)
     where
         C: DeserializeOwned + Serialize + Clone + 'static,
         M: AutodiffModule<B> + Objective<B> + 'static,
@@ -155,9 +191,70 @@ impl<B: AutodiffBackend> Registry<B> {
         self.entries.insert(kind.to_string(), Entry { about: about.to_string(), prepare });
     }
 
+    /// Adds program data `name`, which a recipe loads with `data.kind = "program"` and
+    /// `data.name = "<name>"`. `load` builds it (usually [`Data::program`] over a burn
+    /// `Dataset` and `Batcher` for each split) or says in one sentence why it cannot.
+    pub fn add_data<F>(&mut self, name: &str, about: &str, load: F)
+    where
+        F: Fn(&DataRequest) -> Result<Data<B>, String> + 'static,
+    {
+        self.data.insert(name.to_string(), DataEntry { about: about.to_string(), load: Box::new(load) });
+    }
+
     /// The registered kinds with their one-line descriptions.
     pub fn kinds(&self) -> Vec<(String, String)> {
         self.entries.iter().map(|(k, e)| (k.clone(), e.about.clone())).collect()
+    }
+
+    /// The registered program data with their one-line descriptions.
+    pub fn data_kinds(&self) -> Vec<(String, String)> {
+        self.data.iter().map(|(k, e)| (k.clone(), e.about.clone())).collect()
+    }
+
+    /// Checks that program data named by the recipe is registered (nothing is loaded).
+    pub fn check_data(&self, recipe: &Recipe, origin: &str) -> Result<(), TrainError> {
+        match (&recipe.data.kind, &recipe.data.name) {
+            (DataKind::Program, Some(name)) if !self.data.contains_key(name) => {
+                let known: Vec<String> = self.data.keys().map(|k| format!("\"{k}\"")).collect();
+                let fix = if known.is_empty() {
+                    "this program registers no data of its own: use a built-in data.kind (csv, text, synthetic), or \
+                     run the program that registers it"
+                        .to_string()
+                } else {
+                    format!("use one of: {} (registered with `Registry::add_data`)", known.join(", "))
+                };
+                Err(TrainError::BadInput(format!(
+                    "{origin}: `data.name` = \"{name}\" is not data this program registers. Fix: {fix}."
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads the recipe's data: a built-in kind through `oomph_data`, program data through its
+    /// registered loader. `needs` is what the model needs from it.
+    pub fn load_data(&self, recipe: &Recipe, origin: &str, needs: DataNeeds) -> Result<Data<B>, TrainError> {
+        let section = &recipe.data;
+        let (DataKind::Program, Some(name)) = (section.kind, &section.name) else {
+            let splits = oomph_data::load(section, recipe.run.seed, needs.seq_len)
+                .map_err(|e| TrainError::BadInput(format!("{origin}: {e}")))?;
+            return Ok(Data::from_splits(splits));
+        };
+        self.check_data(recipe, origin)?;
+        let request = DataRequest { section, seed: recipe.run.seed, needs };
+        let data = (self.data[name].load)(&request).map_err(|e| {
+            TrainError::BadInput(format!(
+                "{origin}: data.name = \"{name}\" cannot be loaded: {e}. Fix: correct the [data] section (data.path, \
+                 data.valid_fraction) for this data."
+            ))
+        })?;
+        if data.train_len() == 0 {
+            return Err(TrainError::BadInput(format!(
+                "{origin}: data.name = \"{name}\" has no training samples. Fix: point data.path at data with samples, \
+                 or lower data.valid_fraction."
+            )));
+        }
+        Ok(data)
     }
 
     /// Parses the `[model]` keys for `kind`. An unknown kind is an error that lists the

@@ -12,7 +12,7 @@ use crate::step::Trainable;
 use burn::module::AutodiffModule;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
-use oomph_data::Splits;
+use oomph_data::DataIdentity;
 use oomph_recipe::Recipe;
 use oomph_rundir::layout::{ABANDONED, CKPT_MODEL, CKPT_OPTIM, CKPT_RECIPE, DAMAGED};
 use oomph_rundir::Event;
@@ -37,8 +37,10 @@ pub struct Expect<'a> {
     pub origin: &'a str,
     /// The run directory (for messages).
     pub run_dir: &'a Path,
-    /// The data of this run.
-    pub data: &'a Splits,
+    /// What the data of this run is.
+    pub identity: &'a DataIdentity,
+    /// Training samples of this run.
+    pub train_len: usize,
     /// The run length of this run, in steps.
     pub total: usize,
 }
@@ -97,9 +99,8 @@ impl Checkpointer {
                 log.note(format!("changed on resume: {} {} -> {}", c.key, c.old, c.new));
             }
         }
-        let old_total = st
-            .total_steps
-            .or_else(|| old_recipe.as_ref().map(|r| crate::trainer::total_steps(r, expect.data.train.len())));
+        let old_total =
+            st.total_steps.or_else(|| old_recipe.as_ref().map(|r| crate::trainer::total_steps(r, expect.train_len)));
         if let Some(line) = old_total.and_then(|old| schedule_change(expect.recipe, old, expect.total, st.step)) {
             log.note(line);
         }
@@ -169,7 +170,7 @@ fn check_fits(expect: &Expect, st: &TrainState, old_recipe: Option<&Recipe>, dir
         )));
     }
     if let Some(old) = &st.data {
-        let diffs = old.differences(&expect.data.identity);
+        let diffs = old.differences(expect.identity);
         if !diffs.is_empty() {
             return Err(TrainError::BadInput(format!(
                 "{origin}: cannot resume the run in {run_dir}: its checkpoint (step {}) was trained on other data \

@@ -4,10 +4,12 @@
 use crate::backend::{CacheRelease, MemoryProbe};
 use crate::error::TrainError;
 use crate::faults::Faults;
+use crate::feed::Data;
 use crate::progress::Observer;
 use crate::resume::Resume;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
-use oomph_data::{DataInfo, Splits};
+use oomph_data::DataInfo;
 use oomph_recipe::{MicroInitial, Recipe};
 use oomph_sched::{Policy, PolicyConfig};
 use std::path::{Path, PathBuf};
@@ -132,9 +134,9 @@ pub fn total_steps(recipe: &Recipe, train_len: usize) -> usize {
 
 /// Checks what can only be checked against the loaded data: an effective batch no larger than
 /// the training split.
-pub fn check_data_fits(recipe: &Recipe, origin: &str, data: &Splits) -> Result<(), TrainError> {
+pub fn check_data_fits<B: AutodiffBackend>(recipe: &Recipe, origin: &str, data: &Data<B>) -> Result<(), TrainError> {
     let n = recipe.training.effective_batch;
-    let len = data.train.len();
+    let len = data.train_len();
     if n > len {
         return Err(TrainError::BadInput(format!(
             "{origin}: `training.effective_batch` = {n} is larger than the training split, which holds {len} \

@@ -10,6 +10,7 @@
 
 use crate::error::TrainError;
 use crate::faults::{phase_name, Faults};
+use crate::feed::Feed;
 use crate::objective::Objective;
 use crate::optim::{clip_to, reduce_grads, Optim, Reduce};
 use crate::random;
@@ -18,7 +19,6 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
-use oomph_data::Source;
 use oomph_recipe::Phase;
 use std::cell::Cell;
 
@@ -127,7 +127,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>> Trainable<B, M> {
     /// starts (for `current.json`).
     pub fn attempt(
         &mut self,
-        src: &Source,
+        src: &dyn Feed<B, M::Batch>,
         input: StepInput,
         device: &B::Device,
         faults: &mut Faults,
@@ -233,7 +233,7 @@ fn failed(f: Failure, step: usize, phase: Phase, micro: usize) -> Outcome {
 /// gradient check, read back from the device together.
 fn accumulate<B, M>(
     model: &M,
-    src: &Source,
+    src: &dyn Feed<B, M::Batch>,
     input: StepInput,
     device: &B::Device,
     faults: &mut Faults,
@@ -245,33 +245,28 @@ where
     M: AutodiffModule<B> + Objective<B>,
 {
     let (step, plan) = (input.step, input.plan);
-    // Each chunk's batch is built when it runs (and once before, for its weight): host memory
-    // follows the micro-batch, not the effective batch.
+    // Each chunk's batch is built when it runs: host and device memory follow the
+    // micro-batch, not the effective batch. The total weight comes from the host, before the
+    // first backward pass, and does not depend on the split.
     let mut chunks = Vec::with_capacity(plan.len());
     let mut offset = 0;
     for &size in plan {
         chunks.push(&input.indices[offset..offset + size]);
         offset += size;
     }
-    // One chunk (the common case): its batch is built once and reused.
-    let mut prebuilt = (chunks.len() == 1).then(|| src.batch(chunks[0]));
-    let total: f64 = match &prebuilt {
-        Some(b) => model.weight(b),
-        None => chunks.iter().map(|c| model.weight(&src.batch(c))).sum(),
-    };
+    let total = src.weight(input.indices);
     let scale = 1.0 / total.max(f64::MIN_POSITIVE);
     let mut acc = GradientsAccumulator::<M>::new();
     let mut single = None;
     let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
     for chunk in &chunks {
-        let batch = prebuilt.take().unwrap_or_else(|| src.batch(chunk));
         phase.set(Phase::Forward);
-        faults.check(step, Phase::Forward, batch.len());
-        let mut loss = random::with_chunk(input.seed, step, chunk, || model.loss(&batch, device)).sum.mul_scalar(scale);
+        faults.check(step, Phase::Forward, chunk.len());
+        let batch = src.batch(chunk, device);
+        let mut loss = random::with_chunk(input.seed, step, chunk, || model.loss(batch)).sum.mul_scalar(scale);
         if faults.nan_loss(step) {
             loss = loss.mul_scalar(f64::NAN);
         }
-        drop(batch);
         let detached = loss.clone().inner();
         loss_sum = Some(match loss_sum {
             Some(t) => t + detached,

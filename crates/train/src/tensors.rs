@@ -1,53 +1,7 @@
-//! Turning host batches into tensors: helpers for model authors.
+//! Losses and metrics for model authors: per-row cross-entropy, correct predictions, and the
+//! attention's masked softmax.
 
-use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
-use oomph_data::{Batch, BatchTargets};
-
-/// A tabular batch as `(features [n, f], class labels [n])`. Panics on a token batch or on
-/// regression targets: a model checks the data kind when it is built.
-pub fn tabular_classes<B: Backend>(batch: &Batch, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
-    match batch {
-        Batch::Tabular { x, n_features, y: BatchTargets::Classes(y) } => {
-            let n = y.len();
-            let x = Tensor::from_data(TensorData::new(x.clone(), [n, *n_features]), device);
-            let y = Tensor::from_data(TensorData::new(y.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n]), device);
-            (x, y)
-        }
-        _ => panic!("oomph: expected a tabular classification batch"),
-    }
-}
-
-/// A tabular batch as `(features [n, f], targets [n, 1])` for regression.
-pub fn tabular_values<B: Backend>(batch: &Batch, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    match batch {
-        Batch::Tabular { x, n_features, y: BatchTargets::Values(y) } => {
-            let n = y.len();
-            let x = Tensor::from_data(TensorData::new(x.clone(), [n, *n_features]), device);
-            let y = Tensor::from_data(TensorData::new(y.clone(), [n, 1]), device);
-            (x, y)
-        }
-        _ => panic!("oomph: expected a tabular regression batch"),
-    }
-}
-
-/// A token batch as `(inputs [n, seq_len], targets [n, seq_len])`.
-pub fn tokens<B: Backend>(batch: &Batch, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
-    match batch {
-        Batch::Tokens { inputs, targets, seq_len } => {
-            let n = inputs.len() / seq_len;
-            let i = Tensor::from_data(
-                TensorData::new(inputs.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n, *seq_len]),
-                device,
-            );
-            let t = Tensor::from_data(
-                TensorData::new(targets.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n, *seq_len]),
-                device,
-            );
-            (i, t)
-        }
-        _ => panic!("oomph: expected a token batch"),
-    }
-}
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
 /// Per-row cross-entropy `-log softmax(logits)[target]`, shape `[n]`.
 pub fn cross_entropy_per_row<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {

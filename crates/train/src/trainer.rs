@@ -10,8 +10,9 @@
 
 use crate::checkpointer::Checkpointer;
 use crate::error::TrainError;
-use crate::evaluation::{attempt_eval, eval_len};
+use crate::evaluation::attempt_eval;
 use crate::faults::{phase_name, Faults};
+use crate::feed::{Data, ModelFeeds};
 use crate::objective::Objective;
 use crate::optim::{lr_at, Optim};
 use crate::recovery::cleanup;
@@ -23,7 +24,7 @@ pub use crate::step::step_seed;
 use crate::step::{GradCheck, Outcome, StepInput, Trainable};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use oomph_data::{Sampler, Splits};
+use oomph_data::Sampler;
 use oomph_recipe::{MicroInitial, Phase};
 use oomph_rundir::events::EvalShrinkReason;
 use oomph_rundir::{EvalRecord, Summary};
@@ -38,9 +39,15 @@ mod state;
 use state::{Completed, Tally};
 
 /// One run of the loop, generic over backend and model.
-struct Run<'a, B: AutodiffBackend, M: AutodiffModule<B>> {
+struct Run<'a, B, M>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Objective<B>,
+    M::InnerModule: Objective<B::InnerBackend>,
+{
     s: Session<B>,
-    data: &'a Splits,
+    data: &'a Data<B>,
+    feeds: &'a ModelFeeds<B, M>,
     net: Trainable<B, M>,
     policy: Policy,
     sampler: Sampler,
@@ -58,10 +65,10 @@ struct Run<'a, B: AutodiffBackend, M: AutodiffModule<B>> {
 }
 
 /// Trains a model built by `init` on `data` according to `session`; returns the summary
-/// (also written to `summary.json`).
+/// (also written to `summary.json`). The data must give the model's batch type.
 pub fn train<B, M>(
     mut session: Session<B>,
-    data: &Splits,
+    data: &Data<B>,
     init: impl FnOnce(&B::Device) -> M,
 ) -> Result<Summary, TrainError>
 where
@@ -70,6 +77,7 @@ where
     M::InnerModule: Objective<B::InnerBackend>,
 {
     let recipe = session.recipe.clone();
+    let feeds = crate::feed::feeds_for::<B, M>(data, &recipe, &session.origin)?;
     let run_dir = session.run_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| {
         TrainError::BadInput(format!(
@@ -85,12 +93,13 @@ where
     let model = init(&session.device);
     let parameters = model.num_params();
     let policy = Policy::new(policy_config(&recipe));
-    let total = total_steps(&recipe, data.train.len());
+    let total = total_steps(&recipe, data.train_len());
     let observer = std::mem::replace(&mut session.observer, Box::new(crate::progress::Silent));
     let mut run = Run {
         data,
+        feeds,
         net: Trainable::new(model, Optim::new(&recipe.optimizer), session.first_update_in_place),
-        sampler: Sampler::new(data.train.len(), recipe.run.seed, true),
+        sampler: Sampler::new(data.train_len(), recipe.run.seed, true),
         faults: Faults::for_run(recipe.faults.clone(), &run_dir),
         log: RunLog::open(&run_dir, observer, std::mem::take(&mut session.banner))?,
         ckpt: Checkpointer::new(&run_dir, &recipe.checkpoint),
@@ -146,7 +155,7 @@ where
                 self.checkpoint(reason)?;
             }
         }
-        if self.last_eval.as_ref().is_none_or(|e| e.step != self.step) && !self.data.valid.is_empty() {
+        if self.last_eval.as_ref().is_none_or(|e| e.step != self.step) && self.data.valid_len() > 0 {
             self.evaluate()?;
         }
         if !self.checkpoint("final")? {
@@ -171,12 +180,12 @@ where
             let t_attempt = Instant::now();
             let input = StepInput { step, indices: &indices, plan: &plan, lr, clip, seed };
             let outcome = {
-                let Run { net, data, s, faults, log, policy, eval_batch, parameters, ckpt, phase: now, .. } = self;
+                let Run { net, feeds, s, faults, log, policy, eval_batch, parameters, ckpt, phase: now, .. } = self;
                 let mut enter = |phase: Phase| {
                     *now = phase;
                     log.position(&position(phase, step - 1, policy, *eval_batch, *parameters, ckpt.writing()))
                 };
-                net.attempt(&data.train, input, &s.device, faults, &mut enter)
+                net.attempt(&*feeds.train, input, &s.device, faults, &mut enter)
             };
             match outcome {
                 Outcome::Updated { loss, grad_norm } => {
@@ -329,11 +338,11 @@ where
     /// Evaluates on the validation split; after an out-of-memory, evaluation runs again at the
     /// size `sched` decides.
     fn evaluate(&mut self) -> Result<(), TrainError> {
-        let src = &self.data.valid;
-        if src.is_empty() {
+        let src = &*self.feeds.valid;
+        let len = src.eval_indices().len();
+        if len == 0 {
             return Ok(());
         }
-        let len = eval_len(src);
         loop {
             self.eval_batch = self.eval_batch.min(len).max(1);
             let eb = self.eval_batch;

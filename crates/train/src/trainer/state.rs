@@ -57,7 +57,8 @@ where
             recipe: &self.s.recipe,
             origin: &self.s.origin,
             run_dir: &self.s.run_dir,
-            data: self.data,
+            identity: &self.data.identity,
+            train_len: self.data.train_len(),
             total: self.total,
         };
         let loaded = self.ckpt.load(self.s.resume, &expect, &mut self.net, &self.s.device, &mut self.log)?;
@@ -66,7 +67,7 @@ where
         self.last_eval = self.log.truncate(step)?;
         if let Some(Loaded { state: st, dir, eval_batch_changed }) = loaded {
             self.policy = Policy::from_state(policy_config(&self.s.recipe), st.policy.clone());
-            self.sampler = Sampler::with_cursor(self.data.train.len(), st.seed, true, st.cursor);
+            self.sampler = Sampler::with_cursor(self.data.train_len(), st.seed, true, st.cursor);
             self.step = st.step;
             // The evaluation batch learned by the run (lowered after OOMs) holds unless the
             // recipe now asks for another one.

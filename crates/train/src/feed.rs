@@ -1,0 +1,546 @@
+//! How data reaches the trainer: burn's own `Dataset` and `Batcher`, plus the two things
+//! oomph needs beyond them.
+//!
+//! A burn user already has a [`Dataset<I>`] (items by index) and a [`Batcher<B, I, O>`]
+//! (items to the model's batch type `O` on a device). [`Batched`] pairs them into a [`Feed`],
+//! which is all the trainer draws from. What oomph adds is explicit and small:
+//!
+//! - **each item's weight**: the units the step's mean loss is taken over. 1 per item by
+//!   default (a mean over samples); tokens for sequence data ([`Batched::weighed`]). The
+//!   step's loss is `sum(loss sums) / sum(weights)` over the whole effective batch, and that
+//!   total is known on the host before the first backward pass, which is what makes the
+//!   accumulation exact however the batch is split;
+//! - **the sample indices of a chunk**: the trainer asks for `batch(indices)`, never for "the
+//!   next batch", so the sampler's order resumes exactly from a checkpoint and the keyed
+//!   randomness of [`crate::random`] sees which samples it draws for.
+//!
+//! A model declares the batch type it trains on ([`crate::Objective::Batch`]); a recipe's
+//! data gives a [`Data`] whose feeds produce one batch type. They meet by type: a model
+//! paired with data of another batch type is refused before anything is built, with a
+//! message naming both kinds.
+//!
+//! oomph's own `csv`, `synthetic` and `text` data are datasets of this kind too:
+//! [`TabularRows`] with [`TabularBatcher`] (giving [`TabularBatch`]), and [`TokenWindows`]
+//! with [`TokenBatcher`] (giving [`TokenBatch`], weighed in tokens).
+
+use crate::error::TrainError;
+use crate::objective::{InnerBatch, Objective};
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::Dataset;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use oomph_data::{DataIdentity, DataInfo, Source, Splits, Tabular, Targets};
+use oomph_recipe::{DataKind, Recipe};
+use std::any::Any;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// One split of the data, seen by the trainer: sample indices in, batches of type `O` on a
+/// device of backend `B` out.
+///
+/// Implemented by [`Batched`] for any burn `Dataset` and `Batcher`; implement it directly only
+/// for data that is not item-by-item.
+pub trait Feed<B: Backend, O>: Send + Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+
+    /// Whether there are no samples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The loss weight of the samples at `indices`: the sum of their weights, so that
+    /// `weight(a ++ b) == weight(a) + weight(b)`. The number of samples by default.
+    fn weight(&self, indices: &[usize]) -> f64 {
+        indices.len() as f64
+    }
+
+    /// The samples one evaluation covers, in order. Every sample by default.
+    fn eval_indices(&self) -> Vec<usize> {
+        (0..self.len()).collect()
+    }
+
+    /// The batch of the samples at `indices` (in that order; repeats allowed) on `device`.
+    fn batch(&self, indices: &[usize], device: &B::Device) -> O;
+}
+
+/// A weight function of items.
+type Weigh<I> = Arc<dyn Fn(&I) -> f64 + Send + Sync>;
+
+/// A burn [`Dataset`] with the [`Batcher`] that turns its items into a model's batches: a
+/// [`Feed`] for every backend the batcher covers.
+///
+/// ```
+/// use burn::data::dataloader::batcher::Batcher;
+/// use burn::data::dataset::InMemDataset;
+/// use burn::tensor::{backend::Backend, Tensor};
+/// use oomph_train::feed::{Batched, Feed};
+///
+/// #[derive(Clone)]
+/// struct Item { x: [f32; 2], tokens: usize }
+/// struct MyBatch<B: Backend> { x: Tensor<B, 2> }
+/// struct MyBatcher;
+/// impl<B: Backend> Batcher<B, Item, MyBatch<B>> for MyBatcher {
+///     fn batch(&self, items: Vec<Item>, device: &B::Device) -> MyBatch<B> {
+///         let rows: Vec<Tensor<B, 2>> =
+///             items.iter().map(|i| Tensor::<B, 1>::from_floats(i.x, device).unsqueeze()).collect();
+///         MyBatch { x: Tensor::cat(rows, 0) }
+///     }
+/// }
+///
+/// let items = vec![Item { x: [1.0, 2.0], tokens: 3 }, Item { x: [3.0, 4.0], tokens: 5 }];
+/// let feed = Batched::new(InMemDataset::new(items), MyBatcher).weighed(|i: &Item| i.tokens as f64);
+/// type B = burn::backend::Flex;
+/// let batch: MyBatch<B> = Feed::<B, MyBatch<B>>::batch(&feed, &[1, 0], &Default::default());
+/// assert_eq!(batch.x.dims(), [2, 2]);
+/// assert_eq!(Feed::<B, MyBatch<B>>::weight(&feed, &[0, 1]), 8.0);
+/// ```
+pub struct Batched<I, D, T> {
+    dataset: D,
+    batcher: T,
+    weigh: Option<Weigh<I>>,
+    eval_stride: usize,
+    _items: PhantomData<fn() -> I>,
+}
+
+impl<I, D: Dataset<I>, T> Batched<I, D, T> {
+    /// `dataset`'s items, batched by `batcher`; every item weighs 1.
+    pub fn new(dataset: D, batcher: T) -> Self {
+        Self { dataset, batcher, weigh: None, eval_stride: 1, _items: PhantomData }
+    }
+
+    /// Each item weighs `weigh(item)` (e.g. its number of target tokens): the step's loss is
+    /// the mean over these units. The model's loss must then be the sum over the same units.
+    pub fn weighed(mut self, weigh: impl Fn(&I) -> f64 + Send + Sync + 'static) -> Self {
+        self.weigh = Some(Arc::new(weigh));
+        self
+    }
+
+    /// Evaluation covers every `stride`-th item (e.g. non-overlapping windows of a text whose
+    /// items are windows at every offset). 1 by default.
+    pub fn eval_stride(mut self, stride: usize) -> Self {
+        self.eval_stride = stride.max(1);
+        self
+    }
+
+    /// The dataset.
+    pub fn dataset(&self) -> &D {
+        &self.dataset
+    }
+
+    fn item(&self, index: usize) -> I {
+        self.dataset
+            .get(index)
+            .unwrap_or_else(|| panic!("the dataset has no item {index}, though its len() is {}", self.dataset.len()))
+    }
+}
+
+impl<B, O, I, D, T> Feed<B, O> for Batched<I, D, T>
+where
+    B: Backend,
+    D: Dataset<I>,
+    T: Batcher<B, I, O>,
+{
+    fn len(&self) -> usize {
+        self.dataset.len()
+    }
+
+    fn weight(&self, indices: &[usize]) -> f64 {
+        match &self.weigh {
+            None => indices.len() as f64,
+            Some(w) => indices.iter().map(|&i| w(&self.item(i))).sum(),
+        }
+    }
+
+    fn eval_indices(&self) -> Vec<usize> {
+        (0..self.dataset.len()).step_by(self.eval_stride).collect()
+    }
+
+    fn batch(&self, indices: &[usize], device: &B::Device) -> O {
+        let items = indices.iter().map(|&i| self.item(i)).collect();
+        self.batcher.batch(items, device)
+    }
+}
+
+/// The training and validation feeds of a run, for a model that trains on batches `T` (on
+/// the autodiff backend `B`) and is evaluated on batches `V` (on its inner backend).
+pub struct Feeds<B: AutodiffBackend, T, V> {
+    /// The training split.
+    pub train: Box<dyn Feed<B, T>>,
+    /// The validation split (empty when there is none).
+    pub valid: Box<dyn Feed<B::InnerBackend, V>>,
+}
+
+/// The feeds model `M` draws from: its training batches, and its inference copy's.
+pub type ModelFeeds<B, M> = Feeds<B, <M as Objective<B>>::Batch, InnerBatch<B, M>>;
+
+/// A recipe's data, loaded: its summary and identity, and its feeds with their batch type
+/// (known to the model only through a typed look-up, [`Data::feeds`]).
+pub struct Data<B: AutodiffBackend> {
+    /// Sizes and description, for the model's construction and the reports.
+    pub info: DataInfo,
+    /// What the data is, for checking that a resumed run trains on the same data.
+    pub identity: DataIdentity,
+    feeds: Box<dyn Any>,
+    batch: &'static str,
+    train_len: usize,
+    valid_len: usize,
+    _backend: PhantomData<fn() -> B>,
+}
+
+impl<B: AutodiffBackend> Data<B> {
+    /// Data that gives batches `T` for training and `V` for evaluation.
+    pub fn new<T: 'static, V: 'static>(
+        info: DataInfo,
+        identity: DataIdentity,
+        train: impl Feed<B, T> + 'static,
+        valid: impl Feed<B::InnerBackend, V> + 'static,
+    ) -> Self {
+        let (train_len, valid_len) = (train.len(), valid.len());
+        let feeds = Feeds::<B, T, V> { train: Box::new(train), valid: Box::new(valid) };
+        Self {
+            info,
+            identity,
+            feeds: Box::new(feeds),
+            batch: type_name::<T>(),
+            train_len,
+            valid_len,
+            _backend: PhantomData,
+        }
+    }
+
+    /// A program's own data ([`crate::Registry::add_data`]): its training and validation
+    /// feeds (usually [`Batched`] burn datasets), described in one line for the logs.
+    /// `content_sha256` identifies the content (e.g. the SHA-256 of the files read, see
+    /// `oomph_data::file_sha256`): a run resumes only on data of the same identity (name,
+    /// sizes and content). Set fields of [`Data::info`] (e.g. `n_classes`) for the model to
+    /// read when it is built.
+    pub fn program<T: 'static, V: 'static>(
+        name: &str,
+        description: &str,
+        content_sha256: String,
+        train: impl Feed<B, T> + 'static,
+        valid: impl Feed<B::InnerBackend, V> + 'static,
+    ) -> Self {
+        let info = DataInfo {
+            kind: name.to_string(),
+            task: "program".into(),
+            n_features: None,
+            n_classes: None,
+            class_names: None,
+            vocab_size: None,
+            seq_len: None,
+            train_len: train.len(),
+            valid_len: valid.len(),
+            description: description.to_string(),
+        };
+        let identity = DataIdentity::new(&info, None, content_sha256);
+        Data::new(info, identity, train, valid)
+    }
+
+    /// oomph's built-in data (`csv`, `synthetic`, `text`) as feeds: tables give
+    /// [`TabularBatch`]es, texts [`TokenBatch`]es weighed in target tokens.
+    pub fn from_splits(splits: Splits) -> Self {
+        let Splits { train, valid, info, identity, .. } = splits;
+        match (train, valid) {
+            (Source::Tabular(train), Source::Tabular(valid)) => {
+                Data::new(info, identity, TabularRows::feed(train), TabularRows::feed(valid))
+            }
+            (Source::Text { text: train, seq_len }, Source::Text { text: valid, .. }) => Data::new(
+                info,
+                identity,
+                TokenWindows::feed(train.tokens, seq_len),
+                TokenWindows::feed(valid.tokens, seq_len),
+            ),
+            _ => unreachable!("oomph_data splits a dataset into two sources of its own kind"),
+        }
+    }
+
+    /// The feeds, when the data gives batches `T` (training) and `V` (evaluation).
+    pub fn feeds<T: 'static, V: 'static>(&self) -> Option<&Feeds<B, T, V>> {
+        self.feeds.downcast_ref()
+    }
+
+    /// The name of the training batch type (without its path and parameters), e.g.
+    /// `TabularBatch`.
+    pub fn batch_type(&self) -> &'static str {
+        self.batch
+    }
+
+    /// Training samples.
+    pub fn train_len(&self) -> usize {
+        self.train_len
+    }
+
+    /// Validation samples (0 without validation).
+    pub fn valid_len(&self) -> usize {
+        self.valid_len
+    }
+}
+
+/// The feeds of `data` for model `M`, or the bad-input error that names the model's and the
+/// data's kinds and batch types when the model cannot take this data.
+pub fn feeds_for<'d, B, M>(data: &'d Data<B>, recipe: &Recipe, origin: &str) -> Result<&'d ModelFeeds<B, M>, TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Objective<B>,
+    M::InnerModule: Objective<B::InnerBackend>,
+{
+    data.feeds::<M::Batch, InnerBatch<B, M>>().ok_or_else(|| {
+        let (wants, gives) = (type_name::<M::Batch>(), data.batch_type());
+        let source = match (recipe.data.kind, &recipe.data.name) {
+            (DataKind::Program, Some(name)) => format!("data.kind = \"program\" (data.name = \"{name}\")"),
+            (kind, _) => format!("data.kind = \"{kind}\""),
+        };
+        let what = if wants == gives {
+            format!("evaluates on `{}` batches, which {source} does not give", type_name::<InnerBatch<B, M>>())
+        } else {
+            format!("trains on `{wants}` batches, but {source} gives `{gives}` batches")
+        };
+        TrainError::BadInput(format!(
+            "{origin}: model.kind = \"{}\" {what}: the model cannot take this data. Fix: pick a model.kind that \
+             trains on `{gives}` batches (of the built-in kinds, mlp takes csv and synthetic data and gpt takes \
+             text), or data whose batches the model takes.",
+            recipe.model.kind
+        ))
+    })
+}
+
+/// A type's name without its module path and generic parameters: `TabularBatch` for
+/// `oomph_train::feed::TabularBatch<Autodiff<Flex>>`.
+pub fn type_name<T: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let head = full.split('<').next().unwrap_or(full);
+    head.rsplit("::").next().unwrap_or(head)
+}
+
+// ---------------------------------------------------------------------------------------
+// Tables: `csv` and `synthetic` data.
+// ---------------------------------------------------------------------------------------
+
+/// One row of a table: its features and its target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TabularItem {
+    /// The row's features.
+    pub features: Vec<f32>,
+    /// The row's target.
+    pub target: TabularTarget,
+}
+
+/// The target of one row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TabularTarget {
+    /// A class index.
+    Class(u32),
+    /// A regression value.
+    Value(f32),
+}
+
+/// The rows of a table as a burn [`Dataset`] of [`TabularItem`]s.
+#[derive(Debug, Clone)]
+pub struct TabularRows(Arc<Tabular>);
+
+impl TabularRows {
+    /// The rows of `table`.
+    pub fn new(table: Tabular) -> Self {
+        Self(Arc::new(table))
+    }
+
+    /// The rows of `table`, batched by [`TabularBatcher`].
+    pub fn feed(table: Tabular) -> Batched<TabularItem, TabularRows, TabularBatcher> {
+        Batched::new(Self::new(table), TabularBatcher)
+    }
+}
+
+impl Dataset<TabularItem> for TabularRows {
+    fn get(&self, index: usize) -> Option<TabularItem> {
+        let t = &*self.0;
+        if index >= t.len() {
+            return None;
+        }
+        let d = t.n_features;
+        let target = match &t.targets {
+            Targets::Classes { labels, .. } => TabularTarget::Class(labels[index]),
+            Targets::Values(v) => TabularTarget::Value(v[index]),
+        };
+        Some(TabularItem { features: t.features[index * d..(index + 1) * d].to_vec(), target })
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// A batch of table rows: features `[n, features]` and one target per row.
+#[derive(Debug, Clone)]
+pub struct TabularBatch<B: Backend> {
+    /// Features, `[n, features]`.
+    pub features: Tensor<B, 2>,
+    /// The rows' targets.
+    pub targets: TabularTargets<B>,
+}
+
+/// The targets of a [`TabularBatch`]: class indices or regression values, as the data's
+/// `data.task` says.
+#[derive(Debug, Clone)]
+pub enum TabularTargets<B: Backend> {
+    /// Class indices, `[n]`.
+    Classes(Tensor<B, 1, Int>),
+    /// Regression targets, `[n, 1]`.
+    Values(Tensor<B, 2>),
+}
+
+impl<B: Backend> TabularBatch<B> {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.features.dims()[0]
+    }
+
+    /// Whether the batch has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Batches [`TabularItem`]s into a [`TabularBatch`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TabularBatcher;
+
+impl<B: Backend> Batcher<B, TabularItem, TabularBatch<B>> for TabularBatcher {
+    fn batch(&self, items: Vec<TabularItem>, device: &B::Device) -> TabularBatch<B> {
+        let n = items.len();
+        let d = items.first().map_or(0, |i| i.features.len());
+        let mut x = Vec::with_capacity(n * d);
+        let (mut classes, mut values) = (Vec::new(), Vec::new());
+        for item in items {
+            x.extend_from_slice(&item.features);
+            match item.target {
+                TabularTarget::Class(c) => classes.push(i64::from(c)),
+                TabularTarget::Value(v) => values.push(v),
+            }
+        }
+        assert!(classes.is_empty() || values.is_empty(), "a table's rows hold either classes or values");
+        let features = Tensor::from_data(TensorData::new(x, [n, d]), device);
+        let targets = if values.is_empty() {
+            TabularTargets::Classes(Tensor::from_data(TensorData::new(classes, [n]), device))
+        } else {
+            TabularTargets::Values(Tensor::from_data(TensorData::new(values, [n, 1]), device))
+        };
+        TabularBatch { features, targets }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Text: `text` data, windows of `seq_len + 1` tokens.
+// ---------------------------------------------------------------------------------------
+
+/// The windows of `seq_len + 1` tokens of a token stream, at every offset: a burn [`Dataset`]
+/// of token windows (`Vec<u32>`, inputs are the first `seq_len`, targets the last `seq_len`).
+#[derive(Debug, Clone)]
+pub struct TokenWindows {
+    tokens: Arc<Vec<u32>>,
+    seq_len: usize,
+}
+
+impl TokenWindows {
+    /// The windows of `tokens` of `seq_len + 1` tokens.
+    pub fn new(tokens: Vec<u32>, seq_len: usize) -> Self {
+        Self { tokens: Arc::new(tokens), seq_len }
+    }
+
+    /// The windows of `tokens`, batched by [`TokenBatcher`], each weighing its `seq_len`
+    /// target tokens; evaluation covers non-overlapping windows.
+    pub fn feed(tokens: Vec<u32>, seq_len: usize) -> Batched<Vec<u32>, TokenWindows, TokenBatcher> {
+        let s = seq_len;
+        Batched::new(Self::new(tokens, seq_len), TokenBatcher).weighed(move |_| s as f64).eval_stride(s)
+    }
+}
+
+impl Dataset<Vec<u32>> for TokenWindows {
+    fn get(&self, index: usize) -> Option<Vec<u32>> {
+        (index < self.len()).then(|| self.tokens[index..index + self.seq_len + 1].to_vec())
+    }
+
+    fn len(&self) -> usize {
+        self.tokens.len().saturating_sub(self.seq_len)
+    }
+}
+
+/// A batch of token windows for next-token prediction.
+#[derive(Debug, Clone)]
+pub struct TokenBatch<B: Backend> {
+    /// Input tokens, `[n, seq_len]`.
+    pub inputs: Tensor<B, 2, Int>,
+    /// Target tokens (the inputs shifted left by one), `[n, seq_len]`.
+    pub targets: Tensor<B, 2, Int>,
+}
+
+/// Batches windows of `seq_len + 1` tokens into a [`TokenBatch`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenBatcher;
+
+impl<B: Backend> Batcher<B, Vec<u32>, TokenBatch<B>> for TokenBatcher {
+    fn batch(&self, windows: Vec<Vec<u32>>, device: &B::Device) -> TokenBatch<B> {
+        let n = windows.len();
+        let s = windows.first().map_or(0, |w| w.len().saturating_sub(1));
+        let mut inputs = Vec::with_capacity(n * s);
+        let mut targets = Vec::with_capacity(n * s);
+        for w in &windows {
+            assert_eq!(w.len(), s + 1, "token windows of one batch have one length");
+            inputs.extend(w[..s].iter().map(|&t| i64::from(t)));
+            targets.extend(w[1..].iter().map(|&t| i64::from(t)));
+        }
+        TokenBatch {
+            inputs: Tensor::from_data(TensorData::new(inputs, [n, s]), device),
+            targets: Tensor::from_data(TensorData::new(targets, [n, s]), device),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    type B = Flex;
+
+    #[test]
+    fn text_windows_shift_by_one_and_weigh_their_tokens() {
+        let feed = TokenWindows::feed((0..10).collect(), 4);
+        // Windows of 5 tokens at offsets 0..=5.
+        assert_eq!(Feed::<B, TokenBatch<B>>::len(&feed), 6);
+        let b: TokenBatch<B> = feed.batch(&[0, 5], &Default::default());
+        assert_eq!(b.inputs.into_data().iter::<i64>().collect::<Vec<_>>(), [0, 1, 2, 3, 5, 6, 7, 8]);
+        assert_eq!(b.targets.into_data().iter::<i64>().collect::<Vec<_>>(), [1, 2, 3, 4, 6, 7, 8, 9]);
+        assert_eq!(Feed::<B, TokenBatch<B>>::weight(&feed, &[0, 5]), 8.0);
+        assert_eq!(Feed::<B, TokenBatch<B>>::eval_indices(&feed), [0, 4]);
+        // Too short for a window.
+        assert_eq!(Feed::<B, TokenBatch<B>>::len(&TokenWindows::feed(vec![0, 1, 2], 3)), 0);
+    }
+
+    #[test]
+    fn tabular_rows_gather_in_order_with_repeats() {
+        let t = Tabular {
+            features: vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5],
+            n_features: 2,
+            targets: Targets::Classes { labels: vec![0, 1, 2], names: vec![] },
+            feature_names: vec!["a".into(), "b".into()],
+        };
+        let feed = TabularRows::feed(t);
+        let b: TabularBatch<B> = feed.batch(&[2, 0, 2], &Default::default());
+        assert_eq!(b.features.into_data().to_vec::<f32>().unwrap(), [2.0, 2.5, 0.0, 0.5, 2.0, 2.5]);
+        match b.targets {
+            TabularTargets::Classes(c) => assert_eq!(c.into_data().iter::<i64>().collect::<Vec<_>>(), [2, 0, 2]),
+            TabularTargets::Values(_) => panic!("classes expected"),
+        }
+        assert_eq!(Feed::<B, TabularBatch<B>>::weight(&feed, &[2, 0, 2]), 3.0);
+        assert_eq!(feed.dataset().get(3), None);
+    }
+
+    #[test]
+    fn type_names_lose_their_path_and_parameters() {
+        assert_eq!(type_name::<TabularBatch<B>>(), "TabularBatch");
+        assert_eq!(type_name::<Vec<u32>>(), "Vec");
+    }
+}

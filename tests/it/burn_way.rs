@@ -1,0 +1,150 @@
+//! Data through burn's traits: the `burn_dataset` example (a program's own `Dataset`,
+//! `Batcher` and burn-train model) trained with the full feature set from its debug recipe,
+//! and models paired with data by batch type.
+
+use crate::util::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// An example's binary, which `cargo test` builds with the test targets.
+fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let bin = profile.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo test --workspace` builds the examples (or run `cargo build --example {name}` first)",
+        bin.display()
+    );
+    bin
+}
+
+/// `burn_dataset ARGS...` in the repository root.
+fn example(args: &[&str]) -> Output {
+    let bin = example_binary("burn_dataset");
+    Command::new(bin).args(args).current_dir(root()).output().expect("run the burn_dataset example")
+}
+
+/// The README's shortest complete program trains on the shipped digits.
+#[test]
+fn the_shortest_program_of_the_readme_trains_from_its_recipe() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let o = Command::new(example_binary("linear"))
+        .args(["train", "configs/linear-debug.toml", "--run-dir", run.to_str().unwrap()])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let s = summary(&run);
+    assert_eq!(s.steps, 60);
+    let loss = s.valid_loss.expect("a validation loss");
+    assert!(loss < 1.0, "valid loss {loss} (ln 10 = 2.30 is chance)");
+}
+
+/// `burn_dataset train configs/burn-dataset-debug.toml --run-dir RUN ARGS...`.
+fn train_example(run: &Path, args: &[&str]) -> Output {
+    let mut a = vec!["train", "configs/burn-dataset-debug.toml", "--run-dir", run.to_str().unwrap()];
+    a.extend_from_slice(args);
+    example(&a)
+}
+
+#[test]
+fn the_burn_dataset_example_trains_checkpoints_resumes_and_reports_from_its_debug_recipe() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let o = train_example(&run, &["--set", "training.steps=20"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = summary(&run);
+    assert_eq!((s.steps, s.samples_seen), (20, 20 * 64));
+    assert!(run.join("checkpoints").join("step-20").is_dir(), "{}", text(&o));
+    assert!(run.join("report.png").is_file() && run.join("model.safetensors").is_file());
+    let params = tensors(&run.join("model.safetensors"));
+    assert!(params.contains_key("model.conv1.weight"), "{:?}", params.keys());
+
+    // Resumed from step 20 to the recipe's 30 steps: it learned the digits.
+    let o = train_example(&run, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = summary(&run);
+    assert_eq!((s.steps, s.resumes), (30, 1), "{}", text(&o));
+    let acc = s.valid_accuracy.expect("accuracy from ClassificationOutput");
+    assert!(acc > 0.6, "valid accuracy {acc}");
+
+    // `oomph report` reads the run like any other.
+    let o = oomph(&["report", run.to_str().unwrap()]);
+    assert!(o.status.success() && text(&o).contains("burn-dataset-debug"), "{}", text(&o));
+}
+
+/// A simulated device with room for 20 images: the micro-batch shrinks, the effective batch
+/// stays 64, and the parameters are those of a run that never ran out of memory.
+#[test]
+fn the_burn_dataset_example_survives_simulated_memory_limits_with_exact_accumulation() {
+    let d = tempfile::tempdir().unwrap();
+    let (free, limited) = (d.path().join("free"), d.path().join("limited"));
+    let o = train_example(&free, &["--no-supervise", "--set", "micro_batch.initial=64"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = train_example(&limited, &["--set", "micro_batch.initial=64", "--set", "faults.simulate_memory_samples=20"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = summary(&limited);
+    assert_eq!((s.steps, s.samples_seen), (30, 30 * 64));
+    assert!(s.oom_events > 0 && s.micro_batch_final <= 20, "{s:?}");
+    let diff = max_param_diff(&free, &limited);
+    assert!(diff < crate::accumulation::TOL, "max |diff| {diff:e}");
+}
+
+/// A recipe of model `model` (its default keys) on `data` (the lines of a `[data]` section),
+/// written into `dir`.
+fn pair(dir: &Path, model: &str, data: &str) -> String {
+    let digits = root().join("data").join("digits.csv");
+    let text = format!(
+        "[model]\nkind = \"{model}\"\n[data]\n{}\n[training]\nsteps = 2\neffective_batch = 8\n",
+        data.replace("DIGITS", &format!("{:?}", digits.display().to_string()))
+    );
+    write_recipe(dir, &format!("{model}.toml"), &text).display().to_string()
+}
+
+const CSV: &str = "kind = \"csv\"\npath = DIGITS\nlabel_column = \"label\"";
+const PROGRAM: &str = "kind = \"program\"\nname = \"digit-images\"\npath = DIGITS";
+
+#[test]
+fn a_model_and_data_of_other_batch_types_are_refused_at_check_naming_both_kinds() {
+    let d = tempfile::tempdir().unwrap();
+    // A built-in model on built-in data of another batch type.
+    let o = oomph(&["check", &pair(d.path(), "gpt", CSV)]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    for part in ["model.kind = \"gpt\"", "data.kind = \"csv\"", "`TokenBatch`", "`TabularBatch`", "Fix:"] {
+        assert!(t.contains(part), "{part:?} missing from: {t}");
+    }
+    assert!(!t.contains("panicked"), "{t}");
+    // A built-in model on the program's data.
+    let o = example(&["check", &pair(d.path(), "mlp", PROGRAM)]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    for part in ["model.kind = \"mlp\"", "data.name = \"digit-images\"", "`TabularBatch`", "`DigitBatch`"] {
+        assert!(t.contains(part), "{part:?} missing from: {t}");
+    }
+    // The example's own pair passes.
+    let o = example(&["check", "configs/burn-dataset-debug.toml"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn program_data_that_is_not_registered_is_refused_with_the_registered_names() {
+    let o = example(&["check", "configs/burn-dataset-debug.toml", "--set", "data.name=digit-imgs"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("\"digit-imgs\"") && t.contains("\"digit-images\""), "{t}");
+    // oomph's own binary registers no program data.
+    let d = tempfile::tempdir().unwrap();
+    let o = oomph(&["check", &pair(d.path(), "mlp", PROGRAM)]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("registers no data of its own"), "{}", text(&o));
+    // `data.name` without program data, and program data without a name.
+    let o = oomph(&["check", "configs/digits-mlp-debug.toml", "--set", "data.name=digit-images"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("data.name"), "{}", text(&o));
+    let o = oomph(&["check", "configs/digits-mlp-debug.toml", "--set", "data.kind=program"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("`data.name` is missing"), "{}", text(&o));
+}
