@@ -9,13 +9,13 @@
 //! ```
 //!
 //! The data is the shipped digits (`data/digits.csv`: 8x8 grey images, a label each), read
-//! by this program into its own items, split with burn's `ShuffledDataset` and
-//! `PartialDataset`, and batched into 4-d image tensors by its own `Batcher`. What oomph
+//! by this program into its own items, split into burn `SelectionDataset`s, and batched into
+//! 4-d image tensors by its own `Batcher`. What oomph
 //! adds is one registration line each for the data (`add_data`) and the model (`add`); the
 //! recipe names them with `data.kind = "program"`, `data.name` and `model.kind`.
 
 use burn::data::dataloader::batcher::Batcher;
-use burn::data::dataset::transform::{PartialDataset, ShuffledDataset};
+use burn::data::dataset::transform::SelectionDataset;
 use burn::data::dataset::{Dataset, InMemDataset};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -100,18 +100,29 @@ fn read_images(path: &Path) -> Result<Vec<DigitImage>, String> {
     Ok(images)
 }
 
-/// The recipe's `data.path` as training and validation images: shuffled with the run seed
-/// (burn's `ShuffledDataset`), the last `data.valid_fraction` held out (`PartialDataset`).
+/// One split of the images.
+type Split = SelectionDataset<InMemDataset<DigitImage>, DigitImage>;
+
+/// The recipe's `data.path` as training and validation images: `data.valid_fraction` of them
+/// held out, drawn with the run seed by oomph's split (the same on every platform and
+/// version), each split a burn `SelectionDataset` of the images.
 fn load<B: AutodiffBackend>(req: &DataRequest) -> Result<Data<B>, String> {
     let path = req.section.path.as_deref().ok_or("data.path is not set")?;
     let path = Path::new(path);
     let images = read_images(path)?;
     let content = oomph::data::file_sha256(path).map_err(|e| e.to_string())?;
     let n = images.len();
-    let n_valid = (n as f64 * req.section.valid_fraction).round() as usize;
-    let all = Arc::new(ShuffledDataset::new(InMemDataset::new(images), req.seed));
-    let train = PartialDataset::new(all.clone(), 0, n - n_valid);
-    let valid = PartialDataset::new(all, n - n_valid, n);
+    let n_valid = oomph::data::valid_count(n, req.section.valid_fraction);
+    if n_valid >= n {
+        return Err(format!(
+            "{n} images leave none for training with data.valid_fraction = {}",
+            req.section.valid_fraction
+        ));
+    }
+    let (train, valid) = oomph::data::split_indices(n, n_valid, req.seed);
+    let all = Arc::new(InMemDataset::new(images));
+    let train = Split::from_indices_checked(all.clone(), train);
+    let valid = Split::from_indices_checked(all, valid);
     let description = format!("{n} digit images from `{}`: train {} / valid {n_valid}", path.display(), train.len());
     let mut data = Data::program(
         "digit-images",

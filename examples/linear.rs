@@ -36,7 +36,12 @@ struct MyModels;
 impl Models for MyModels {
     fn register<B: AutodiffBackend>(r: &mut Registry<B>) {
         r.add("linear", "a linear classifier", |_: &NoKeys, info: &DataInfo, d: &B::Device| {
-            Ok(Linear1 { linear: LinearConfig::new(info.n_features.unwrap_or(1), info.n_classes.unwrap_or(2)).init(d) })
+            let (Some(features), Some(classes)) = (info.n_features, info.n_classes) else {
+                return Err(
+                    "it needs tabular classification data (csv or synthetic, data.task = \"classification\")".into()
+                );
+            };
+            Ok(Linear1 { linear: LinearConfig::new(features, classes).init(d) })
         });
     }
 }

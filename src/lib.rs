@@ -11,7 +11,7 @@
 //! - [`sched`]: the micro-batch planner, the OOM policy and the OOM classifier (no burn);
 //! - [`data`]: datasets and the resumable sampler;
 //! - [`train`]: the loop, the model traits ([`train::Objective`]), checkpoints;
-//! - [`models`]: the built-in `mlp` and `gpt`;
+//! - [`models`]: the built-in `mlp`, `cnn` and `gpt`;
 //! - [`cli`]: the `oomph` command line and supervisor, reusable by your own binary.
 
 pub use burn;

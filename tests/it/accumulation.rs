@@ -101,6 +101,21 @@ fn a_wrong_normalisation_fails_the_equality() {
     assert!(diff > 1e-2, "the wrong normalisation went unnoticed: max |diff| {diff:e}");
 }
 
+/// Items that weigh nothing: the step's total weight is 0, which is refused as bad input
+/// (not divided by and then reported as a divergence).
+#[test]
+fn data_of_zero_weight_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let r = base().recipe(&[]);
+    let data = weighed_data(&r, |_| 0.0);
+    let cfg = MlpConfig { hidden: vec![16], ..Default::default() };
+    let info = data.info.clone();
+    let _turn = serial();
+    let e = train(session(r, d.path()), &data, |dev| mlp::init::<B>(&cfg, &info, dev).unwrap()).expect_err("refused");
+    assert!(matches!(e, oomph::train::TrainError::BadInput(_)), "{e}");
+    assert!(e.to_string().contains("weigh 0 in all"), "{e}");
+}
+
 /// Sample `i` stands for a sequence of `1 + label % 3` tokens, each with the sample's loss.
 fn tokens_of(item: &TabularItem) -> f64 {
     match item.target {

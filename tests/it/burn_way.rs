@@ -148,3 +148,113 @@ fn program_data_that_is_not_registered_is_refused_with_the_registered_names() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("`data.name` is missing"), "{}", text(&o));
 }
+
+/// `data/digits-images` holds the csv's rows as written by `examples/digits_images.rs`: row
+/// `i` is `<label>/<i>.png`, pixel `v` the grey level `round(v * 255 / 16)`.
+#[test]
+fn the_shipped_digit_images_are_the_csv_rows() {
+    let csv = std::fs::read_to_string(root().join("data").join("digits.csv")).unwrap();
+    let rows: Vec<Vec<u32>> =
+        csv.lines().skip(1).map(|l| l.split(',').map(|v| v.trim().parse().unwrap()).collect()).collect();
+    let dir = root().join("data").join("digits-images");
+    let mut files = 0;
+    for class in std::fs::read_dir(&dir).unwrap() {
+        files += std::fs::read_dir(class.unwrap().path()).unwrap().count();
+    }
+    assert_eq!(files, rows.len(), "one image per row");
+    for (i, row) in rows.iter().enumerate() {
+        let path = dir.join(row[64].to_string()).join(format!("{i:04}.png"));
+        let image = image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).into_luma8();
+        let grey: Vec<u8> = row[..64].iter().map(|&v| ((v * 255 + 8) / 16) as u8).collect();
+        assert_eq!((image.width(), image.height()), (8, 8), "{}", path.display());
+        assert_eq!(image.into_raw(), grey, "{}", path.display());
+    }
+}
+
+/// `configs/digits-cnn-debug.toml` through the `oomph` binary: it learns, and with room for 12
+/// images on a simulated device, or stopped at step 20 and resumed, it ends with the
+/// parameters of the undisturbed run.
+#[test]
+fn the_cnn_trains_on_the_image_folder_through_ooms_and_a_resume() {
+    let d = tempfile::tempdir().unwrap();
+    let run = |name: &str, args: &[&str]| {
+        let dir = d.path().join(name);
+        let mut a = vec!["train", "configs/digits-cnn-debug.toml", "--run-dir", dir.to_str().unwrap()];
+        a.extend_from_slice(args);
+        let o = oomph(&a);
+        assert!(o.status.success(), "{}", text(&o));
+        dir
+    };
+    let free = run("free", &["--no-supervise"]);
+    let s = summary(&free);
+    assert_eq!(s.steps, 40);
+    let acc = s.valid_accuracy.expect("accuracy");
+    assert!(acc > 0.5, "valid accuracy {acc}");
+    let limited = run("limited", &["--set", "faults.simulate_memory_samples=12"]);
+    let s = summary(&limited);
+    assert!(s.oom_events > 0 && s.micro_batch_final <= 12, "{s:?}");
+    let d_limited = max_param_diff(&free, &limited);
+    run("resumed", &["--no-supervise", "--set", "training.steps=20"]);
+    let resumed = run("resumed", &["--no-supervise"]);
+    assert_eq!(summary(&resumed).resumes, 1);
+    let d_resumed = max_param_diff(&free, &resumed);
+    assert!(
+        d_limited < crate::accumulation::TOL && d_resumed < crate::accumulation::TOL,
+        "{d_limited:e} {d_resumed:e}"
+    );
+}
+
+#[test]
+fn image_folders_are_checked_and_paired_by_type() {
+    let d = tempfile::tempdir().unwrap();
+    let folder = "kind = \"image_folder\"\npath = IMAGES";
+    let write = |model: &str, data: &str| {
+        let images = root().join("data").join("digits-images");
+        pair(d.path(), model, &data.replace("IMAGES", &format!("{:?}", images.display().to_string())))
+    };
+    let o = oomph(&["check", &write("mlp", folder)]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    for part in ["model.kind = \"mlp\"", "data.kind = \"image_folder\"", "`TabularBatch`", "`ImageBatch`"] {
+        assert!(text(&o).contains(part), "{part:?} missing from: {}", text(&o));
+    }
+    assert!(oomph(&["check", &write("cnn", folder)]).status.success());
+    // A file where a folder belongs.
+    let o = oomph(&["check", &pair(d.path(), "cnn", "kind = \"image_folder\"\npath = DIGITS")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("it is not a folder"), "{}", text(&o));
+    // Images of two sizes.
+    let odd = d.path().join("odd");
+    for (class, side) in [("a", 8), ("b", 9)] {
+        std::fs::create_dir_all(odd.join(class)).unwrap();
+        image::GrayImage::new(side, side).save(odd.join(class).join("0.png")).unwrap();
+    }
+    let o = oomph(&[
+        "check",
+        &pair(d.path(), "cnn", &format!("kind = \"image_folder\"\npath = {:?}", odd.display().to_string())),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("b/0.png") && text(&o).contains("9x9"), "{}", text(&o));
+}
+
+/// A program's data loader that panics is a bad-input error naming the data, not a crash.
+#[test]
+fn a_panicking_data_loader_is_refused_with_its_message() {
+    use oomph::train::{Data, DataRequest, Registry};
+    let d = tempfile::tempdir().unwrap();
+    let recipe = oomph::recipe::load(std::path::Path::new(&pair(d.path(), "mlp", PROGRAM)), &[]).unwrap();
+    let mut registry = Registry::<B>::new();
+    registry
+        .add_data("digit-images", "panics", |_: &DataRequest| -> Result<Data<B>, String> { panic!("no disk today") });
+    let e = registry.load_data(&recipe, "r.toml", Default::default()).err().expect("an error").to_string();
+    assert!(e.contains("data.name = \"digit-images\"") && e.contains("no disk today") && e.contains("Fix:"), "{e}");
+}
+
+/// The README's program refuses data it cannot take at `check`, rather than panicking.
+#[test]
+fn the_shortest_program_refuses_regression_data_at_check() {
+    let d = tempfile::tempdir().unwrap();
+    let r = pair(d.path(), "linear", "kind = \"synthetic\"\ntask = \"regression\"");
+    let o = Command::new(example_binary("linear")).args(["check", &r]).current_dir(root()).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("classification") && !text(&o).contains("panicked"), "{}", text(&o));
+}

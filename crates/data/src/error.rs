@@ -59,6 +59,16 @@ pub enum DataError {
         name: String,
     },
 
+    /// A `data.kind` this crate does not read (`oomph_train::feed` does).
+    #[error(
+        "data.kind = \"{kind}\" is read by oomph's trainer (oomph_train::feed), not by oomph_data::load. \
+         Fix: load it through oomph_train's Registry::load_data."
+    )]
+    NotRead {
+        /// The `data.kind`.
+        kind: oomph_recipe::DataKind,
+    },
+
     /// `data.valid_fraction` is outside `[0, 1)`.
     #[error(
         "data.valid_fraction = {value} is outside [0, 1). Fix: set data.valid_fraction to a \
@@ -95,6 +105,17 @@ pub enum DataError {
         value: String,
         /// What the value must be.
         requirement: &'static str,
+    },
+
+    /// An image folder (or an image in it) that cannot be read as `image_folder` data.
+    #[error("image data `{}` {problem}. Fix: {fix}.", path.display())]
+    Images {
+        /// The folder or file at fault.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// How to fix it.
+        fix: String,
     },
 
     /// The file holds no data.

@@ -8,6 +8,8 @@
 //! - `text`: a UTF-8 text read as characters ([`text`]); the last `valid_fraction` of the
 //!   token stream is the validation split; samples are windows of `seq_len + 1` tokens.
 //! - `synthetic`: seeded Gaussian blobs or a linear teacher ([`synthetic`]).
+//! - `image_folder`: one sub-folder of images per class ([`images`]), listed, checked and
+//!   split here; `oomph_train::feed` decodes the pixels.
 //!
 //! This crate does not depend on burn: `oomph_train::feed` serves the splits as burn datasets
 //! and batchers. The [`Sampler`] yields sample indices in an order fixed by
@@ -18,6 +20,7 @@
 pub mod csv;
 pub mod error;
 pub mod identity;
+pub mod images;
 pub mod rng;
 pub mod sampler;
 pub mod source;
@@ -33,6 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::csv::{read_csv, CsvOptions, Task};
 pub use crate::error::{DataError, NumberProblem};
 pub use crate::identity::{file_sha256, samples_sha256, DataIdentity};
+pub use crate::images::{load_images, ImageFolder, ImageSplits};
 pub use crate::sampler::{Cursor, Sampler};
 pub use crate::source::Source;
 pub use crate::synthetic::{synthetic_tabular, SyntheticSpec};
@@ -212,6 +216,9 @@ pub struct DataInfo {
     pub class_names: Option<Vec<String>>,
     /// Vocabulary size (text).
     pub vocab_size: Option<usize>,
+    /// Image shape `[channels, height, width]` (image folders).
+    #[serde(default)]
+    pub image: Option<[usize; 3]>,
     /// Model sequence length (text).
     pub seq_len: Option<usize>,
     /// Training samples (rows, or windows for text).
@@ -273,6 +280,7 @@ fn read_dataset_hashed(section: &oomph_recipe::DataSection, seed: u64) -> Result
             Ok((Dataset::Text(text), Some(sha256)))
         }
         DataKind::Program => Err(DataError::ProgramData { name: section.name.clone().unwrap_or_default() }),
+        DataKind::ImageFolder => Err(DataError::NotRead { kind: section.kind }),
     }
 }
 
@@ -313,7 +321,9 @@ pub fn load(section: &oomph_recipe::DataSection, seed: u64, seq_len: Option<usiz
             let name = match section.kind {
                 DataKind::Csv => format!("CSV file `{}`", data_path(section)?.display()),
                 DataKind::Synthetic => "synthetic data".to_string(),
-                DataKind::Text | DataKind::Program => unreachable!("only csv and synthetic data are tables"),
+                DataKind::Text | DataKind::Program | DataKind::ImageFolder => {
+                    unreachable!("only csv and synthetic data are tables")
+                }
             };
             tabular_splits(section.kind, &name, data, frac, seed, section.standardize, file_sha256)?
         }
@@ -327,8 +337,18 @@ pub fn load(section: &oomph_recipe::DataSection, seed: u64, seq_len: Option<usiz
     Ok(splits)
 }
 
+/// The shuffled split of `total` items (tables, image folders) by the run seed: `n_valid`
+/// validation indices and the rest for training, each list in ascending (file) order.
+pub fn split_indices(total: usize, n_valid: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut order = rng::SplitMix64::new(rng::derive_seed(seed, SPLIT_STREAM)).permutation(total);
+    let mut train = order.split_off(n_valid.min(total));
+    order.sort_unstable();
+    train.sort_unstable();
+    (train, order)
+}
+
 /// Number of validation items for `total` items: `round(total * fraction)`.
-fn valid_count(total: usize, fraction: f64) -> usize {
+pub fn valid_count(total: usize, fraction: f64) -> usize {
     ((total as f64) * fraction).round() as usize
 }
 
@@ -364,12 +384,9 @@ fn tabular_splits(
                 .into(),
         });
     }
-    let mut order = rng::SplitMix64::new(rng::derive_seed(seed, SPLIT_STREAM)).permutation(total);
-    let (valid_idx, train_idx) = order.split_at_mut(n_valid);
-    valid_idx.sort_unstable();
-    train_idx.sort_unstable();
-    let mut train = data.select(train_idx);
-    let mut valid = data.select(valid_idx);
+    let (train_idx, valid_idx) = split_indices(total, n_valid, seed);
+    let mut train = data.select(&train_idx);
+    let mut valid = data.select(&valid_idx);
     let content_sha256 = file_sha256.unwrap_or_else(|| samples_sha256(&train, &valid));
     let standardization = standardize.then(|| {
         let s = Standardization::fit(&train);
@@ -403,6 +420,7 @@ fn tabular_splits(
         n_classes,
         class_names,
         vocab_size: None,
+        image: None,
         seq_len: None,
         train_len: n_train,
         valid_len: n_valid,
@@ -459,6 +477,7 @@ fn text_splits(path: &Path, text: Text, frac: f64, seq_len: usize, sha256: Strin
         n_classes: None,
         class_names: None,
         vocab_size: Some(vocab_size),
+        image: None,
         seq_len: Some(seq_len),
         train_len: train.len(),
         valid_len: valid.len(),

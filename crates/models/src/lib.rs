@@ -1,7 +1,9 @@
-//! oomph's built-in models: `mlp` (tabular classification and regression) and `gpt`
-//! (character-level decoder-only transformer). Both implement [`oomph_train::Objective`] and
+//! oomph's built-in models: `mlp` (tabular classification and regression), `cnn` (image
+//! classification) and `gpt` (character-level decoder-only transformer). All implement
+//! [`oomph_train::Objective`] and
 //! are registered by [`Builtin`].
 
+pub mod cnn;
 pub mod gpt;
 pub mod mlp;
 
@@ -14,6 +16,7 @@ pub struct Builtin;
 impl Models for Builtin {
     fn register<B: AutodiffBackend>(r: &mut Registry<B>) {
         r.add("mlp", "multi-layer perceptron for tabular classification/regression", mlp::init::<B>);
+        r.add("cnn", "small convolutional network for image classification", cnn::init::<B>);
         r.add_with_needs("gpt", "decoder-only transformer, character-level language model", gpt::needs, gpt::init::<B>);
     }
 }

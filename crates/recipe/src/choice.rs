@@ -106,13 +106,15 @@ choices! {
         TchCuda,
     }
     /// `data.kind`.
-    DataKind, "the dataset kind", "lowercase" {
+    DataKind, "the dataset kind", "snake_case" {
         /// A numeric table with a label column.
         Csv,
         /// A UTF-8 text read as characters.
         Text,
         /// Seeded Gaussian blobs or a linear teacher.
         Synthetic,
+        /// A folder of images (PNG, JPEG, BMP), one sub-folder per class.
+        ImageFolder,
         /// Data the program registers (a burn `Dataset` and `Batcher`), named by `data.name`.
         Program,
     }

@@ -97,12 +97,13 @@ impl Default for ModelSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
-    /// `"csv"`, `"text"`, `"synthetic"` or `"program"`. Default `"synthetic"`.
+    /// `"csv"`, `"text"`, `"synthetic"`, `"image_folder"` or `"program"`. Default
+    /// `"synthetic"`.
     pub kind: DataKind,
     /// program: which of the program's registered data kinds. Default: none.
     pub name: Option<String>,
-    /// File path (csv, text; a file or a directory for program data), relative to the recipe
-    /// file's directory. Default: none.
+    /// File path (csv, text), folder (image_folder), or either (program data), relative to
+    /// the recipe file's directory. Default: none.
     pub path: Option<String>,
     /// Fraction of the samples held out for validation, in `[0, 1)`. Default `0.1`.
     pub valid_fraction: f64,

@@ -176,12 +176,29 @@ fn data(r: &Recipe, cx: &Ctx) -> R {
             return Err(cx.invalid(
                 "data.path",
                 format!("{path:?}"),
-                "no such file (a path in the recipe file is relative to the recipe file's directory; \
-                 one given with --set is relative to the current directory)",
-                "point data.path at an existing file",
+                if matches!(d.kind, DataKind::ImageFolder | DataKind::Program) {
+                    "no such file or folder (a path in the recipe file is relative to the recipe file's directory; \
+                     one given with --set is relative to the current directory)"
+                } else {
+                    "no such file (a path in the recipe file is relative to the recipe file's directory; one given \
+                     with --set is relative to the current directory)"
+                },
+                if d.kind == DataKind::ImageFolder {
+                    "point data.path at an existing folder"
+                } else {
+                    "point data.path at an existing file"
+                },
             ));
         }
-        if !p.is_file() && !program {
+        if d.kind == DataKind::ImageFolder && !p.is_dir() {
+            return Err(cx.invalid(
+                "data.path",
+                format!("{path:?}"),
+                "it is not a folder: data.kind = \"image_folder\" reads a folder with one sub-folder of images per class",
+                "point data.path at the folder that holds the class sub-folders",
+            ));
+        }
+        if !p.is_file() && !program && d.kind != DataKind::ImageFolder {
             return Err(cx.invalid(
                 "data.path",
                 format!("{path:?}"),

@@ -63,7 +63,7 @@ use std::marker::PhantomData;
 /// A step output that carries the micro-batch's mean loss.
 pub trait HasLoss<B: Backend> {
     /// The loss averaged over the micro-batch, shape `[1]`: over its samples, or over its
-    /// target tokens for token batches (the units of [`Objective::weight`]).
+    /// target tokens for token batches (the units the data weighs its items in).
     fn mean_loss(&self) -> Tensor<B, 1>;
 
     /// The number of units the mean is taken over (samples, or target tokens): the loss sum
@@ -179,8 +179,15 @@ where
 
     /// `mean_loss * weight`: the sum oomph normalises by the effective batch's weight.
     fn loss(&self, batch: M::Input) -> Loss<B> {
+        self.weighed_loss(batch).0
+    }
+
+    /// The loss with the output's count of samples (or target tokens), which the trainer
+    /// checks against the data's weight.
+    fn weighed_loss(&self, batch: M::Input) -> (Loss<B>, Option<f64>) {
         let out = self.model.step(batch);
-        Loss { sum: out.mean_loss().mul_scalar(out.weight()) }
+        let weight = out.weight();
+        (Loss { sum: out.mean_loss().mul_scalar(weight) }, Some(weight))
     }
 
     fn evaluate(&self, batch: M::Input) -> Evaluation<B> {
@@ -392,6 +399,26 @@ every = 0
         assert!((e.loss_sum.into_scalar().elem::<f64>() - sum_value).abs() < 1e-4 * sum_value.abs());
         assert_eq!(e.metrics.len(), 1);
         assert_eq!((e.metrics[0].name, e.metrics[0].weight), ("accuracy", 10.0));
+    }
+
+    /// Data weighed in other units than the model's output counts (2 per sample here, as if
+    /// tokens, against a classification output's samples) is refused, not trained with a
+    /// gradient scaled by the ratio.
+    #[test]
+    fn data_weighed_in_other_units_than_the_outputs_is_refused() {
+        let r = recipe(64);
+        let s = splits(&r);
+        let (features, classes) = (s.info.n_features.unwrap(), s.info.n_classes.unwrap());
+        let data = Data::<Ad>::new(s.info, s.identity, feed(s.train).each_weighs(2.0), feed(s.valid));
+        let dir = tempfile::tempdir().unwrap();
+        let mut session = Session::<Ad>::new(r, "test", Default::default(), dir.path());
+        session.resume = Resume::Never;
+        let _turn = serial();
+        let e = train(session, &data, |device| BurnTrain::new(Net::<Ad>::new(features, classes, device)))
+            .expect_err("refused");
+        let text = e.to_string();
+        assert!(matches!(e, crate::TrainError::BadInput(_)), "{text}");
+        assert!(text.contains("sum over 64 units") && text.contains("weighs the chunk 128"), "{text}");
     }
 
     /// Trained through `oomph_train::train`: the loss falls, evaluation reports accuracy, and

@@ -19,9 +19,10 @@
 //! paired with data of another batch type is refused before anything is built, with a
 //! message naming both kinds.
 //!
-//! oomph's own `csv`, `synthetic` and `text` data are datasets of this kind too:
-//! [`TabularRows`] with [`TabularBatcher`] (giving [`TabularBatch`]), and [`TokenWindows`]
-//! with [`TokenBatcher`] (giving [`TokenBatch`], weighed in tokens).
+//! oomph's own `csv`, `synthetic`, `text` and `image_folder` data are datasets of this kind
+//! too: [`TabularRows`] with [`TabularBatcher`] (giving [`TabularBatch`]), [`TokenWindows`]
+//! with [`TokenBatcher`] (giving [`TokenBatch`], weighed in tokens), and burn-dataset's
+//! `ImageFolderDataset` with [`ImageBatcher`] (giving [`ImageBatch`]).
 
 use crate::error::TrainError;
 use crate::objective::{InnerBatch, Objective};
@@ -32,6 +33,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use oomph_data::{DataIdentity, DataInfo, Source, Splits, Tabular, Targets};
 use oomph_recipe::{DataKind, Recipe};
+pub mod images;
+
+pub use images::{ImageBatch, ImageBatcher};
 use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -65,8 +69,13 @@ pub trait Feed<B: Backend, O>: Send + Sync {
     fn batch(&self, indices: &[usize], device: &B::Device) -> O;
 }
 
-/// A weight function of items.
-type Weigh<I> = Arc<dyn Fn(&I) -> f64 + Send + Sync>;
+/// How a [`Batched`] feed weighs its items.
+enum Weigh<I> {
+    /// Every item weighs the same (no item is fetched to weigh it).
+    Each(f64),
+    /// Each item's weight from the item.
+    Item(Arc<dyn Fn(&I) -> f64 + Send + Sync>),
+}
 
 /// A burn [`Dataset`] with the [`Batcher`] that turns its items into a model's batches: a
 /// [`Feed`] for every backend the batcher covers.
@@ -99,7 +108,7 @@ type Weigh<I> = Arc<dyn Fn(&I) -> f64 + Send + Sync>;
 pub struct Batched<I, D, T> {
     dataset: D,
     batcher: T,
-    weigh: Option<Weigh<I>>,
+    weigh: Weigh<I>,
     eval_stride: usize,
     _items: PhantomData<fn() -> I>,
 }
@@ -107,13 +116,23 @@ pub struct Batched<I, D, T> {
 impl<I, D: Dataset<I>, T> Batched<I, D, T> {
     /// `dataset`'s items, batched by `batcher`; every item weighs 1.
     pub fn new(dataset: D, batcher: T) -> Self {
-        Self { dataset, batcher, weigh: None, eval_stride: 1, _items: PhantomData }
+        Self { dataset, batcher, weigh: Weigh::Each(1.0), eval_stride: 1, _items: PhantomData }
     }
 
     /// Each item weighs `weigh(item)` (e.g. its number of target tokens): the step's loss is
-    /// the mean over these units. The model's loss must then be the sum over the same units.
+    /// the mean over these units, and the model's loss must be the sum over the same units.
+    /// Weights must be finite and positive. To weigh the effective batch, each of its items is
+    /// fetched once more (`Dataset::get`); when every item weighs the same, use
+    /// [`Batched::each_weighs`], which fetches nothing.
     pub fn weighed(mut self, weigh: impl Fn(&I) -> f64 + Send + Sync + 'static) -> Self {
-        self.weigh = Some(Arc::new(weigh));
+        self.weigh = Weigh::Item(Arc::new(weigh));
+        self
+    }
+
+    /// Every item weighs `weight` (e.g. the `seq_len` target tokens of a fixed-length token
+    /// window): the step's loss is the mean over these units. Must be finite and positive.
+    pub fn each_weighs(mut self, weight: f64) -> Self {
+        self.weigh = Weigh::Each(weight);
         self
     }
 
@@ -148,8 +167,8 @@ where
 
     fn weight(&self, indices: &[usize]) -> f64 {
         match &self.weigh {
-            None => indices.len() as f64,
-            Some(w) => indices.iter().map(|&i| w(&self.item(i))).sum(),
+            Weigh::Each(w) => indices.len() as f64 * w,
+            Weigh::Item(w) => indices.iter().map(|&i| w(&self.item(i))).sum(),
         }
     }
 
@@ -178,11 +197,13 @@ pub type ModelFeeds<B, M> = Feeds<B, <M as Objective<B>>::Batch, InnerBatch<B, M
 /// A recipe's data, loaded: its summary and identity, and its feeds with their batch type
 /// (known to the model only through a typed look-up, [`Data::feeds`]).
 pub struct Data<B: AutodiffBackend> {
-    /// Sizes and description, for the model's construction and the reports.
+    /// Sizes and description, for the model's construction and the reports (and, with the
+    /// content digest, the data's identity: see [`Data::identity`]).
     pub info: DataInfo,
-    /// What the data is, for checking that a resumed run trains on the same data.
-    pub identity: DataIdentity,
+    /// The vocabulary and content digest of the identity.
+    identity: DataIdentity,
     feeds: Box<dyn Any>,
+    /// The full name of the training batch type.
     batch: &'static str,
     train_len: usize,
     valid_len: usize,
@@ -203,7 +224,7 @@ impl<B: AutodiffBackend> Data<B> {
             info,
             identity,
             feeds: Box::new(feeds),
-            batch: type_name::<T>(),
+            batch: std::any::type_name::<T>(),
             train_len,
             valid_len,
             _backend: PhantomData,
@@ -214,8 +235,9 @@ impl<B: AutodiffBackend> Data<B> {
     /// feeds (usually [`Batched`] burn datasets), described in one line for the logs.
     /// `content_sha256` identifies the content (e.g. the SHA-256 of the files read, see
     /// `oomph_data::file_sha256`): a run resumes only on data of the same identity (name,
-    /// sizes and content). Set fields of [`Data::info`] (e.g. `n_classes`) for the model to
-    /// read when it is built.
+    /// sizes, the summary's class count and names, and content). Set fields of [`Data::info`]
+    /// (e.g. `n_classes`) for the model to read when it is built; they are part of the
+    /// identity.
     pub fn program<T: 'static, V: 'static>(
         name: &str,
         description: &str,
@@ -230,6 +252,7 @@ impl<B: AutodiffBackend> Data<B> {
             n_classes: None,
             class_names: None,
             vocab_size: None,
+            image: None,
             seq_len: None,
             train_len: train.len(),
             valid_len: valid.len(),
@@ -262,10 +285,15 @@ impl<B: AutodiffBackend> Data<B> {
         self.feeds.downcast_ref()
     }
 
-    /// The name of the training batch type (without its path and parameters), e.g.
-    /// `TabularBatch`.
+    /// What the data is, for checking that a resumed run trains on the same data: the summary
+    /// as it is now ([`Data::info`]) with the vocabulary and content digest it was made with.
+    pub fn identity(&self) -> DataIdentity {
+        DataIdentity::new(&self.info, self.identity.vocabulary.clone(), self.identity.content_sha256.clone())
+    }
+
+    /// The name of the training batch type, e.g. `TabularBatch` (see [`type_name`]).
     pub fn batch_type(&self) -> &'static str {
-        self.batch
+        short_name(self.batch)
     }
 
     /// Training samples.
@@ -288,7 +316,11 @@ where
     M::InnerModule: Objective<B::InnerBackend>,
 {
     data.feeds::<M::Batch, InnerBatch<B, M>>().ok_or_else(|| {
-        let (wants, gives) = (type_name::<M::Batch>(), data.batch_type());
+        let (mut wants, mut gives) = (type_name::<M::Batch>(), data.batch_type());
+        if wants == gives && std::any::type_name::<M::Batch>() != data.batch {
+            // Two types of one name: their paths tell them apart.
+            (wants, gives) = (std::any::type_name::<M::Batch>(), data.batch);
+        }
         let source = match (recipe.data.kind, &recipe.data.name) {
             (DataKind::Program, Some(name)) => format!("data.kind = \"program\" (data.name = \"{name}\")"),
             (kind, _) => format!("data.kind = \"{kind}\""),
@@ -300,17 +332,24 @@ where
         };
         TrainError::BadInput(format!(
             "{origin}: model.kind = \"{}\" {what}: the model cannot take this data. Fix: pick a model.kind that \
-             trains on `{gives}` batches (of the built-in kinds, mlp takes csv and synthetic data and gpt takes \
-             text), or data whose batches the model takes.",
+             trains on `{gives}` batches (of the built-in kinds, mlp takes csv and synthetic data, cnn takes \
+             image_folder and gpt takes text), or data whose batches the model takes.",
             recipe.model.kind
         ))
     })
 }
 
 /// A type's name without its module path and generic parameters: `TabularBatch` for
-/// `oomph_train::feed::TabularBatch<Autodiff<Flex>>`.
+/// `oomph_train::feed::TabularBatch<Autodiff<Flex>>`; a tuple, array or reference keeps its
+/// full name.
 pub fn type_name<T: ?Sized>() -> &'static str {
-    let full = std::any::type_name::<T>();
+    short_name(std::any::type_name::<T>())
+}
+
+fn short_name(full: &'static str) -> &'static str {
+    if full.starts_with(['(', '[', '&', '*']) {
+        return full;
+    }
     let head = full.split('<').next().unwrap_or(full);
     head.rsplit("::").next().unwrap_or(head)
 }
@@ -414,6 +453,12 @@ impl<B: Backend> Batcher<B, TabularItem, TabularBatch<B>> for TabularBatcher {
         let mut x = Vec::with_capacity(n * d);
         let (mut classes, mut values) = (Vec::new(), Vec::new());
         for item in items {
+            assert_eq!(
+                item.features.len(),
+                d,
+                "the rows of one tabular batch have one number of features; one has {} where the first has {d}",
+                item.features.len()
+            );
             x.extend_from_slice(&item.features);
             match item.target {
                 TabularTarget::Class(c) => classes.push(i64::from(c)),
@@ -453,7 +498,7 @@ impl TokenWindows {
     /// target tokens; evaluation covers non-overlapping windows.
     pub fn feed(tokens: Vec<u32>, seq_len: usize) -> Batched<Vec<u32>, TokenWindows, TokenBatcher> {
         let s = seq_len;
-        Batched::new(Self::new(tokens, seq_len), TokenBatcher).weighed(move |_| s as f64).eval_stride(s)
+        Batched::new(Self::new(tokens, seq_len), TokenBatcher).each_weighs(s as f64).eval_stride(s)
     }
 }
 
@@ -539,8 +584,40 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "one has 1 where the first has 2")]
+    fn rows_of_other_lengths_are_named_not_reshaped() {
+        let rows = vec![
+            TabularItem { features: vec![1.0, 2.0], target: TabularTarget::Class(0) },
+            TabularItem { features: vec![3.0], target: TabularTarget::Class(1) },
+        ];
+        let _: TabularBatch<B> = TabularBatcher.batch(rows, &Default::default());
+    }
+
+    /// The summary's fields a program sets after `Data::program` are part of the identity a
+    /// checkpoint records.
+    #[test]
+    fn a_programs_summary_is_part_of_its_identity() {
+        type Ad = burn::backend::Autodiff<B>;
+        let t = Tabular {
+            features: vec![0.0, 1.0],
+            n_features: 1,
+            targets: Targets::Classes { labels: vec![0, 1], names: vec![] },
+            feature_names: vec!["x".into()],
+        };
+        let mut data =
+            Data::<Ad>::program("p", "two rows", "abc".into(), TabularRows::feed(t.clone()), TabularRows::feed(t));
+        data.info.n_classes = Some(10);
+        let id = data.identity();
+        assert_eq!(
+            (id.n_classes, id.kind.as_str(), id.content_sha256.as_str(), id.train_len),
+            (Some(10), "p", "abc", 2)
+        );
+    }
+
+    #[test]
     fn type_names_lose_their_path_and_parameters() {
         assert_eq!(type_name::<TabularBatch<B>>(), "TabularBatch");
         assert_eq!(type_name::<Vec<u32>>(), "Vec");
+        assert_eq!(type_name::<(u8, Vec<u32>)>(), "(u8, alloc::vec::Vec<u32>)");
     }
 }

@@ -89,6 +89,15 @@ pub trait Objective<B: Backend> {
     /// weighs its samples in (samples by default, target tokens for text).
     fn loss(&self, batch: Self::Batch) -> Loss<B>;
 
+    /// The loss of this micro-batch and, when the model knows it, the number of units its sum
+    /// is taken over (samples, or target tokens), which the trainer checks against the data's
+    /// weight of the chunk: a mismatch is refused rather than trained with a scaled gradient.
+    /// Defaults to [`Objective::loss`] with no count; the burn-train adapter reports its
+    /// output's count.
+    fn weighed_loss(&self, batch: Self::Batch) -> (Loss<B>, Option<f64>) {
+        (self.loss(batch), None)
+    }
+
     /// Evaluation: loss sum plus optional metrics. Defaults to the training loss alone.
     fn evaluate(&self, batch: Self::Batch) -> Evaluation<B> {
         Evaluation { loss_sum: self.loss(batch).sum, metrics: Vec::new() }

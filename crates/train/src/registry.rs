@@ -235,14 +235,22 @@ impl<B: AutodiffBackend> Registry<B> {
     /// registered loader. `needs` is what the model needs from it.
     pub fn load_data(&self, recipe: &Recipe, origin: &str, needs: DataNeeds) -> Result<Data<B>, TrainError> {
         let section = &recipe.data;
-        let (DataKind::Program, Some(name)) = (section.kind, &section.name) else {
-            let splits = oomph_data::load(section, recipe.run.seed, needs.seq_len)
-                .map_err(|e| TrainError::BadInput(format!("{origin}: {e}")))?;
-            return Ok(Data::from_splits(splits));
+        let bad = |e: oomph_data::DataError| TrainError::BadInput(format!("{origin}: {e}"));
+        let name = match (section.kind, &section.name) {
+            (DataKind::Program, Some(name)) => name,
+            (DataKind::ImageFolder, _) => {
+                let root = section.path.as_deref().map(std::path::Path::new);
+                let root = root.ok_or(oomph_data::DataError::MissingPath { kind: section.kind }).map_err(bad)?;
+                return crate::feed::images::load(root, section.valid_fraction, recipe.run.seed).map_err(bad);
+            }
+            _ => return oomph_data::load(section, recipe.run.seed, needs.seq_len).map(Data::from_splits).map_err(bad),
         };
         self.check_data(recipe, origin)?;
         let request = DataRequest { section, seed: recipe.run.seed, needs };
-        let data = (self.data[name].load)(&request).map_err(|e| {
+        let load = &self.data[name].load;
+        let loaded = crate::recovery::quietly(|| load(&request))
+            .unwrap_or_else(|panic| Err(format!("its loader panicked ({panic})")));
+        let data = loaded.map_err(|e| {
             TrainError::BadInput(format!(
                 "{origin}: data.name = \"{name}\" cannot be loaded: {e}. Fix: correct the [data] section (data.path, \
                  data.valid_fraction) for this data."

@@ -142,7 +142,8 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>> Trainable<B, M> {
             accumulate::<B, M>(model, src, input, device, faults, &phase, scope)
         });
         let (grads, loss, check) = match out {
-            Ok(v) => v,
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Outcome::Failed(e),
             Err(f) => return failed(f, step, phase.get(), input.plan[0]),
         };
         if !(loss.is_finite() && check.finite) {
@@ -239,7 +240,7 @@ fn accumulate<B, M>(
     faults: &mut Faults,
     phase: &Cell<Phase>,
     scope: &Scope,
-) -> (GradientsParams, f64, GradCheck)
+) -> Result<(GradientsParams, f64, GradCheck), TrainError>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Objective<B>,
@@ -255,7 +256,15 @@ where
         offset += size;
     }
     let total = src.weight(input.indices);
-    let scale = 1.0 / total.max(f64::MIN_POSITIVE);
+    if !(total.is_finite() && total > 0.0) {
+        return Err(TrainError::BadInput(format!(
+            "the {} training samples of step {step} weigh {total} in all: the step's loss is divided by that \
+             total, which must be finite and above zero. Fix: give every item of the data a finite, positive weight \
+             (`Batched::weighed` or `Batched::each_weighs`).",
+            input.indices.len()
+        )));
+    }
+    let scale = 1.0 / total;
     let mut acc = GradientsAccumulator::<M>::new();
     let mut single = None;
     let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
@@ -263,7 +272,20 @@ where
         phase.set(Phase::Forward);
         faults.check(step, Phase::Forward, chunk.len());
         let batch = src.batch(chunk, device);
-        let mut loss = random::with_chunk(input.seed, step, chunk, || model.loss(batch)).sum.mul_scalar(scale);
+        let (loss, units) = random::with_chunk(input.seed, step, chunk, || model.weighed_loss(batch));
+        if let Some(units) = units {
+            let weight = src.weight(chunk);
+            if (units - weight).abs() > 1e-9 * weight.abs().max(1.0) {
+                return Err(TrainError::BadInput(format!(
+                    "the model's loss of a chunk of {} samples is a sum over {units} units (its output's samples or \
+                     target tokens), but the data weighs the chunk {weight}: the step's mean would be off by their \
+                     ratio, and with it the gradient. Fix: weigh the data's items in the model's units (e.g. \
+                     `Batched::each_weighs(seq_len)` or `Batched::weighed(|item| tokens)` for sequence data).",
+                    chunk.len()
+                )));
+            }
+        }
+        let mut loss = loss.sum.mul_scalar(scale);
         if faults.nan_loss(step) {
             loss = loss.mul_scalar(f64::NAN);
         }
@@ -302,5 +324,5 @@ where
         None => (f64::NAN, f64::NAN),
     };
     let grads_check = GradCheck { finite: check.is_finite(), norm: with_norm.then(|| check.sqrt()) };
-    (grads, loss, grads_check)
+    Ok((grads, loss, grads_check))
 }

@@ -53,11 +53,12 @@ where
     /// Resumes from the checkpoint the session asks for, or starts over; then applies what a
     /// supervisor asked for after a worker's death.
     pub(super) fn resume(&mut self) -> Result<(), TrainError> {
+        let identity = self.data.identity();
         let expect = Expect {
             recipe: &self.s.recipe,
             origin: &self.s.origin,
             run_dir: &self.s.run_dir,
-            identity: &self.data.identity,
+            identity: &identity,
             train_len: self.data.train_len(),
             total: self.total,
         };
@@ -132,7 +133,7 @@ where
             restarts: self.s.restarts,
             resumes: t.resumes,
             reason: reason.into(),
-            data: Some(self.data.identity.clone()),
+            data: Some(self.data.identity()),
             total_steps: Some(self.total),
             nonfinite_steps: t.nonfinite_steps,
             nonfinite_run: t.nonfinite_run,
