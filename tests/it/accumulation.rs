@@ -113,7 +113,7 @@ fn data_of_zero_weight_is_refused() {
     let _turn = serial();
     let e = train(session(r, d.path()), &data, |dev| mlp::init::<B>(&cfg, &info, dev).unwrap()).expect_err("refused");
     assert!(matches!(e, oomph::train::TrainError::BadInput(_)), "{e}");
-    assert!(e.to_string().contains("weigh 0 in all"), "{e}");
+    assert!(e.to_string().contains("weighs 0") && e.to_string().contains("finite and above zero"), "{e}");
 }
 
 /// Sample `i` stands for a sequence of `1 + label % 3` tokens, each with the sample's loss.

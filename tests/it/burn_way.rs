@@ -258,3 +258,32 @@ fn the_shortest_program_refuses_regression_data_at_check() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("classification") && !text(&o).contains("panicked"), "{}", text(&o));
 }
+
+/// An image whose header reads but whose pixels do not decode stops the run as bad input
+/// (exit 2) naming the file, without a panic's text.
+#[test]
+fn an_image_that_does_not_decode_is_named_with_exit_2() {
+    let d = tempfile::tempdir().unwrap();
+    let folder = d.path().join("images");
+    let shipped = root().join("data").join("digits-images");
+    for class in std::fs::read_dir(&shipped).unwrap() {
+        let class = class.unwrap().path();
+        let to = folder.join(class.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        for file in std::fs::read_dir(&class).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(&file, to.join(file.file_name().unwrap())).unwrap();
+        }
+    }
+    let bad = folder.join("3").join("0003.png");
+    let bytes = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &bytes[..80]).unwrap();
+    let path = format!("data.path={}", folder.display());
+    let run = d.path().join("run");
+    let args = ["train", "configs/digits-cnn-debug.toml", "--run-dir", run.to_str().unwrap(), "--set", &path];
+    let o = oomph(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("0003.png") && t.contains("cannot be decoded") && t.contains("Fix:"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+}

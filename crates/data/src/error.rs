@@ -52,7 +52,7 @@ pub enum DataError {
     #[error(
         "data.kind = \"program\" (data.name = {name:?}) is data a program registers, and this program \
          has none of that name. Fix: run the program that registers it, or use a built-in data.kind \
-         (csv, text, synthetic)."
+         (csv, text, synthetic, image_folder)."
     )]
     ProgramData {
         /// The `data.name` asked for.

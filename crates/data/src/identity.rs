@@ -96,6 +96,7 @@ impl DataIdentity {
         if self.content_sha256 != now.content_sha256 {
             let why = match (self.kind.as_str(), now.kind.as_str()) {
                 ("synthetic", "synthetic") => "the generated samples changed",
+                ("image_folder", "image_folder") => "the images, their names or their classes changed",
                 (a, b) if a == b => "the file's bytes changed",
                 _ => "different data",
             };

@@ -1,11 +1,13 @@
 //! `image_folder` data: a folder with one sub-folder of images per class.
 //!
 //! [`scan`] lists the images (PNG, JPEG, BMP) of every class sub-folder in path order, the
-//! classes sorted by name, and reads each image's header: every image must decode to the same
-//! width, height and number of channels, so a bad file is named before training starts
-//! rather than failing a step. [`load_images`] splits the list with the run seed, as tables
-//! are split. Decoding the pixels is left to the dataset that serves them (burn-dataset's
-//! `ImageFolderDataset`, in `oomph_train::feed`).
+//! classes sorted by name (byte order: `10` before `2`), and reads each image's header with
+//! the decoder its extension names: every image must have the same width, height and number
+//! of channels, so a file that is not what its name says, or of another size, is named before
+//! training starts. [`load_images`] splits the list with the run seed, as tables are split
+//! (not stratified by class), and hashes every image's bytes for the identity. Decoding the
+//! pixels is left to the dataset that serves them (burn-dataset's `ImageFolderDataset`, in
+//! `oomph_train::feed`), which names a file whose pixels turn out not to decode.
 
 use std::path::{Path, PathBuf};
 
@@ -41,8 +43,8 @@ pub struct ImageSplits {
     pub valid: Vec<usize>,
     /// Sizes and description.
     pub info: DataInfo,
-    /// The folder's identity: class names, shape, split sizes, and a SHA-256 of every image's
-    /// relative path and size.
+    /// The folder's identity: class names, split sizes, and a SHA-256 of every image's relative
+    /// path, class and bytes.
     pub identity: DataIdentity,
 }
 
@@ -69,8 +71,8 @@ fn image_extension(path: &Path) -> Option<String> {
 
 /// `[channels, height, width]` from an image's header.
 fn header_shape(path: &Path) -> Result<[usize; 3], String> {
+    // The format its extension names, as burn-dataset's loader (`image::open`) picks it.
     let reader = image::ImageReader::open(path).map_err(|e| e.to_string())?;
-    let reader = reader.with_guessed_format().map_err(|e| e.to_string())?;
     let decoder = reader.into_decoder().map_err(|e| e.to_string())?;
     let (w, h) = image::ImageDecoder::dimensions(&decoder);
     let channels = image::ImageDecoder::color_type(&decoder).channel_count();
@@ -83,8 +85,8 @@ pub fn scan(root: &Path) -> Result<ImageFolder, DataError> {
     let mut classes = Vec::new();
     let mut images = Vec::new();
     for dir in sorted_entries(root)? {
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name.starts_with('.') {
+        let raw = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if raw.starts_with('.') {
             continue;
         }
         if !dir.is_dir() {
@@ -97,6 +99,9 @@ pub fn scan(root: &Path) -> Result<ImageFolder, DataError> {
             }
             continue;
         }
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            return Err(bad(&dir, "has a name that is not UTF-8, and class names are text", "rename the folder"));
+        };
         let class = classes.len();
         let before = images.len();
         for file in sorted_entries(&dir)? {
@@ -112,11 +117,26 @@ pub fn scan(root: &Path) -> Result<ImageFolder, DataError> {
             images.push((file, class));
         }
         if images.len() == before {
-            return Err(bad(
-                &dir,
-                "is a class folder without images",
-                format!("add {} images to it, or remove it", EXTENSIONS.join("/")),
-            ));
+            let nested = sorted_entries(&dir)?.into_iter().any(|sub| {
+                sub.is_dir()
+                    && sorted_entries(&sub).is_ok_and(|files| files.iter().any(|f| image_extension(f).is_some()))
+            });
+            return Err(if nested {
+                bad(
+                    &dir,
+                    "holds folders of images, not images: the image folder is one level of class folders",
+                    format!(
+                        "if `{}` is one split of the dataset (e.g. train/ and val/), point data.path at it",
+                        dir.display()
+                    ),
+                )
+            } else {
+                bad(
+                    &dir,
+                    "is a class folder without images",
+                    format!("add {} images to it, or remove it", EXTENSIONS.join("/")),
+                )
+            });
         }
         classes.push(name);
     }
@@ -157,21 +177,29 @@ pub fn scan(root: &Path) -> Result<ImageFolder, DataError> {
         }
     }
     let shape = shape.map(|(s, _)| s).expect("at least one image");
+    if classes.len() < 2 {
+        return Err(bad(
+            root,
+            format!("holds a single class folder (`{}`): classification needs two classes or more", classes[0]),
+            "add a folder of images for every other class",
+        ));
+    }
     Ok(ImageFolder { root: root.to_path_buf(), classes, images, shape })
 }
 
-/// SHA-256 of the folder's listing: each image's path relative to the folder, its class and
-/// its size in bytes.
-fn listing_sha256(folder: &ImageFolder) -> Result<String, DataError> {
+/// SHA-256 of the folder: each image's path relative to the folder, its class and its bytes
+/// (every image is read once).
+fn content_sha256(folder: &ImageFolder) -> Result<String, DataError> {
     let mut hasher = Sha256::new();
-    hasher.update(b"oomph-data image folder v1\0");
+    hasher.update(b"oomph-data image folder v2\0");
     for (file, class) in &folder.images {
-        let size = std::fs::metadata(file).map_err(|e| DataError::Io { path: file.clone(), error: e })?.len();
+        let bytes = std::fs::read(file).map_err(|e| DataError::Io { path: file.clone(), error: e })?;
         let rel = file.strip_prefix(&folder.root).unwrap_or(file);
         hasher.update(rel.to_string_lossy().as_bytes());
         hasher.update([0]);
         hasher.update((*class as u64).to_le_bytes());
-        hasher.update(size.to_le_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
     }
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
@@ -209,9 +237,6 @@ pub fn load_images(root: &Path, valid_fraction: f64, seed: u64) -> Result<ImageS
          {n_valid} images (valid_fraction {valid_fraction}, split seed {seed})",
         root.display()
     );
-    if k == 1 {
-        tracing::warn!("image folder `{}` holds a single class", root.display());
-    }
     let info = DataInfo {
         kind: "image_folder".into(),
         task: "classification".into(),
@@ -225,7 +250,7 @@ pub fn load_images(root: &Path, valid_fraction: f64, seed: u64) -> Result<ImageS
         valid_len: n_valid,
         description,
     };
-    let identity = DataIdentity::new(&info, None, listing_sha256(&folder)?);
+    let identity = DataIdentity::new(&info, None, content_sha256(&folder)?);
     tracing::info!(train = n_train, valid = n_valid, "data: {}", info.description);
     Ok(ImageSplits { folder, train, valid, info, identity })
 }
@@ -282,5 +307,46 @@ mod tests {
         std::fs::rename(upper.path().join("a").join("0.png"), upper.path().join("a").join("0.PNG")).unwrap();
         let e = scan(upper.path()).unwrap_err().to_string();
         assert!(e.contains("0.PNG") && e.contains("rename it to `.png`"), "{e}");
+    }
+
+    /// A file that is not what its extension names is found by the header check (burn's
+    /// loader picks the decoder by extension and would fail in the middle of training).
+    #[test]
+    fn a_file_whose_content_is_not_its_extension_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        png(&d.path().join("a").join("0.png"), 4, 4, 0);
+        png(&d.path().join("b").join("0.png"), 4, 4, 0);
+        std::fs::rename(d.path().join("b").join("0.png"), d.path().join("b").join("0.jpg")).unwrap();
+        let e = scan(d.path()).unwrap_err().to_string();
+        assert!(e.contains("b/0.jpg") && e.contains("cannot be read as an image"), "{e}");
+    }
+
+    #[test]
+    fn one_class_and_split_folders_are_refused_with_their_fix() {
+        let one = tempfile::tempdir().unwrap();
+        png(&one.path().join("a").join("0.png"), 4, 4, 0);
+        let e = scan(one.path()).unwrap_err().to_string();
+        assert!(e.contains("single class folder (`a`)"), "{e}");
+        let split = tempfile::tempdir().unwrap();
+        for part in ["train", "val"] {
+            for class in ["a", "b"] {
+                png(&split.path().join(part).join(class).join("0.png"), 4, 4, 0);
+            }
+        }
+        let e = scan(split.path()).unwrap_err().to_string();
+        assert!(e.contains("holds folders of images") && e.contains("point data.path at it"), "{e}");
+    }
+
+    /// Two images of one size swapped between classes change the identity.
+    #[test]
+    fn the_identity_covers_the_images_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        png(&d.path().join("a").join("0.png"), 4, 4, 10);
+        png(&d.path().join("b").join("0.png"), 4, 4, 200);
+        let before = load_images(d.path(), 0.0, 1).unwrap().identity;
+        png(&d.path().join("a").join("0.png"), 4, 4, 200);
+        png(&d.path().join("b").join("0.png"), 4, 4, 10);
+        let after = load_images(d.path(), 0.0, 1).unwrap().identity;
+        assert_ne!(before.content_sha256, after.content_sha256);
     }
 }

@@ -25,7 +25,14 @@
 //! [`SequenceOutput`]): the *sum* oomph expects, so its normalisation by the effective
 //! batch's total weight is exact whatever the micro-batch split. The data must weigh its
 //! items in the same units: samples by default, tokens through
-//! [`Batched::weighed`](crate::feed::Batched::weighed) for sequence data.
+//! [`Batched::each_weighs`](crate::feed::Batched::each_weighs) or
+//! [`Batched::weighed`](crate::feed::Batched::weighed) for sequence data; the adapter reports
+//! its count ([`Objective::weighed_loss`]) and a chunk the data weighs otherwise is refused.
+//!
+//! Two losses are not a mean times that count, and need an [`Objective`] that returns the sum
+//! instead: a [`SequenceOutput`] of padded sequences (burn's output carries no padding mask, so
+//! its count is every target position, padding included; its accuracy counts them too), and
+//! burn's class-weighted cross-entropy (divided by the sum of the weights, not the count).
 //!
 //! # Why `InferenceStep` and not `TrainStep::step`
 //!

@@ -70,12 +70,13 @@ fn evaluate_on<B: Backend, M: Objective<B>>(
             );
         }
     }
-    assert!(
-        indices.is_empty() || (weight.is_finite() && weight > 0.0),
-        "the validation samples weigh {weight} in all: the loss is divided by that total, which must be finite and \
-         above zero. Fix: give every item of the data a finite, positive weight (`Batched::weighed` or \
-         `Batched::each_weighs`)"
-    );
+    if !(indices.is_empty() || (weight.is_finite() && weight > 0.0)) {
+        crate::recovery::data_fault(format!(
+            "the validation samples weigh {weight} in all: the loss is divided by that total, which must be finite \
+             and above zero. Fix: give every item of the data a finite, positive weight (`Batched::weighed` or \
+             `Batched::each_weighs`)."
+        ));
+    }
     let loss = loss.map(|t| t.into_scalar().elem::<f64>() / weight).unwrap_or(f64::NAN);
     let metrics = metrics
         .into_iter()

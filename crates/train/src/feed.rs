@@ -26,6 +26,7 @@
 
 use crate::error::TrainError;
 use crate::objective::{InnerBatch, Objective};
+use crate::recovery::data_fault;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use burn::module::AutodiffModule;
@@ -122,7 +123,8 @@ impl<I, D: Dataset<I>, T> Batched<I, D, T> {
     /// Each item weighs `weigh(item)` (e.g. its number of target tokens): the step's loss is
     /// the mean over these units, and the model's loss must be the sum over the same units.
     /// Weights must be finite and positive. To weigh the effective batch, each of its items is
-    /// fetched once more (`Dataset::get`); when every item weighs the same, use
+    /// fetched once more (`Dataset::get`), and once again per chunk for a model that reports
+    /// the units of its loss (the burn-train adapter); when every item weighs the same, use
     /// [`Batched::each_weighs`], which fetches nothing.
     pub fn weighed(mut self, weigh: impl Fn(&I) -> f64 + Send + Sync + 'static) -> Self {
         self.weigh = Weigh::Item(Arc::new(weigh));
@@ -149,9 +151,13 @@ impl<I, D: Dataset<I>, T> Batched<I, D, T> {
     }
 
     fn item(&self, index: usize) -> I {
-        self.dataset
-            .get(index)
-            .unwrap_or_else(|| panic!("the dataset has no item {index}, though its len() is {}", self.dataset.len()))
+        self.dataset.get(index).unwrap_or_else(|| {
+            data_fault(format!(
+                "the dataset's get({index}) returned no item, though its len() is {}: a burn Dataset must return an \
+                 item for every index below its len(). Fix: make the dataset's get and len agree.",
+                self.dataset.len()
+            ))
+        })
     }
 }
 
@@ -168,7 +174,16 @@ where
     fn weight(&self, indices: &[usize]) -> f64 {
         match &self.weigh {
             Weigh::Each(w) => indices.len() as f64 * w,
-            Weigh::Item(w) => indices.iter().map(|&i| w(&self.item(i))).sum(),
+            Weigh::Item(w) => indices
+                .iter()
+                .map(|&i| match w(&self.item(i)) {
+                    w if w.is_finite() && w > 0.0 => w,
+                    w => data_fault(format!(
+                        "item {i} of the data weighs {w}; weights must be finite and above zero. Fix: correct the \
+                         weight function given to `Batched::weighed`."
+                    )),
+                })
+                .sum(),
         }
     }
 
@@ -453,19 +468,26 @@ impl<B: Backend> Batcher<B, TabularItem, TabularBatch<B>> for TabularBatcher {
         let mut x = Vec::with_capacity(n * d);
         let (mut classes, mut values) = (Vec::new(), Vec::new());
         for item in items {
-            assert_eq!(
-                item.features.len(),
-                d,
-                "the rows of one tabular batch have one number of features; one has {} where the first has {d}",
-                item.features.len()
-            );
+            if item.features.len() != d {
+                data_fault(format!(
+                    "the rows of one tabular batch have one number of features; one has {} where the first has {d}. \
+                     Fix: give every row of the dataset the same features.",
+                    item.features.len()
+                ));
+            }
             x.extend_from_slice(&item.features);
             match item.target {
                 TabularTarget::Class(c) => classes.push(i64::from(c)),
                 TabularTarget::Value(v) => values.push(v),
             }
         }
-        assert!(classes.is_empty() || values.is_empty(), "a table's rows hold either classes or values");
+        if !(classes.is_empty() || values.is_empty()) {
+            data_fault(
+                "a tabular batch mixes class targets and regression values. Fix: give every row of the dataset one \
+                 kind of target."
+                    .into(),
+            );
+        }
         let features = Tensor::from_data(TensorData::new(x, [n, d]), device);
         let targets = if values.is_empty() {
             TabularTargets::Classes(Tensor::from_data(TensorData::new(classes, [n]), device))
@@ -532,7 +554,14 @@ impl<B: Backend> Batcher<B, Vec<u32>, TokenBatch<B>> for TokenBatcher {
         let mut inputs = Vec::with_capacity(n * s);
         let mut targets = Vec::with_capacity(n * s);
         for w in &windows {
-            assert_eq!(w.len(), s + 1, "token windows of one batch have one length");
+            if w.len() != s + 1 {
+                data_fault(format!(
+                    "the token windows of one batch have one length; one has {} tokens where the first has {}. Fix: \
+                     give every window of the dataset seq_len + 1 tokens.",
+                    w.len(),
+                    s + 1
+                ));
+            }
             inputs.extend(w[..s].iter().map(|&t| i64::from(t)));
             targets.extend(w[1..].iter().map(|&t| i64::from(t)));
         }
@@ -584,13 +613,16 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "one has 1 where the first has 2")]
     fn rows_of_other_lengths_are_named_not_reshaped() {
         let rows = vec![
             TabularItem { features: vec![1.0, 2.0], target: TabularTarget::Class(0) },
             TabularItem { features: vec![3.0], target: TabularTarget::Class(1) },
         ];
-        let _: TabularBatch<B> = TabularBatcher.batch(rows, &Default::default());
+        let out = crate::recovery::attempt::<B, _>(&Default::default(), || {
+            let _: TabularBatch<B> = TabularBatcher.batch(rows, &Default::default());
+        });
+        let Err(crate::recovery::Failure::Data { message }) = out else { panic!("a data fault expected: {out:?}") };
+        assert!(message.contains("one has 1 where the first has 2") && message.contains("Fix:"), "{message}");
     }
 
     /// The summary's fields a program sets after `Data::program` are part of the identity a

@@ -130,8 +130,9 @@ where
         B::seed(device, recipe.run.seed);
         let model = (self.init)(&self.config, &data.info, device).map_err(|e| {
             TrainError::BadInput(format!(
-                "{origin}: model.kind = \"{}\" cannot be built for this data: {e}. Fix: pick a model.kind that takes {} \
-                 data, or change the [data] section to data this model takes.",
+                "{origin}: model.kind = \"{}\" cannot be built: {e}. Fix: if a [model] key is named, correct it; if it \
+                 is the data, pick a model.kind that takes {} data, or change the [data] section to data this model \
+                 takes.",
                 recipe.model.kind, recipe.data.kind
             ))
         })?;
@@ -213,22 +214,21 @@ impl<B: AutodiffBackend> Registry<B> {
 
     /// Checks that program data named by the recipe is registered (nothing is loaded).
     pub fn check_data(&self, recipe: &Recipe, origin: &str) -> Result<(), TrainError> {
-        match (&recipe.data.kind, &recipe.data.name) {
-            (DataKind::Program, Some(name)) if !self.data.contains_key(name) => {
-                let known: Vec<String> = self.data.keys().map(|k| format!("\"{k}\"")).collect();
-                let fix = if known.is_empty() {
-                    "this program registers no data of its own: use a built-in data.kind (csv, text, synthetic), or \
-                     run the program that registers it"
-                        .to_string()
-                } else {
-                    format!("use one of: {} (registered with `Registry::add_data`)", known.join(", "))
-                };
-                Err(TrainError::BadInput(format!(
-                    "{origin}: `data.name` = \"{name}\" is not data this program registers. Fix: {fix}."
-                )))
-            }
-            _ => Ok(()),
+        let (DataKind::Program, Some(name)) = (recipe.data.kind, &recipe.data.name) else { return Ok(()) };
+        if self.data.contains_key(name) {
+            return Ok(());
         }
+        let known: Vec<String> = self.data.keys().map(|k| format!("\"{k}\"")).collect();
+        let fix = if known.is_empty() {
+            "this program registers no data of its own: use a built-in data.kind (csv, text, synthetic, \
+             image_folder), or run the program that registers it"
+                .to_string()
+        } else {
+            format!("use one of: {} (registered with `Registry::add_data`)", known.join(", "))
+        };
+        Err(TrainError::BadInput(format!(
+            "{origin}: `data.name` = \"{name}\" is not data this program registers. Fix: {fix}."
+        )))
     }
 
     /// Loads the recipe's data: a built-in kind through `oomph_data`, program data through its
@@ -243,7 +243,10 @@ impl<B: AutodiffBackend> Registry<B> {
                 let root = root.ok_or(oomph_data::DataError::MissingPath { kind: section.kind }).map_err(bad)?;
                 return crate::feed::images::load(root, section.valid_fraction, recipe.run.seed).map_err(bad);
             }
-            _ => return oomph_data::load(section, recipe.run.seed, needs.seq_len).map(Data::from_splits).map_err(bad),
+            // Without a name (which validation refuses), oomph_data says what is missing.
+            (DataKind::Csv | DataKind::Text | DataKind::Synthetic, _) | (DataKind::Program, None) => {
+                return oomph_data::load(section, recipe.run.seed, needs.seq_len).map(Data::from_splits).map_err(bad)
+            }
         };
         self.check_data(recipe, origin)?;
         let request = DataRequest { section, seed: recipe.run.seed, needs };

@@ -183,9 +183,9 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>> Trainable<B, M> {
         match out {
             Ok((m, o)) => self.updated(m, o, loss, check),
             Err(Failure::Oom { message }) => Outcome::Oom { phase: Phase::Optimizer, message, consumed: true },
-            Err(Failure::Other { message }) => Outcome::Failed(TrainError::Failed(format!(
-                "the optimizer update of step {step} failed (not an out-of-memory): {message}"
-            ))),
+            Err(Failure::Other { message } | Failure::Data { message }) => Outcome::Failed(TrainError::Failed(
+                format!("the optimizer update of step {step} failed (not an out-of-memory): {message}"),
+            )),
         }
     }
 
@@ -220,6 +220,9 @@ where
 fn failed(f: Failure, step: usize, phase: Phase, micro: usize) -> Outcome {
     match f {
         Failure::Oom { message } => Outcome::Oom { phase, message, consumed: false },
+        Failure::Data { message } => {
+            Outcome::Failed(TrainError::BadInput(format!("the data of step {step} cannot be served: {message}")))
+        }
         Failure::Other { message } => Outcome::Failed(TrainError::Failed(format!(
             "training failed in {} of step {step} (micro-batch {micro}) with an error that is not an \
              out-of-memory, so it is not retried: {message}",

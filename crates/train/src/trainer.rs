@@ -363,6 +363,12 @@ where
                     self.last_eval = Some(rec);
                     return Ok(());
                 }
+                Err(crate::recovery::Failure::Data { message }) => {
+                    return Err(TrainError::BadInput(format!(
+                        "the validation data cannot be served after step {}: {message}",
+                        self.step
+                    )))
+                }
                 Err(crate::recovery::Failure::Other { message }) => {
                     return Err(TrainError::Failed(format!(
                         "evaluation after step {} failed with an error that is not an out-of-memory: {message}",

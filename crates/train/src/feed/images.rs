@@ -3,8 +3,10 @@
 //! [`ImageBatcher`] stacks them into an [`ImageBatch`].
 
 use super::{Batched, Data};
+use crate::recovery::data_fault;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::transform::SelectionDataset;
+use burn::data::dataset::Dataset;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_dataset::vision::{Annotation, ImageDatasetItem, ImageFolderDataset, PixelDepth};
@@ -35,12 +37,14 @@ impl<B: Backend> Batcher<B, ImageDatasetItem, ImageBatch<B>> for ImageBatcher {
         let mut pixels = Vec::with_capacity(n * c * h * w);
         let mut targets = Vec::with_capacity(n);
         for item in items {
-            assert_eq!(
-                (item.image_height, item.image_width, item.image.len()),
-                (h, w, h * w * c),
-                "`{}` differs in size or colour type from the batch's first image",
-                item.image_path
-            );
+            if (item.image_height, item.image_width, item.image.len()) != (h, w, h * w * c) {
+                data_fault(format!(
+                    "image `{}` differs in size or colour type from the other images of its batch (it changed since \
+                     the folder was read). Fix: give every image one size and colour type; the data then changes, so \
+                     train into a new --run-dir.",
+                    item.image_path
+                ));
+            }
             pixels.extend(item.image.iter().map(|p| match *p {
                 PixelDepth::U8(v) => f32::from(v) / 255.0,
                 PixelDepth::U16(v) => f32::from(v) / 65535.0,
@@ -48,7 +52,11 @@ impl<B: Backend> Batcher<B, ImageDatasetItem, ImageBatch<B>> for ImageBatcher {
             }));
             match item.annotation {
                 Annotation::Label(class) => targets.push(class as i64),
-                ref other => panic!("`{}`: an image-level label was expected, not {other:?}", item.image_path),
+                ref other => data_fault(format!(
+                    "image `{}` has the annotation {other:?} where a class label was expected. Fix: serve one class \
+                     label per image.",
+                    item.image_path
+                )),
             }
         }
         // Decoded images are interleaved `[height, width, channels]`.
@@ -60,8 +68,34 @@ impl<B: Backend> Batcher<B, ImageDatasetItem, ImageBatch<B>> for ImageBatcher {
     }
 }
 
-/// One split of an image folder: burn-dataset's dataset, restricted to the split's images.
-type Images = SelectionDataset<ImageFolderDataset, ImageDatasetItem>;
+/// burn-dataset's image folder, restricted to one split's images.
+type Selection = SelectionDataset<ImageFolderDataset, ImageDatasetItem>;
+
+/// One split of an image folder. burn-dataset decodes each image when its batch is built and
+/// panics on one that does not decode (its header was read when the folder was listed, its
+/// pixels were not): that stops the step as a data fault naming the file.
+struct Images {
+    selection: Selection,
+    /// Every image of the folder, by its index in the folder.
+    paths: Arc<Vec<std::path::PathBuf>>,
+}
+
+impl Dataset<ImageDatasetItem> for Images {
+    fn get(&self, index: usize) -> Option<ImageDatasetItem> {
+        crate::recovery::quietly(|| self.selection.get(index)).unwrap_or_else(|panic| {
+            let path = self.selection.indices.get(index).and_then(|&i| self.paths.get(i));
+            let path = path.map_or_else(|| format!("number {index} of its split"), |p| p.display().to_string());
+            data_fault(format!(
+                "image `{path}` cannot be decoded ({panic}). Fix: replace or remove the file; the data then changes, \
+                 so train into a new --run-dir."
+            ))
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.selection.len()
+    }
+}
 
 /// The image folder at `root`, split with `seed`, as training and validation feeds.
 pub fn load<B: AutodiffBackend>(root: &Path, valid_fraction: f64, seed: u64) -> Result<Data<B>, DataError> {
@@ -75,7 +109,8 @@ pub fn load<B: AutodiffBackend>(root: &Path, valid_fraction: f64, seed: u64) -> 
             fix: "check the folder's images".into(),
         })?;
     let dataset = Arc::new(dataset);
-    let train = Images::from_indices_checked(dataset.clone(), train);
-    let valid = Images::from_indices_checked(dataset, valid);
+    let paths: Arc<Vec<_>> = Arc::new(folder.images.iter().map(|(path, _)| path.clone()).collect());
+    let train = Images { selection: Selection::from_indices_checked(dataset.clone(), train), paths: paths.clone() };
+    let valid = Images { selection: Selection::from_indices_checked(dataset, valid), paths };
     Ok(Data::new(info, identity, Batched::new(train, ImageBatcher), Batched::new(valid, ImageBatcher)))
 }

@@ -26,11 +26,28 @@ pub enum Failure {
         /// The message that was classified as out-of-memory.
         message: String,
     },
+    /// The data could not be served (an item missing, an image that does not decode, items
+    /// that do not batch): bad input naming the data, never retried.
+    Data {
+        /// What is wrong with the data, and the fix.
+        message: String,
+    },
     /// Anything else: reported as the error it is, never retried.
     Other {
         /// The panic or backend error message.
         message: String,
     },
+}
+
+/// The panic payload of a [`data_fault`].
+#[derive(Debug, Clone)]
+pub struct DataFault(pub String);
+
+/// Stops the attempt because the data cannot be served: the boundary reports
+/// [`Failure::Data`] with `message` (which names the data at fault and the fix), and the
+/// panic hook does not print it.
+pub fn data_fault(message: String) -> ! {
+    std::panic::panic_any(DataFault(message))
 }
 
 /// What an attempt's closure may ask the boundary while it runs.
@@ -75,6 +92,9 @@ pub fn attempt_scoped<B: Backend, T>(device: &B::Device, f: impl FnOnce(&Scope) 
             }
         }
         Err(payload) => {
+            if let Some(DataFault(message)) = payload.downcast_ref::<DataFault>() {
+                return Err(Failure::Data { message: message.clone() });
+            }
             let message = panics::panic_message(payload.as_ref());
             if oomph_sched::is_oom(&message) {
                 return Err(Failure::Oom { message });

@@ -74,7 +74,9 @@ pub fn install() {
                 location: info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
             };
             let quiet_oom = QUIET_OOM.load(Ordering::Relaxed) && oomph_sched::is_oom(&record.message);
-            let quiet = quiet_oom || QUIET_ALL.load(Ordering::SeqCst) > 0;
+            // A data fault is reported by the boundary as an error of its own.
+            let data = info.payload().is::<super::DataFault>();
+            let quiet = quiet_oom || data || QUIET_ALL.load(Ordering::SeqCst) > 0;
             if quiet_oom {
                 tracing::debug!(
                     thread = %record.thread,
@@ -155,6 +157,8 @@ pub fn oom_since(generation: u64) -> Option<PanicRecord> {
 pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
         (*s).to_string()
+    } else if let Some(super::DataFault(s)) = payload.downcast_ref::<super::DataFault>() {
+        s.clone()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
     } else if let Some(e) = payload.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>() {
