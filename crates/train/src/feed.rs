@@ -31,15 +31,18 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
-use oomph_data::{DataIdentity, DataInfo, Source, Splits, Tabular, Targets};
+use oomph_data::{DataIdentity, DataInfo, Source, Splits};
 use oomph_recipe::{DataKind, Recipe};
 pub mod images;
+pub mod tabular;
+pub mod text;
 
 pub use images::{ImageBatch, ImageBatcher};
 use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::Arc;
+pub use tabular::{TabularBatch, TabularBatcher, TabularItem, TabularRows, TabularTarget, TabularTargets};
+pub use text::{TokenBatch, TokenBatcher, TokenWindows};
 
 /// One split of the data, seen by the trainer: sample indices in, batches of type `O` on a
 /// device of backend `B` out.
@@ -369,261 +372,13 @@ fn short_name(full: &'static str) -> &'static str {
     head.rsplit("::").next().unwrap_or(head)
 }
 
-// ---------------------------------------------------------------------------------------
-// Tables: `csv` and `synthetic` data.
-// ---------------------------------------------------------------------------------------
-
-/// One row of a table: its features and its target.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TabularItem {
-    /// The row's features.
-    pub features: Vec<f32>,
-    /// The row's target.
-    pub target: TabularTarget,
-}
-
-/// The target of one row.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum TabularTarget {
-    /// A class index.
-    Class(u32),
-    /// A regression value.
-    Value(f32),
-}
-
-/// The rows of a table as a burn [`Dataset`] of [`TabularItem`]s.
-#[derive(Debug, Clone)]
-pub struct TabularRows(Arc<Tabular>);
-
-impl TabularRows {
-    /// The rows of `table`.
-    pub fn new(table: Tabular) -> Self {
-        Self(Arc::new(table))
-    }
-
-    /// The rows of `table`, batched by [`TabularBatcher`].
-    pub fn feed(table: Tabular) -> Batched<TabularItem, TabularRows, TabularBatcher> {
-        Batched::new(Self::new(table), TabularBatcher)
-    }
-}
-
-impl Dataset<TabularItem> for TabularRows {
-    fn get(&self, index: usize) -> Option<TabularItem> {
-        let t = &*self.0;
-        if index >= t.len() {
-            return None;
-        }
-        let d = t.n_features;
-        let target = match &t.targets {
-            Targets::Classes { labels, .. } => TabularTarget::Class(labels[index]),
-            Targets::Values(v) => TabularTarget::Value(v[index]),
-        };
-        Some(TabularItem { features: t.features[index * d..(index + 1) * d].to_vec(), target })
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-}
-
-/// A batch of table rows: features `[n, features]` and one target per row.
-#[derive(Debug, Clone)]
-pub struct TabularBatch<B: Backend> {
-    /// Features, `[n, features]`.
-    pub features: Tensor<B, 2>,
-    /// The rows' targets.
-    pub targets: TabularTargets<B>,
-}
-
-/// The targets of a [`TabularBatch`]: class indices or regression values, as the data's
-/// `data.task` says.
-#[derive(Debug, Clone)]
-pub enum TabularTargets<B: Backend> {
-    /// Class indices, `[n]`.
-    Classes(Tensor<B, 1, Int>),
-    /// Regression targets, `[n, 1]`.
-    Values(Tensor<B, 2>),
-}
-
-impl<B: Backend> TabularBatch<B> {
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        self.features.dims()[0]
-    }
-
-    /// Whether the batch has no rows.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Batches [`TabularItem`]s into a [`TabularBatch`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TabularBatcher;
-
-impl<B: Backend> Batcher<B, TabularItem, TabularBatch<B>> for TabularBatcher {
-    fn batch(&self, items: Vec<TabularItem>, device: &B::Device) -> TabularBatch<B> {
-        let n = items.len();
-        let d = items.first().map_or(0, |i| i.features.len());
-        let mut x = Vec::with_capacity(n * d);
-        let (mut classes, mut values) = (Vec::new(), Vec::new());
-        for item in items {
-            if item.features.len() != d {
-                data_fault(format!(
-                    "the rows of one tabular batch have one number of features; one has {} where the first has {d}. \
-                     Fix: give every row of the dataset the same features.",
-                    item.features.len()
-                ));
-            }
-            x.extend_from_slice(&item.features);
-            match item.target {
-                TabularTarget::Class(c) => classes.push(i64::from(c)),
-                TabularTarget::Value(v) => values.push(v),
-            }
-        }
-        if !(classes.is_empty() || values.is_empty()) {
-            data_fault(
-                "a tabular batch mixes class targets and regression values. Fix: give every row of the dataset one \
-                 kind of target."
-                    .into(),
-            );
-        }
-        let features = Tensor::from_data(TensorData::new(x, [n, d]), device);
-        let targets = if values.is_empty() {
-            TabularTargets::Classes(Tensor::from_data(TensorData::new(classes, [n]), device))
-        } else {
-            TabularTargets::Values(Tensor::from_data(TensorData::new(values, [n, 1]), device))
-        };
-        TabularBatch { features, targets }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Text: `text` data, windows of `seq_len + 1` tokens.
-// ---------------------------------------------------------------------------------------
-
-/// The windows of `seq_len + 1` tokens of a token stream, at every offset: a burn [`Dataset`]
-/// of token windows (`Vec<u32>`, inputs are the first `seq_len`, targets the last `seq_len`).
-#[derive(Debug, Clone)]
-pub struct TokenWindows {
-    tokens: Arc<Vec<u32>>,
-    seq_len: usize,
-}
-
-impl TokenWindows {
-    /// The windows of `tokens` of `seq_len + 1` tokens.
-    pub fn new(tokens: Vec<u32>, seq_len: usize) -> Self {
-        Self { tokens: Arc::new(tokens), seq_len }
-    }
-
-    /// The windows of `tokens`, batched by [`TokenBatcher`], each weighing its `seq_len`
-    /// target tokens; evaluation covers non-overlapping windows.
-    pub fn feed(tokens: Vec<u32>, seq_len: usize) -> Batched<Vec<u32>, TokenWindows, TokenBatcher> {
-        let s = seq_len;
-        Batched::new(Self::new(tokens, seq_len), TokenBatcher).each_weighs(s as f64).eval_stride(s)
-    }
-}
-
-impl Dataset<Vec<u32>> for TokenWindows {
-    fn get(&self, index: usize) -> Option<Vec<u32>> {
-        (index < self.len()).then(|| self.tokens[index..index + self.seq_len + 1].to_vec())
-    }
-
-    fn len(&self) -> usize {
-        self.tokens.len().saturating_sub(self.seq_len)
-    }
-}
-
-/// A batch of token windows for next-token prediction.
-#[derive(Debug, Clone)]
-pub struct TokenBatch<B: Backend> {
-    /// Input tokens, `[n, seq_len]`.
-    pub inputs: Tensor<B, 2, Int>,
-    /// Target tokens (the inputs shifted left by one), `[n, seq_len]`.
-    pub targets: Tensor<B, 2, Int>,
-}
-
-/// Batches windows of `seq_len + 1` tokens into a [`TokenBatch`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TokenBatcher;
-
-impl<B: Backend> Batcher<B, Vec<u32>, TokenBatch<B>> for TokenBatcher {
-    fn batch(&self, windows: Vec<Vec<u32>>, device: &B::Device) -> TokenBatch<B> {
-        let n = windows.len();
-        let s = windows.first().map_or(0, |w| w.len().saturating_sub(1));
-        let mut inputs = Vec::with_capacity(n * s);
-        let mut targets = Vec::with_capacity(n * s);
-        for w in &windows {
-            if w.len() != s + 1 {
-                data_fault(format!(
-                    "the token windows of one batch have one length; one has {} tokens where the first has {}. Fix: \
-                     give every window of the dataset seq_len + 1 tokens.",
-                    w.len(),
-                    s + 1
-                ));
-            }
-            inputs.extend(w[..s].iter().map(|&t| i64::from(t)));
-            targets.extend(w[1..].iter().map(|&t| i64::from(t)));
-        }
-        TokenBatch {
-            inputs: Tensor::from_data(TensorData::new(inputs, [n, s]), device),
-            targets: Tensor::from_data(TensorData::new(targets, [n, s]), device),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::backend::Flex;
+    use oomph_data::{Tabular, Targets};
 
     type B = Flex;
-
-    #[test]
-    fn text_windows_shift_by_one_and_weigh_their_tokens() {
-        let feed = TokenWindows::feed((0..10).collect(), 4);
-        // Windows of 5 tokens at offsets 0..=5.
-        assert_eq!(Feed::<B, TokenBatch<B>>::len(&feed), 6);
-        let b: TokenBatch<B> = feed.batch(&[0, 5], &Default::default());
-        assert_eq!(b.inputs.into_data().iter::<i64>().collect::<Vec<_>>(), [0, 1, 2, 3, 5, 6, 7, 8]);
-        assert_eq!(b.targets.into_data().iter::<i64>().collect::<Vec<_>>(), [1, 2, 3, 4, 6, 7, 8, 9]);
-        assert_eq!(Feed::<B, TokenBatch<B>>::weight(&feed, &[0, 5]), 8.0);
-        assert_eq!(Feed::<B, TokenBatch<B>>::eval_indices(&feed), [0, 4]);
-        // Too short for a window.
-        assert_eq!(Feed::<B, TokenBatch<B>>::len(&TokenWindows::feed(vec![0, 1, 2], 3)), 0);
-    }
-
-    #[test]
-    fn tabular_rows_gather_in_order_with_repeats() {
-        let t = Tabular {
-            features: vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5],
-            n_features: 2,
-            targets: Targets::Classes { labels: vec![0, 1, 2], names: vec![] },
-            feature_names: vec!["a".into(), "b".into()],
-        };
-        let feed = TabularRows::feed(t);
-        let b: TabularBatch<B> = feed.batch(&[2, 0, 2], &Default::default());
-        assert_eq!(b.features.into_data().to_vec::<f32>().unwrap(), [2.0, 2.5, 0.0, 0.5, 2.0, 2.5]);
-        match b.targets {
-            TabularTargets::Classes(c) => assert_eq!(c.into_data().iter::<i64>().collect::<Vec<_>>(), [2, 0, 2]),
-            TabularTargets::Values(_) => panic!("classes expected"),
-        }
-        assert_eq!(Feed::<B, TabularBatch<B>>::weight(&feed, &[2, 0, 2]), 3.0);
-        assert_eq!(feed.dataset().get(3), None);
-    }
-
-    #[test]
-    fn rows_of_other_lengths_are_named_not_reshaped() {
-        let rows = vec![
-            TabularItem { features: vec![1.0, 2.0], target: TabularTarget::Class(0) },
-            TabularItem { features: vec![3.0], target: TabularTarget::Class(1) },
-        ];
-        let out = crate::recovery::attempt::<B, _>(&Default::default(), || {
-            let _: TabularBatch<B> = TabularBatcher.batch(rows, &Default::default());
-        });
-        let Err(crate::recovery::Failure::Data { message }) = out else { panic!("a data fault expected: {out:?}") };
-        assert!(message.contains("one has 1 where the first has 2") && message.contains("Fix:"), "{message}");
-    }
 
     /// The summary's fields a program sets after `Data::program` are part of the identity a
     /// checkpoint records.
