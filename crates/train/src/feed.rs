@@ -218,8 +218,10 @@ pub struct Data<B: AutodiffBackend> {
     /// Sizes and description, for the model's construction and the reports (and, with the
     /// content digest, the data's identity: see [`Data::identity`]).
     pub info: DataInfo,
-    /// The vocabulary and content digest of the identity.
-    identity: DataIdentity,
+    /// The vocabulary (text) of the identity; the rest is derived from `info`.
+    vocabulary: Option<String>,
+    /// The content digest of the identity.
+    content_sha256: String,
     feeds: Box<dyn Any>,
     /// The full name of the training batch type.
     batch: &'static str,
@@ -238,9 +240,11 @@ impl<B: AutodiffBackend> Data<B> {
     ) -> Self {
         let (train_len, valid_len) = (train.len(), valid.len());
         let feeds = Feeds::<B, T, V> { train: Box::new(train), valid: Box::new(valid) };
+        let DataIdentity { vocabulary, content_sha256, .. } = identity;
         Self {
             info,
-            identity,
+            vocabulary,
+            content_sha256,
             feeds: Box::new(feeds),
             batch: std::any::type_name::<T>(),
             train_len,
@@ -306,7 +310,7 @@ impl<B: AutodiffBackend> Data<B> {
     /// What the data is, for checking that a resumed run trains on the same data: the summary
     /// as it is now ([`Data::info`]) with the vocabulary and content digest it was made with.
     pub fn identity(&self) -> DataIdentity {
-        DataIdentity::new(&self.info, self.identity.vocabulary.clone(), self.identity.content_sha256.clone())
+        DataIdentity::new(&self.info, self.vocabulary.clone(), self.content_sha256.clone())
     }
 
     /// The name of the training batch type, e.g. `TabularBatch` (see [`type_name`]).
