@@ -494,8 +494,15 @@ where
         let indices = sampler.next_batch(n);
         let plan = policy.plan();
         let lr = oomph::train::optim::lr_at(step, steps, r.optimizer.lr, &r.lr_schedule);
-        let input =
-            StepInput { step, indices: &indices, plan: &plan, lr, clip: r.optimizer.grad_clip_norm, seed: r.run.seed };
+        let input = StepInput {
+            step,
+            indices: &indices,
+            all: &indices,
+            plan: &plan,
+            lr,
+            clip: r.optimizer.grad_clip_norm,
+            seed: r.run.seed,
+        };
         let mut enter = |phase: Phase| {
             if let Some(l) = &mut log {
                 l.position(&position(phase, step - 1, &policy, n, 0, None));

@@ -172,3 +172,15 @@ fn a_program_without_the_allocation_tracker_is_warned_at_start_up() {
     assert!(warning.starts_with("warning: ") && warning.contains("oomph::main!(YourModels);"), "{warning}");
     assert!(warning.contains("#[global_allocator]"), "{warning}");
 }
+
+/// Several ranks need the `distributed` feature: without it the recipe is refused with the
+/// fix, before anything is written.
+#[cfg(not(feature = "distributed"))]
+#[test]
+fn several_ranks_without_the_distributed_feature_is_a_clear_error() {
+    let f = Fixture::new(&TestRecipe::mlp());
+    let o = f.train("ranks", &["--no-supervise", "--set", "distributed.ranks=2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("--features distributed") && !t.contains("panicked"), "{t}");
+}

@@ -4,6 +4,8 @@ mod accumulation;
 mod burn_way;
 mod chaos;
 mod cli;
+#[cfg(feature = "distributed")]
+mod distributed;
 mod dropout;
 mod lose_nothing;
 mod recovery;

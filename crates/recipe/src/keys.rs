@@ -3,11 +3,11 @@
 //!
 //! It is read from the schema's serde derive ([`trace`]): the sections, their keys in
 //! declaration order, and each key's kind of value (an enum's names included). What the
-//! types cannot tell is noted here by key: the kind of the two hand-written values, and what
-//! leaving an optional key unset means. The catalogue drives the structural checks (unknown
-//! sections and keys, listing the valid ones), `--set` coercion (string keys take the raw
-//! text), error wording (the expected type and an example) and the order of keys in
-//! [`crate::to_toml_string`].
+//! types cannot tell is noted here by key: the kind of the hand-written values, which lists
+//! of integers hold device indices rather than steps, and what leaving an optional key unset
+//! means. The catalogue drives the structural checks (unknown sections and keys, listing the
+//! valid ones), `--set` coercion (string keys take the raw text), error wording (the
+//! expected type and an example) and the order of keys in [`crate::to_toml_string`].
 
 mod trace;
 
@@ -31,12 +31,16 @@ pub(crate) enum Kind {
     Initial,
     /// A csv column: a name or an index.
     Column,
-    /// An array of `{ step, phase }` tables.
+    /// An array of `{ step, phase }` tables (optionally with `rank`).
     FaultList,
-    /// An array of `{ step, samples }` tables.
+    /// An array of `{ step, samples }` tables (optionally with `rank`).
     CapacityList,
     /// An array of step numbers.
     StepList,
+    /// An array of device indices.
+    IndexList,
+    /// A non-negative integer for every rank, or an array of them, one per rank.
+    PerRank,
     /// One name of a closed vocabulary (a serde enum), as a string.
     Choice {
         /// The names a recipe may write.
@@ -58,11 +62,17 @@ impl Kind {
             Kind::Initial => "\"auto\" or a positive integer",
             Kind::Column => "a column name in double quotes or a 0-based column index",
             Kind::FaultList => {
-                "an array of inline tables with `step` (integer >= 1) and `phase` \
-                 (\"forward\", \"backward\", \"optimizer\", \"eval\" or \"checkpoint\")"
+                "an array of inline tables with `step` (integer >= 1), `phase` \
+                 (\"forward\", \"backward\", \"optimizer\", \"eval\" or \"checkpoint\") and optionally \
+                 `rank` (integer)"
             }
-            Kind::CapacityList => "an array of inline tables with `step` (integer >= 1) and `samples` (integer >= 1)",
+            Kind::CapacityList => {
+                "an array of inline tables with `step` (integer >= 1), `samples` (integer >= 1) and optionally \
+                 `rank` (integer)"
+            }
             Kind::StepList => "an array of step numbers (integers >= 1)",
+            Kind::IndexList => "an array of device indices (non-negative integers)",
+            Kind::PerRank => "a non-negative integer, or an array of them with one per rank",
         }
     }
 
@@ -79,6 +89,8 @@ impl Kind {
             Kind::FaultList => "[{ step = 3, phase = \"forward\" }]",
             Kind::CapacityList => "[{ step = 10, samples = 16 }]",
             Kind::StepList => "[10, 20]",
+            Kind::IndexList => "[0, 1]",
+            Kind::PerRank => "12",
         }
     }
 
@@ -125,7 +137,14 @@ impl SectionSpec {
 }
 
 /// The kinds of the values whose `Deserialize` is written by hand (the trace sees "any").
-const HAND_WRITTEN: &[(&str, Kind)] = &[("data.label_column", Kind::Column), ("micro_batch.initial", Kind::Initial)];
+const HAND_WRITTEN: &[(&str, Kind)] = &[
+    ("data.label_column", Kind::Column),
+    ("micro_batch.initial", Kind::Initial),
+    ("faults.simulate_memory_samples", Kind::PerRank),
+];
+
+/// The lists of integers that hold device indices (every other one holds step numbers).
+const INDEX_LISTS: &[&str] = &["distributed.devices"];
 
 /// What leaving each optional key unset means (written as a comment in the resolved recipe).
 const UNSET: &[(&str, &str)] = &[
@@ -195,9 +214,10 @@ fn key_spec_of(section: &str, name: &'static str, shape: Shape) -> KeySpec {
         },
         Shape::Tuple(items) if items == [Shape::Float, Shape::Float] => Kind::FloatPair,
         Shape::List(item) => match *item {
+            Shape::UInt if INDEX_LISTS.contains(&dotted.as_str()) => Kind::IndexList,
             Shape::UInt => Kind::StepList,
             Shape::Struct(fields) if fields.iter().any(|(_, s)| matches!(s, Shape::Choice(..))) => Kind::FaultList,
-            Shape::Struct(fields) if fields.iter().all(|(_, s)| *s == Shape::UInt) => Kind::CapacityList,
+            Shape::Struct(fields) if fields.iter().all(|(_, s)| is_uint(s)) => Kind::CapacityList,
             other => panic!("{dotted}: a list of {other:?} has no kind"),
         },
         Shape::Any => HAND_WRITTEN
@@ -208,6 +228,15 @@ fn key_spec_of(section: &str, name: &'static str, shape: Shape) -> KeySpec {
         other => panic!("{dotted}: {other:?} has no kind"),
     };
     KeySpec { name, kind, unset }
+}
+
+/// An integer, or an optional one (an entry's `rank`).
+fn is_uint(shape: &Shape) -> bool {
+    match shape {
+        Shape::UInt => true,
+        Shape::Option(inner) => **inner == Shape::UInt,
+        _ => false,
+    }
 }
 
 /// The spec of section `name`.
@@ -283,7 +312,7 @@ mod tests {
         r.training.epochs = Some(1);
         r.training.eval_batch = Some(1);
         r.micro_batch.max = Some(1);
-        r.faults.simulate_memory_samples = Some(1);
+        r.faults.simulate_memory_samples = Some(PerRank::All(1));
         r.faults.address_space_headroom = Some("1MiB".into());
         let v = toml::Value::try_from(&r).unwrap();
         let top = v.as_table().unwrap();
@@ -324,6 +353,13 @@ mod tests {
         assert_eq!(kind("faults.nan_at"), Kind::StepList);
         assert_eq!(kind("data.label_column"), Kind::Column);
         assert_eq!(kind("micro_batch.initial"), Kind::Initial);
+        assert_eq!(kind("faults.simulate_memory_samples"), Kind::PerRank);
+        assert_eq!(kind("distributed.ranks"), Kind::UInt);
+        assert_eq!(kind("distributed.devices"), Kind::IndexList);
+        assert_eq!(kind("distributed.timeout_s"), Kind::Float);
+        assert_eq!(kind("distributed.check_every"), Kind::UInt);
+        let sections: Vec<&str> = sections().iter().map(|s| s.name).collect();
+        assert_eq!(sections[sections.len() - 3..], ["supervisor", "distributed", "faults"]);
         assert_eq!(key_spec("training.eval_batch").unwrap().unset, "the training micro-batch limit");
         assert_eq!(key_spec("training.effective_batch").unwrap().unset, "");
         let run: Vec<&str> = section("run").unwrap().keys.iter().map(|k| k.name).collect();
@@ -334,6 +370,9 @@ mod tests {
         }
         for (k, kind) in HAND_WRITTEN {
             assert_eq!(key_spec(k).map(|s| s.kind), Some(*kind), "{k}'s kind");
+        }
+        for k in INDEX_LISTS {
+            assert_eq!(key_spec(k).map(|s| s.kind), Some(Kind::IndexList), "{k}'s kind");
         }
     }
 

@@ -21,7 +21,8 @@ pub struct FieldChange {
     /// Whether a run may resume across this change. Changes to what is trained and how
     /// (model, data, optimizer, learning-rate schedule, effective batch, seed) are not
     /// resumable; run length, evaluation, checkpointing, micro-batch bounds, supervision,
-    /// fault injection and where/on what the run executes are.
+    /// the number of data-parallel ranks, fault injection and where/on what the run executes
+    /// are.
     pub resumable: bool,
 }
 
@@ -43,7 +44,7 @@ pub fn is_resumable(key: &str) -> bool {
         "run.output_dir",
         "run.name",
     ];
-    const RESUMABLE_SECTIONS: &[&str] = &["checkpoint", "micro_batch", "supervisor", "faults"];
+    const RESUMABLE_SECTIONS: &[&str] = &["checkpoint", "micro_batch", "supervisor", "distributed", "faults"];
     let section = key.split(['.', '[']).next().unwrap_or("");
     RESUMABLE_KEYS.contains(&key) || RESUMABLE_SECTIONS.contains(&section)
 }
@@ -74,7 +75,9 @@ pub(crate) fn section_tables(r: &Recipe) -> Vec<(&'static keys::SectionSpec, Res
                 "micro_batch" => table(&r.micro_batch),
                 "checkpoint" => table(&r.checkpoint),
                 "supervisor" => table(&r.supervisor),
-                _ => table(&r.faults),
+                "distributed" => table(&r.distributed),
+                "faults" => table(&r.faults),
+                other => Err(format!("[{other}] has no table in resume::section_tables")),
             };
             (spec, t)
         })
@@ -196,7 +199,11 @@ mod tests {
         same.micro_batch.initial = MicroInitial::Fixed(4);
         same.run.backend = crate::Backend::Cuda;
         same.run.name = "other".into();
-        same.faults.oom_at.push(FaultAt { step: 2, phase: Phase::Backward });
+        same.faults.oom_at.push(FaultAt { step: 2, phase: Phase::Backward, rank: Some(1) });
+        same.distributed.ranks = 4;
+        same.distributed.devices = vec![0, 1, 2, 3];
+        same.distributed.timeout_s = 1.0;
+        same.distributed.check_every = 0;
         same.data.path = Some("/elsewhere/data.csv".into());
         assert_eq!(fingerprint(&same), f0);
 
@@ -266,6 +273,10 @@ mod tests {
             "micro_batch.max",
             "supervisor.max_restarts",
             "faults.oom_at",
+            "distributed.ranks",
+            "distributed.devices",
+            "distributed.timeout_s",
+            "distributed.check_every",
             "run.backend",
             "run.device",
             "run.gpu_memory_limit",

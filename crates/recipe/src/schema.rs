@@ -32,6 +32,8 @@ pub struct Recipe {
     pub checkpoint: CheckpointSection,
     /// `[supervisor]`.
     pub supervisor: SupervisorSection,
+    /// `[distributed]`: data-parallel ranks in this process.
+    pub distributed: DistributedSection,
     /// `[faults]`: simulated failures for tests and demos. Empty by default.
     pub faults: FaultsSection,
 }
@@ -365,6 +367,50 @@ impl Default for SupervisorSection {
     }
 }
 
+/// `[distributed]`: data-parallel training with several ranks in this process, one thread per
+/// device. A run may resume with another number of ranks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedSection {
+    /// Data-parallel ranks, one thread per device (on the CPU backends every rank shares the
+    /// CPU). At least 1 and at most `training.effective_batch`, so that every rank gets at
+    /// least one sample of each step. Default `1`.
+    pub ranks: usize,
+    /// Device indices, one per rank, distinct. Default: empty, meaning `run.device`,
+    /// `run.device + 1`, ... (see [`Recipe::rank_devices`]).
+    pub devices: Vec<usize>,
+    /// Deadline of every collective call, in seconds: finite and > 0. Default `300.0`.
+    pub timeout_s: f64,
+    /// Every this many steps the ranks compare a checksum of their parameters (0: never).
+    /// Default `50`.
+    pub check_every: usize,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        Self { ranks: 1, devices: Vec::new(), timeout_s: 300.0, check_every: 50 }
+    }
+}
+
+impl Recipe {
+    /// The device index of each rank: `distributed.devices` when given, else `distributed.ranks`
+    /// consecutive indices from `run.device` (so one rank keeps using `run.device`).
+    pub fn rank_devices(&self) -> Vec<usize> {
+        let d = &self.distributed;
+        if d.devices.is_empty() {
+            consecutive_devices(self.run.device, d.ranks)
+        } else {
+            d.devices.clone()
+        }
+    }
+}
+
+/// `ranks` device indices counting up from `first`: the devices when `distributed.devices`
+/// is empty.
+pub(crate) fn consecutive_devices(first: usize, ranks: usize) -> Vec<usize> {
+    (0..ranks).map(|r| first.saturating_add(r)).collect()
+}
+
 /// Training phase in which a fault is injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -389,6 +435,9 @@ pub struct FaultAt {
     pub step: usize,
     /// Phase in which it fires.
     pub phase: Phase,
+    /// The rank it fires on, below `distributed.ranks`. Default: none, every rank.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
 }
 
 /// A change of the simulated capacity from a given step on.
@@ -399,6 +448,74 @@ pub struct CapacityChange {
     pub step: usize,
     /// ...micro-batches larger than this many samples fail as OOM.
     pub samples: usize,
+    /// The rank whose capacity changes, below `distributed.ranks`. Default: none, every rank.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
+}
+
+/// Whether an entry of rank `rank` (none: every rank) applies on rank `on`.
+fn fires_on(rank: Option<usize>, on: usize) -> bool {
+    rank.is_none_or(|r| r == on)
+}
+
+/// A value for every rank, or one value per rank. TOML: an integer, or an array of integers
+/// whose length is `distributed.ranks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum PerRank {
+    /// The same value on every rank (TOML integer).
+    All(usize),
+    /// One value per rank, indexed by rank (TOML array).
+    Each(Vec<usize>),
+}
+
+impl PerRank {
+    /// The value of rank `rank`; `None` past the end of a per-rank list.
+    pub fn get(&self, rank: usize) -> Option<usize> {
+        match self {
+            PerRank::All(v) => Some(*v),
+            PerRank::Each(vs) => vs.get(rank).copied(),
+        }
+    }
+
+    /// The value when every rank has the same one (always for `All`; for `Each` when its
+    /// entries are equal), else `None`. A one-rank view ([`FaultsSection::for_rank`]) always
+    /// has one.
+    pub fn uniform(&self) -> Option<usize> {
+        match self {
+            PerRank::All(v) => Some(*v),
+            PerRank::Each(vs) => vs.first().copied().filter(|first| vs.iter().all(|v| v == first)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PerRank {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PerRank;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative integer or an array of them, one per rank")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PerRank, E> {
+                usize::try_from(v).map(PerRank::All).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PerRank, E> {
+                match u64::try_from(v) {
+                    Ok(u) => self.visit_u64(u),
+                    Err(_) => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
+                }
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<PerRank, A::Error> {
+                let mut values = Vec::new();
+                while let Some(v) = seq.next_element::<usize>()? {
+                    values.push(v);
+                }
+                Ok(PerRank::Each(values))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }
 
 /// `[faults]`: SIMULATION ONLY. Injected failures travel the same classification and recovery
@@ -406,8 +523,9 @@ pub struct CapacityChange {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultsSection {
-    /// Simulated device capacity: any micro-batch larger than this many samples fails as an OOM.
-    pub simulate_memory_samples: Option<usize>,
+    /// Simulated device capacity: any micro-batch larger than this many samples fails as an
+    /// OOM. One integer for every rank, or an array with one per rank.
+    pub simulate_memory_samples: Option<PerRank>,
     /// Capacity changes at given steps (overrides `simulate_memory_samples` from that step on).
     pub simulate_memory_changes: Vec<CapacityChange>,
     /// Simulated OOMs at given steps and phases.
@@ -434,4 +552,30 @@ pub struct FaultsSection {
     /// libtorch raises a catchable error that oomph recovers from in-process; on the Rust
     /// backends a failed allocation aborts the worker, which the supervisor restarts.
     pub address_space_headroom: Option<String>,
+}
+
+impl FaultsSection {
+    /// The faults of rank `rank` alone: entries for other ranks removed (entries for every
+    /// rank, and this rank's own, kept as written) and `simulate_memory_samples` resolved to
+    /// this rank's value ([`PerRank::All`]).
+    pub fn for_rank(&self, rank: usize) -> FaultsSection {
+        let faults =
+            |list: &[FaultAt]| list.iter().filter(|f| fires_on(f.rank, rank)).cloned().collect::<Vec<FaultAt>>();
+        FaultsSection {
+            simulate_memory_samples: self.simulate_memory_samples.as_ref().and_then(|s| s.get(rank)).map(PerRank::All),
+            simulate_memory_changes: self
+                .simulate_memory_changes
+                .iter()
+                .filter(|c| fires_on(c.rank, rank))
+                .cloned()
+                .collect(),
+            oom_at: faults(&self.oom_at),
+            panic_at: faults(&self.panic_at),
+            die_at: faults(&self.die_at),
+            abort_at: faults(&self.abort_at),
+            nan_at: self.nan_at.clone(),
+            disk_full_at: self.disk_full_at.clone(),
+            address_space_headroom: self.address_space_headroom.clone(),
+        }
+    }
 }

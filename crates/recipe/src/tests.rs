@@ -1,10 +1,11 @@
 //! Unit tests of the public API: parsing, structure and type errors, semantic rules; overrides
-//! and the resolved form (`overrides`), `params` (`params`) and garbage input (`garbage`) in
-//! the submodules.
+//! and the resolved form (`overrides`), `[distributed]` and per-rank faults (`distributed`),
+//! `params` (`params`) and garbage input (`garbage`) in the submodules.
 
 use super::*;
 use std::path::PathBuf;
 
+mod distributed;
 mod garbage;
 mod overrides;
 mod params;
@@ -142,8 +143,8 @@ panic_at = [{ step = 9, phase = "optimizer" }]
     assert_eq!(r.training.steps, None);
     assert_eq!(r.training.epochs, Some(3));
     assert_eq!(r.micro_batch.initial, MicroInitial::Fixed(48));
-    assert_eq!(r.faults.oom_at[1], FaultAt { step: 4, phase: Phase::Eval });
-    assert_eq!(r.faults.simulate_memory_changes, vec![CapacityChange { step: 10, samples: 16 }]);
+    assert_eq!(r.faults.oom_at[1], FaultAt { step: 4, phase: Phase::Eval, rank: None });
+    assert_eq!(r.faults.simulate_memory_changes, vec![CapacityChange { step: 10, samples: 16, rank: None }]);
 
     // Round trip through the resolved form, read from another directory.
     let text2 = to_toml_string(&r);
@@ -241,7 +242,12 @@ fn unknown_key_in_each_section_lists_valid_keys() {
 #[test]
 fn unknown_section_lists_sections() {
     let e = err("[trainng]\nsteps = 3\n");
-    blames(&e, "r.toml", "trainng", &["[training]", "[micro_batch]", "[faults]", "did you mean [training]"]);
+    blames(
+        &e,
+        "r.toml",
+        "trainng",
+        &["[training]", "[micro_batch]", "[distributed]", "[faults]", "did you mean [training]"],
+    );
     let e = err("steps = 3\n");
     blames(&e, "r.toml", "steps", &["training.steps"]);
     let e = err("run = 3\n");

@@ -6,7 +6,7 @@ use crate::bytes::parse_bytes;
 use crate::choice::{Backend, DataKind, Task};
 use crate::error::{Ctx, RecipeError};
 use crate::keys::did_you_mean;
-use crate::schema::{MicroInitial, Phase, Recipe};
+use crate::schema::{consecutive_devices, MicroInitial, PerRank, Phase, Recipe};
 use std::path::Path;
 
 /// Run length used when a recipe gives neither `training.steps` nor `training.epochs`.
@@ -72,6 +72,7 @@ pub(crate) fn check(r: &mut Recipe, cx: &Ctx) -> R {
     training(r, cx)?;
     micro_batch(r, cx)?;
     checkpoint(r, cx)?;
+    distributed(r, cx)?;
     faults(r, cx)
 }
 
@@ -399,34 +400,114 @@ fn checkpoint(r: &Recipe, cx: &Ctx) -> R {
     )
 }
 
+/// A list of integers as TOML text.
+fn list_text(values: &[usize]) -> String {
+    let items: Vec<String> = values.iter().map(usize::to_string).collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn distributed(r: &Recipe, cx: &Ctx) -> R {
+    let d = &r.distributed;
+    let eb = r.training.effective_batch;
+    at_least(cx, "distributed.ranks", d.ranks, 1, "training needs at least one rank", 1)?;
+    if d.ranks > eb {
+        return Err(cx.invalid(
+            "distributed.ranks",
+            d.ranks,
+            &format!("every rank needs at least one sample of each step, and training.effective_batch = {eb}"),
+            format!("set distributed.ranks to at most {eb}, or raise training.effective_batch"),
+        ));
+    }
+    if !d.devices.is_empty() {
+        let shown = list_text(&d.devices);
+        if d.devices.len() != d.ranks {
+            return Err(cx.invalid(
+                "distributed.devices",
+                &shown,
+                &format!(
+                    "it lists {} device{}, but distributed.ranks = {} and each rank needs one",
+                    d.devices.len(),
+                    if d.devices.len() == 1 { "" } else { "s" },
+                    d.ranks
+                ),
+                format!(
+                    "list {} distinct device indices, one per rank, or remove distributed.devices to use devices {} \
+                     (counting up from run.device)",
+                    d.ranks,
+                    list_text(&consecutive_devices(r.run.device, d.ranks))
+                ),
+            ));
+        }
+        if let Some((i, dup)) = d.devices.iter().enumerate().find(|(i, v)| d.devices[..*i].contains(v)) {
+            return Err(cx.invalid(
+                "distributed.devices",
+                &shown,
+                &format!(
+                    "device {dup} is listed twice (entry {i} repeats it), and each rank needs a device of its own"
+                ),
+                "list distinct device indices, one per rank",
+            ));
+        }
+    }
+    positive_finite(
+        cx,
+        "distributed.timeout_s",
+        d.timeout_s,
+        "it is the deadline of every collective call, in seconds",
+        "300.0",
+    )
+}
+
+/// `faults.<key>`'s `rank` (when set) names one of the run's ranks.
+fn rank_below(cx: &Ctx, key: &str, rank: Option<usize>, ranks: usize) -> R {
+    match rank {
+        Some(rank) if rank >= ranks => Err(cx.invalid(
+            &format!("{key}.rank"),
+            rank,
+            &format!("ranks are numbered from 0 and distributed.ranks = {ranks}"),
+            format!(
+                "set {key}.rank to a rank below {ranks}, remove it to fire on every rank, or raise distributed.ranks"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn faults(r: &Recipe, cx: &Ctx) -> R {
     let f = &r.faults;
-    if let Some(s) = f.simulate_memory_samples {
-        at_least(
-            cx,
-            "faults.simulate_memory_samples",
-            s,
-            1,
-            "a simulated capacity of zero samples fits no micro-batch at all",
-            16,
-        )?;
+    let ranks = r.distributed.ranks;
+    let zero = "a simulated capacity of zero samples fits no micro-batch at all";
+    match &f.simulate_memory_samples {
+        None => {}
+        Some(PerRank::All(s)) => at_least(cx, "faults.simulate_memory_samples", *s, 1, zero, 16)?,
+        Some(PerRank::Each(list)) => {
+            if list.len() != ranks {
+                return Err(cx.invalid(
+                    "faults.simulate_memory_samples",
+                    list_text(list),
+                    &format!(
+                        "an array gives one capacity per rank, and it has {} for distributed.ranks = {ranks}",
+                        list.len()
+                    ),
+                    format!("give {ranks} capacities, one per rank, or one integer for every rank (such as 16)"),
+                ));
+            }
+            for (i, &s) in list.iter().enumerate() {
+                at_least(cx, &format!("faults.simulate_memory_samples[{i}]"), s, 1, zero, 16)?;
+            }
+        }
     }
     for (i, c) in f.simulate_memory_changes.iter().enumerate() {
         at_least(cx, &format!("faults.simulate_memory_changes[{i}].step"), c.step, 1, "steps count from 1", 1)?;
-        at_least(
-            cx,
-            &format!("faults.simulate_memory_changes[{i}].samples"),
-            c.samples,
-            1,
-            "a simulated capacity of zero samples fits no micro-batch at all",
-            16,
-        )?;
+        at_least(cx, &format!("faults.simulate_memory_changes[{i}].samples"), c.samples, 1, zero, 16)?;
+        rank_below(cx, &format!("faults.simulate_memory_changes[{i}]"), c.rank, ranks)?;
     }
     for (name, list) in
         [("oom_at", &f.oom_at), ("panic_at", &f.panic_at), ("die_at", &f.die_at), ("abort_at", &f.abort_at)]
     {
         for (i, fa) in list.iter().enumerate() {
             at_least(cx, &format!("faults.{name}[{i}].step"), fa.step, 1, "steps count from 1", 1)?;
+            rank_below(cx, &format!("faults.{name}[{i}]"), fa.rank, ranks)?;
             if fa.phase == Phase::Checkpoint && !matches!(name, "die_at" | "abort_at") {
                 return Err(cx.invalid(
                     &format!("faults.{name}[{i}].phase"),

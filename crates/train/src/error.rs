@@ -11,6 +11,10 @@ pub const EXIT_CHECKPOINT: i32 = 4;
 /// Exit code: the run diverged: `training.max_nonfinite_steps` consecutive steps had a
 /// non-finite loss or gradient norm (each was skipped; no weights were changed by them).
 pub const EXIT_DIVERGED: i32 = 5;
+/// Exit code: a rank of several failed in a way that is not one of the above (a collective
+/// call that failed or passed `distributed.timeout_s`, a rank that stopped because another
+/// did): the ranks stopped together, none waits forever.
+pub const EXIT_GANG: i32 = 6;
 /// Exit code: the worker died of memory in a way the process cannot survive; the supervisor
 /// restarts it from the newest checkpoint.
 pub const EXIT_MEMORY_DEATH: i32 = 75;
@@ -49,6 +53,9 @@ pub enum TrainError {
     /// Anything else: a model panic that is not an OOM, an I/O error, ...
     #[error("{0}")]
     Failed(String),
+    /// Another rank failed, or a collective call passed its deadline.
+    #[error("{0}")]
+    Gang(String),
 }
 
 impl TrainError {
@@ -62,6 +69,7 @@ impl TrainError {
             TrainError::MemoryDeath { .. } => EXIT_MEMORY_DEATH,
             TrainError::Interrupted { .. } => EXIT_INTERRUPTED,
             TrainError::Failed(_) => 1,
+            TrainError::Gang(_) => EXIT_GANG,
         }
     }
 }

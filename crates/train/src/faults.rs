@@ -9,7 +9,7 @@
 //! directory's `faults-fired.txt`.
 
 use crate::error::TrainError;
-use oomph_recipe::{FaultsSection, Phase};
+use oomph_recipe::{FaultsSection, PerRank, Phase};
 use oomph_sched::oom::SIMULATED_OOM_PREFIX;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -92,8 +92,13 @@ fn survivable_allocation_failure() {
 }
 
 impl Faults {
-    /// Faults from the recipe's `[faults]` section.
+    /// Faults of one rank: its view of the recipe's `[faults]` section
+    /// ([`FaultsSection::for_rank`]; a one-rank recipe's section is its own view).
     pub fn new(cfg: FaultsSection) -> Self {
+        debug_assert!(
+            cfg.simulate_memory_samples.as_ref().is_none_or(|s| s.uniform().is_some()),
+            "Faults::new takes one rank's faults (FaultsSection::for_rank), not one capacity per rank"
+        );
         let empty = cfg == FaultsSection::default();
         Self { cfg, empty, fired: BTreeSet::new(), fired_in_run: BTreeSet::new(), fired_file: None }
     }
@@ -133,14 +138,23 @@ impl Faults {
             "die_at" => &self.cfg.die_at,
             _ => &self.cfg.abort_at,
         };
+        // Keyed by what the entry says (and its place among equal entries), not by its place in
+        // the list: each rank sees only its own and the shared entries (`for_rank`), so places
+        // differ between ranks, while the run directory's record is one for every rank.
+        let key = |i: usize, f: &oomph_recipe::FaultAt| {
+            let twin = list[..i].iter().filter(|g| *g == f).count();
+            let rank = f.rank.map_or("every".to_string(), |r| r.to_string());
+            format!("{name} step {} {} rank {rank} #{twin}", f.step, phase_name(f.phase))
+        };
         let due = list
             .iter()
             .enumerate()
-            .find(|(i, f)| f.step == step && f.phase == phase && !self.fired_in_run.contains(&format!("{name} {i}")))
-            .map(|(i, _)| i);
+            .filter(|(_, f)| f.step == step && f.phase == phase)
+            .map(|(i, f)| key(i, f))
+            .find(|k| !self.fired_in_run.contains(k));
         match due {
-            Some(i) => {
-                self.remember(format!("{name} {i}"));
+            Some(k) => {
+                self.remember(k);
                 true
             }
             None => false,
@@ -258,7 +272,7 @@ impl Faults {
 
     /// The simulated capacity (in samples per micro-batch) in force at `step`, if any.
     pub fn capacity(&self, step: usize) -> Option<usize> {
-        let mut cap = self.cfg.simulate_memory_samples;
+        let mut cap = self.cfg.simulate_memory_samples.as_ref().and_then(PerRank::uniform);
         let mut changes: Vec<_> = self.cfg.simulate_memory_changes.iter().collect();
         changes.sort_by_key(|c| c.step);
         for c in changes {
@@ -323,5 +337,29 @@ impl Drop for AddressSpaceLimit {
         // SAFETY: setrlimit on this process with the limit getrlimit returned (raising the soft
         // limit back up to it is allowed: it is at most the unchanged hard limit).
         unsafe { libc::setrlimit(libc::RLIMIT_AS, &self.before) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oomph_recipe::FaultAt;
+
+    /// Each rank sees its own entries and the shared ones; the run directory's record of what
+    /// fired is one for every rank, so an entry is known by what it says, not by its place.
+    #[test]
+    fn a_fault_fired_on_one_rank_is_never_taken_for_another_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |step, rank| FaultAt { step, phase: Phase::Forward, rank };
+        let cfg = FaultsSection { die_at: vec![at(3, Some(1)), at(5, None)], ..Default::default() };
+        let mut one = Faults::for_run(cfg.for_rank(1), dir.path());
+        assert!(one.take_run_fault("die_at", 3, Phase::Forward));
+        // After the restart: rank 0's first entry (the shared one) has not fired yet...
+        let mut zero = Faults::for_run(cfg.for_rank(0), dir.path());
+        assert!(zero.take_run_fault("die_at", 5, Phase::Forward));
+        // ...and once it has, no rank fires either entry again.
+        let mut one = Faults::for_run(cfg.for_rank(1), dir.path());
+        assert!(!one.take_run_fault("die_at", 3, Phase::Forward));
+        assert!(!one.take_run_fault("die_at", 5, Phase::Forward));
     }
 }

@@ -222,7 +222,7 @@ pub struct Data<B: AutodiffBackend> {
     vocabulary: Option<String>,
     /// The content digest of the identity.
     content_sha256: String,
-    feeds: Box<dyn Any>,
+    feeds: Box<dyn Any + Send + Sync>,
     /// The full name of the training batch type.
     batch: &'static str,
     train_len: usize,

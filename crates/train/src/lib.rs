@@ -19,6 +19,7 @@ pub mod evaluation;
 pub mod export;
 pub mod faults;
 pub mod feed;
+pub mod gang;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod objective;

@@ -6,7 +6,7 @@ use oomph_rundir::{EvalRecord, Event, EventLine, StepRecord, Summary};
 use std::io::IsTerminal;
 
 /// Receives the run's progress. The trainer calls it; front-ends decide how to show it.
-pub trait Observer {
+pub trait Observer: Send {
     /// The run starts (or resumes) at step `start` of `total`; `lines` describe the run.
     fn start(&mut self, start: usize, total: usize, lines: &[String]);
     /// A step finished.

@@ -22,8 +22,9 @@ const METRICS_FLUSH: std::time::Duration = std::time::Duration::from_millis(100)
 /// The files a run writes as it goes, and the observer that shows them.
 pub struct RunLog {
     dir: RunDir,
-    metrics: JsonLines,
-    events: JsonLines,
+    /// `None` for a rank other than 0 of several, which writes nothing.
+    metrics: Option<JsonLines>,
+    events: Option<JsonLines>,
     current: Option<CurrentFile>,
     /// No worker runs any more (`current.json` removed): positions are no longer written.
     ended: bool,
@@ -40,8 +41,8 @@ impl RunLog {
     pub fn open(dir: &Path, observer: Box<dyn Observer>, notes: Vec<String>) -> Result<Self, TrainError> {
         let dir = RunDir::new(dir);
         Ok(Self {
-            metrics: JsonLines::open_with(&dir.metrics(), METRICS_FLUSH)?,
-            events: JsonLines::open(&dir.events())?,
+            metrics: Some(JsonLines::open_with(&dir.metrics(), METRICS_FLUSH)?),
+            events: Some(JsonLines::open(&dir.events())?),
             dir,
             current: None,
             ended: false,
@@ -50,6 +51,22 @@ impl RunLog {
             wall_before: 0.0,
             notes,
         })
+    }
+
+    /// The log of a rank other than 0 of several, in the run `dir`: it writes and shows
+    /// nothing (rank 0 records the run) and reads what rank 0 wrote.
+    pub fn follower(dir: &Path) -> Self {
+        Self {
+            metrics: None,
+            events: None,
+            dir: RunDir::new(dir),
+            current: None,
+            ended: true,
+            observer: Box::new(crate::progress::Silent),
+            started: Instant::now(),
+            wall_before: 0.0,
+            notes: Vec::new(),
+        }
     }
 
     /// Seconds of wall time of the whole run (all workers).
@@ -80,7 +97,8 @@ impl RunLog {
     /// Records an event belonging to `step`.
     pub fn event(&mut self, step: usize, event: impl Into<Event>) {
         let line = EventLine::new(step, self.wall(), event);
-        if let Err(e) = self.events.write(&line) {
+        let Some(events) = &mut self.events else { return };
+        if let Err(e) = events.write(&line) {
             tracing::warn!("could not write events.jsonl: {e}");
         }
         tracing::info!(kind = line.event.kind(), step, "event");
@@ -96,22 +114,27 @@ impl RunLog {
 
     /// Records a completed step.
     pub fn step(&mut self, rec: &StepRecord, total: usize) -> Result<(), TrainError> {
-        self.metrics.write(rec)?;
+        let Some(metrics) = &mut self.metrics else { return Ok(()) };
+        metrics.write(rec)?;
         self.observer.step(rec, total);
         Ok(())
     }
 
     /// Records an evaluation (flushed at once).
     pub fn eval(&mut self, rec: &EvalRecord) -> Result<(), TrainError> {
-        self.metrics.write(rec)?;
-        self.metrics.flush()?;
+        let Some(metrics) = &mut self.metrics else { return Ok(()) };
+        metrics.write(rec)?;
+        metrics.flush()?;
         self.observer.eval(rec);
         Ok(())
     }
 
     /// Flushes the metric lines written so far.
     pub fn flush(&mut self) -> Result<(), TrainError> {
-        Ok(self.metrics.flush()?)
+        match &mut self.metrics {
+            Some(m) => Ok(m.flush()?),
+            None => Ok(()),
+        }
     }
 
     /// Writes `current.json`: what the worker is doing now (read by the supervisor after a
@@ -130,6 +153,9 @@ impl RunLog {
 
     /// No worker runs any more: `current.json` goes, and later positions are not written.
     pub fn clear_position(&mut self) {
+        if self.metrics.is_none() {
+            return;
+        }
         self.ended = true;
         drop(self.current.take());
         let _ = std::fs::remove_file(self.dir.current());
@@ -138,7 +164,12 @@ impl RunLog {
     /// Keeps only the metric lines up to `step` (the steps after it run again); returns the
     /// evaluation recorded at `step`, which is not run again.
     pub fn truncate(&mut self, step: usize) -> Result<Option<EvalRecord>, TrainError> {
-        Ok(self.metrics.truncate_to_step(step)?)
+        match &mut self.metrics {
+            Some(m) => Ok(m.truncate_to_step(step)?),
+            // A follower reads the evaluation rank 0 kept.
+            None => Ok(oomph_rundir::metrics::read_metrics(&self.dir.metrics())?
+                .and_then(|m| m.evals.into_iter().find(|e| e.step == step))),
+        }
     }
 
     /// Worker restarts over the whole run (every supervisor invocation): the restart events
@@ -149,6 +180,9 @@ impl RunLog {
 
     /// Writes `summary.json` (atomically), removes `current.json` and tells the observer.
     pub fn finish(&mut self, summary: &Summary) -> Result<(), TrainError> {
+        if self.metrics.is_none() {
+            return Ok(());
+        }
         self.flush()?;
         write_summary(&self.dir.summary(), summary)?;
         self.clear_position();

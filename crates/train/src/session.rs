@@ -56,6 +56,28 @@ pub struct Session<B: Backend> {
 }
 
 impl<B: Backend> Session<B> {
+    /// The session of rank `rank` (not 0) of several: the same run on `device`, showing
+    /// nothing and writing nothing (rank 0 does), without the process-wide memory probes.
+    pub fn follower(&self, device: B::Device) -> Self {
+        Self {
+            recipe: self.recipe.clone(),
+            origin: self.origin.clone(),
+            device,
+            backend_name: self.backend_name.clone(),
+            run_dir: self.run_dir.clone(),
+            observer: Box::new(crate::progress::Silent),
+            resume: self.resume,
+            lower_ceiling: self.lower_ceiling,
+            lower_eval: self.lower_eval,
+            first_update_in_place: self.first_update_in_place,
+            restarts: self.restarts,
+            banner: Vec::new(),
+            stop: self.stop.clone(),
+            memory: None,
+            release: None,
+        }
+    }
+
     /// A session with defaults: no output (`Silent`), resume `Auto`, no supervisor state.
     pub fn new(recipe: Recipe, origin: &str, device: B::Device, run_dir: &Path) -> Self {
         Self {
@@ -97,8 +119,12 @@ impl<B: Backend> Session<B> {
             format!("model {} | {} parameters", r.model.kind, oomph_sched::policy::count(parameters)),
             format!("data {}", info.description),
             format!(
-                "effective {} = {} chunk{} x {}{} | micro-batch min {min} max {max} (initial {}) | {total} steps",
+                "effective {} = {}{} chunk{} x {}{} | micro-batch min {min} max {max} (initial {}) | {total} steps",
                 r.training.effective_batch,
+                match r.distributed.ranks {
+                    1 => String::new(),
+                    n => format!("{n} ranks x "),
+                },
                 plan.len(),
                 if plan.len() == 1 { "" } else { "s" },
                 plan[0],
@@ -114,6 +140,14 @@ impl<B: Backend> Session<B> {
                 "micro-batch auto: trying {} first, then the largest size that fits (OOM probing{})",
                 plan[0],
                 if self.memory.is_some() { " and the device's memory statistics" } else { "" }
+            ));
+        }
+        let d = &r.distributed;
+        if d.ranks > 1 {
+            lines.push(format!(
+                "distributed: {} ranks in this process (threads, burn's collective), each on its shard of every step \
+                 | parameters compared every {} steps | collective deadline {} s",
+                d.ranks, d.check_every, d.timeout_s
             ));
         }
         if faults.simulates() {
@@ -150,7 +184,9 @@ pub fn check_data_fits<B: AutodiffBackend>(recipe: &Recipe, origin: &str, data: 
 
 /// The policy configuration a recipe implies.
 pub fn policy_config(recipe: &Recipe) -> PolicyConfig {
-    let n = recipe.training.effective_batch;
+    // With several ranks the micro-batch splits each rank's shard: the largest shard is the
+    // policy's batch (the shards differ by at most one sample).
+    let n = recipe.training.effective_batch.div_ceil(recipe.distributed.ranks.max(1));
     let mb = &recipe.micro_batch;
     let max = mb.max.unwrap_or(n).min(n).max(1);
     PolicyConfig {

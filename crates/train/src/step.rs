@@ -22,6 +22,8 @@ use burn::tensor::{ElementConversion, Tensor};
 use oomph_recipe::Phase;
 use std::cell::Cell;
 
+mod ranked;
+
 /// Backend seed for step `step` of a run seeded with `seed` (SplitMix64 of both), so a
 /// resumed or retried step draws exactly the same random numbers.
 pub fn step_seed(seed: u64, step: usize) -> u64 {
@@ -45,8 +47,12 @@ pub struct GradCheck {
 pub struct StepInput<'a> {
     /// The optimizer step, 1-based.
     pub step: usize,
-    /// The effective batch's sample indices.
+    /// The sample indices this rank trains on: the effective batch, or this rank's shard of
+    /// it when several ranks train.
     pub indices: &'a [usize],
+    /// The whole effective batch (every rank's samples): the step's loss is divided by its
+    /// total weight.
+    pub all: &'a [usize],
     /// Chunk sizes, summing to `indices.len()` (see `oomph_sched::plan_chunks`).
     pub plan: &'a [usize],
     /// Learning rate of this step.
@@ -139,7 +145,9 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>> Trainable<B, M> {
         let phase = Cell::new(Phase::Forward);
         let model = self.model();
         let out = attempt_scoped::<B, _>(device, |scope| {
-            accumulate::<B, M>(model, src, input, device, faults, &phase, scope)
+            let (grads, loss) = accumulate::<B, M>(model, src, input, device, faults, &phase, scope)?;
+            let (loss, check) = read_check::<B, M>(model, &grads, loss, input.clip.is_some());
+            Ok((grads, loss, check))
         });
         let (grads, loss, check) = match out {
             Ok(Ok(v)) => v,
@@ -231,11 +239,14 @@ fn failed(f: Failure, step: usize, phase: Phase, micro: usize) -> Outcome {
     }
 }
 
+/// A rank's share of the step's mean loss, on the device (`None` before any chunk ran).
+pub(crate) type LossShare<B> = Option<Tensor<<B as AutodiffBackend>::InnerBackend, 1>>;
+
 /// The forward and backward passes of one attempt at a step: every chunk's loss sum is
 /// divided by the effective batch's total weight before its backward pass, so the summed
-/// gradients are those of the mean loss. Returns the gradients, the mean loss and the
-/// gradient check, read back from the device together.
-fn accumulate<B, M>(
+/// gradients are those of the mean loss. Returns the gradients and the (still on the
+/// device) share of the mean loss of this rank's samples.
+pub(crate) fn accumulate<B, M>(
     model: &M,
     src: &dyn Feed<B, M::Batch>,
     input: StepInput,
@@ -243,7 +254,7 @@ fn accumulate<B, M>(
     faults: &mut Faults,
     phase: &Cell<Phase>,
     scope: &Scope,
-) -> Result<(GradientsParams, f64, GradCheck), TrainError>
+) -> Result<(GradientsParams, LossShare<B>), TrainError>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Objective<B>,
@@ -258,13 +269,13 @@ where
         chunks.push(&input.indices[offset..offset + size]);
         offset += size;
     }
-    let total = src.weight(input.indices);
+    let total = src.weight(input.all);
     if !(total.is_finite() && total > 0.0) {
         return Err(TrainError::BadInput(format!(
             "the {} training samples of step {step} weigh {total} in all: the step's loss is divided by that \
              total, which must be finite and above zero. Fix: give every item of the data a finite, positive weight \
              (`Batched::weighed` or `Batched::each_weighs`).",
-            input.indices.len()
+            input.all.len()
         )));
     }
     let scale = 1.0 / total;
@@ -309,12 +320,24 @@ where
             acc.accumulate(model, grads);
         }
     }
-    let grads = single.unwrap_or_else(|| acc.grads());
-    // The loss and the gradient check come back in one device read: the squared norm when
-    // clipping needs the norm, otherwise the plain sum (finite exactly when every element is).
-    let with_norm = input.clip.is_some();
+    Ok((single.unwrap_or_else(|| acc.grads()), loss_sum))
+}
+
+/// Reads the mean loss and the gradient check back from the device, in one read: the squared
+/// norm when clipping needs the norm (`with_norm`), otherwise the plain sum (finite exactly
+/// when every element is).
+pub(crate) fn read_check<B, M>(
+    model: &M,
+    grads: &GradientsParams,
+    loss_sum: LossShare<B>,
+    with_norm: bool,
+) -> (f64, GradCheck)
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+{
     let how = if with_norm { Reduce::Squares } else { Reduce::Sum };
-    let parts = reduce_grads::<B, M>(model, &grads, how);
+    let parts = reduce_grads::<B, M>(model, grads, how);
     let (loss, check) = match loss_sum {
         Some(l) if parts.is_empty() => (l.into_scalar().elem::<f64>(), 0.0),
         Some(l) => {
@@ -324,8 +347,9 @@ where
             let v: Vec<f64> = Tensor::cat(all, 0).into_data().iter::<f64>().collect();
             (v[0], v[1..].iter().sum::<f64>())
         }
-        None => (f64::NAN, f64::NAN),
+        // Only the check (several ranks: the loss came with the first round).
+        None if parts.is_empty() => (f64::NAN, 0.0),
+        None => (f64::NAN, Tensor::cat(parts, 0).into_data().iter::<f64>().sum::<f64>()),
     };
-    let grads_check = GradCheck { finite: check.is_finite(), norm: with_norm.then(|| check.sqrt()) };
-    Ok((grads, loss, grads_check))
+    (loss, GradCheck { finite: check.is_finite(), norm: with_norm.then(|| check.sqrt()) })
 }

@@ -34,6 +34,7 @@ use oomph_sched::{MemoryHint, Policy};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+mod ranks;
 mod state;
 
 use state::{Completed, Tally};
@@ -53,6 +54,8 @@ where
     sampler: Sampler,
     faults: Faults,
     log: RunLog,
+    /// This rank's end of the gang when several ranks train (`[distributed]`).
+    link: Option<crate::gang::Link<B::InnerBackend>>,
     ckpt: Checkpointer,
     /// The main thread's phase, as written to `current.json`.
     phase: Phase,
@@ -67,7 +70,7 @@ where
 /// Trains a model built by `init` on `data` according to `session`; returns the summary
 /// (also written to `summary.json`). The data must give the model's batch type.
 pub fn train<B, M>(
-    mut session: Session<B>,
+    session: Session<B>,
     data: &Data<B>,
     init: impl FnOnce(&B::Device) -> M,
 ) -> Result<Summary, TrainError>
@@ -91,43 +94,84 @@ where
         .map_err(|e| TrainError::io("writing", &resolved, &e))?;
     B::seed(&session.device, recipe.run.seed);
     let model = init(&session.device);
-    let parameters = model.num_params();
-    let policy = Policy::new(policy_config(&recipe));
-    let total = total_steps(&recipe, data.train_len());
-    let observer = std::mem::replace(&mut session.observer, Box::new(crate::progress::Silent));
-    let mut run = Run {
-        data,
-        feeds,
-        net: Trainable::new(model, Optim::new(&recipe.optimizer), session.first_update_in_place),
-        sampler: Sampler::new(data.train_len(), recipe.run.seed, true),
-        faults: Faults::for_run(recipe.faults.clone(), &run_dir),
-        log: RunLog::open(&run_dir, observer, std::mem::take(&mut session.banner))?,
-        ckpt: Checkpointer::new(&run_dir, &recipe.checkpoint),
-        phase: Phase::Forward,
-        step: 0,
-        total,
-        eval_batch: recipe.training.eval_batch.unwrap_or(policy.limit()).max(1),
-        policy,
-        last_eval: None,
-        tally: Tally::default(),
-        parameters,
-        s: session,
-    };
+    if recipe.distributed.ranks > 1 {
+        return ranks::train_ranks(session, data, feeds, model);
+    }
+    let mut run = Run::open(session, data, feeds, model, None)?;
     run.resume()?;
     run.banner();
     // Lifted again when `train` returns, whatever the outcome.
     let _limit = run.faults.limit_address_space()?;
     signals::install();
-    let result = run.run_loop();
-    let written = run.settle_writer();
-    // The supervisor reads `current.json` after a memory death; after anything else no
-    // worker runs any more.
-    if matches!(&result, Err(e) if !matches!(e, TrainError::MemoryDeath { .. })) {
-        run.log.clear_position();
+    run.go()
+}
+
+impl<'a, B, M> Run<'a, B, M>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Objective<B> + 'static,
+    M::InnerModule: Objective<B::InnerBackend>,
+{
+    /// A run of `model` in `session`, before it resumes; `link` makes it one rank of several
+    /// (a rank other than 0 writes nothing to the run directory).
+    fn open(
+        mut session: Session<B>,
+        data: &'a Data<B>,
+        feeds: &'a ModelFeeds<B, M>,
+        model: M,
+        link: Option<crate::gang::Link<B::InnerBackend>>,
+    ) -> Result<Self, TrainError> {
+        let recipe = &session.recipe;
+        let run_dir = session.run_dir.clone();
+        let rank = link.as_ref().map_or(0, |l| l.rank());
+        let parameters = model.num_params();
+        let policy = Policy::new(policy_config(recipe));
+        let total = total_steps(recipe, data.train_len());
+        let observer = std::mem::replace(&mut session.observer, Box::new(crate::progress::Silent));
+        let log = if rank == 0 {
+            RunLog::open(&run_dir, observer, std::mem::take(&mut session.banner))?
+        } else {
+            RunLog::follower(&run_dir)
+        };
+        Ok(Run {
+            data,
+            feeds,
+            net: Trainable::new(model, Optim::new(&recipe.optimizer), session.first_update_in_place),
+            sampler: Sampler::new(data.train_len(), recipe.run.seed, true),
+            faults: Faults::for_run(recipe.faults.for_rank(rank), &run_dir),
+            log,
+            link,
+            ckpt: Checkpointer::new(&run_dir, &recipe.checkpoint),
+            phase: Phase::Forward,
+            step: 0,
+            total,
+            eval_batch: recipe.training.eval_batch.unwrap_or(policy.limit()).max(1),
+            policy,
+            last_eval: None,
+            tally: Tally::default(),
+            parameters,
+            s: session,
+        })
     }
-    let summary = result?;
-    written?;
-    Ok(summary)
+
+    /// Runs the loop to its end, then waits for the checkpoint in flight.
+    fn go(&mut self) -> Result<Summary, TrainError> {
+        let result = self.run_loop();
+        let written = self.settle_writer();
+        // The supervisor reads `current.json` after a memory death; after anything else no
+        // worker runs any more.
+        if matches!(&result, Err(e) if !matches!(e, TrainError::MemoryDeath { .. })) {
+            self.log.clear_position();
+        }
+        let summary = result?;
+        written?;
+        Ok(summary)
+    }
+
+    /// Whether this run writes the run directory: the only rank, or rank 0 of several.
+    fn leader(&self) -> bool {
+        self.link.as_ref().is_none_or(|l| l.rank() == 0)
+    }
 }
 
 impl<B, M> Run<'_, B, M>
@@ -138,8 +182,13 @@ where
 {
     fn run_loop(&mut self) -> Result<Summary, TrainError> {
         let eval_every = self.s.recipe.training.eval_every;
+        self.check_ranks_agree()?;
         while self.step < self.total {
-            if signals::stop_requested() || self.s.stop.load(Ordering::SeqCst) {
+            let stop = match &self.link {
+                None => self.stop_wanted(),
+                Some(l) => l.stop_agreed(),
+            };
+            if stop {
                 self.checkpoint("signal")?;
                 self.settle_writer()?;
                 return Err(TrainError::Interrupted { step: self.step });
@@ -153,6 +202,10 @@ where
             }
             if let Some(reason) = self.ckpt.due(self.step, had_oom).filter(|_| self.step < self.total) {
                 self.checkpoint(reason)?;
+            }
+            let every = self.s.recipe.distributed.check_every;
+            if every > 0 && self.step.is_multiple_of(every) {
+                self.check_ranks_agree()?;
             }
         }
         if self.last_eval.as_ref().is_none_or(|e| e.step != self.step) && self.data.valid_len() > 0 {
@@ -169,23 +222,32 @@ where
     fn train_step(&mut self) -> Result<bool, TrainError> {
         let step = self.step + 1;
         let r = &self.s.recipe;
-        let indices = self.sampler.next_batch(r.training.effective_batch);
+        let all = self.sampler.next_batch(r.training.effective_batch);
+        let indices = match &self.link {
+            Some(l) => crate::gang::shard(&all, l.rank(), l.world()).to_vec(),
+            None => all.clone(),
+        };
         let (lr, clip, seed) =
             (lr_at(step, self.total, r.optimizer.lr, &r.lr_schedule), r.optimizer.grad_clip_norm, r.run.seed);
         let t0 = Instant::now();
         let mut had_oom = false;
         let mut optimizer_ooms = 0;
         loop {
-            let plan = self.policy.plan();
+            let plan = oomph_sched::plan_chunks(indices.len(), self.policy.limit());
             let t_attempt = Instant::now();
-            let input = StepInput { step, indices: &indices, plan: &plan, lr, clip, seed };
+            let input = StepInput { step, indices: &indices, all: &all, plan: &plan, lr, clip, seed };
+            let stop = self.link.is_some() && self.stop_wanted();
             let outcome = {
-                let Run { net, feeds, s, faults, log, policy, eval_batch, parameters, ckpt, phase: now, .. } = self;
+                let Run { net, feeds, s, faults, log, policy, eval_batch, parameters, ckpt, phase: now, link, .. } =
+                    self;
                 let mut enter = |phase: Phase| {
                     *now = phase;
                     log.position(&position(phase, step - 1, policy, *eval_batch, *parameters, ckpt.writing()))
                 };
-                net.attempt(&*feeds.train, input, &s.device, faults, &mut enter)
+                match link {
+                    None => net.attempt(&*feeds.train, input, &s.device, faults, &mut enter),
+                    Some(link) => net.attempt_ranked(&*feeds.train, input, &s.device, faults, &mut enter, link, stop),
+                }
             };
             match outcome {
                 Outcome::Updated { loss, grad_norm } => {
@@ -243,13 +305,20 @@ where
         self.tally.oom_events += 1;
         let oom = Event::Oom { phase: phase_name(at_phase).into(), micro_batch: size, message: error.clone() };
         self.log.event(at, oom);
-        let backend_usable = in_place || crate::recovery::probe::<B>(&self.s.device);
-        let hint = self
+        let mut backend_usable = in_place || crate::recovery::probe::<B>(&self.s.device);
+        let mut hint = self
             .s
             .memory
             .as_ref()
             .and_then(|probe| probe())
             .map(|m| MemoryHint { capacity_bytes: Some(m.capacity), ..Default::default() });
+        if let Some(link) = &mut self.link {
+            // One decision for every rank: usable only if every rank's backend is, and no
+            // memory model (each rank's device has its own).
+            let rows = link.agree(&[f64::from(u8::from(backend_usable))])?;
+            backend_usable = rows.iter().all(|r| r[0] != 0.0);
+            hint = None;
+        }
         let ctx = OomContext {
             phase,
             step,
@@ -319,7 +388,7 @@ where
         crate::alloc::survived();
         let evs = self.policy.on_step_ok();
         let mem = self.s.memory.as_ref().and_then(|probe| probe());
-        if let Some(m) = mem {
+        if let (Some(m), None) = (mem, &self.link) {
             self.policy.observe_memory(plan[0], m.reserved, m.capacity);
         }
         let rec = self.step_record(done, mem);
@@ -348,7 +417,25 @@ where
             let eb = self.eval_batch;
             self.enter(Phase::Eval);
             let t = Instant::now();
-            let out = attempt_eval::<B, M>(self.net.model(), src, eb, &self.s.device, self.step, &mut self.faults);
+            let mut out = attempt_eval::<B, M>(self.net.model(), src, eb, &self.s.device, self.step, &mut self.faults);
+            if let Some(link) = &mut self.link {
+                // Every rank evaluates the whole split (the same model, the same numbers); an
+                // out-of-memory on any rank shrinks every rank's evaluation batch.
+                if let Err(crate::recovery::Failure::Data { message } | crate::recovery::Failure::Other { message }) =
+                    &out
+                {
+                    return Err(TrainError::Failed(format!(
+                        "evaluation after step {} failed with an error that is not an out-of-memory: {message}",
+                        self.step
+                    )));
+                }
+                let oom = matches!(out, Err(crate::recovery::Failure::Oom { .. }));
+                let rows = link.agree(&[f64::from(u8::from(oom))])?;
+                if let (false, Some(r)) = (oom, rows.iter().position(|r| r[0] != 0.0)) {
+                    let message = format!("rank {r} ran out of memory in evaluation (evaluation batch {eb})");
+                    out = Err(crate::recovery::Failure::Oom { message });
+                }
+            }
             match out {
                 Ok((valid_loss, metrics)) => {
                     let rec = EvalRecord {
@@ -392,6 +479,10 @@ where
         self.log.flush()?;
         self.settle_writer()?;
         self.enter(Phase::Checkpoint);
+        if !self.leader() {
+            // Rank 0 writes the checkpoints of every rank (they hold the same state).
+            return Ok(true);
+        }
         let state = self.state(reason);
         let recipe_text = oomph_recipe::to_toml_string(&self.s.recipe);
         let saved = self.ckpt.save::<B, M>(self.net.model(), self.net.optim(), state, recipe_text, &mut self.faults)?;
@@ -422,6 +513,20 @@ where
             self.log.event(w.step, event);
         }
         Ok(())
+    }
+
+    /// Whether this process was asked to stop (a signal, or the session's flag).
+    fn stop_wanted(&self) -> bool {
+        signals::stop_requested() || self.s.stop.load(Ordering::SeqCst)
+    }
+
+    /// With several ranks: compares a checksum of every rank's parameters (they must be the
+    /// same model).
+    fn check_ranks_agree(&mut self) -> Result<(), TrainError> {
+        match &mut self.link {
+            Some(link) => link.check_same::<B, M>(self.net.model(), self.step),
+            None => Ok(()),
+        }
     }
 
     /// Enters `phase` (recorded in `current.json`).

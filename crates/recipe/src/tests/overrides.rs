@@ -37,7 +37,7 @@ fn overrides_apply_with_types() {
     assert_eq!(r.model.kind, "gpt");
     assert_eq!(r.model.params["n_layer"].as_integer(), Some(4));
     assert_eq!(r.model.params["attn"]["heads"].as_integer(), Some(2));
-    assert_eq!(r.faults.oom_at, vec![FaultAt { step: 2, phase: Phase::Backward }]);
+    assert_eq!(r.faults.oom_at, vec![FaultAt { step: 2, phase: Phase::Backward, rank: None }]);
 
     let r =
         parse("[micro_batch]\ninitial = 8\n", "r.toml", Path::new("."), &sets(&["micro_batch.initial=auto"])).unwrap();

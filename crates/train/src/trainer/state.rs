@@ -166,7 +166,9 @@ where
         self.log.flush()?;
         self.settle_writer()?;
         let model_path = RunDir::new(&self.s.run_dir).model();
-        save_safetensors::<B, M>(self.net.model(), &model_path)?;
+        if self.leader() {
+            save_safetensors::<B, M>(self.net.model(), &model_path)?;
+        }
         let ev = self.last_eval.clone();
         let t = &self.tally;
         let summary = Summary {

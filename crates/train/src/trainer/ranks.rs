@@ -1,0 +1,170 @@
+//! Several ranks in one process (`distributed.ranks` > 1): one thread per rank, each with
+//! its copy of the model on its device and its shard of every step, joined through burn's
+//! collective ([`crate::gang`]). Rank 0 runs on the calling thread and writes the run
+//! directory; when any rank fails, every rank stops and the run ends with that rank's error.
+
+use super::Run;
+use crate::error::TrainError;
+use crate::feed::{Data, ModelFeeds};
+use crate::objective::Objective;
+use crate::session::Session;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use oomph_rundir::Summary;
+
+/// Trains `model` with `distributed.ranks` ranks.
+#[cfg(feature = "distributed")]
+pub(super) fn train_ranks<B, M>(
+    session: Session<B>,
+    data: &Data<B>,
+    feeds: &ModelFeeds<B, M>,
+    model: M,
+) -> Result<Summary, TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Objective<B> + 'static,
+    M::InnerModule: Objective<B::InnerBackend>,
+{
+    use crate::gang::burn_collective::{abandon, BurnCollective};
+    use crate::gang::{Board, Link};
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let dist = session.recipe.distributed.clone();
+    let world = dist.ranks;
+    let deadline = Duration::from_secs_f64(dist.timeout_s);
+    let board = Arc::new(Board::default());
+    let devices = rank_devices::<B>(&session, world);
+    let link = |r: usize| {
+        let collective = BurnCollective::<B::InnerBackend>::new(r, world, devices[r].clone());
+        Link::new(
+            r,
+            world,
+            devices[r].clone(),
+            Box::new(collective),
+            board.clone(),
+            deadline,
+            abandon::<B::InnerBackend>,
+        )
+    };
+    // Parameters a module initialises lazily are drawn now, once: each rank's copy must hold
+    // the same values, not draw its own on first use.
+    crate::gang::checksum::<B, M>(&model);
+    let followers: Vec<_> = (1..world)
+        .map(|r| (r, session.follower(devices[r].clone()), model.clone().fork(&devices[r]), link(r)))
+        .collect();
+    let mut first = Run::open(session, data, feeds, model, Some(link(0)))?;
+    // Rank 0 resumes first (it trims what a dead worker left); the others read what it kept.
+    first.resume()?;
+    let _limit = first.faults.limit_address_space()?;
+    crate::signals::install();
+    let summary = std::thread::scope(|scope| {
+        for (r, session, model, link) in followers {
+            let board = board.clone();
+            std::thread::Builder::new()
+                .name(format!("oomph-rank-{r}"))
+                .spawn_scoped(scope, move || {
+                    let run = || -> Result<Summary, TrainError> {
+                        let mut run = Run::open(session, data, feeds, model, Some(link))?;
+                        run.resume()?;
+                        run.go()
+                    };
+                    let result = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|p| Err(panicked(r, p)));
+                    if let Err(e) = result {
+                        board.fail(r, e);
+                    }
+                })
+                .expect("oomph: cannot start a rank's thread");
+        }
+        first.banner();
+        let result = catch_unwind(AssertUnwindSafe(|| first.go())).unwrap_or_else(|p| Err(panicked(0, p)));
+        match result {
+            Ok(summary) => Some(summary),
+            Err(e) => {
+                board.fail(0, e);
+                None
+            }
+        }
+    });
+    // Threads still blocked in a collective call (a rank that failed left them there) return.
+    abandon::<B::InnerBackend>();
+    match (board.take(), summary) {
+        (Some((0, e)), _) => Err(e),
+        (Some((r, e)), _) => Err(on_rank(r, e)),
+        (None, Some(summary)) => Ok(summary),
+        (None, None) => Err(TrainError::Failed("rank 0 ended without a result".into())),
+    }
+}
+
+/// Without the `distributed` feature: a clear error.
+#[cfg(not(feature = "distributed"))]
+pub(super) fn train_ranks<B, M>(
+    session: Session<B>,
+    _data: &Data<B>,
+    _feeds: &ModelFeeds<B, M>,
+    _model: M,
+) -> Result<Summary, TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Objective<B> + 'static,
+    M::InnerModule: Objective<B::InnerBackend>,
+{
+    Err(TrainError::BadInput(format!(
+        "{}: distributed.ranks = {} asks for several ranks, but this oomph binary was built without the \
+         `distributed` feature. Fix: rebuild with `cargo build --release --features distributed`, or set \
+         distributed.ranks = 1.",
+        session.origin, session.recipe.distributed.ranks
+    )))
+}
+
+/// Each rank's device: on the CPU every rank shares the one device; on a GPU backend rank `r`
+/// takes `distributed.devices[r]` (default: `run.device + r`).
+#[cfg(feature = "distributed")]
+fn rank_devices<B: AutodiffBackend>(session: &Session<B>, world: usize) -> Vec<B::Device> {
+    use burn::tensor::backend::Device as _;
+    use oomph_recipe::Backend;
+    let cpu = matches!(
+        crate::backend::resolve(session.recipe.run.backend),
+        Backend::Cpu | Backend::Ndarray | Backend::Flex | Backend::Tch
+    );
+    let indices = session.recipe.rank_devices();
+    (0..world)
+        .map(|r| {
+            if cpu {
+                return session.device.clone();
+            }
+            let index = indices[r];
+            let mut id = session.device.to_id();
+            id.index_id = index as u16;
+            B::Device::from_id(id)
+        })
+        .collect()
+}
+
+/// A rank's panic (outside every recovery boundary: a bug), as an error.
+#[cfg(feature = "distributed")]
+fn panicked(rank: usize, payload: Box<dyn std::any::Any + Send>) -> TrainError {
+    let msg = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into());
+    TrainError::Failed(format!("rank {rank} panicked: {msg}"))
+}
+
+/// Rank `rank`'s error, named as that rank's, with its exit code.
+#[cfg(feature = "distributed")]
+fn on_rank(rank: usize, e: TrainError) -> TrainError {
+    let named = |m: String| if m.starts_with("rank ") { m } else { format!("rank {rank}: {m}") };
+    match e {
+        TrainError::BadInput(m) => TrainError::BadInput(named(m)),
+        TrainError::DoesNotFit(m) => TrainError::DoesNotFit(named(m)),
+        TrainError::Checkpoint(m) => TrainError::Checkpoint(named(m)),
+        TrainError::MemoryDeath { micro, message } => TrainError::MemoryDeath { micro, message: named(message) },
+        TrainError::Diverged(m) => TrainError::Diverged(named(m)),
+        TrainError::Interrupted { step } => TrainError::Interrupted { step },
+        TrainError::Failed(m) => TrainError::Failed(named(m)),
+        TrainError::Gang(m) => TrainError::Gang(named(m)),
+    }
+}

@@ -1,0 +1,159 @@
+//! Several ranks (`[distributed]`, the `distributed` feature; `cargo test --features
+//! distributed --test it distributed::`): ranks as threads of one process on the CPU, joined
+//! through burn's collective. The global effective batch stays exact whatever the number of
+//! ranks, an out-of-memory on one rank is every rank's, a failing rank stops every rank
+//! promptly with its message, and a run resumes with another number of ranks.
+
+use crate::accumulation::TOL;
+use crate::util::*;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The digits-sized MLP of the other tests: 30 steps of 64 samples (shards of 32 with 2
+/// ranks, 22/21/21 with 3), evaluation every 10 steps, a checkpoint every 4, the ranks'
+/// parameters compared every 2 steps.
+fn base() -> TestRecipe {
+    TestRecipe::mlp()
+        .set("run.seed", 5)
+        .set("model.hidden", [32])
+        .set("micro_batch.grow_after", 1000)
+        .set("checkpoint.every", 4)
+        .set("training.eval_every", 10)
+        .set("distributed.check_every", 2)
+}
+
+/// No test waits on a stuck run: far below any collective deadline, far above a run's time.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `cmd`, killing it (and failing) if it outlives [`LIMIT`].
+fn bounded(mut cmd: Command) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run oomph");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > LIMIT {
+            let _ = child.kill();
+            let o = child.wait_with_output().expect("output");
+            panic!("oomph did not end within {LIMIT:?} (a rank waits forever?):\n{}", text(&o));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn train(f: &Fixture, name: &str, args: &[&str]) -> Output {
+    bounded(f.cmd(name, args))
+}
+
+#[test]
+fn one_two_and_three_ranks_train_the_same_parameters() {
+    let f = Fixture::new(&base());
+    let one = f.reference("one", &[]);
+    for ranks in ["2", "3"] {
+        let name = format!("ranks{ranks}");
+        let o = train(&f, &name, &["--no-supervise", "--set", &format!("distributed.ranks={ranks}")]);
+        assert!(o.status.success(), "{ranks} ranks: {}", text(&o));
+        let run = f.run(&name);
+        let d = max_param_diff(&one, &run);
+        assert!(d < TOL, "1 vs {ranks} ranks: max |diff| {d:e}");
+        let (a, b) = (summary(&one), summary(&run));
+        assert_eq!(a.samples_seen, b.samples_seen, "the effective batch is global");
+        let (la, lb) = (a.valid_loss.unwrap(), b.valid_loss.unwrap());
+        assert!((la - lb).abs() < 1e-5, "valid loss {la} vs {lb}");
+        // One metrics line per step and evaluation: rank 0 alone writes the run directory.
+        assert_eq!(step_lines(&run), step_lines(&one), "{ranks} ranks");
+    }
+}
+
+#[test]
+fn a_rank_with_less_room_makes_every_rank_shrink_to_the_same_micro_batch() {
+    let f = Fixture::new(&base());
+    let one = f.reference("one", &[]);
+    // Rank 0 has room for its whole shard of 32, rank 1 for 12 samples.
+    let o = train(
+        &f,
+        "tight",
+        &["--no-supervise", "--set", "distributed.ranks=2", "--set", "faults.simulate_memory_samples=[64, 12]"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let run = f.run("tight");
+    let ooms = events(&run, "oom");
+    assert!(!ooms.is_empty(), "rank 1 ran out of memory: {}", text(&o));
+    let s = summary(&run);
+    assert!(s.micro_batch_final <= 12, "every rank ends at most at rank 1's room: {}", s.micro_batch_final);
+    let micro: Vec<u64> = step_records(&run).iter().map(|r| r["micro_batch"].as_u64().unwrap()).collect();
+    assert!(micro.iter().all(|&m| m <= 12), "{micro:?}");
+    let d = max_param_diff(&one, &run);
+    assert!(d < TOL, "undisturbed 1 rank vs 2 ranks with a tight rank 1: max |diff| {d:e}");
+}
+
+#[test]
+fn an_oom_on_one_rank_in_backward_or_in_the_update_is_retried_by_every_rank() {
+    let f = Fixture::new(&base());
+    let one = f.reference("one", &[]);
+    let faults = "faults.oom_at=[{step=3, phase=\"backward\", rank=1}, {step=6, phase=\"optimizer\", rank=0}, \
+                  {step=9, phase=\"forward\", rank=2}]";
+    let o = train(&f, "ooms", &["--no-supervise", "--set", "distributed.ranks=3", "--set", faults]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = f.run("ooms");
+    let steps: Vec<u64> = events(&run, "oom").iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [3, 6, 9], "one OOM event per fault, recorded once: {}", text(&o));
+    let d = max_param_diff(&one, &run);
+    assert!(d < TOL, "undisturbed 1 rank vs 3 ranks with OOMs: max |diff| {d:e}");
+}
+
+#[test]
+fn a_panic_on_one_rank_stops_every_rank_promptly_with_its_message() {
+    let f = Fixture::new(&base());
+    // The deadline is far away: the ranks must stop because rank 1 failed, not because they
+    // waited for it.
+    let o = train(
+        &f,
+        "panic",
+        &[
+            "--no-supervise",
+            "--set",
+            "distributed.ranks=3",
+            "--set",
+            "distributed.timeout_s=3600",
+            "--set",
+            "faults.panic_at=[{step=4, phase=\"backward\", rank=1}]",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("rank 1") && t.contains("simulated model bug"), "{t}");
+    assert!(!t.contains("waited"), "no rank waited for the deadline: {t}");
+}
+
+#[test]
+fn a_run_checkpointed_with_two_ranks_resumes_with_one_or_three() {
+    let f = Fixture::new(&base());
+    let one = f.reference("one", &[]);
+    for (name, ranks) in [("to1", "1"), ("to3", "3")] {
+        // Two ranks until the worker dies in step 11 (a simulated memory death, no
+        // supervisor): the newest checkpoint is step 4's or step 8's.
+        let die = "faults.die_at=[{step=11, phase=\"forward\"}]";
+        let o = train(&f, name, &["--no-supervise", "--set", "distributed.ranks=2", "--set", die]);
+        assert!(!o.status.success(), "{}", text(&o));
+        let o = train(&f, name, &["--no-supervise", "--set", &format!("distributed.ranks={ranks}")]);
+        assert!(o.status.success(), "resumed with {ranks}: {}", text(&o));
+        let run = f.run(name);
+        assert_eq!(summary(&run).resumes, 1, "{}", text(&o));
+        assert_eq!(summary(&run).samples_seen, summary(&one).samples_seen);
+        let d = max_param_diff(&one, &run);
+        assert!(d < TOL, "2 ranks then {ranks} vs 1 rank: max |diff| {d:e}");
+    }
+}
+
+#[test]
+fn the_supervisor_restarts_every_rank_after_a_memory_death() {
+    let f = Fixture::new(&base());
+    let one = f.reference("one", &[]);
+    let die = "faults.die_at=[{step=7, phase=\"backward\", rank=1}]";
+    let o = train(&f, "died", &["--set", "distributed.ranks=2", "--set", die]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = f.run("died");
+    assert_eq!(summary(&run).restarts, 1, "{}", text(&o));
+    let d = max_param_diff(&one, &run);
+    assert!(d < TOL, "restarted gang vs 1 rank: max |diff| {d:e}");
+}
