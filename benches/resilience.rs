@@ -814,6 +814,7 @@ where
         total_steps: Some(steps),
         nonfinite_steps: 0,
         nonfinite_run: 0,
+        ranks: 1,
     };
     let payload = Payload {
         step: steps,

@@ -18,9 +18,14 @@
 #       finds libtorch through its rpath, or through OOMPH_TCH_LIB (the `torch/lib` directory
 #       of a PyTorch 2.9.0 on the GPU machine); a tch binary that cannot start (no libtorch)
 #       fails the check, with the loader's reason.
+#   (e) with a binary built with the `distributed` feature and at least two cards: every card
+#       as one rank (`distributed.ranks`), the memory limit of (a) on rank 0's card only (one
+#       card with less room: every rank must shrink with it), supervised; and the same without
+#       the limit against one rank, for the scaling from 1 to N ranks.
 # It prints one table and copies the run directories' small files to OUT_DIR.
 # --dry-run does the same on the CPU with a tiny model and a simulated capacity (CI runs it;
-# with OOMPH_TCH_BINARY, (d) runs on the tch CPU backend).
+# with OOMPH_TCH_BINARY, (d) runs on the tch CPU backend; (e) runs 2 ranks on the CPU, rank 1
+# with room for 3 samples, when OOMPH_BINARY has the `distributed` feature).
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
@@ -44,6 +49,8 @@ if [ "$MODE" = "--dry-run" ]; then
   CAP=(--set faults.simulate_memory_samples=5)
   SWEEP="16 8 6 4 3 2"
   TCH_BACKEND=tch
+  NDEV=2
+  DIST_CAP=(--set 'faults.simulate_memory_samples=[16, 3]')
 else
   CARD=$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | head -1 || echo "unknown GPU")
   RECIPE=configs/tiny-gpt.toml
@@ -54,6 +61,8 @@ else
   CAP=(--set 'run.gpu_memory_limit="8GiB"')
   SWEEP="256 128 96 64 48 32"
   TCH_BACKEND=tch-cuda
+  NDEV=$(nvidia-smi -L 2>/dev/null | wc -l)
+  DIST_CAP=("${CAP[@]}")
 fi
 
 run() { # name, extra args...
@@ -93,11 +102,24 @@ if [ -n "${OOMPH_TCH_BINARY:-}" ]; then
   fi
 fi
 
-python3 - "$WORK" "$OUT" "$EFF" "$CARD" "$MODE" "$TCH" $SWEEP <<'PY'
+DIST="one card"
+if [ "$NDEV" -ge 2 ]; then
+  if "$BIN" check "$RECIPE" "${COMMON[@]}" --set distributed.ranks=$NDEV >/dev/null 2>"$WORK/dist-check.err"; then
+    DIST="$NDEV"
+    run dist-1 --set micro_batch.initial=$EFF --no-supervise
+    run dist-n "${DIST_CAP[@]}" --set distributed.ranks=$NDEV --set micro_batch.initial=$EFF
+    run dist-n-free --set distributed.ranks=$NDEV --set micro_batch.initial=$EFF --no-supervise
+  else
+    DIST="not built in (the distributed feature)"
+  fi
+fi
+
+python3 - "$WORK" "$OUT" "$EFF" "$CARD" "$MODE" "$TCH" "$DIST" $SWEEP <<'PY'
 import json, os, shutil, statistics, sys
-work, out, eff, card, mode, tch, sweep = (sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4],
-                                          sys.argv[5], sys.argv[6], sys.argv[7:])
+work, out, eff, card, mode, tch, dist, sweep = (sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4],
+                                                sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8:])
 tch_runs = ["tch-adaptive", "tch-inprocess"] if tch in ("tch", "tch-cuda") else []
+dist_runs = ["dist-n"] if dist.isdigit() else []
 failures = [f"libtorch backend {tch}"] if tch.startswith("unusable") else []
 
 def load(name):
@@ -127,7 +149,7 @@ for m in sweep:
     r = load("fixed-" + m)
     if r["rc"] == 0 and (oracle is None or r["thr"] > oracle["thr"]):
         oracle = dict(r, micro=int(m))
-for name in ["adaptive", "inprocess"] + tch_runs:
+for name in ["adaptive", "inprocess"] + tch_runs + dist_runs:
     r = load(name)
     s = r["summary"]
     if r["rc"] != 0 or s is None:
@@ -149,13 +171,15 @@ for name in ["adaptive", "inprocess"] + tch_runs:
             failures.append(f"{name}: no memory statistics in metrics.jsonl")
         if not any("backend tch-cuda:" in line for line in open(os.path.join(work, name + ".log"))):
             failures.append(f"{name}: the log does not name the tch-cuda backend")
-    # The oracle ran on the burn backend: a LibTorch run is compared with the adaptive one.
-    base = load("adaptive") if name.startswith("tch") else oracle
+    # The oracle ran on the burn backend: a LibTorch run is compared with the adaptive one; N
+    # ranks under the limit with one rank under it.
+    base = load("adaptive") if name.startswith("tch") or name.startswith("dist") else oracle
     ratio = r["thr"] / base["thr"] if base and base["thr"] else float("nan")
     rows.append((name, s["oom_events"], s["restarts"], s["micro_batch_final"], f"{s['recovery_s']:.2f}", f"{ratio:.3f}"))
 
 print(f"card: {card}")
 print(f"libtorch backend: {tch}")
+print(f"ranks: {dist}")
 print(f"oracle (best fixed micro-batch that fits): {oracle['micro'] if oracle else 'none'}"
       f" at {oracle['thr'] if oracle else 0:.0f} samples/s")
 print(f"{'run':<13} {'ooms':>5} {'restarts':>8} {'final micro':>11} {'recovery s':>10} {'throughput':>15}")
@@ -165,8 +189,16 @@ for r in rows:
 for m in sweep:
     r = load("fixed-" + m)
     print(f"  fixed {m:>4}: exit {r['rc']}, {r['thr']:.0f} samples/s")
+if dist_runs:
+    one, free = load("dist-1"), load("dist-n-free")
+    for r in (one, free):
+        if r["rc"] != 0:
+            failures.append(f"{r['name']}: exit {r['rc']} (see {r['name']}.log)")
+    scale = free["thr"] / one["thr"] if one["thr"] else float("nan")
+    print(f"  scaling 1 -> {dist} ranks without a limit: {one['thr']:.0f} -> {free['thr']:.0f} samples/s ({scale:.2f}x)")
 # Small files only.
-for name in ["adaptive", "inprocess"] + tch_runs + ["fixed-" + m for m in sweep]:
+extra = ["dist-1", "dist-n-free"] if dist_runs else []
+for name in ["adaptive", "inprocess"] + tch_runs + dist_runs + extra + ["fixed-" + m for m in sweep]:
     dst = os.path.join(out, name)
     os.makedirs(dst, exist_ok=True)
     for f in ("metrics.jsonl", "events.jsonl", "summary.json", "recipe.resolved.toml", "report.png"):

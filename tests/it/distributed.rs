@@ -50,7 +50,9 @@ fn one_two_and_three_ranks_train_the_same_parameters() {
     let one = f.reference("one", &[]);
     for ranks in ["2", "3"] {
         let name = format!("ranks{ranks}");
-        let o = train(&f, &name, &["--no-supervise", "--set", &format!("distributed.ranks={ranks}")]);
+        // A deadline too far for a `Duration` is no deadline.
+        let sets = ["--set", &format!("distributed.ranks={ranks}"), "--set", "distributed.timeout_s=1e30"];
+        let o = train(&f, &name, &[&["--no-supervise"][..], &sets].concat());
         assert!(o.status.success(), "{ranks} ranks: {}", text(&o));
         let run = f.run(&name);
         let d = max_param_diff(&one, &run);
@@ -61,7 +63,39 @@ fn one_two_and_three_ranks_train_the_same_parameters() {
         assert!((la - lb).abs() < 1e-5, "valid loss {la} vs {lb}");
         // One metrics line per step and evaluation: rank 0 alone writes the run directory.
         assert_eq!(step_lines(&run), step_lines(&one), "{ranks} ranks");
+        // The same numbers on every run: three ranks on one device are summed in rank order
+        // (burn's collective leaves the order of their sum to a hash map).
+        let again = format!("{name}-again");
+        let o = train(&f, &again, &[&["--no-supervise"][..], &sets].concat());
+        assert!(o.status.success(), "{}", text(&o));
+        assert_same_bits(&run, &f.run(&again), &format!("{ranks} ranks, twice"));
     }
+}
+
+#[test]
+fn ranks_with_shards_of_different_sizes_make_the_same_out_of_memory_decision() {
+    // Shards of 3, 3 and 2 samples: two OOMs in step 2 take every rank from 3 to 2 to 1 (the
+    // rank with 2 samples must not halve its own size, reach 1 first and give up).
+    let f = Fixture::new(&base().set("training.effective_batch", 8).set("micro_batch.initial", 8));
+    let faults = "faults.oom_at=[{step=2, phase=\"forward\"}, {step=2, phase=\"forward\"}]";
+    let one = f.reference("one", &["--set", faults]);
+    let o = train(&f, "three", &["--no-supervise", "--set", "distributed.ranks=3", "--set", faults]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = f.run("three");
+    assert_eq!(summary(&run).oom_events, 2, "{}", text(&o));
+    let d = max_param_diff(&one, &run);
+    assert!(d < TOL, "1 vs 3 ranks with OOMs: max |diff| {d:e}");
+}
+
+#[test]
+fn when_every_rank_fails_alike_rank_0_reports_it() {
+    // Every rank diverges at step 13; rank 0 alone knows the checkpoint of step 10 it wrote.
+    let f = Fixture::new(&base().set("checkpoint.every", 10).set("training.max_nonfinite_steps", 3));
+    let o =
+        train(&f, "nan", &["--no-supervise", "--set", "distributed.ranks=3", "--set", "faults.nan_at=[11, 12, 13]"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("step-10") && !t.contains("no checkpoint was written yet"), "{t}");
 }
 
 #[test]
@@ -139,10 +173,46 @@ fn a_run_checkpointed_with_two_ranks_resumes_with_one_or_three() {
         assert!(o.status.success(), "resumed with {ranks}: {}", text(&o));
         let run = f.run(name);
         assert_eq!(summary(&run).resumes, 1, "{}", text(&o));
+        // The micro-batch was the shard of 2 ranks (32), not a memory bound: it becomes the
+        // new shard.
+        let last = step_records(&run).last().cloned().unwrap();
+        let shard = 64usize.div_ceil(ranks.parse().unwrap()) as u64;
+        assert_eq!(last["micro_batch"].as_u64(), Some(shard), "{}", text(&o));
         assert_eq!(summary(&run).samples_seen, summary(&one).samples_seen);
         let d = max_param_diff(&one, &run);
         assert!(d < TOL, "2 ranks then {ranks} vs 1 rank: max |diff| {d:e}");
     }
+}
+
+#[test]
+fn a_worker_death_in_the_update_or_in_rank_0s_checkpoint_writer_is_restarted_as_such() {
+    let f = Fixture::new(&base());
+    let one = f.reference("one", &[]);
+    // In the update on rank 1: the supervisor restarts at the same sizes, first update in place.
+    let die = "faults.die_at=[{step=7, phase=\"optimizer\", rank=1}]";
+    let o = train(&f, "update", &["--set", "distributed.ranks=2", "--set", die]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = f.run("update");
+    let restarts = events(&run, "restart");
+    assert_eq!(restarts.first().map(|e| e["phase"].clone()), Some("optimizer".into()), "{restarts:?}");
+    assert!(max_param_diff(&one, &run) < TOL);
+    // In rank 0's checkpoint writer: the other ranks' loops must not clear its death note (with
+    // a backtrace setting that makes the death slower).
+    let die = "faults.die_at=[{step=8, phase=\"checkpoint\"}]";
+    let mut cmd = f.cmd("writer", &["--set", "distributed.ranks=2", "--set", die]);
+    cmd.env("RUST_BACKTRACE", "1");
+    let o = bounded(cmd);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = f.run("writer");
+    assert_eq!(summary(&run).restarts, 1, "{}", text(&o));
+    assert!(max_param_diff(&one, &run) < TOL);
+    // A checkpoint fault on a rank that writes no checkpoint is refused.
+    let o = f.train(
+        "never",
+        &["--set", "distributed.ranks=2", "--set", "faults.die_at=[{step=8, phase=\"checkpoint\", rank=1}]"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("rank 0 alone"), "{}", text(&o));
 }
 
 #[test]

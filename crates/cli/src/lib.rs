@@ -176,6 +176,7 @@ fn check_command<M: Models>(path: &Path, set: &[String]) -> Outcome {
     let origin = path.display().to_string();
     let mut recipe = prepare::recipe(path, set)?;
     backend::check(recipe.run.backend, memory_limit(&recipe, &origin)?)?;
+    backend::check_ranks(recipe.distributed.ranks)?;
     let model = prepare::model::<FlexTrain, M>(&mut recipe, &origin)?;
     prepare::build(model, &recipe, &origin, &Default::default())?;
     print!("{}", oomph_recipe::to_toml_string(&recipe));
@@ -223,6 +224,7 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
     let limit = memory_limit(&recipe, &origin)?;
     let run_dir = run_dir_for(&recipe, args.run_dir.as_deref());
     backend::check(recipe.run.backend, limit)?;
+    backend::check_ranks(recipe.distributed.ranks)?;
     if !is_worker {
         // What `--resume never` refuses needs nothing prepared: said at once (and asked again
         // under the lock, before anything is removed).

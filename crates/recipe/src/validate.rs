@@ -418,6 +418,19 @@ fn distributed(r: &Recipe, cx: &Ctx) -> R {
             format!("set distributed.ranks to at most {eb}, or raise training.effective_batch"),
         ));
     }
+    let shard = eb.div_ceil(d.ranks.max(1));
+    if d.ranks > 1 && r.micro_batch.min > shard {
+        return Err(cx.invalid(
+            "micro_batch.min",
+            r.micro_batch.min,
+            &format!(
+                "with distributed.ranks = {} each rank trains a shard of at most {shard} of the \
+                 training.effective_batch = {eb} samples, and a micro-batch never holds more than its shard",
+                d.ranks
+            ),
+            format!("set micro_batch.min to at most {shard}, or use fewer ranks"),
+        ));
+    }
     if !d.devices.is_empty() {
         let shown = list_text(&d.devices);
         if d.devices.len() != d.ranks {
@@ -508,6 +521,14 @@ fn faults(r: &Recipe, cx: &Ctx) -> R {
         for (i, fa) in list.iter().enumerate() {
             at_least(cx, &format!("faults.{name}[{i}].step"), fa.step, 1, "steps count from 1", 1)?;
             rank_below(cx, &format!("faults.{name}[{i}]"), fa.rank, ranks)?;
+            if fa.phase == Phase::Checkpoint && fa.rank.is_some_and(|r| r > 0) {
+                return Err(cx.invalid(
+                    &format!("faults.{name}[{i}].rank"),
+                    fa.rank.unwrap_or(0),
+                    "checkpoints are written by rank 0 alone, so a fault in phase \"checkpoint\" can only fire there",
+                    format!("set faults.{name}[{i}].rank = 0, or remove it"),
+                ));
+            }
             if fa.phase == Phase::Checkpoint && !matches!(name, "die_at" | "abort_at") {
                 return Err(cx.invalid(
                     &format!("faults.{name}[{i}].phase"),

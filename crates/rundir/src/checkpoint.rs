@@ -62,6 +62,14 @@ pub struct TrainState {
     /// Consecutive non-finite steps just before this checkpoint.
     #[serde(default)]
     pub nonfinite_run: usize,
+    /// The ranks that wrote it (`distributed.ranks`; 1 in older checkpoints): the policy's
+    /// limit was capped by their shard, not only by memory.
+    #[serde(default = "one")]
+    pub ranks: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One file of a checkpoint.

@@ -110,6 +110,19 @@ pub fn check(backend: Backend, memory_limit: Option<u64>) -> Result<(), TrainErr
     }
 }
 
+/// Whether `ranks` ranks (`distributed.ranks`) can train in this binary: several need the
+/// `distributed` feature (burn's collective). Asked where [`check`] is.
+pub fn check_ranks(ranks: usize) -> Result<(), TrainError> {
+    if ranks > 1 && !cfg!(feature = "distributed") {
+        return Err(TrainError::BadInput(format!(
+            "distributed.ranks = {ranks} asks for several ranks, but this oomph binary was built without the \
+             `distributed` feature (burn's collective). Fix: rebuild with `cargo build --release --features \
+             distributed`, or set distributed.ranks = 1."
+        )));
+    }
+    Ok(())
+}
+
 /// Runs `w` with `backend` on device index `device`; `memory_limit` (bytes) emulates a
 /// smaller GPU. A backend that is not compiled in, or a GPU that is not there, is a
 /// bad-input error with a one-paragraph explanation ([`check`]).

@@ -100,6 +100,8 @@ pub struct Link<I: Backend> {
     abandon: Abandon,
     /// Set by the round after an update when any rank was asked to stop.
     stop: bool,
+    /// Gradients are gathered and added in rank order ([`Link::in_rank_order`]).
+    ordered: bool,
 }
 
 impl<I: Backend> Link<I> {
@@ -128,7 +130,16 @@ impl<I: Backend> Link<I> {
                 collective.finish();
             })
             .expect("oomph: cannot start a collective thread");
-        Self { rank, world, device, calls: Some(calls), answers, board, deadline, abandon, stop: false }
+        Self { rank, world, device, calls: Some(calls), answers, board, deadline, abandon, stop: false, ordered: false }
+    }
+
+    /// With `ordered`, [`Link::sum_grads`] gathers every rank's gradients (each in its own slot
+    /// of a zero tensor, which travels exactly) and adds them in rank order: the same numbers
+    /// on every run, where the collective's own order of summation is not fixed (ranks that
+    /// share a device). It costs `world` times the gradients' size in that call.
+    pub fn in_rank_order(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
     }
 
     /// This rank (0 writes the run directory).
@@ -162,7 +173,8 @@ impl<I: Backend> Link<I> {
             return Err(self.broken("its collective thread has ended".into()));
         }
         loop {
-            match self.answers.recv_timeout(POLL) {
+            let left = self.deadline.saturating_sub(started.elapsed()).max(Duration::from_micros(100));
+            match self.answers.recv_timeout(POLL.min(left)) {
                 Ok(Ok(t)) => return Ok(t),
                 Ok(Err(e)) => return Err(self.broken(e)),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -174,7 +186,7 @@ impl<I: Backend> Link<I> {
                     }
                     if started.elapsed() > self.deadline {
                         let e = TrainError::Gang(format!(
-                            "rank {} waited {:.0} s (distributed.timeout_s) for the other ranks in a collective call \
+                            "rank {} waited {} s (distributed.timeout_s) for the other ranks in a collective call \
                              and gave up: a rank is stuck or gone. Fix: look at the other ranks' messages; if a rank \
                              only works longer than that between two steps (a long evaluation or checkpoint), raise \
                              distributed.timeout_s. The run resumes from its newest checkpoint with the same command.",
@@ -237,7 +249,24 @@ impl<I: Backend> Link<I> {
         if parts.is_empty() {
             return Ok(grads);
         }
-        let summed = self.sum(Tensor::cat(parts, 0))?;
+        let flat = Tensor::cat(parts, 0);
+        let summed = if self.ordered {
+            let n = flat.dims()[0];
+            let zeros = |k: usize| Tensor::<I, 1>::zeros([k * n], &self.device);
+            let mut parts = vec![flat];
+            if self.rank > 0 {
+                parts.insert(0, zeros(self.rank));
+            }
+            if self.rank + 1 < self.world {
+                parts.push(zeros(self.world - self.rank - 1));
+            }
+            let slots = Tensor::cat(parts, 0);
+            let rows: Tensor<I, 2> = self.sum(slots)?.reshape([self.world, n]);
+            let first = rows.clone().narrow(0, 0, 1);
+            (1..self.world).fold(first, |acc, r| acc + rows.clone().narrow(0, r, 1)).reshape([n])
+        } else {
+            self.sum(flat)?
+        };
         let mut put = PutBack::<I> { grads: &mut grads, summed, shapes: shapes.into_iter(), offset: 0 };
         model.visit(&mut put);
         Ok(grads)
@@ -278,6 +307,11 @@ pub fn checksum<B: Backend, M: burn::module::Module<B>>(model: &M) -> u64 {
     struct Hash(u64);
     impl<B: Backend> ModuleVisitor<B> for Hash {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            // Trained parameters only: state such as batch-norm running statistics follows each
+            // rank's own shard.
+            if !param.is_require_grad() {
+                return;
+            }
             for b in param.val().into_data().as_bytes() {
                 self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
             }

@@ -267,8 +267,10 @@ where
                     if phase == Phase::Optimizer {
                         optimizer_ooms += 1;
                     }
+                    // The policy's own size (the largest shard's chunk), the same on every rank.
+                    let micro = self.policy.plan()[0];
                     if let Decision::RetryStep { events, .. } =
-                        self.on_oom(phase, plan[0], message, consumed, optimizer_ooms)?
+                        self.on_oom(phase, micro, message, consumed, optimizer_ooms)?
                     {
                         self.log.policy_events(step, events);
                         self.write_position();
@@ -421,9 +423,14 @@ where
             if let Some(link) = &mut self.link {
                 // Every rank evaluates the whole split (the same model, the same numbers); an
                 // out-of-memory on any rank shrinks every rank's evaluation batch.
-                if let Err(crate::recovery::Failure::Data { message } | crate::recovery::Failure::Other { message }) =
-                    &out
-                {
+                // Data faults and other failures end this rank (the board stops the others).
+                if let Err(crate::recovery::Failure::Data { message }) = &out {
+                    return Err(TrainError::BadInput(format!(
+                        "the validation data cannot be served after step {}: {message}",
+                        self.step
+                    )));
+                }
+                if let Err(crate::recovery::Failure::Other { message }) = &out {
                     return Err(TrainError::Failed(format!(
                         "evaluation after step {} failed with an error that is not an out-of-memory: {message}",
                         self.step
@@ -501,6 +508,10 @@ where
 
     /// Waits for the checkpoint write in flight and records its completion.
     fn settle_writer(&mut self) -> Result<(), TrainError> {
+        if !self.leader() {
+            // No write of its own (and the process-wide checkpoint death note is rank 0's).
+            return Ok(());
+        }
         let waited = self.ckpt.wait();
         self.write_position();
         if let Some(w) = waited? {

@@ -165,6 +165,7 @@ fn a_full_state_round_trips_and_reads_as_a_partial_one() {
         total_steps: Some(40),
         nonfinite_steps: 0,
         nonfinite_run: 0,
+        ranks: 1,
     };
     let text = serde_json::to_vec_pretty(&st).unwrap();
     assert_eq!(serde_json::from_slice::<TrainState>(&text).unwrap(), st);

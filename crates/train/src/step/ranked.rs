@@ -68,6 +68,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>> Trainable<B, M> {
             let (grads, loss) = accumulate::<B, M>(model, src, input, device, faults, &phase, scope)?;
             let loss = loss.map_or(f64::NAN, |l| l.into_scalar().elem::<f64>());
             phase.set(Phase::Optimizer);
+            enter(Phase::Optimizer);
             faults.check(step, Phase::Optimizer, 0);
             Ok((grads, loss))
         });
@@ -84,11 +85,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>> Trainable<B, M> {
         if let Some(r) = rows.iter().position(|row| row[0] == OOM) {
             let at = code_phase(rows[r][1]);
             let message = own.unwrap_or_else(|| {
-                format!(
-                    "rank {r} ran out of memory in {} of step {step} (micro-batch {}); every rank retries the step",
-                    phase_name(at),
-                    input.plan[0]
-                )
+                format!("rank {r} ran out of memory in {} of step {step}; every rank retries the step", phase_name(at))
             });
             return Outcome::Oom { phase: at, message, consumed: false };
         }

@@ -33,9 +33,13 @@ where
 
     let dist = session.recipe.distributed.clone();
     let world = dist.ranks;
-    let deadline = Duration::from_secs_f64(dist.timeout_s);
+    // A deadline beyond what a `Duration` holds is no deadline.
+    let deadline = Duration::try_from_secs_f64(dist.timeout_s).unwrap_or(Duration::MAX);
     let board = Arc::new(Board::default());
     let devices = rank_devices::<B>(&session, world);
+    // Ranks that share a device are summed in an order burn's collective does not fix: their
+    // gradients are gathered and added in rank order instead (reproducible from run to run).
+    let shared = devices.iter().enumerate().any(|(i, d)| devices[..i].contains(d));
     let link = |r: usize| {
         let collective = BurnCollective::<B::InnerBackend>::new(r, world, devices[r].clone());
         Link::new(
@@ -47,6 +51,7 @@ where
             deadline,
             abandon::<B::InnerBackend>,
         )
+        .in_rank_order(shared && world > 2)
     };
     // Parameters a module initialises lazily are drawn now, once: each rank's copy must hold
     // the same values, not draw its own on first use.
@@ -79,21 +84,21 @@ where
         }
         first.banner();
         let result = catch_unwind(AssertUnwindSafe(|| first.go())).unwrap_or_else(|p| Err(panicked(0, p)));
-        match result {
-            Ok(summary) => Some(summary),
-            Err(e) => {
-                board.fail(0, e);
-                None
-            }
+        if let Err(e) = &result {
+            board.fail(0, TrainError::Gang(e.to_string()));
         }
+        result
     });
     // Threads still blocked in a collective call (a rank that failed left them there) return.
     abandon::<B::InnerBackend>();
-    match (board.take(), summary) {
-        (Some((0, e)), _) => Err(e),
-        (Some((r, e)), _) => Err(on_rank(r, e)),
-        (None, Some(summary)) => Ok(summary),
-        (None, None) => Err(TrainError::Failed("rank 0 ended without a result".into())),
+    match (summary, board.take()) {
+        (Ok(summary), None) => Ok(summary),
+        // Rank 0's own error, unless it only stopped because another rank failed first (then
+        // that rank's error is the cause). When every rank fails alike (a divergence), rank 0
+        // says it with what only it knows (the checkpoints it wrote).
+        (Err(e), first) if !matches!(e, TrainError::Gang(_)) || first.as_ref().is_none_or(|(r, _)| *r == 0) => Err(e),
+        (_, Some((r, e))) => Err(on_rank(r, e)),
+        (Err(e), None) => Err(e),
     }
 }
 
@@ -110,12 +115,8 @@ where
     M: AutodiffModule<B> + Objective<B> + 'static,
     M::InnerModule: Objective<B::InnerBackend>,
 {
-    Err(TrainError::BadInput(format!(
-        "{}: distributed.ranks = {} asks for several ranks, but this oomph binary was built without the \
-         `distributed` feature. Fix: rebuild with `cargo build --release --features distributed`, or set \
-         distributed.ranks = 1.",
-        session.origin, session.recipe.distributed.ranks
-    )))
+    crate::backend::check_ranks(session.recipe.distributed.ranks)?;
+    unreachable!("check_ranks refuses several ranks in a build without the distributed feature")
 }
 
 /// Each rank's device: on the CPU every rank shares the one device; on a GPU backend rank `r`

@@ -67,7 +67,16 @@ where
         // Lines a dead worker left after the checkpoint are dropped: those steps run again.
         self.last_eval = self.log.truncate(step)?;
         if let Some(Loaded { state: st, dir, eval_batch_changed }) = loaded {
-            self.policy = Policy::from_state(policy_config(&self.s.recipe), st.policy.clone());
+            let mut policy = st.policy.clone();
+            let shard = |ranks: usize| self.s.recipe.training.effective_batch.div_ceil(ranks.max(1));
+            let (was, now) = (shard(st.ranks), shard(self.s.recipe.distributed.ranks));
+            if was != now && policy.limit >= was {
+                // Another number of ranks: a limit that was the old shard, not a memory bound,
+                // becomes the new shard (below any ceiling memory set).
+                policy.limit = usize::MAX;
+                policy.growing_from = None;
+            }
+            self.policy = Policy::from_state(policy_config(&self.s.recipe), policy);
             self.sampler = Sampler::with_cursor(self.data.train_len(), st.seed, true, st.cursor);
             self.step = st.step;
             // The evaluation batch learned by the run (lowered after OOMs) holds unless the
@@ -137,6 +146,7 @@ where
             total_steps: Some(self.total),
             nonfinite_steps: t.nonfinite_steps,
             nonfinite_run: t.nonfinite_run,
+            ranks: self.s.recipe.distributed.ranks,
         }
     }
 
