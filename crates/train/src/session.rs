@@ -56,7 +56,7 @@ pub struct Session<B: Backend> {
 }
 
 impl<B: Backend> Session<B> {
-    /// The session of rank `rank` (not 0) of several: the same run on `device`, showing
+    /// The session of a rank other than 0 of several: the same run on `device`, showing
     /// nothing and writing nothing (rank 0 does), without the process-wide memory probes.
     pub fn follower(&self, device: B::Device) -> Self {
         Self {
@@ -128,7 +128,15 @@ impl<B: Backend> Session<B> {
                 plan.len(),
                 if plan.len() == 1 { "" } else { "s" },
                 plan[0],
-                if plan.iter().any(|&c| c != plan[0]) { format!(" (sizes {plan:?})") } else { String::new() },
+                match (r.distributed.ranks, plan.iter().any(|&c| c != plan[0])) {
+                    (1, true) => format!(" (sizes {plan:?})"),
+                    (1, false) => String::new(),
+                    (n, _) => {
+                        let all: Vec<usize> = (0..r.training.effective_batch).collect();
+                        let shards: Vec<usize> = (0..n).map(|k| crate::gang::shard(&all, k, n).len()).collect();
+                        format!(" (the largest shard; shards {shards:?})")
+                    }
+                },
                 match r.micro_batch.initial {
                     MicroInitial::Auto => "auto".to_string(),
                     MicroInitial::Fixed(m) => m.to_string(),

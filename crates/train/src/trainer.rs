@@ -224,8 +224,8 @@ where
         let r = &self.s.recipe;
         let all = self.sampler.next_batch(r.training.effective_batch);
         let indices = match &self.link {
-            Some(l) => crate::gang::shard(&all, l.rank(), l.world()).to_vec(),
-            None => all.clone(),
+            Some(l) => crate::gang::shard(&all, l.rank(), l.world()),
+            None => &all[..],
         };
         let (lr, clip, seed) =
             (lr_at(step, self.total, r.optimizer.lr, &r.lr_schedule), r.optimizer.grad_clip_norm, r.run.seed);
@@ -235,7 +235,7 @@ where
         loop {
             let plan = oomph_sched::plan_chunks(indices.len(), self.policy.limit());
             let t_attempt = Instant::now();
-            let input = StepInput { step, indices: &indices, all: &all, plan: &plan, lr, clip, seed };
+            let input = StepInput { step, indices, all: &all, plan: &plan, lr, clip, seed };
             let stop = self.link.is_some() && self.stop_wanted();
             let outcome = {
                 let Run { net, feeds, s, faults, log, policy, eval_batch, parameters, ckpt, phase: now, link, .. } =
