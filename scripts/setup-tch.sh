@@ -3,6 +3,8 @@
 #
 #   scripts/setup-tch.sh                        # cargo build --release --features tch
 #   scripts/setup-tch.sh test --test it tch::   # any cargo command, with the feature and the env
+#   scripts/setup-tch.sh --venv-only            # only install PyTorch (CI does it first, while
+#                                               # the disk still has room for the download)
 #
 # It installs PyTorch 2.9.0 (the version torch-sys 0.22 expects) from the Python package
 # registry into .venv-tch (once; PyTorch's Linux wheel brings the CUDA libraries: about 4 GB
@@ -25,11 +27,17 @@ if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
         || fail "$python -m venv failed. Fix: install Python's venv module (Debian, Ubuntu: apt install python3-venv)."
 fi
 if ! "$venv/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.9.0")' 2>/dev/null; then
+    # The wheels (4 GB) and what they unpack to (6.7 GB) are both on disk before pip ends.
+    need_gb=11
+    free_gb=$(df -Pk "$venv" | awk 'NR == 2 { print int($4 / 1048576) }')
+    [ "${free_gb:-0}" -ge "$need_gb" ] \
+        || fail "installing torch==2.9.0 into $venv needs about $need_gb GB free on its disk and $(df -Ph "$venv" | awk 'NR == 2 { print $4 }') is free. Fix: free space there (cargo clean removes target/), or put the venv on a larger disk with OOMPH_TCH_VENV=/path/to/venv."
     echo "setup-tch: installing torch==2.9.0 into $venv (about 4 GB to download)" >&2
-    "$venv/bin/python" -m pip install --no-cache-dir --disable-pip-version-check torch==2.9.0 \
+    "$venv/bin/python" -m pip install --no-cache-dir --no-compile --disable-pip-version-check torch==2.9.0 \
         | grep -E '^(Collecting|Successfully)' >&2 || true
     "$venv/bin/python" -c 'import torch' 2>/dev/null || fail "torch==2.9.0 did not install into $venv (see pip's output above)."
 fi
+[ "${1:-}" != "--venv-only" ] || exit 0
 command -v c++ >/dev/null || fail "torch-sys compiles C++ and no c++ compiler is installed. Fix: apt install g++."
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(build --release)

@@ -3,7 +3,6 @@
 //! collective ([`crate::gang`]). Rank 0 runs on the calling thread and writes the run
 //! directory; when any rank fails, every rank stops and the run ends with that rank's error.
 
-use super::Run;
 use crate::error::TrainError;
 use crate::feed::{Data, ModelFeeds};
 use crate::objective::Objective;
@@ -25,6 +24,7 @@ where
     M: AutodiffModule<B> + Objective<B> + 'static,
     M::InnerModule: Objective<B::InnerBackend>,
 {
+    use super::Run;
     use crate::gang::burn_collective::{abandon, BurnCollective};
     use crate::gang::{Board, Link};
     use std::panic::{catch_unwind, AssertUnwindSafe};
