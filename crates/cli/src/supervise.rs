@@ -19,7 +19,8 @@ use crate::{Failure, Outcome};
 use oomph_recipe::Recipe;
 use oomph_rundir::current::{self, Current, WorkerPhase};
 use oomph_rundir::events::{self, Event, EventLine, RESTART_STOP};
-use oomph_rundir::{metrics, note, RunDir, WorkerEnv};
+use oomph_rundir::note::{self, Note};
+use oomph_rundir::{metrics, RunDir, WorkerEnv};
 use oomph_sched::{decide_after_death, Death, DeathAt, DeathDecision, Policy, Supervision};
 use oomph_train::error::{TrainError, EXIT_INTERRUPTED, EXIT_MEMORY_DEATH};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -75,21 +76,32 @@ pub fn classify(status: std::process::ExitStatus, run_dir: &Path, kills_before: 
             _ => Death::Killed { oom_counter_readable: false },
         }),
         Some(libc::SIGABRT) => note::read_note(&RunDir::new(run_dir).worker_death())
-            .map(|n| Death::HostAlloc { bytes: n.bytes, checkpoint: n.checkpoint }),
+            .map(|n| Death::HostAlloc { bytes: n.bytes, checkpoint: n.checkpoint() }),
         _ => None,
     }
 }
 
-/// The step the dead worker was on and what `current.json` says.
-fn where_it_died(run_dir: &Path) -> (DeathAt, Option<Current>) {
+/// Where the dead worker was, and what `current.json` says. The note of a failed host
+/// allocation, when it says where its thread was, is more exact than `current.json`: with
+/// several ranks in one process, `current.json` holds the gang's earliest position and the
+/// note the failing rank's. A note of the checkpoint writer thread belongs to the checkpoint
+/// in flight, whatever the loop was doing.
+fn where_it_died(run_dir: &Path, note: Option<&Note>) -> (DeathAt, Option<Current>) {
     let rd = RunDir::new(run_dir);
     let current = current::read(&rd.current());
-    let at = match &current {
+    let mut at = match &current {
         Some(c) => DeathAt { step: c.step, phase: Some(c.phase), micro: Some(c.micro_batch), eval: Some(c.eval_batch) },
         None => {
             DeathAt { step: metrics::last_step(&rd.metrics()).unwrap_or(0) + 1, phase: None, micro: None, eval: None }
         }
     };
+    if let Some(phase) = note.and_then(|n| n.phase) {
+        at.phase = Some(phase);
+        let writing = current.as_ref().and_then(|c| c.checkpoint_step).filter(|_| phase == WorkerPhase::Checkpoint);
+        if let Some(step) = note.and_then(|n| n.step).or(writing) {
+            at.step = step;
+        }
+    }
     (at, current)
 }
 
@@ -280,14 +292,11 @@ pub fn supervise(recipe: &Recipe, run_dir: &Path, lock: &RunLock, replaces: bool
             );
             return stop(run_dir, Failure::Code(EXIT_INTERRUPTED));
         }
-        let (mut at, current) = where_it_died(run_dir);
-        if matches!(death, Death::HostAlloc { checkpoint: true, .. }) {
-            // The checkpoint writer runs in the background: the death belongs to its step.
-            at.phase = Some(WorkerPhase::Checkpoint);
-            if let Some(s) = current.as_ref().and_then(|c| c.checkpoint_step) {
-                at.step = s;
-            }
-        }
+        let note = match death {
+            Death::HostAlloc { .. } => note::read_note(&RunDir::new(run_dir).worker_death()),
+            _ => None,
+        };
+        let (at, current) = where_it_died(run_dir, note.as_ref());
         restarts += 1;
         let report = memory_report(&at, current.as_ref());
         let sup = Supervision {
@@ -339,7 +348,7 @@ mod tests {
         let eval =
             r#"{"kind":"eval","step":2,"samples_seen":9,"valid_loss":1.0,"metrics":{},"eval_batch":4,"wall_s":0.2}"#;
         std::fs::write(rd.metrics(), format!("{}\n{}\n{eval}\n{{\"kind\":\"st", step(1), step(2))).unwrap();
-        let (at, current) = where_it_died(d.path());
+        let (at, current) = where_it_died(d.path(), None);
         assert_eq!(at, DeathAt { step: 3, phase: None, micro: None, eval: None });
         assert_eq!((at.phase_name(), current), ("unknown", None));
         let mut f = current::CurrentFile::open(&rd.current()).unwrap();
@@ -353,9 +362,22 @@ mod tests {
         };
         f.write(&c);
         drop(f);
-        let (at, current) = where_it_died(d.path());
+        let (at, current) = where_it_died(d.path(), None);
         assert_eq!(at, DeathAt { step: 5, phase: Some(WorkerPhase::Eval), micro: Some(16), eval: Some(32) });
-        assert_eq!(current, Some(c));
+        assert_eq!(current, Some(c.clone()));
+        // A note that says where its thread was (a rank still training step 6) wins.
+        let note = |phase, step| Note { bytes: 64, phase: Some(phase), step };
+        let (at, _) = where_it_died(d.path(), Some(&note(WorkerPhase::Train, Some(6))));
+        assert_eq!(at, DeathAt { step: 6, phase: Some(WorkerPhase::Train), micro: Some(16), eval: Some(32) });
+        // The checkpoint writer's note belongs to the checkpoint in flight.
+        let mut f = current::CurrentFile::open(&rd.current()).unwrap();
+        f.write(&Current { checkpoint_step: Some(4), ..c });
+        drop(f);
+        let (at, _) = where_it_died(d.path(), Some(&note(WorkerPhase::Checkpoint, None)));
+        assert_eq!((at.step, at.phase), (4, Some(WorkerPhase::Checkpoint)));
+        // A note without a position: `current.json` says.
+        let (at, _) = where_it_died(d.path(), Some(&Note { bytes: 64, phase: None, step: None }));
+        assert_eq!((at.step, at.phase), (5, Some(WorkerPhase::Eval)));
     }
 
     #[test]

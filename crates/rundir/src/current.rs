@@ -72,6 +72,11 @@ pub struct CurrentFile {
     last: Option<Current>,
 }
 
+// SAFETY: the mapping is this value's alone: `ptr` never leaves it and every access goes
+// through `&mut self` (or `drop`), so moving it to another thread (the ranks of a process
+// share one behind a mutex) is sound.
+unsafe impl Send for CurrentFile {}
+
 impl CurrentFile {
     /// Creates (or reuses) `path` and maps it; `None` when that fails (the supervisor then
     /// knows less, training goes on).

@@ -16,8 +16,12 @@
 //! error) must not make a later, unrelated abort look like a memory death: the trainer calls
 //! [`survived`] after every step and every recovered out-of-memory, which clears the note.
 //! A failure on the checkpoint writer thread is noted as such (`alloc-failure N checkpoint`),
-//! so the supervisor blames the checkpoint, not the micro-batch.
+//! so the supervisor blames the checkpoint, not the micro-batch. A failure on a thread that
+//! told where it is ([`set_thread_position`]: each rank's training thread) is noted with that
+//! phase and step (`alloc-failure N train 12`): with several ranks in one process, the rank
+//! that failed may be elsewhere than the position `current.json` shows.
 
+use oomph_rundir::WorkerPhase;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
@@ -36,6 +40,8 @@ const CHECKPOINT: u8 = 2;
 thread_local! {
     /// Set on the checkpoint writer thread.
     static IN_CHECKPOINT: Cell<bool> = const { Cell::new(false) };
+    /// Where this thread's loop is (phase and the step it belongs to), when it said so.
+    static POSITION: Cell<Option<(WorkerPhase, usize)>> = const { Cell::new(None) };
 }
 
 /// The system allocator plus a note on failure.
@@ -48,7 +54,12 @@ fn note_failure(size: usize) {
     }
     let in_checkpoint = IN_CHECKPOINT.try_with(Cell::get).unwrap_or(false);
     NOTED.fetch_or(if in_checkpoint { CHECKPOINT } else { OTHER }, Ordering::Relaxed);
-    oomph_rundir::note::write_note(fd, size, in_checkpoint);
+    let (phase, step) = match (in_checkpoint, POSITION.try_with(Cell::get).ok().flatten()) {
+        (true, _) => (Some(WorkerPhase::Checkpoint), None),
+        (false, Some((phase, step))) => (Some(phase), Some(step)),
+        (false, None) => (None, None),
+    };
+    oomph_rundir::note::write_note(fd, size, phase, step);
 }
 
 // SAFETY: delegates every call to `System`; only observes null results.
@@ -117,6 +128,13 @@ pub fn mark_checkpoint_thread() {
     IN_CHECKPOINT.with(|c| c.set(true));
 }
 
+/// Tells where this thread's training loop is (`phase`, and the step it belongs to, as in
+/// `current.json`), for the note of an allocation that fails on it; `None` when it no longer
+/// trains.
+pub fn set_thread_position(position: Option<(WorkerPhase, usize)>) {
+    let _ = POSITION.try_with(|p| p.set(position));
+}
+
 /// The training loop survived every allocation failure noted by threads other than the
 /// checkpoint writer (called after every step and every recovered out-of-memory): clears
 /// their note. A note of the checkpoint writer stays until its write ended
@@ -166,8 +184,15 @@ mod tests {
         assert!(!installed());
     }
 
+    /// The tests that arm the process's one note run one at a time.
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     #[test]
     fn the_loop_clears_its_own_notes_but_not_the_checkpoint_writers() {
+        let _serial = serial();
         let d = tempfile::tempdir().unwrap();
         let note = d.path().join("worker-death.txt");
         arm(&note);
@@ -181,8 +206,30 @@ mod tests {
         .join()
         .unwrap();
         survived();
-        assert_eq!(read_note(&note), Some(Note { bytes: 64, checkpoint: true }), "the writer may still be dying");
+        let ck = Note { bytes: 64, phase: Some(WorkerPhase::Checkpoint), step: None };
+        assert_eq!(read_note(&note), Some(ck), "the writer may still be dying");
         checkpoint_survived();
         assert_eq!(read_note(&note), None);
+    }
+
+    #[test]
+    fn a_failure_on_a_thread_that_said_where_it_is_is_noted_with_its_phase_and_step() {
+        let _serial = serial();
+        let d = tempfile::tempdir().unwrap();
+        let note = d.path().join("worker-death.txt");
+        arm(&note);
+        // A rank's thread in the backward pass of step 5 while another is in the update.
+        std::thread::spawn(|| {
+            set_thread_position(Some((WorkerPhase::Train, 5)));
+            note_failure(16);
+        })
+        .join()
+        .unwrap();
+        let train = Note { bytes: 16, phase: Some(WorkerPhase::Train), step: Some(5) };
+        assert_eq!(read_note(&note), Some(train));
+        // A thread that said nothing (a backend's pool): the position is not known.
+        std::thread::spawn(|| note_failure(8)).join().unwrap();
+        assert_eq!(read_note(&note), Some(Note { bytes: 8, phase: None, step: None }));
+        survived();
     }
 }

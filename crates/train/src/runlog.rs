@@ -12,6 +12,7 @@ use oomph_rundir::summary::write_summary;
 use oomph_rundir::{EvalRecord, RunDir, StepRecord, Summary, WorkerPhase};
 use oomph_sched::Policy;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// `metrics.jsonl` is flushed at most this often (and at every checkpoint, evaluation and
@@ -25,9 +26,10 @@ pub struct RunLog {
     /// `None` for a rank other than 0 of several, which writes nothing.
     metrics: Option<JsonLines>,
     events: Option<JsonLines>,
-    current: Option<CurrentFile>,
-    /// No worker runs any more (`current.json` removed): positions are no longer written.
-    ended: bool,
+    /// `current.json`, shared by the ranks of a process ([`RunLog::join`]).
+    position: Arc<Mutex<Positions>>,
+    /// This log's rank among those sharing `position`.
+    rank: usize,
     observer: Box<dyn Observer>,
     started: Instant,
     /// Wall time of the workers before this one (restored from the checkpoint).
@@ -44,8 +46,8 @@ impl RunLog {
             metrics: Some(JsonLines::open_with(&dir.metrics(), METRICS_FLUSH)?),
             events: Some(JsonLines::open(&dir.events())?),
             dir,
-            current: None,
-            ended: false,
+            position: Positions::new(false),
+            rank: 0,
             observer,
             started: Instant::now(),
             wall_before: 0.0,
@@ -60,8 +62,8 @@ impl RunLog {
             metrics: None,
             events: None,
             dir: RunDir::new(dir),
-            current: None,
-            ended: true,
+            position: Positions::new(true),
+            rank: 0,
             observer: Box::new(crate::progress::Silent),
             started: Instant::now(),
             wall_before: 0.0,
@@ -137,28 +139,52 @@ impl RunLog {
         }
     }
 
-    /// Writes `current.json`: what the worker is doing now (read by the supervisor after a
-    /// death without a word; see [`oomph_rundir::current`]).
+    /// Records where this rank is now in `current.json` (read by the supervisor after a death
+    /// without a word; see [`oomph_rundir::current`]) and for the note of an allocation that
+    /// fails on the calling thread ([`crate::alloc::set_thread_position`]). With several
+    /// ranks the file says the gang's earliest position ([`Positions::earliest`]).
     pub fn position(&mut self, c: &Current) {
-        if self.ended {
+        // A host allocation that fails on this thread is noted with this position (the rank
+        // that failed, where `current.json` holds the gang's earliest).
+        crate::alloc::set_thread_position(Some((c.phase, c.step)));
+        let mut p = lock(&self.position);
+        if p.ended {
             return;
         }
-        if self.current.is_none() {
-            self.current = CurrentFile::open(&self.dir.current());
+        if p.ranks.len() <= self.rank {
+            p.ranks.resize(self.rank + 1, None);
         }
-        if let Some(f) = &mut self.current {
-            f.write(c);
+        p.ranks[self.rank] = Some(c.clone());
+        let Some(earliest) = p.earliest() else { return };
+        if p.file.is_none() {
+            p.file = CurrentFile::open(&self.dir.current());
+        }
+        if let Some(f) = &mut p.file {
+            f.write(&earliest);
         }
     }
 
-    /// No worker runs any more: `current.json` goes, and later positions are not written.
+    /// No worker runs any more: `current.json` goes, and later positions (of any rank) are
+    /// not written. Only the log that records the run (rank 0's) clears it.
     pub fn clear_position(&mut self) {
         if self.metrics.is_none() {
             return;
         }
-        self.ended = true;
-        drop(self.current.take());
+        let mut p = lock(&self.position);
+        p.ended = true;
+        drop(p.file.take());
         let _ = std::fs::remove_file(self.dir.current());
+    }
+
+    /// This log's `current.json`, for the other ranks of the process to [`join`](Self::join).
+    pub fn share_position(&self) -> SharedPosition {
+        SharedPosition(self.position.clone())
+    }
+
+    /// Makes this (a follower's) log record rank `rank`'s position in `shared`.
+    pub fn join(&mut self, rank: usize, shared: SharedPosition) {
+        self.position = shared.0;
+        self.rank = rank;
     }
 
     /// Keeps only the metric lines up to `step` (the steps after it run again); returns the
@@ -189,6 +215,42 @@ impl RunLog {
         self.observer.finish(summary);
         Ok(())
     }
+}
+
+/// `current.json` of a process, as one or several ranks record it.
+struct Positions {
+    file: Option<CurrentFile>,
+    /// No worker runs any more (`current.json` removed): positions are no longer written.
+    ended: bool,
+    /// Each rank's last position.
+    ranks: Vec<Option<Current>>,
+}
+
+/// A process's `current.json`, shared by its ranks ([`RunLog::share_position`]).
+#[derive(Clone)]
+pub struct SharedPosition(Arc<Mutex<Positions>>);
+
+impl Positions {
+    fn new(ended: bool) -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Self { file: None, ended, ranks: Vec::new() }))
+    }
+
+    /// The position of the rank furthest behind (the earliest step, then the earliest phase in
+    /// a step's order; rank 0's on a tie), with the checkpoint rank 0 writes in the background.
+    /// A process dies whole: when no note says which rank's allocation failed (the kernel's
+    /// OOM killer), the supervisor blames the earliest phase, whose remedy (a smaller
+    /// micro-batch in training) is the one that adapts. A rank waiting in an agreement round
+    /// for one still in its backward pass is not what needed the memory.
+    fn earliest(&self) -> Option<Current> {
+        let order = |c: &Current| (c.step, WorkerPhase::ALL.iter().position(|p| *p == c.phase));
+        let mut earliest = self.ranks.iter().flatten().min_by_key(|c| order(c))?.clone();
+        earliest.checkpoint_step = self.ranks.iter().flatten().find_map(|c| c.checkpoint_step);
+        Some(earliest)
+    }
+}
+
+fn lock(p: &Mutex<Positions>) -> std::sync::MutexGuard<'_, Positions> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The worker's phase for the loop's `phase` after `completed` steps, and the step it belongs
@@ -236,4 +298,40 @@ fn pid() -> u32 {
 /// Seconds rounded to the microsecond for event lines.
 pub(crate) fn round_us(s: f64) -> f64 {
     (s * 1e6).round() / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oomph_rundir::current;
+
+    fn at(step: usize, phase: WorkerPhase, checkpoint_step: Option<usize>) -> Current {
+        Current { pid: 1, step, phase, micro_batch: 8, eval_batch: 8, checkpoint_step, ..Default::default() }
+    }
+
+    /// A follower still in the backward pass while rank 0 waits for it with its update's phase
+    /// entered: a death without a note is the backward pass's (regression: rank 0's position
+    /// alone made the supervisor keep the micro-batch and give up on the second death).
+    #[test]
+    fn current_json_says_the_earliest_position_of_the_ranks() {
+        let d = tempfile::tempdir().unwrap();
+        let mut zero = RunLog::open(d.path(), Box::new(crate::progress::Silent), Vec::new()).unwrap();
+        let mut one = RunLog::follower(d.path());
+        one.join(1, zero.share_position());
+        let file = || current::read(&RunDir::new(d.path()).current()).unwrap();
+        zero.position(&at(5, WorkerPhase::Train, None));
+        one.position(&at(5, WorkerPhase::Train, None));
+        zero.position(&at(5, WorkerPhase::Optimizer, Some(4)));
+        assert_eq!(file(), at(5, WorkerPhase::Train, Some(4)), "rank 1 is behind; rank 0's checkpoint in flight");
+        one.position(&at(5, WorkerPhase::Optimizer, None));
+        assert_eq!(file(), at(5, WorkerPhase::Optimizer, Some(4)));
+        // The evaluation after step 5 comes before step 6's training.
+        one.position(&at(6, WorkerPhase::Train, None));
+        zero.position(&at(5, WorkerPhase::Eval, None));
+        assert_eq!(file(), at(5, WorkerPhase::Eval, None));
+        // Once rank 0 ended the run, no rank writes it again.
+        zero.clear_position();
+        one.position(&at(7, WorkerPhase::Train, None));
+        assert!(!RunDir::new(d.path()).current().exists());
+    }
 }

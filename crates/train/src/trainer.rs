@@ -157,6 +157,7 @@ where
     /// Runs the loop to its end, then waits for the checkpoint in flight.
     fn go(&mut self) -> Result<Summary, TrainError> {
         let result = self.run_loop();
+        crate::alloc::set_thread_position(None);
         let written = self.settle_writer();
         // The supervisor reads `current.json` after a memory death; after anything else no
         // worker runs any more.

@@ -60,6 +60,8 @@ where
         .map(|r| (r, session.follower(devices[r].clone()), model.clone().fork(&devices[r]), link(r)))
         .collect();
     let mut first = Run::open(session, data, feeds, model, Some(link(0)))?;
+    // Every rank records where it is in rank 0's `current.json` (which says the earliest).
+    let position = first.log.share_position();
     // Rank 0 resumes first (it trims what a dead worker left); the others read what it kept.
     first.resume()?;
     let _limit = first.faults.limit_address_space()?;
@@ -67,11 +69,14 @@ where
     let summary = std::thread::scope(|scope| {
         for (r, session, model, link) in followers {
             let board = board.clone();
+            let position = position.clone();
             std::thread::Builder::new()
                 .name(format!("oomph-rank-{r}"))
                 .spawn_scoped(scope, move || {
+                    crate::recovery::set_thread_rank(Some(r));
                     let run = || -> Result<Summary, TrainError> {
                         let mut run = Run::open(session, data, feeds, model, Some(link))?;
+                        run.log.join(r, position);
                         run.resume()?;
                         run.go()
                     };
@@ -83,7 +88,9 @@ where
                 .expect("oomph: cannot start a rank's thread");
         }
         first.banner();
+        crate::recovery::set_thread_rank(Some(0));
         let result = catch_unwind(AssertUnwindSafe(|| first.go())).unwrap_or_else(|p| Err(panicked(0, p)));
+        crate::recovery::set_thread_rank(None);
         if let Err(e) = &result {
             board.fail(0, TrainError::Gang(e.to_string()));
         }
