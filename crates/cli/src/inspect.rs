@@ -35,7 +35,10 @@ pub fn run(path: &Path) -> Result<(), TrainError> {
             for f in &v.manifest.files {
                 println!("  {:<12} {:>12} bytes  sha256 {}", f.name, f.bytes, &f.sha256[..16]);
             }
-            println!("step {} | samples_seen {} | reason {}", s.step, s.samples_seen, s.reason);
+            println!(
+                "step {} | samples_seen {} | reason {} | ranks {} (a resume may use another number)",
+                s.step, s.samples_seen, s.reason, s.ranks
+            );
             println!("sampler cursor: epoch {} position {}", s.cursor.epoch, s.cursor.position);
             println!("micro-batch policy: limit {} | history {:?}", s.policy.limit, s.policy.history);
             println!(

@@ -243,7 +243,8 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
     let mut lock = worker_env.lock_fd.filter(|_| is_worker).and_then(|fd| lock::RunLock::inherited(&run_dir, fd));
     let replace = if is_worker { Replace::Told(worker_env.replace) } else { Replace::Decide(resume, args.overwrite) };
     let WorkerEnv { lower_ceiling, lower_eval, in_place_update: first_update_in_place, restarts, .. } = worker_env;
-    let (backend, device) = (recipe.run.backend, recipe.run.device);
+    // Rank 0's device (`distributed.devices[0]` when listed); the others are the ranks'.
+    let (backend, device) = (recipe.run.backend, recipe.device());
     let job = Job::<M> {
         recipe,
         origin,

@@ -393,6 +393,12 @@ impl Default for DistributedSection {
 }
 
 impl Recipe {
+    /// The device the process computes on: rank 0's (`distributed.devices[0]` when devices are
+    /// listed, else `run.device`).
+    pub fn device(&self) -> usize {
+        self.distributed.devices.first().copied().unwrap_or(self.run.device)
+    }
+
     /// The device index of each rank: `distributed.devices` when given, else `distributed.ranks`
     /// consecutive indices from `run.device` (so one rank keeps using `run.device`).
     pub fn rank_devices(&self) -> Vec<usize> {

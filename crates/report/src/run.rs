@@ -30,6 +30,8 @@ pub(crate) struct Run {
     pub name: String,
     /// Effective batch from the summary, else the recipe, else `samples_seen / step`.
     pub effective_batch: Option<u64>,
+    /// Data-parallel ranks from the summary, else the recipe (1 when neither says).
+    pub ranks: u64,
     /// Steps in order, one per step number (the last record of a repeated step wins).
     pub steps: Vec<StepRecord>,
     /// Evaluations in order, one per step number.
@@ -87,6 +89,11 @@ impl Run {
         };
         let name =
             summary.as_ref().map(|s| s.name.clone()).filter(|n| !n.is_empty()).or(recipe_name).unwrap_or_else(dir_name);
+        let recipe_ranks = recipe
+            .as_ref()
+            .and_then(|r| r.get("distributed")?.get("ranks")?.as_integer())
+            .and_then(|n| u64::try_from(n).ok());
+        let ranks = summary.as_ref().map(|s| s.ranks as u64).or(recipe_ranks).unwrap_or(1);
         let derived_batch =
             metrics.steps.first().filter(|s| s.step > 0 && s.samples_seen > 0).map(|s| s.samples_seen / s.step as u64);
         let effective_batch =
@@ -95,6 +102,7 @@ impl Run {
             dir: dir.to_path_buf(),
             name,
             effective_batch,
+            ranks,
             steps: metrics.steps,
             evals: metrics.evals,
             events: events::linear_history(events),

@@ -247,6 +247,23 @@ fn repeated_steps_keep_the_last_record_and_torn_lines_are_skipped() {
     assert_eq!(run.checkpoint.as_ref().map(|c| c.step), Some(30));
 }
 
+/// A run with several ranks says so, from the summary or, before it, from the recipe.
+#[test]
+fn the_summary_names_the_ranks_of_a_run_with_several() {
+    let dir = tempfile::tempdir().unwrap();
+    write_fixture(dir.path(), Variant::Finished);
+    let summary = dir.path().join("summary.json");
+    let text = std::fs::read_to_string(&summary).unwrap().replace(r#""name":"#, r#""ranks":3,"name":"#);
+    std::fs::write(&summary, text).unwrap();
+    let text = summary_text(dir.path()).unwrap();
+    assert!(text.contains("effective batch 96 (3 ranks) | wall 23.0s"), "{text}");
+    std::fs::remove_file(&summary).unwrap();
+    let recipe = dir.path().join("recipe.resolved.toml");
+    std::fs::write(&recipe, "[training]\neffective_batch = 96\n[distributed]\nranks = 2\n").unwrap();
+    let text = summary_text(dir.path()).unwrap();
+    assert!(text.contains("effective batch 96 (2 ranks) |"), "{text}");
+}
+
 #[test]
 fn summary_of_a_finished_run() {
     let dir = tempfile::tempdir().unwrap();

@@ -77,7 +77,10 @@ pub(crate) fn format_summary(run: &Run) -> String {
         let _ = writeln!(out, "  skipped {} unreadable line(s) (e.g. a torn last line of a crash)", run.skipped_lines);
     }
 
-    let batch = run.effective_batch.map(count).unwrap_or_else(|| "?".into());
+    let mut batch = run.effective_batch.map(count).unwrap_or_else(|| "?".into());
+    if run.ranks > 1 {
+        let _ = write!(batch, " ({} ranks)", run.ranks);
+    }
     let t = run.totals();
     let mut line = format!(
         "steps      {} | samples {} | effective batch {batch} | wall {}",

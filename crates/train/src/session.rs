@@ -139,7 +139,8 @@ impl<B: Backend> Session<B> {
                 },
                 match r.micro_batch.initial {
                     MicroInitial::Auto => "auto".to_string(),
-                    MicroInitial::Fixed(m) => m.to_string(),
+                    // A size above a rank's shard starts at the shard, as the policy does.
+                    MicroInitial::Fixed(m) => m.min(max).to_string(),
                 },
             ),
         ];

@@ -19,6 +19,15 @@ fn distributed_defaults() {
     assert_eq!(ok(&with_ranks(2, "devices = [3, 1]\n")).rank_devices(), [3, 1]);
 }
 
+/// Rank 0 computes on the first device listed, not on `run.device` (regression: the process
+/// dispatched on `run.device`, so `devices = [3, 1]` trained rank 0 on device 0).
+#[test]
+fn the_process_device_is_rank_0s() {
+    assert_eq!(ok("[run]\ndevice = 2\n").device(), 2);
+    assert_eq!(ok(&format!("[run]\ndevice = 2\n{}", with_ranks(3, ""))).device(), 2);
+    assert_eq!(ok(&with_ranks(2, "devices = [3, 1]\n")).device(), 3);
+}
+
 #[test]
 fn valid_distributed_settings() {
     let r = ok(&with_ranks(4, "devices = [3, 0, 1, 2]\ntimeout_s = 0.5\ncheck_every = 0\n"));

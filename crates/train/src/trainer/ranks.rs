@@ -36,7 +36,7 @@ where
     // A deadline beyond what a `Duration` holds is no deadline.
     let deadline = Duration::try_from_secs_f64(dist.timeout_s).unwrap_or(Duration::MAX);
     let board = Arc::new(Board::default());
-    let devices = rank_devices::<B>(&session, world);
+    let devices = rank_devices::<B>(&session, world)?;
     // Ranks that share a device are summed in an order burn's collective does not fix: their
     // gradients are gathered and added in rank order instead (reproducible from run to run).
     let shared = devices.iter().enumerate().any(|(i, d)| devices[..i].contains(d));
@@ -127,9 +127,37 @@ where
 }
 
 /// Each rank's device: on the CPU every rank shares the one device; on a GPU backend rank `r`
-/// takes `distributed.devices[r]` (default: `run.device + r`).
+/// takes `distributed.devices[r]` (default: `run.device + r`). Each device a follower takes
+/// must compute (rank 0's was checked when the backend started): a clear error otherwise.
 #[cfg(feature = "distributed")]
-fn rank_devices<B: AutodiffBackend>(session: &Session<B>, world: usize) -> Vec<B::Device> {
+fn rank_devices<B: AutodiffBackend>(session: &Session<B>, world: usize) -> Result<Vec<B::Device>, TrainError> {
+    use burn::tensor::{ElementConversion, Tensor};
+    let devices = place_ranks::<B>(session, world);
+    let indices = session.recipe.rank_devices();
+    for (r, device) in devices.iter().enumerate().skip(1) {
+        if *device == devices[0] {
+            continue;
+        }
+        let computed = crate::recovery::quietly(|| {
+            Tensor::<B::InnerBackend, 1>::from_floats([1.0, 2.0], device).sum().into_scalar().elem::<f64>()
+        });
+        let cause = match computed {
+            Ok(v) if (v - 3.0).abs() < 1e-6 => continue,
+            Ok(v) => format!("it computed 1 + 2 = {v}"),
+            Err(cause) => cause.lines().next().unwrap_or("no detail").chars().take(160).collect(),
+        };
+        return Err(TrainError::BadInput(format!(
+            "rank {r} would train on device {} ({device:?}), which is not usable here ({cause}). Fix: list devices \
+             that exist in distributed.devices (one per rank), or use fewer distributed.ranks.",
+            indices[r]
+        )));
+    }
+    Ok(devices)
+}
+
+/// Each rank's device, as [`rank_devices`] places them (unchecked).
+#[cfg(feature = "distributed")]
+fn place_ranks<B: AutodiffBackend>(session: &Session<B>, world: usize) -> Vec<B::Device> {
     use burn::tensor::backend::Device as _;
     use oomph_recipe::Backend;
     let cpu = matches!(
