@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "distributed")]
 pub mod burn_collective;
+pub mod tcp;
 
 /// What oomph needs from a collective library. Every rank makes the same calls, in the same
 /// order; a call returns once every rank made it.
@@ -40,8 +41,17 @@ pub trait Collective<I: Backend>: Send {
     /// The element-wise sum of every rank's `tensor` (same shape on every rank); every rank
     /// gets the same values.
     fn sum(&mut self, tensor: Tensor<I, 1>) -> Result<Tensor<I, 1>, String>;
+    /// Tells the other ranks why this rank stops, where they cannot see it otherwise (ranks in
+    /// other processes); ranks of one process see it on their [`Board`].
+    fn fail(&mut self, _message: &str) {}
     /// This rank leaves the collective (after its last call).
     fn finish(&mut self);
+}
+
+/// What a rank asks of its collective thread.
+enum Call<I: Backend> {
+    Sum(Tensor<I, 1>),
+    Fail(String),
 }
 
 /// Abandons every collective call in progress in this process (after a failure or a
@@ -93,7 +103,7 @@ pub struct Link<I: Backend> {
     rank: usize,
     world: usize,
     device: I::Device,
-    calls: Option<mpsc::Sender<Tensor<I, 1>>>,
+    calls: Option<mpsc::Sender<Call<I>>>,
     answers: mpsc::Receiver<Result<Tensor<I, 1>, String>>,
     board: Arc<Board>,
     deadline: Duration,
@@ -116,15 +126,20 @@ impl<I: Backend> Link<I> {
         deadline: Duration,
         abandon: Abandon,
     ) -> Self {
-        let (calls, inbox) = mpsc::channel::<Tensor<I, 1>>();
+        let (calls, inbox) = mpsc::channel::<Call<I>>();
         let (reply, answers) = mpsc::channel();
         let mut collective = collective;
         std::thread::Builder::new()
             .name(format!("oomph-collective-{rank}"))
             .spawn(move || {
-                while let Ok(t) = inbox.recv() {
-                    if reply.send(collective.sum(t)).is_err() {
-                        return;
+                while let Ok(call) = inbox.recv() {
+                    match call {
+                        Call::Sum(t) => {
+                            if reply.send(collective.sum(t)).is_err() {
+                                return;
+                            }
+                        }
+                        Call::Fail(message) => collective.fail(&message),
                     }
                 }
                 collective.finish();
@@ -157,8 +172,12 @@ impl<I: Backend> Link<I> {
         self.stop
     }
 
-    /// Posts this rank's failure, so the other ranks stop waiting for it.
+    /// Posts this rank's failure, so the other ranks stop waiting for it (and tells the
+    /// ranks of other processes, through the collective).
     pub fn fail(&self, error: TrainError) {
+        if let Some(calls) = &self.calls {
+            let _ = calls.send(Call::Fail(format!("rank {} failed: {error}", self.rank)));
+        }
         self.board.fail(self.rank, error);
     }
 
@@ -168,7 +187,7 @@ impl<I: Backend> Link<I> {
         if self.board.failed() {
             return Err(self.peer_failed());
         }
-        let sent = self.calls.as_ref().is_some_and(|c| c.send(t).is_ok());
+        let sent = self.calls.as_ref().is_some_and(|c| c.send(Call::Sum(t)).is_ok());
         if !sent {
             return Err(self.broken("its collective thread has ended".into()));
         }

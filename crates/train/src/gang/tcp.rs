@@ -1,0 +1,495 @@
+//! [`Collective`] across processes and machines, over TCP: the ranks form a star around
+//! rank 0, which reads every rank's tensor, adds them in rank order and sends the sum back.
+//!
+//! Why oomph's own transport rather than burn-collective's global mode (ARCHITECTURE.md,
+//! "Decisions"): in burn 0.21.0 every global all-reduce after the first deadlocks, its calls
+//! have no deadline and a pending one cannot be abandoned, and burn removed the crate after
+//! 0.21. This one is std only (no feature, no async runtime), every read and write has a
+//! deadline, a rank that dies closes its socket so every other rank learns it at once, a rank
+//! that fails tells the others why ([`Star::fail`]), and the sum is the same bits on every run
+//! (rank order). Its cost: rank 0 moves `world - 1` times the tensor each way, which suits the
+//! few processes of one node or a few nodes; a ring would scale further.
+//!
+//! The wire: a peer opens with a hello (`OOMPHGNG`, the protocol version, its rank, the world
+//! size and a token that every rank of one run shares: a fingerprint of the recipe), rank 0
+//! answers `0` or `1` and why. Then frames: a tag byte (`0` values, `1` a failure), a `u64`
+//! count, and the count's `f32` values or UTF-8 bytes, little-endian.
+
+use super::Collective;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+const MAGIC: &[u8; 8] = b"OOMPHGNG";
+const VERSION: u32 = 1;
+const VALUES: u8 = 0;
+const FAILURE: u8 = 1;
+/// How often a rank that waits for rank 0 to listen tries again.
+const RETRY: Duration = Duration::from_millis(50);
+/// The longest failure message sent.
+const MAX_MESSAGE: usize = 4096;
+
+/// Rank 0's socket before every rank has joined.
+pub struct Listening {
+    listener: TcpListener,
+}
+
+impl Listening {
+    /// Listens on `addr` (e.g. `0.0.0.0:29500`; port 0 picks a free one).
+    pub fn bind(addr: impl ToSocketAddrs) -> Result<Self, String> {
+        let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen for the other ranks: {e}"))?;
+        Ok(Self { listener })
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Waits at most `deadline` for ranks 1 to `world - 1` of the run whose ranks share
+    /// `token`; refuses (and names) a rank that belongs to another run or another world size.
+    pub fn accept(self, world: usize, token: u64, deadline: Duration) -> Result<Star, String> {
+        let started = Instant::now();
+        let mut peers: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
+        self.listener.set_nonblocking(true).map_err(|e| format!("cannot poll the listening socket: {e}"))?;
+        while peers.iter().any(Option::is_none) {
+            match self.listener.accept() {
+                Ok((stream, from)) => {
+                    stream.set_nonblocking(false).map_err(|e| format!("socket from {from}: {e}"))?;
+                    let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+                    if let Some((rank, stream)) = welcome(stream, from, world, token, left, &peers)? {
+                        peers[rank - 1] = Some(stream);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if started.elapsed() > deadline {
+                        let missing: Vec<usize> =
+                            peers.iter().enumerate().filter(|(_, p)| p.is_none()).map(|(i, _)| i + 1).collect();
+                        return Err(format!(
+                            "ranks {missing:?} did not join within {} s (distributed.timeout_s)",
+                            deadline.as_secs_f64()
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(format!("accepting the other ranks: {e}")),
+            }
+        }
+        let peers: Vec<TcpStream> = peers.into_iter().flatten().collect();
+        for p in &peers {
+            let _ = p.set_write_timeout(Some(deadline));
+        }
+        Ok(Star { rank: 0, world, deadline, links: Links::Root(peers) })
+    }
+}
+
+/// Reads a peer's hello and answers it: `Some((rank, stream))` for a rank of this run, `None`
+/// for a connection that is not oomph's (ignored); an error for a rank of another run.
+fn welcome(
+    mut stream: TcpStream,
+    from: SocketAddr,
+    world: usize,
+    token: u64,
+    deadline: Duration,
+    peers: &[Option<TcpStream>],
+) -> Result<Option<(usize, TcpStream)>, String> {
+    let _ = stream.set_read_timeout(Some(deadline));
+    let mut hello = [0u8; 28];
+    if stream.read_exact(&mut hello).is_err() || &hello[..8] != MAGIC {
+        return Ok(None);
+    }
+    let word = |i: usize| u32::from_le_bytes(hello[i..i + 4].try_into().unwrap_or_default()) as usize;
+    let (version, rank, their_world) = (word(8), word(12), word(16));
+    let their_token = u64::from_le_bytes(hello[20..28].try_into().unwrap_or_default());
+    let refusal = if version != VERSION as usize {
+        Some(format!("the rank at {from} speaks protocol {version}, rank 0 speaks {VERSION}: run the same oomph build"))
+    } else if their_world != world {
+        Some(format!("the rank at {from} was started for {their_world} ranks, rank 0 for {world}"))
+    } else if their_token != token {
+        Some(format!("rank {rank} at {from} runs another recipe than rank 0 (every rank must run the same one)"))
+    } else if rank == 0 || rank >= world {
+        Some(format!("the rank at {from} says it is rank {rank}, and the ranks of {world} are 0 to {}", world - 1))
+    } else if peers[rank - 1].is_some() {
+        Some(format!("two processes say they are rank {rank} (the second at {from})"))
+    } else {
+        None
+    };
+    let answer = refusal.as_deref().map_or((VALUES, ""), |m| (FAILURE, m));
+    let _ = write_frame_bytes(&mut stream, answer.0, answer.1.as_bytes());
+    match refusal {
+        Some(m) => Err(m),
+        None => {
+            let _ = stream.set_nodelay(true);
+            Ok(Some((rank, stream)))
+        }
+    }
+}
+
+/// The connections of one rank.
+enum Links {
+    /// Rank 0: ranks 1 to `world - 1`, in order.
+    Root(Vec<TcpStream>),
+    /// Any other rank: rank 0.
+    Peer(TcpStream),
+}
+
+/// One rank's end of the star: sums `f32` values across ranks.
+pub struct Star {
+    rank: usize,
+    world: usize,
+    deadline: Duration,
+    links: Links,
+}
+
+impl Star {
+    /// Joins as rank `rank` (1 or more) of `world` the run of rank 0 at `addr`, retrying until
+    /// rank 0 listens, for at most `deadline`.
+    pub fn join(addr: &str, rank: usize, world: usize, token: u64, deadline: Duration) -> Result<Star, String> {
+        let started = Instant::now();
+        let mut stream = loop {
+            let addrs: Vec<SocketAddr> = match addr.to_socket_addrs() {
+                Ok(a) => a.collect(),
+                Err(e) => return Err(format!("cannot resolve rank 0's address {addr}: {e}")),
+            };
+            let connected = addrs.iter().find_map(|a| TcpStream::connect_timeout(a, RETRY.max(deadline / 100)).ok());
+            if let Some(s) = connected {
+                break s;
+            }
+            if started.elapsed() > deadline {
+                return Err(format!(
+                    "rank 0 did not answer at {addr} within {} s (distributed.timeout_s): is it running, and is \
+                     MASTER_ADDR:MASTER_PORT its address?",
+                    deadline.as_secs_f64()
+                ));
+            }
+            std::thread::sleep(RETRY);
+        };
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(deadline));
+        let mut hello = Vec::with_capacity(28);
+        hello.extend_from_slice(MAGIC);
+        for w in [VERSION, rank as u32, world as u32] {
+            hello.extend_from_slice(&w.to_le_bytes());
+        }
+        hello.extend_from_slice(&token.to_le_bytes());
+        let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+        let _ = stream.set_read_timeout(Some(left));
+        stream.write_all(&hello).map_err(|e| format!("greeting rank 0 at {addr}: {e}"))?;
+        match read_frame(&mut stream, usize::MAX) {
+            Ok(Frame::Values(_)) => Ok(Star { rank, world, deadline, links: Links::Peer(stream) }),
+            Ok(Frame::Failure(m)) => Err(format!("rank 0 refused this rank: {m}")),
+            Err(e) => Err(format!("rank 0 at {addr} did not welcome this rank: {e}")),
+        }
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The element-wise sum of every rank's `values`, added in rank order (the same bits on
+    /// every rank and every run).
+    pub fn sum(&mut self, values: &mut [f32]) -> Result<(), String> {
+        let started = Instant::now();
+        let deadline = self.deadline;
+        let left = || deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+        match &mut self.links {
+            Links::Peer(root) => {
+                write_frame(root, values).map_err(|e| lost(0, &e))?;
+                let _ = root.set_read_timeout(Some(left()));
+                match read_frame(root, values.len()).map_err(|e| lost(0, &e))? {
+                    Frame::Values(sum) if sum.len() == values.len() => {
+                        values.copy_from_slice(&sum);
+                        Ok(())
+                    }
+                    Frame::Values(sum) => Err(format!(
+                        "rank 0 answered {} values for {}: the ranks are out of step",
+                        sum.len(),
+                        values.len()
+                    )),
+                    Frame::Failure(m) => Err(m),
+                }
+            }
+            Links::Root(peers) => {
+                let mut failure = None;
+                for (i, peer) in peers.iter_mut().enumerate() {
+                    let rank = i + 1;
+                    let _ = peer.set_read_timeout(Some(left()));
+                    match read_frame(peer, values.len()) {
+                        Ok(Frame::Values(theirs)) if theirs.len() == values.len() => {
+                            for (v, t) in values.iter_mut().zip(theirs) {
+                                *v += t;
+                            }
+                        }
+                        Ok(Frame::Values(theirs)) => {
+                            failure = Some(format!(
+                                "rank {rank} sent {} values where rank 0 has {}: the ranks are out of step",
+                                theirs.len(),
+                                values.len()
+                            ));
+                            break;
+                        }
+                        Ok(Frame::Failure(m)) => {
+                            failure = Some(m);
+                            break;
+                        }
+                        Err(e) => {
+                            failure = Some(lost(rank, &e));
+                            break;
+                        }
+                    }
+                }
+                match failure {
+                    Some(m) => {
+                        self.fail(&m);
+                        Err(m)
+                    }
+                    None => {
+                        for (i, peer) in peers.iter_mut().enumerate() {
+                            write_frame(peer, values).map_err(|e| lost(i + 1, &e))?;
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the other ranks why this rank stops (`message` names the rank); rank 0 passes a
+    /// rank's failure on to every other rank. Best effort: a rank that is gone is not told.
+    pub fn fail(&mut self, message: &str) {
+        let cut: String = message.chars().take(MAX_MESSAGE).collect();
+        match &mut self.links {
+            Links::Peer(root) => {
+                let _ = write_frame_bytes(root, FAILURE, cut.as_bytes());
+            }
+            Links::Root(peers) => {
+                for peer in peers.iter_mut() {
+                    let _ = peer.set_write_timeout(Some(Duration::from_secs(1)));
+                    let _ = write_frame_bytes(peer, FAILURE, cut.as_bytes());
+                }
+            }
+        }
+    }
+
+    /// The number of ranks.
+    pub fn world(&self) -> usize {
+        self.world
+    }
+}
+
+/// A connection to `rank` that failed, in words.
+fn lost(rank: usize, e: &std::io::Error) -> String {
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+            format!("rank {rank} did not answer within distributed.timeout_s")
+        }
+        _ => format!("rank {rank} is gone (its connection closed: it stopped or died; {e})"),
+    }
+}
+
+enum Frame {
+    Values(Vec<f32>),
+    Failure(String),
+}
+
+fn write_frame(stream: &mut TcpStream, values: &[f32]) -> std::io::Result<()> {
+    let mut bytes = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    write_frame_bytes(stream, VALUES, &bytes)
+}
+
+fn write_frame_bytes(stream: &mut TcpStream, tag: u8, payload: &[u8]) -> std::io::Result<()> {
+    let count = if tag == VALUES { payload.len() / 4 } else { payload.len() };
+    let mut head = [0u8; 9];
+    head[0] = tag;
+    head[1..].copy_from_slice(&(count as u64).to_le_bytes());
+    stream.write_all(&head)?;
+    stream.write_all(payload)?;
+    stream.flush()
+}
+
+/// Reads one frame; a values frame longer than `limit` values is refused (a peer out of step
+/// or not oomph).
+fn read_frame(stream: &mut TcpStream, limit: usize) -> std::io::Result<Frame> {
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head)?;
+    let count = u64::from_le_bytes(head[1..].try_into().unwrap_or_default()) as usize;
+    let bad = |what: &str| std::io::Error::new(ErrorKind::InvalidData, what.to_string());
+    match head[0] {
+        VALUES => {
+            if count > limit {
+                return Err(bad("a frame longer than the call's tensor"));
+            }
+            let mut bytes = vec![0u8; count * 4];
+            stream.read_exact(&mut bytes)?;
+            Ok(Frame::Values(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+        }
+        FAILURE => {
+            if count > MAX_MESSAGE * 4 {
+                return Err(bad("a failure message too long"));
+            }
+            let mut bytes = vec![0u8; count];
+            stream.read_exact(&mut bytes)?;
+            Ok(Frame::Failure(String::from_utf8_lossy(&bytes).into_owned()))
+        }
+        _ => Err(bad("a frame of an unknown kind")),
+    }
+}
+
+/// [`Collective`] of one process's rank over a [`Star`].
+pub struct TcpCollective<I: Backend> {
+    star: Star,
+    device: I::Device,
+}
+
+impl<I: Backend> TcpCollective<I> {
+    /// This process's rank on `device`, joined through `star`.
+    pub fn new(star: Star, device: I::Device) -> Self {
+        Self { star, device }
+    }
+}
+
+impl<I: Backend> Collective<I> for TcpCollective<I> {
+    fn sum(&mut self, tensor: Tensor<I, 1>) -> Result<Tensor<I, 1>, String> {
+        let n = tensor.dims()[0];
+        let mut values: Vec<f32> = tensor.into_data().iter::<f32>().collect();
+        self.star.sum(&mut values)?;
+        Ok(Tensor::from_data(TensorData::new(values, [n]), &self.device))
+    }
+
+    fn fail(&mut self, message: &str) {
+        self.star.fail(message);
+    }
+
+    fn finish(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    /// A star of `world` ranks on localhost, each rank on its own thread running `f`.
+    fn gang<T: Send + 'static>(
+        world: usize,
+        deadline: Duration,
+        f: impl Fn(Star) -> T + Send + Sync + Clone + 'static,
+    ) -> Vec<std::thread::Result<T>> {
+        let listening = Listening::bind("127.0.0.1:0").unwrap();
+        let addr = format!("127.0.0.1:{}", listening.port());
+        let mut handles = Vec::new();
+        for rank in 1..world {
+            let (addr, f) = (addr.clone(), f.clone());
+            handles.push(std::thread::spawn(move || f(Star::join(&addr, rank, world, 7, deadline).unwrap())));
+        }
+        let root = {
+            let f = f.clone();
+            std::thread::spawn(move || f(listening.accept(world, 7, deadline).unwrap()))
+        };
+        std::iter::once(root).chain(handles).map(|h| h.join()).collect()
+    }
+
+    #[test]
+    fn every_rank_gets_the_sum_added_in_rank_order() {
+        let results = gang(3, LONG, |mut star| {
+            let r = star.rank() as f32;
+            let mut sums = Vec::new();
+            for call in 0..50 {
+                // The first value's sum depends on the order of addition in f32: (1 + 1e8) - 1e8
+                // is 0, 1 + (1e8 - 1e8) is 1.
+                let mut v = vec![[1.0, 1e8, -1e8][star.rank()], 1.0 + r, call as f32 + 0.1 * r];
+                star.sum(&mut v).unwrap();
+                sums.push(v);
+            }
+            sums
+        });
+        let sums: Vec<Vec<Vec<f32>>> = results.into_iter().map(|r| r.unwrap()).collect();
+        for call in 0..50 {
+            let c = call as f32;
+            let expected = [0.0, 6.0, (c + (c + 0.1)) + (c + 0.2)];
+            for (rank, s) in sums.iter().enumerate() {
+                assert_eq!(s[call], expected, "rank {rank}, call {call}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_rank_that_dies_ends_every_other_ranks_call_with_its_name() {
+        let results = gang(3, LONG, |mut star| {
+            let mut v = vec![1.0f32; 4];
+            star.sum(&mut v).unwrap();
+            if star.rank() == 2 {
+                // Dies: its socket closes.
+                return Ok(());
+            }
+            star.sum(&mut v)
+        });
+        for (rank, r) in results.into_iter().enumerate().take(2) {
+            let e = r.unwrap().unwrap_err();
+            assert!(e.contains("rank 2 is gone"), "rank {rank}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_rank_that_fails_tells_every_other_rank_why() {
+        let results = gang(3, LONG, |mut star| {
+            let mut v = vec![1.0f32; 4];
+            if star.rank() == 1 {
+                star.fail("rank 1 failed: the data file is damaged");
+                return Ok(());
+            }
+            star.sum(&mut v)
+        });
+        for rank in [0, 2] {
+            let e = results[rank].as_ref().unwrap().as_ref().unwrap_err();
+            assert_eq!(e, "rank 1 failed: the data file is damaged", "rank {rank}");
+        }
+    }
+
+    #[test]
+    fn a_silent_rank_ends_the_call_at_the_deadline() {
+        let (done, wait) = mpsc::channel::<()>();
+        let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
+        let results = gang(2, Duration::from_millis(300), move |mut star| {
+            if star.rank() == 1 {
+                // Alive but never calls: rank 0 waits for it until the deadline.
+                let _ = wait.lock().unwrap().recv_timeout(LONG);
+                return Ok(());
+            }
+            let r = star.sum(&mut [1.0]);
+            let _ = done.send(());
+            r
+        });
+        let e = results[0].as_ref().unwrap().as_ref().unwrap_err();
+        assert!(e.contains("rank 1 did not answer within distributed.timeout_s"), "{e}");
+    }
+
+    #[test]
+    fn a_rank_of_another_run_or_world_is_refused_by_name() {
+        for (world, token, expected) in [(3, 7, "was started for 3 ranks, rank 0 for 2"), (2, 8, "rank 1 at 127.0.0.1")]
+        {
+            let listening = Listening::bind("127.0.0.1:0").unwrap();
+            let addr = format!("127.0.0.1:{}", listening.port());
+            let peer = std::thread::spawn(move || Star::join(&addr, 1, world, token, LONG).map(|_| ()));
+            let e = listening.accept(2, 7, LONG).map(|_| ()).unwrap_err();
+            assert!(e.contains(expected), "{e}");
+            let theirs = peer.join().unwrap().unwrap_err();
+            assert!(theirs.starts_with("rank 0 refused this rank: ") && theirs.contains(expected), "{theirs}");
+        }
+    }
+
+    #[test]
+    fn a_rank_that_cannot_reach_rank_0_says_where_it_looked() {
+        // A port nothing listens on (bound, then closed).
+        let port = Listening::bind("127.0.0.1:0").unwrap().port();
+        let e = Star::join(&format!("127.0.0.1:{port}"), 1, 2, 7, Duration::from_millis(200)).map(|_| ()).unwrap_err();
+        assert!(e.contains(&format!("127.0.0.1:{port}")) && e.contains("MASTER_ADDR"), "{e}");
+    }
+}
