@@ -256,6 +256,27 @@ fn a_followers_death_in_its_backward_pass_shrinks_the_micro_batch() {
     assert!(max_param_diff(&one, &run) < TOL);
 }
 
+/// A rank that recovers from an allocation failure says so at once: another rank's abort that
+/// is not a memory failure is then not taken for a memory death (regression: the note of rank
+/// 1's survived failure stayed until the ranks agreed on it, and rank 2's abort meanwhile was
+/// restarted with a smaller micro-batch).
+#[test]
+fn an_abort_on_one_rank_while_another_recovers_from_an_oom_is_not_a_memory_death() {
+    let f = Fixture::new(&base());
+    let faults = [
+        "--set",
+        "distributed.ranks=3",
+        "--set",
+        "faults.oom_at=[{step=5, phase=\"forward\", rank=1}]",
+        "--set",
+        "faults.abort_at=[{step=5, phase=\"optimizer\", rank=2}]",
+    ];
+    let o = train(&f, "abort", &faults);
+    assert_eq!(o.status.code(), Some(134), "{}", text(&o));
+    assert!(text(&o).contains("which is not a memory failure"), "{}", text(&o));
+    assert!(events(&f.run("abort"), "restart").is_empty());
+}
+
 #[test]
 fn the_supervisor_restarts_every_rank_after_a_memory_death() {
     let f = Fixture::new(&base());

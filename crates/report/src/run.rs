@@ -93,7 +93,7 @@ impl Run {
             .as_ref()
             .and_then(|r| r.get("distributed")?.get("ranks")?.as_integer())
             .and_then(|n| u64::try_from(n).ok());
-        let ranks = summary.as_ref().map(|s| s.ranks as u64).or(recipe_ranks).unwrap_or(1);
+        let ranks = summary.as_ref().and_then(|s| s.ranks).map(|r| r as u64).or(recipe_ranks).unwrap_or(1);
         let derived_batch =
             metrics.steps.first().filter(|s| s.step > 0 && s.samples_seen > 0).map(|s| s.samples_seen / s.step as u64);
         let effective_batch =

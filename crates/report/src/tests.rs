@@ -257,9 +257,15 @@ fn the_summary_names_the_ranks_of_a_run_with_several() {
     std::fs::write(&summary, text).unwrap();
     let text = summary_text(dir.path()).unwrap();
     assert!(text.contains("effective batch 96 (3 ranks) | wall 23.0s"), "{text}");
-    std::fs::remove_file(&summary).unwrap();
+    // A summary written before it recorded the ranks (regression: it was read as 1 rank,
+    // over the recipe's 2), and a run without a summary yet.
     let recipe = dir.path().join("recipe.resolved.toml");
     std::fs::write(&recipe, "[training]\neffective_batch = 96\n[distributed]\nranks = 2\n").unwrap();
+    let text = std::fs::read_to_string(&summary).unwrap().replace(r#""ranks":3,"#, "");
+    std::fs::write(&summary, text).unwrap();
+    let text = summary_text(dir.path()).unwrap();
+    assert!(text.contains("effective batch 96 (2 ranks) | wall 23.0s"), "{text}");
+    std::fs::remove_file(&summary).unwrap();
     let text = summary_text(dir.path()).unwrap();
     assert!(text.contains("effective batch 96 (2 ranks) |"), "{text}");
 }

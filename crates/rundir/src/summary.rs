@@ -49,14 +49,10 @@ pub struct Summary {
     pub checkpoint_stall_s: f64,
     /// Steps skipped because their loss or gradient norm was not finite (no update).
     pub nonfinite_steps: usize,
-    /// Data-parallel ranks of the worker that finished the run (`distributed.ranks`; 1 in
-    /// summaries written before it was recorded).
-    #[serde(default = "one")]
-    pub ranks: usize,
-}
-
-fn one() -> usize {
-    1
+    /// Data-parallel ranks of the worker that finished the run (`distributed.ranks`; `None` in
+    /// summaries written before it was recorded: the run's recipe says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<usize>,
 }
 
 /// Writes `summary` (pretty-printed) to `path` atomically ([`write_atomically`]), so the file
@@ -113,7 +109,7 @@ mod tests {
         let p = d.path().join("summary.json");
         std::fs::write(&p, TODAY).unwrap();
         let s = read_summary(&p).unwrap().unwrap();
-        assert_eq!((s.steps, s.micro_batch_history.as_slice(), s.restarts, s.ranks), (40, &[48, 24][..], 1, 2));
+        assert_eq!((s.steps, s.micro_batch_history.as_slice(), s.restarts, s.ranks), (40, &[48, 24][..], 1, Some(2)));
         write_summary(&p, &s).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), TODAY);
         assert!(!d.path().join("summary.json.tmp").exists());
@@ -127,7 +123,10 @@ mod tests {
         assert_eq!(read_summary(&p).unwrap(), None);
         std::fs::write(&p, r#"{"name":"old","steps":3,"valid_metrics":{"accuracy":null}}"#).unwrap();
         let s = read_summary(&p).unwrap().unwrap();
-        assert_eq!((s.name.as_str(), s.steps, s.checkpoint_stall_s, s.nonfinite_steps, s.ranks), ("old", 3, 0.0, 0, 1));
+        assert_eq!(
+            (s.name.as_str(), s.steps, s.checkpoint_stall_s, s.nonfinite_steps, s.ranks),
+            ("old", 3, 0.0, 0, None)
+        );
         assert!(s.valid_metrics["accuracy"].is_nan());
         std::fs::write(&p, "{not json").unwrap();
         let e = read_summary(&p).unwrap_err();

@@ -24,22 +24,31 @@
 use oomph_rundir::WorkerPhase;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 static DEATH_FD: AtomicI32 = AtomicI32::new(-1);
 /// Set by the tracker when an allocation fails: how [`installed`] sees it is the global
 /// allocator, without a cost on allocations that succeed.
 static SAW_FAILURE: AtomicBool = AtomicBool::new(false);
-/// Which threads wrote a note since it was last cleared: [`OTHER`] and/or [`CHECKPOINT`].
-static NOTED: AtomicU8 = AtomicU8::new(0);
-/// A note from any thread but the checkpoint writer.
-const OTHER: u8 = 1;
+/// Which threads wrote a note since it was last cleared: [`OTHER`], [`CHECKPOINT`], and one
+/// bit per rank's training thread ([`rank_bit`]).
+static NOTED: AtomicU64 = AtomicU64::new(0);
+/// A note from a thread that is neither a rank's training thread nor the checkpoint writer
+/// (the only training thread of a one-rank run, a backend's pool).
+const OTHER: u64 = 1;
 /// A note from the checkpoint writer thread.
-const CHECKPOINT: u8 = 2;
+const CHECKPOINT: u64 = 2;
+
+/// The bit of rank `rank`'s training thread (ranks beyond 61 share the last bit).
+fn rank_bit(rank: usize) -> u64 {
+    1 << (2 + rank.min(61))
+}
 
 thread_local! {
     /// Set on the checkpoint writer thread.
     static IN_CHECKPOINT: Cell<bool> = const { Cell::new(false) };
+    /// This thread's bit when it is a rank's training thread ([`set_thread_rank`]).
+    static RANK_BIT: Cell<u64> = const { Cell::new(0) };
     /// Where this thread's loop is (phase and the step it belongs to), when it said so.
     static POSITION: Cell<Option<(WorkerPhase, usize)>> = const { Cell::new(None) };
 }
@@ -53,7 +62,7 @@ fn note_failure(size: usize) {
         return;
     }
     let in_checkpoint = IN_CHECKPOINT.try_with(Cell::get).unwrap_or(false);
-    NOTED.fetch_or(if in_checkpoint { CHECKPOINT } else { OTHER }, Ordering::Relaxed);
+    NOTED.fetch_or(if in_checkpoint { CHECKPOINT } else { own_bit() }, Ordering::Relaxed);
     let (phase, step) = match (in_checkpoint, POSITION.try_with(Cell::get).ok().flatten()) {
         (true, _) => (Some(WorkerPhase::Checkpoint), None),
         (false, Some((phase, step))) => (Some(phase), Some(step)),
@@ -135,13 +144,27 @@ pub fn set_thread_position(position: Option<(WorkerPhase, usize)>) {
     let _ = POSITION.try_with(|p| p.set(position));
 }
 
-/// The training loop survived every allocation failure noted by threads other than the
-/// checkpoint writer (called after every step and every recovered out-of-memory): clears
-/// their note. A note of the checkpoint writer stays until its write ended
-/// ([`checkpoint_survived`]): the writer may still be dying. Cheap when nothing was noted
-/// (one atomic load).
+/// Makes this thread rank `rank`'s training thread (`None`: no longer one): its notes are its
+/// own, and only it says it survived them ([`survived`]).
+pub fn set_thread_rank(rank: Option<usize>) {
+    let _ = RANK_BIT.try_with(|b| b.set(rank.map_or(0, rank_bit)));
+}
+
+/// This thread's bit in [`NOTED`].
+fn own_bit() -> u64 {
+    match RANK_BIT.try_with(Cell::get).unwrap_or(0) {
+        0 => OTHER,
+        bit => bit,
+    }
+}
+
+/// The calling training thread survived the allocation failures it noted, and those of
+/// threads that belong to no rank (called after every step and every out-of-memory the
+/// boundary caught): clears their note. A note of another rank's thread stays (that rank may
+/// be dying, and only it knows it survived), and so does one of the checkpoint writer until
+/// its write ended ([`checkpoint_survived`]). Cheap when nothing was noted (one atomic load).
 pub fn survived() {
-    clear(OTHER);
+    clear(own_bit() | OTHER);
 }
 
 /// The checkpoint writer finished its write: any allocation failure it noted was survived.
@@ -149,7 +172,7 @@ pub fn checkpoint_survived() {
     clear(CHECKPOINT);
 }
 
-fn clear(which: u8) {
+fn clear(which: u64) {
     if NOTED.load(Ordering::Relaxed) & which == 0 {
         return;
     }
@@ -209,6 +232,41 @@ mod tests {
         let ck = Note { bytes: 64, phase: Some(WorkerPhase::Checkpoint), step: None };
         assert_eq!(read_note(&note), Some(ck), "the writer may still be dying");
         checkpoint_survived();
+        assert_eq!(read_note(&note), None);
+    }
+
+    /// A rank that survived its own failure does not erase the note of another rank that is
+    /// dying (regression: every rank's end of step cleared the process's one note, so a rank
+    /// behind the others wiped a fresh death note and the supervisor took a memory death for
+    /// another abort).
+    #[test]
+    fn a_rank_that_survived_leaves_another_ranks_note() {
+        let _serial = serial();
+        let d = tempfile::tempdir().unwrap();
+        let note = d.path().join("worker-death.txt");
+        arm(&note);
+        let on_rank = |rank: usize, f: fn()| {
+            std::thread::spawn(move || {
+                set_thread_rank(Some(rank));
+                set_thread_position(Some((WorkerPhase::Train, 9)));
+                f();
+            })
+            .join()
+            .unwrap();
+        };
+        // Rank 2 notes a failure (and is dying); rank 0 ends its step.
+        on_rank(2, || note_failure(64));
+        on_rank(0, survived);
+        assert_eq!(read_note(&note).map(|n| n.bytes), Some(64), "rank 0 erased rank 2's note");
+        // Rank 2 itself survived it.
+        on_rank(2, survived);
+        assert_eq!(read_note(&note), None);
+        // A rank's own note, and one of a thread of no rank, are cleared by its end of step.
+        on_rank(1, || {
+            note_failure(8);
+            std::thread::spawn(|| note_failure(16)).join().unwrap();
+            survived();
+        });
         assert_eq!(read_note(&note), None);
     }
 

@@ -78,6 +78,17 @@ pub fn set_thread_rank(rank: Option<usize>) {
 /// Runs `f` inside the recovery boundary on `device`; `f` gets a [`Scope`] to look at the
 /// other threads as it goes.
 pub fn attempt_scoped<B: Backend, T>(device: &B::Device, f: impl FnOnce(&Scope) -> T) -> Result<T, Failure> {
+    let result = boundary::<B, T>(device, f);
+    if matches!(result, Err(Failure::Oom { .. })) {
+        // This thread lives on: an allocation failure it noted is not its death. Said now,
+        // not after the ranks agree on it, so that another rank's abort meanwhile is not read
+        // as a memory death.
+        crate::alloc::survived();
+    }
+    result
+}
+
+fn boundary<B: Backend, T>(device: &B::Device, f: impl FnOnce(&Scope) -> T) -> Result<T, Failure> {
     panics::install_quiet_oom();
     let scope = Scope { generation: panics::generation() };
     let result = catch_unwind(AssertUnwindSafe(|| f(&scope)));

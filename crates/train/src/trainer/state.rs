@@ -201,7 +201,7 @@ where
             model_path: model_path.display().to_string(),
             checkpoint_stall_s: self.ckpt.stall_s(),
             nonfinite_steps: t.nonfinite_steps,
-            ranks: self.s.recipe.distributed.ranks,
+            ranks: Some(self.s.recipe.distributed.ranks),
         };
         self.log.finish(&summary)?;
         Ok(summary)
