@@ -28,6 +28,8 @@ const VALUES: u8 = 0;
 const FAILURE: u8 = 1;
 /// How often a rank that waits for rank 0 to listen tries again.
 const RETRY: Duration = Duration::from_millis(50);
+/// How long rank 0 waits for the hello of a connection.
+const HELLO: Duration = Duration::from_secs(5);
 /// The longest failure message sent.
 const MAX_MESSAGE: usize = 4096;
 
@@ -95,7 +97,9 @@ fn welcome(
     deadline: Duration,
     peers: &[Option<TcpStream>],
 ) -> Result<Option<(usize, TcpStream)>, String> {
-    let _ = stream.set_read_timeout(Some(deadline));
+    // A rank sends its hello as soon as it connects: a connection that says nothing (not
+    // oomph's) is dropped after a few seconds, not waited for until the deadline.
+    let _ = stream.set_read_timeout(Some(deadline.min(HELLO)));
     let mut hello = [0u8; 28];
     if stream.read_exact(&mut hello).is_err() || &hello[..8] != MAGIC {
         return Ok(None);
@@ -483,6 +487,22 @@ mod tests {
             let theirs = peer.join().unwrap().unwrap_err();
             assert!(theirs.starts_with("rank 0 refused this rank: ") && theirs.contains(expected), "{theirs}");
         }
+    }
+
+    #[test]
+    fn a_connection_that_is_not_a_rank_is_ignored() {
+        let listening = Listening::bind("127.0.0.1:0").unwrap();
+        let addr = format!("127.0.0.1:{}", listening.port());
+        // Something else knocks first (a port scanner, a health check): it says no hello.
+        let mut other = TcpStream::connect(&addr).unwrap();
+        other.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        drop(other);
+        let peer = std::thread::spawn(move || Star::join(&addr, 1, 2, 7, LONG).map(|mut s| s.sum(&mut [2.0])));
+        let mut root = listening.accept(2, 7, LONG).unwrap();
+        let mut v = [1.0];
+        root.sum(&mut v).unwrap();
+        assert_eq!(v, [3.0]);
+        peer.join().unwrap().unwrap().unwrap();
     }
 
     #[test]
