@@ -286,3 +286,29 @@ fn current_json(bencher: Bencher) {
         f.write(&c);
     });
 }
+
+/// The same two positions through the run log, as the loop writes them: the failing thread's
+/// position kept for its allocation-failure note, and `current.json` shared by the ranks of a
+/// process (a lock and the earliest rank's position), here with one rank.
+#[divan::bench(max_time = 1)]
+fn run_log_position(bencher: Bencher) {
+    use oomph::train::current::{Current, WorkerPhase};
+    let d = tempfile::tempdir().unwrap();
+    let mut log =
+        oomph::train::runlog::RunLog::open(d.path(), Box::new(oomph::train::progress::Silent), Vec::new()).unwrap();
+    let mut c = Current {
+        pid: 4242,
+        micro_batch: 64,
+        eval_batch: 64,
+        min_micro_batch: 1,
+        parameters: 2410,
+        ..Default::default()
+    };
+    bencher.bench_local(|| {
+        c.step += 1;
+        c.phase = WorkerPhase::Train;
+        log.position(&c);
+        c.phase = WorkerPhase::Optimizer;
+        log.position(&c);
+    });
+}
