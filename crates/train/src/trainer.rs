@@ -157,8 +157,9 @@ where
     /// Runs the loop to its end, then waits for the checkpoint in flight.
     fn go(&mut self) -> Result<Summary, TrainError> {
         let result = self.run_loop();
-        crate::alloc::set_thread_position(None);
         let written = self.settle_writer();
+        // The loop is over (settling the writer wrote a position of its own).
+        crate::alloc::set_thread_position(None);
         // The supervisor reads `current.json` after a memory death; after anything else no
         // worker runs any more.
         if matches!(&result, Err(e) if !matches!(e, TrainError::MemoryDeath { .. })) {

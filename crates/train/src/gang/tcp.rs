@@ -59,13 +59,16 @@ impl Listening {
         while peers.iter().any(Option::is_none) {
             match self.listener.accept() {
                 Ok((stream, from)) => {
-                    stream.set_nonblocking(false).map_err(|e| format!("socket from {from}: {e}"))?;
-                    let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-                    if let Some((rank, stream)) = welcome(stream, from, world, token, left, &peers)? {
-                        peers[rank - 1] = Some(stream);
+                    if stream.set_nonblocking(false).is_ok() {
+                        let until = (started + deadline).min(Instant::now() + HELLO);
+                        if let Some((rank, stream)) = welcome(stream, from, world, token, until, &peers)? {
+                            peers[rank - 1] = Some(stream);
+                        }
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                // Linux passes on errors pending on a new connection (its peer gone, the
+                // network down): that connection is dropped, the others are still awaited.
+                Err(e) => {
                     if started.elapsed() > deadline {
                         let missing: Vec<usize> =
                             peers.iter().enumerate().filter(|(_, p)| p.is_none()).map(|(i, _)| i + 1).collect();
@@ -74,9 +77,11 @@ impl Listening {
                             deadline.as_secs_f64()
                         ));
                     }
+                    if e.kind() != ErrorKind::WouldBlock {
+                        tracing::debug!("a connection to rank 0 failed before its hello: {e}");
+                    }
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(e) => return Err(format!("accepting the other ranks: {e}")),
             }
         }
         let peers: Vec<TcpStream> = peers.into_iter().flatten().collect();
@@ -87,21 +92,20 @@ impl Listening {
     }
 }
 
-/// Reads a peer's hello and answers it: `Some((rank, stream))` for a rank of this run, `None`
-/// for a connection that is not oomph's (ignored); an error for a rank of another run.
+/// Reads a peer's hello (by `until`) and answers it: `Some((rank, stream))` for a rank of
+/// this run, `None` for a connection that is not oomph's (ignored); an error for a rank of
+/// another run. A rank sends its hello as soon as it connects: a connection that says nothing
+/// whole by then (not oomph's) is dropped, not waited for until the deadline.
 fn welcome(
     mut stream: TcpStream,
     from: SocketAddr,
     world: usize,
     token: u64,
-    deadline: Duration,
+    until: Instant,
     peers: &[Option<TcpStream>],
 ) -> Result<Option<(usize, TcpStream)>, String> {
-    // A rank sends its hello as soon as it connects: a connection that says nothing (not
-    // oomph's) is dropped after a few seconds, not waited for until the deadline.
-    let _ = stream.set_read_timeout(Some(deadline.min(HELLO)));
     let mut hello = [0u8; 28];
-    if stream.read_exact(&mut hello).is_err() || &hello[..8] != MAGIC {
+    if read_exact_by(&mut stream, &mut hello, until).is_err() || &hello[..8] != MAGIC {
         return Ok(None);
     }
     let word = |i: usize| u32::from_le_bytes(hello[i..i + 4].try_into().unwrap_or_default()) as usize;
@@ -181,7 +185,7 @@ impl Star {
         let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
         let _ = stream.set_read_timeout(Some(left));
         stream.write_all(&hello).map_err(|e| format!("greeting rank 0 at {addr}: {e}"))?;
-        match read_frame(&mut stream, usize::MAX) {
+        match read_frame(&mut stream, 0) {
             Ok(Frame::Values(_)) => Ok(Star { rank, world, deadline, links: Links::Peer(stream) }),
             Ok(Frame::Failure(m)) => Err(format!("rank 0 refused this rank: {m}")),
             Err(e) => Err(format!("rank 0 at {addr} did not welcome this rank: {e}")),
@@ -251,10 +255,14 @@ impl Star {
                         Err(m)
                     }
                     None => {
-                        for (i, peer) in peers.iter_mut().enumerate() {
-                            write_frame(peer, values).map_err(|e| lost(i + 1, &e))?;
+                        let sent = peers
+                            .iter_mut()
+                            .enumerate()
+                            .try_for_each(|(i, peer)| write_frame(peer, values).map_err(|e| lost(i + 1, &e)));
+                        if let Err(m) = &sent {
+                            self.fail(m);
                         }
-                        Ok(())
+                        sent
                     }
                 }
             }
@@ -284,9 +292,35 @@ impl Star {
     }
 }
 
+/// `read_exact` that gives up at `until` however slowly the bytes come (a socket's own
+/// timeout applies to each read).
+fn read_exact_by(stream: &mut TcpStream, buf: &mut [u8], until: Instant) -> std::io::Result<()> {
+    let mut read = 0;
+    while read < buf.len() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf[read..]) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => read += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// A connection to `rank` that failed, in words.
 fn lost(rank: usize, e: &std::io::Error) -> String {
     match e.kind() {
+        // Rank 0 answers once every rank has sent: the rank it waits for may be another.
+        ErrorKind::WouldBlock | ErrorKind::TimedOut if rank == 0 => {
+            "rank 0 did not answer within distributed.timeout_s (it answers once every rank has called: a rank \
+             is stuck or gone, and rank 0's own message names it)"
+                .into()
+        }
         ErrorKind::WouldBlock | ErrorKind::TimedOut => {
             format!("rank {rank} did not answer within distributed.timeout_s")
         }
@@ -497,6 +531,21 @@ mod tests {
         let mut other = TcpStream::connect(&addr).unwrap();
         other.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
         drop(other);
+        // And something that answers a joining rank with a frame it never asked for: refused,
+        // not read (a size of 2^40 values would be an allocation the rank cannot survive).
+        let stranger = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stranger_addr = format!("127.0.0.1:{}", stranger.local_addr().unwrap().port());
+        let answer = std::thread::spawn(move || {
+            let (mut s, _) = stranger.accept().unwrap();
+            let mut hello = [0u8; 28];
+            s.read_exact(&mut hello).unwrap();
+            let mut frame = vec![VALUES];
+            frame.extend_from_slice(&(1u64 << 40).to_le_bytes());
+            s.write_all(&frame).unwrap();
+        });
+        let e = Star::join(&stranger_addr, 1, 2, 7, LONG).map(|_| ()).unwrap_err();
+        assert!(e.contains("did not welcome this rank"), "{e}");
+        answer.join().unwrap();
         let peer = std::thread::spawn(move || Star::join(&addr, 1, 2, 7, LONG).map(|mut s| s.sum(&mut [2.0])));
         let mut root = listening.accept(2, 7, LONG).unwrap();
         let mut v = [1.0];
