@@ -31,7 +31,7 @@ static DEATH_FD: AtomicI32 = AtomicI32::new(-1);
 /// allocator, without a cost on allocations that succeed.
 static SAW_FAILURE: AtomicBool = AtomicBool::new(false);
 /// Which threads wrote a note since it was last cleared: [`OTHER`], [`CHECKPOINT`], and one
-/// bit per rank's training thread ([`rank_bit`]).
+/// bit per rank's training thread ([`rank_bit`]; only that rank says it survived its notes).
 static NOTED: AtomicU64 = AtomicU64::new(0);
 /// A note from a thread that is neither a rank's training thread nor the checkpoint writer
 /// (the only training thread of a one-rank run, a backend's pool).
@@ -47,8 +47,6 @@ fn rank_bit(rank: usize) -> u64 {
 thread_local! {
     /// Set on the checkpoint writer thread.
     static IN_CHECKPOINT: Cell<bool> = const { Cell::new(false) };
-    /// This thread's bit when it is a rank's training thread ([`set_thread_rank`]).
-    static RANK_BIT: Cell<u64> = const { Cell::new(0) };
     /// Where this thread's loop is (phase and the step it belongs to), when it said so.
     static POSITION: Cell<Option<(WorkerPhase, usize)>> = const { Cell::new(None) };
 }
@@ -144,18 +142,10 @@ pub fn set_thread_position(position: Option<(WorkerPhase, usize)>) {
     let _ = POSITION.try_with(|p| p.set(position));
 }
 
-/// Makes this thread rank `rank`'s training thread (`None`: no longer one): its notes are its
-/// own, and only it says it survived them ([`survived`]).
-pub fn set_thread_rank(rank: Option<usize>) {
-    let _ = RANK_BIT.try_with(|b| b.set(rank.map_or(0, rank_bit)));
-}
-
-/// This thread's bit in [`NOTED`].
+/// This thread's bit in [`NOTED`]: its rank's ([`crate::gang::set_thread_rank`]), else
+/// [`OTHER`].
 fn own_bit() -> u64 {
-    match RANK_BIT.try_with(Cell::get).unwrap_or(0) {
-        0 => OTHER,
-        bit => bit,
-    }
+    crate::gang::thread_rank().map_or(OTHER, rank_bit)
 }
 
 /// The calling training thread survived the allocation failures it noted, and those of
@@ -247,7 +237,7 @@ mod tests {
         arm(&note);
         let on_rank = |rank: usize, f: fn()| {
             std::thread::spawn(move || {
-                set_thread_rank(Some(rank));
+                crate::gang::set_thread_rank(Some(rank));
                 set_thread_position(Some((WorkerPhase::Train, 9)));
                 f();
             })

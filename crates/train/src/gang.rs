@@ -26,6 +26,7 @@ use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,24 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "distributed")]
 pub mod burn_collective;
 pub mod tcp;
+
+thread_local! {
+    /// The rank whose training runs on this thread (several ranks in one process).
+    static THREAD_RANK: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Makes this thread rank `rank`'s training thread (`None`: no longer one): the out-of-memory
+/// panics raised on it ([`crate::recovery`]) and the allocation failures it notes
+/// ([`crate::alloc`]) are that rank's, never taken for another rank's.
+pub fn set_thread_rank(rank: Option<usize>) {
+    let _ = THREAD_RANK.try_with(|r| r.set(rank));
+}
+
+/// This thread's rank, if it is a rank's training thread. Allocates nothing (the allocator's
+/// failure note reads it).
+pub fn thread_rank() -> Option<usize> {
+    THREAD_RANK.try_with(Cell::get).ok().flatten()
+}
 
 /// What oomph needs from a collective library. Every rank makes the same calls, in the same
 /// order; a call returns once every rank made it.

@@ -69,12 +69,6 @@ impl Scope {
     }
 }
 
-/// Makes this thread rank `rank`'s training thread for the boundary (`None`: no longer):
-/// an out-of-memory recorded on another rank's training thread is that rank's, not this one's.
-pub fn set_thread_rank(rank: Option<usize>) {
-    panics::set_thread_rank(rank);
-}
-
 /// Runs `f` inside the recovery boundary on `device`; `f` gets a [`Scope`] to look at the
 /// other threads as it goes.
 pub fn attempt_scoped<B: Backend, T>(device: &B::Device, f: impl FnOnce(&Scope) -> T) -> Result<T, Failure> {

@@ -18,7 +18,6 @@
 //! user of it, and `oomph_sched` holds none.
 
 use std::any::Any;
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
@@ -35,8 +34,9 @@ pub struct PanicRecord {
     pub message: String,
     /// `file:line:column` of the panic, when known.
     pub location: Option<String>,
-    /// The rank whose training thread panicked ([`set_thread_rank`]); `None` on any other
-    /// thread (a device runner, a backend's pool), which every rank's boundary looks at.
+    /// The rank whose training thread panicked ([`crate::gang::set_thread_rank`]); `None` on
+    /// any other thread (a device runner, a backend's pool), which every rank's boundary looks
+    /// at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank: Option<usize>,
 }
@@ -53,22 +53,6 @@ static INSTALL: Once = Once::new();
 static QUIET_OOM: AtomicBool = AtomicBool::new(false);
 /// Live [`Quiet`] guards: while above zero, no panic reaches the chained hook.
 static QUIET_ALL: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// The rank whose training runs on this thread, with several ranks in one process.
-    static RANK: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// Marks this thread as rank `rank`'s training thread (`None`: no longer one). A panic on it
-/// is that rank's: the other ranks' boundaries do not take it for theirs ([`oom_since`]).
-pub fn set_thread_rank(rank: Option<usize>) {
-    RANK.with(|r| r.set(rank));
-}
-
-/// This thread's rank, if it is a rank's training thread.
-fn thread_rank() -> Option<usize> {
-    RANK.try_with(Cell::get).ok().flatten()
-}
 
 fn ring() -> MutexGuard<'static, Ring> {
     // The lock is never held across a panic, but be robust anyway.
@@ -93,7 +77,7 @@ pub fn install() {
                 },
                 message,
                 location: info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
-                rank: thread_rank(),
+                rank: crate::gang::thread_rank(),
             };
             let quiet_oom = QUIET_OOM.load(Ordering::Relaxed) && oomph_sched::is_oom(&record.message);
             // A data fault is reported by the boundary as an error of its own.
@@ -174,7 +158,7 @@ pub fn since(generation: u64) -> Vec<PanicRecord> {
 /// (that rank recovers from its own, and the ranks agree on it), but those of threads that
 /// belong to no rank (a device runner); on a thread of no rank, every one.
 pub fn oom_since(generation: u64) -> Option<PanicRecord> {
-    let mine = thread_rank();
+    let mine = crate::gang::thread_rank();
     let concerns = |r: &PanicRecord| mine.is_none() || r.rank.is_none() || r.rank == mine;
     since(generation).into_iter().find(|r| concerns(r) && oomph_sched::is_oom(&r.message))
 }
@@ -239,7 +223,7 @@ mod tests {
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(move || {
-                    set_thread_rank(rank);
+                    crate::gang::set_thread_rank(rank);
                     let r: Result<(), String> =
                         std::hint::black_box(Err(format!("can't allocate buffer of size: {size}")));
                     r.unwrap();
@@ -250,13 +234,13 @@ mod tests {
         };
         // (The messages below avoid the words of an out-of-memory: the quiet hook would hide them.)
         let seen = |g| oom_since(g).map(|r| (r.thread, r.rank));
-        set_thread_rank(Some(0));
+        crate::gang::set_thread_rank(Some(0));
         let g = generation();
         oom_on("oomph-rank-1", Some(1), 111);
         assert_eq!(seen(g), None, "rank 1's own is not rank 0's");
         oom_on("device-runner-test", None, 222);
         assert_eq!(seen(g), Some(("device-runner-test".into(), None)), "a device runner's concerns every rank");
-        set_thread_rank(None);
+        crate::gang::set_thread_rank(None);
         assert_eq!(seen(g), Some(("oomph-rank-1".into(), Some(1))), "a thread of no rank sees every one");
     }
 

@@ -73,7 +73,7 @@ where
             std::thread::Builder::new()
                 .name(format!("oomph-rank-{r}"))
                 .spawn_scoped(scope, move || {
-                    mark_thread(Some(r));
+                    crate::gang::set_thread_rank(Some(r));
                     let run = || -> Result<Summary, TrainError> {
                         let mut run = Run::open(session, data, feeds, model, Some(link))?;
                         run.log.join(r, position);
@@ -88,9 +88,9 @@ where
                 .expect("oomph: cannot start a rank's thread");
         }
         first.banner();
-        mark_thread(Some(0));
+        crate::gang::set_thread_rank(Some(0));
         let result = catch_unwind(AssertUnwindSafe(|| first.go())).unwrap_or_else(|p| Err(panicked(0, p)));
-        mark_thread(None);
+        crate::gang::set_thread_rank(None);
         if let Err(e) = &result {
             board.fail(0, TrainError::Gang(e.to_string()));
         }
@@ -176,14 +176,6 @@ fn place_ranks<B: AutodiffBackend>(session: &Session<B>, world: usize) -> Vec<B:
             B::Device::from_id(id)
         })
         .collect()
-}
-
-/// Makes this thread rank `rank`'s training thread (`None`: no longer one): its out-of-memory
-/// panics and allocation-failure notes are its own, not another rank's.
-#[cfg(feature = "distributed")]
-fn mark_thread(rank: Option<usize>) {
-    crate::recovery::set_thread_rank(rank);
-    crate::alloc::set_thread_rank(rank);
 }
 
 /// A rank's panic (outside every recovery boundary: a bug), as an error.
