@@ -266,8 +266,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let note = d.path().join("worker-death.txt");
         arm(&note);
+        // (The threads are ranks' threads: other tests of this binary end attempts, and their
+        // `survived` clears the notes of threads of no rank.)
         // A rank's thread in the backward pass of step 5 while another is in the update.
         std::thread::spawn(|| {
+            crate::gang::set_thread_rank(Some(5));
             set_thread_position(Some((WorkerPhase::Train, 5)));
             note_failure(16);
         })
@@ -275,9 +278,22 @@ mod tests {
         .unwrap();
         let train = Note { bytes: 16, phase: Some(WorkerPhase::Train), step: Some(5) };
         assert_eq!(read_note(&note), Some(train));
-        // A thread that said nothing (a backend's pool): the position is not known.
-        std::thread::spawn(|| note_failure(8)).join().unwrap();
+        // A thread that never said where it is: the position is not known.
+        std::thread::spawn(|| {
+            crate::gang::set_thread_rank(Some(6));
+            note_failure(8);
+        })
+        .join()
+        .unwrap();
         assert_eq!(read_note(&note), Some(Note { bytes: 8, phase: None, step: None }));
-        survived();
+        std::thread::spawn(|| {
+            for rank in [5, 6] {
+                crate::gang::set_thread_rank(Some(rank));
+                survived();
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(read_note(&note), None);
     }
 }
