@@ -263,13 +263,10 @@ fn oom_roundtrip(bencher: Bencher) {
     });
 }
 
-/// `current.json` as the run log keeps it: two writes per step (the forward phase of the
-/// next step, then the optimizer phase) into the memory-mapped file.
-#[divan::bench(max_time = 1)]
-fn current_json(bencher: Bencher) {
-    use oomph::train::current::{Current, CurrentFile, WorkerPhase};
-    let d = tempfile::tempdir().unwrap();
-    let mut f = CurrentFile::open(&d.path().join("current.json")).unwrap();
+/// Writes a step's two positions (the forward phase of the next step, then the optimizer
+/// phase) through `write`, one step per iteration.
+fn two_positions(bencher: Bencher, mut write: impl FnMut(&oomph::train::current::Current)) {
+    use oomph::train::current::{Current, WorkerPhase};
     let mut c = Current {
         pid: 4242,
         micro_batch: 64,
@@ -281,10 +278,18 @@ fn current_json(bencher: Bencher) {
     bencher.bench_local(|| {
         c.step += 1;
         c.phase = WorkerPhase::Train;
-        f.write(&c);
+        write(&c);
         c.phase = WorkerPhase::Optimizer;
-        f.write(&c);
+        write(&c);
     });
+}
+
+/// `current.json` as the run log keeps it: two writes per step into the memory-mapped file.
+#[divan::bench(max_time = 1)]
+fn current_json(bencher: Bencher) {
+    let d = tempfile::tempdir().unwrap();
+    let mut f = oomph::train::current::CurrentFile::open(&d.path().join("current.json")).unwrap();
+    two_positions(bencher, |c| f.write(c));
 }
 
 /// The same two positions through the run log, as the loop writes them: the failing thread's
@@ -292,23 +297,8 @@ fn current_json(bencher: Bencher) {
 /// process (a lock and the earliest rank's position), here with one rank.
 #[divan::bench(max_time = 1)]
 fn run_log_position(bencher: Bencher) {
-    use oomph::train::current::{Current, WorkerPhase};
     let d = tempfile::tempdir().unwrap();
     let mut log =
         oomph::train::runlog::RunLog::open(d.path(), Box::new(oomph::train::progress::Silent), Vec::new()).unwrap();
-    let mut c = Current {
-        pid: 4242,
-        micro_batch: 64,
-        eval_batch: 64,
-        min_micro_batch: 1,
-        parameters: 2410,
-        ..Default::default()
-    };
-    bencher.bench_local(|| {
-        c.step += 1;
-        c.phase = WorkerPhase::Train;
-        log.position(&c);
-        c.phase = WorkerPhase::Optimizer;
-        log.position(&c);
-    });
+    two_positions(bencher, |c| log.position(c));
 }

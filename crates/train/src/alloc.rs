@@ -203,6 +203,19 @@ mod tests {
         SERIAL.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `f` on a thread of rank `rank` at `position`. (Notes of ranks' threads: other
+    /// tests of this binary end attempts, and their `survived` clears the notes of threads of
+    /// no rank.)
+    fn on_rank(rank: usize, position: Option<(WorkerPhase, usize)>, f: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(move || {
+            crate::gang::set_thread_rank(Some(rank));
+            set_thread_position(position);
+            f();
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn the_loop_clears_its_own_notes_but_not_the_checkpoint_writers() {
         let _serial = serial();
@@ -235,24 +248,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let note = d.path().join("worker-death.txt");
         arm(&note);
-        let on_rank = |rank: usize, f: fn()| {
-            std::thread::spawn(move || {
-                crate::gang::set_thread_rank(Some(rank));
-                set_thread_position(Some((WorkerPhase::Train, 9)));
-                f();
-            })
-            .join()
-            .unwrap();
-        };
+        let at = Some((WorkerPhase::Train, 9));
         // Rank 2 notes a failure (and is dying); rank 0 ends its step.
-        on_rank(2, || note_failure(64));
-        on_rank(0, survived);
+        on_rank(2, at, || note_failure(64));
+        on_rank(0, at, survived);
         assert_eq!(read_note(&note).map(|n| n.bytes), Some(64), "rank 0 erased rank 2's note");
         // Rank 2 itself survived it.
-        on_rank(2, survived);
+        on_rank(2, at, survived);
         assert_eq!(read_note(&note), None);
         // A rank's own note, and one of a thread of no rank, are cleared by its end of step.
-        on_rank(1, || {
+        on_rank(1, at, || {
             note_failure(8);
             std::thread::spawn(|| note_failure(16)).join().unwrap();
             survived();
@@ -266,34 +271,15 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let note = d.path().join("worker-death.txt");
         arm(&note);
-        // (The threads are ranks' threads: other tests of this binary end attempts, and their
-        // `survived` clears the notes of threads of no rank.)
         // A rank's thread in the backward pass of step 5 while another is in the update.
-        std::thread::spawn(|| {
-            crate::gang::set_thread_rank(Some(5));
-            set_thread_position(Some((WorkerPhase::Train, 5)));
-            note_failure(16);
-        })
-        .join()
-        .unwrap();
+        on_rank(5, Some((WorkerPhase::Train, 5)), || note_failure(16));
         let train = Note { bytes: 16, phase: Some(WorkerPhase::Train), step: Some(5) };
         assert_eq!(read_note(&note), Some(train));
         // A thread that never said where it is: the position is not known.
-        std::thread::spawn(|| {
-            crate::gang::set_thread_rank(Some(6));
-            note_failure(8);
-        })
-        .join()
-        .unwrap();
+        on_rank(6, None, || note_failure(8));
         assert_eq!(read_note(&note), Some(Note { bytes: 8, phase: None, step: None }));
-        std::thread::spawn(|| {
-            for rank in [5, 6] {
-                crate::gang::set_thread_rank(Some(rank));
-                survived();
-            }
-        })
-        .join()
-        .unwrap();
+        on_rank(5, None, survived);
+        on_rank(6, None, survived);
         assert_eq!(read_note(&note), None);
     }
 }
