@@ -22,10 +22,15 @@
 #       as one rank (`distributed.ranks`), the memory limit of (a) on rank 0's card only (one
 #       card with less room: every rank must shrink with it), supervised; and the same without
 #       the limit against one rank, for the scaling from 1 to N ranks.
+#   (f) with at least two cards, any binary: every card as one process, started with the
+#       variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) on
+#       localhost, each process with the memory limit of (a) on its own card; it must finish
+#       like (a), rank 0 writing the run.
 # It prints one table and copies the run directories' small files to OUT_DIR.
 # --dry-run does the same on the CPU with a tiny model and a simulated capacity (CI runs it;
 # with OOMPH_TCH_BINARY, (d) runs on the tch CPU backend; (e) runs 2 ranks on the CPU, rank 1
-# with room for 3 samples, when OOMPH_BINARY has the `distributed` feature).
+# with room for 3 samples, when OOMPH_BINARY has the `distributed` feature; (f) runs 2
+# processes on the CPU, rank 1 with room for 3 samples).
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
@@ -79,6 +84,21 @@ run_with() { # binary, name, extra args...
   return 0
 }
 
+run_procs() { # name, extra args...: $NDEV processes, one rank each, as torchrun starts them
+  local name=$1; shift
+  local port=$((29500 + RANDOM % 2000)) pids=() r rc=0
+  for r in $(seq 0 $((NDEV - 1))); do
+    RANK=$r WORLD_SIZE=$NDEV LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port TORCHELASTIC_RUN_ID=gpu-check \
+      "$BIN" train "$RECIPE" --run-dir "$WORK/$name" --plain "${COMMON[@]}" "$@" >"$WORK/$name.rank$r.log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do
+    wait "$p" || rc=$?
+  done
+  echo "$rc" >"$WORK/$name.rc"
+  cat "$WORK/$name".rank*.log >"$WORK/$name.log"
+}
+
 echo "oomph gpu-check: $CARD"
 run adaptive "${CAP[@]}" --set micro_batch.initial=$EFF
 run inprocess "${CAP[@]}" --set micro_batch.initial=$EFF --no-supervise
@@ -114,12 +134,19 @@ if [ "$NDEV" -ge 2 ]; then
   fi
 fi
 
-python3 - "$WORK" "$OUT" "$EFF" "$CARD" "$MODE" "$TCH" "$DIST" $SWEEP <<'PY'
+PROCS="one card"
+if [ "$NDEV" -ge 2 ]; then
+  PROCS="$NDEV"
+  run_procs dist-procs "${DIST_CAP[@]}" --set distributed.ranks=$NDEV --set micro_batch.initial=$EFF
+fi
+
+python3 - "$WORK" "$OUT" "$EFF" "$CARD" "$MODE" "$TCH" "$DIST" "$PROCS" $SWEEP <<'PY'
 import json, os, shutil, statistics, sys
-work, out, eff, card, mode, tch, dist, sweep = (sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4],
-                                                sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8:])
+work, out, eff, card, mode, tch, dist, procs, sweep = (sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4],
+                                                       sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8],
+                                                       sys.argv[9:])
 tch_runs = ["tch-adaptive", "tch-inprocess"] if tch in ("tch", "tch-cuda") else []
-dist_runs = ["dist-n"] if dist.isdigit() else []
+dist_runs = (["dist-n"] if dist.isdigit() else []) + (["dist-procs"] if procs.isdigit() else [])
 failures = [f"libtorch backend {tch}"] if tch.startswith("unusable") else []
 
 def load(name):
@@ -179,7 +206,7 @@ for name in ["adaptive", "inprocess"] + tch_runs + dist_runs:
 
 print(f"card: {card}")
 print(f"libtorch backend: {tch}")
-print(f"ranks: {dist}")
+print(f"ranks: {dist} (threads); {procs} (processes)")
 print(f"oracle (best fixed micro-batch that fits): {oracle['micro'] if oracle else 'none'}"
       f" at {oracle['thr'] if oracle else 0:.0f} samples/s")
 print(f"{'run':<13} {'ooms':>5} {'restarts':>8} {'final micro':>11} {'recovery s':>10} {'throughput':>15}")
@@ -189,7 +216,7 @@ for r in rows:
 for m in sweep:
     r = load("fixed-" + m)
     print(f"  fixed {m:>4}: exit {r['rc']}, {r['thr']:.0f} samples/s")
-if dist_runs:
+if "dist-n" in dist_runs:
     one, free = load("dist-1"), load("dist-n-free")
     for r in (one, free):
         if r["rc"] != 0:
@@ -197,7 +224,7 @@ if dist_runs:
     scale = free["thr"] / one["thr"] if one["thr"] else float("nan")
     print(f"  scaling 1 -> {dist} ranks without a limit: {one['thr']:.0f} -> {free['thr']:.0f} samples/s ({scale:.2f}x)")
 # Small files only.
-extra = ["dist-1", "dist-n-free"] if dist_runs else []
+extra = ["dist-1", "dist-n-free"] if "dist-n" in dist_runs else []
 for name in ["adaptive", "inprocess"] + tch_runs + dist_runs + extra + ["fixed-" + m for m in sweep]:
     dst = os.path.join(out, name)
     os.makedirs(dst, exist_ok=True)

@@ -8,6 +8,7 @@ mod cli;
 mod distributed;
 mod dropout;
 mod lose_nothing;
+mod processes;
 mod recovery;
 mod resume;
 mod supervisor;

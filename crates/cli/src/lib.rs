@@ -16,7 +16,7 @@ pub use alloc::TrackingAllocator;
 
 use clap::{Parser, Subcommand};
 use oomph_recipe::Recipe;
-use oomph_rundir::{layout, RunDir, WorkerEnv};
+use oomph_rundir::{layout, Launch, RunDir, WorkerEnv};
 use oomph_train::backend::{self, dispatch, BackendEnv, FlexTrain, WithBackend};
 use oomph_train::error::{TrainError, EXIT_BAD_INPUT};
 use oomph_train::{Console, Models, Resume, Session, Summary};
@@ -224,13 +224,24 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
     let limit = memory_limit(&recipe, &origin)?;
     let run_dir = run_dir_for(&recipe, args.run_dir.as_deref());
     backend::check(recipe.run.backend, limit)?;
-    backend::check_ranks(recipe.distributed.ranks)?;
-    if !is_worker {
+    // One rank of a launch's processes (torchrun, srun): never supervised (the launcher
+    // restarts the gang), and never threads of ranks.
+    let launch = if is_worker { None } else { Launch::from_env().map_err(TrainError::BadInput)? };
+    let device = match &launch {
+        Some(l) => join_launch(&mut recipe, l, &origin)?,
+        None => {
+            backend::check_ranks(recipe.distributed.ranks)?;
+            // Rank 0's device (`distributed.devices[0]` when listed); the others are the ranks'.
+            recipe.device()
+        }
+    };
+    let leader = launch.as_ref().is_none_or(|l| l.rank == 0);
+    if !is_worker && leader {
         // What `--resume never` refuses needs nothing prepared: said at once (and asked again
         // under the lock, before anything is removed).
         replaces_a_run(&run_dir, resume, args.overwrite)?;
     }
-    if !is_worker && recipe.supervisor.enabled && !args.no_supervise {
+    if !is_worker && launch.is_none() && recipe.supervisor.enabled && !args.no_supervise {
         // The supervisor trains nothing and never opens the device: it checks the model keys
         // (on the CPU registry) and leaves the rest to its worker, which also removes an old
         // run that `--overwrite` replaces, once everything is known good.
@@ -243,8 +254,8 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
     let mut lock = worker_env.lock_fd.filter(|_| is_worker).and_then(|fd| lock::RunLock::inherited(&run_dir, fd));
     let replace = if is_worker { Replace::Told(worker_env.replace) } else { Replace::Decide(resume, args.overwrite) };
     let WorkerEnv { lower_ceiling, lower_eval, in_place_update: first_update_in_place, restarts, .. } = worker_env;
-    // Rank 0's device (`distributed.devices[0]` when listed); the others are the ranks'.
-    let (backend, device) = (recipe.run.backend, recipe.device());
+    let restarts = launch.as_ref().map_or(restarts, |l| l.restarts);
+    let backend = recipe.run.backend;
     let job = Job::<M> {
         recipe,
         origin,
@@ -257,9 +268,14 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
         first_update_in_place,
         restarts,
         plain: args.plain,
+        process: launch,
         _m: std::marker::PhantomData,
     };
     dispatch(backend, device, limit, job)??;
+    if !leader {
+        // Rank 0 reports the run.
+        return Ok(());
+    }
     if let Err(e) = oomph_report::render(&run_dir) {
         tracing::warn!("the run finished but its report could not be drawn: {e}");
     }
@@ -268,6 +284,47 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
         Err(e) => tracing::warn!("the run finished but its summary could not be read back: {e}"),
     }
     Ok(())
+}
+
+/// Makes `recipe` the recipe of one rank of `launch`'s processes: `distributed.ranks` is the
+/// launch's world size (a recipe may say it, or leave it at 1). Returns this process's device
+/// index: `distributed.devices[LOCAL_RANK]` when devices are listed, else `run.device +
+/// LOCAL_RANK`, or `run.device` when `CUDA_VISIBLE_DEVICES` shows the process one GPU (on
+/// the CPU backends every rank shares the CPU).
+fn join_launch(recipe: &mut Recipe, launch: &Launch, origin: &str) -> Result<usize, TrainError> {
+    let (world, launcher) = (launch.world, launch.launcher.name());
+    let ranks = recipe.distributed.ranks;
+    if ranks != 1 && ranks != world {
+        return Err(TrainError::BadInput(format!(
+            "{origin}: `distributed.ranks` = {ranks}, but {launcher} started {world} processes, and each process \
+             is one rank. Fix: set distributed.ranks = {world} or leave it out, or start {ranks} processes."
+        )));
+    }
+    let batch = recipe.training.effective_batch;
+    if world > batch {
+        return Err(TrainError::BadInput(format!(
+            "{origin}: {launcher} started {world} ranks for an effective batch of {batch} samples, so some rank \
+             would get no sample of a step. Fix: start at most {batch} processes, or raise training.effective_batch."
+        )));
+    }
+    recipe.distributed.ranks = world;
+    let devices = &recipe.distributed.devices;
+    if devices.is_empty() {
+        // A process that sees one GPU (`srun --gpus-per-task 1`) takes it, whatever its local rank.
+        let visible =
+            std::env::var("CUDA_VISIBLE_DEVICES").map(|v| v.split(',').filter(|d| !d.trim().is_empty()).count());
+        let local = if visible.is_ok_and(|n| n == 1) { 0 } else { launch.local_rank };
+        return Ok(recipe.run.device.saturating_add(local));
+    }
+    devices.get(launch.local_rank).copied().ok_or_else(|| {
+        TrainError::BadInput(format!(
+            "{origin}: this process is local rank {} (LOCAL_RANK or SLURM_LOCALID) of its machine, and \
+             `distributed.devices` lists {} device(s), one per local rank. Fix: list one device per process of a \
+             machine, or leave distributed.devices out (each process then takes run.device + its local rank).",
+            launch.local_rank,
+            devices.len()
+        ))
+    })
 }
 
 fn report_command(run_dir: &Path) -> Outcome {
@@ -371,6 +428,8 @@ struct Job<'l, M> {
     first_update_in_place: bool,
     restarts: usize,
     plain: bool,
+    /// This process's place among a launch's processes, if a launcher started it.
+    process: Option<Launch>,
     _m: std::marker::PhantomData<M>,
 }
 
@@ -389,14 +448,19 @@ impl<M: Models> WithBackend for Job<'_, M> {
         let mut recipe = self.recipe;
         // The model keys first: a typo in them leaves no run directory behind.
         let model = prepare::model::<B, M>(&mut recipe, &self.origin)?;
-        if self.lock.is_none() {
+        // The other ranks of a launch read the run directory that rank 0 alone writes.
+        let leader = self.process.as_ref().is_none_or(|l| l.rank == 0);
+        if self.lock.is_none() && leader {
             *self.lock = Some(lock::RunLock::acquire(&self.run_dir).map_err(TrainError::BadInput)?);
         }
-        // Armed before the data is loaded: a host allocation that fails while loading is a
-        // memory death the supervisor restarts.
-        arm_note(&self.run_dir);
+        if leader {
+            // Armed before the data is loaded: a host allocation that fails while loading is
+            // a memory death the supervisor restarts.
+            arm_note(&self.run_dir);
+        }
         let prepare::Loaded { model, data } = prepare::build(model, &recipe, &self.origin, &device)?;
         let replaces = match self.replace {
+            _ if !leader => false,
             Replace::Told(r) => r,
             Replace::Decide(resume, overwrite) => replaces_a_run(&self.run_dir, resume, overwrite)?,
         };
@@ -420,6 +484,7 @@ impl<M: Models> WithBackend for Job<'_, M> {
             stop: Default::default(),
             memory: env.memory.clone(),
             release: env.release.clone(),
+            process: self.process,
         };
         // `env` (and the ballast it holds) lives until training ends.
         let result = model.train(session, &data);

@@ -367,14 +367,16 @@ impl Default for SupervisorSection {
     }
 }
 
-/// `[distributed]`: data-parallel training with several ranks in this process, one thread per
-/// device. A run may resume with another number of ranks.
+/// `[distributed]`: data-parallel training with several ranks: threads of this process, one
+/// per device, or one process per rank when torchrun or srun starts the processes
+/// (`oomph_rundir::Launch`). A run may resume with another number of ranks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistributedSection {
     /// Data-parallel ranks, one thread per device (on the CPU backends every rank shares the
     /// CPU). At least 1 and at most `training.effective_batch`, so that every rank gets at
-    /// least one sample of each step. Default `1`.
+    /// least one sample of each step. Under a launcher, the number of processes it started (1
+    /// here means the same). Default `1`.
     pub ranks: usize,
     /// Device indices, one per rank, distinct. Default: empty, meaning `run.device`,
     /// `run.device + 1`, ... (see [`Recipe::rank_devices`]).

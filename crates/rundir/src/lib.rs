@@ -13,6 +13,7 @@
 //! - [`current`]: `current.json`, what a worker is doing right now (memory-mapped).
 //! - [`note`]: `worker-death.txt`, the allocation-failure note (written without allocating).
 //! - [`env`](mod@env): the environment variables between the supervisor and its worker.
+//! - [`launch`]: the launcher (torchrun, Slurm) that started this process as one rank of several.
 //!
 //! **Invariant:** this crate never depends on burn: the run directory must be readable
 //! wherever it can be copied.
@@ -22,6 +23,7 @@ pub mod current;
 pub mod env;
 mod error;
 pub mod events;
+pub mod launch;
 pub mod layout;
 pub mod metrics;
 pub mod note;
@@ -31,6 +33,7 @@ pub use current::{Current, CurrentFile, WorkerPhase};
 pub use env::WorkerEnv;
 pub use error::{write_atomically, Error};
 pub use events::{EvalShrinkReason, Event, EventLine};
+pub use launch::Launch;
 pub use layout::RunDir;
 pub use metrics::{EvalRecord, JsonLines, MetricLine, Metrics, StepRecord};
 pub use summary::Summary;

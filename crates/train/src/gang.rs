@@ -127,6 +127,8 @@ pub struct Link<I: Backend> {
     board: Arc<Board>,
     deadline: Duration,
     abandon: Abandon,
+    /// The thread that makes the collective's calls.
+    thread: Option<std::thread::JoinHandle<()>>,
     /// Set by the round after an update when any rank was asked to stop.
     stop: bool,
     /// Gradients are gathered and added in rank order ([`Link::in_rank_order`]).
@@ -148,7 +150,7 @@ impl<I: Backend> Link<I> {
         let (calls, inbox) = mpsc::channel::<Call<I>>();
         let (reply, answers) = mpsc::channel();
         let mut collective = collective;
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("oomph-collective-{rank}"))
             .spawn(move || {
                 while let Ok(call) = inbox.recv() {
@@ -164,7 +166,36 @@ impl<I: Backend> Link<I> {
                 collective.finish();
             })
             .expect("oomph: cannot start a collective thread");
-        Self { rank, world, device, calls: Some(calls), answers, board, deadline, abandon, stop: false, ordered: false }
+        Self {
+            rank,
+            world,
+            device,
+            calls: Some(calls),
+            answers,
+            board,
+            deadline,
+            abandon,
+            thread: Some(thread),
+            stop: false,
+            ordered: false,
+        }
+    }
+
+    /// Leaves the gang: the collective thread makes the calls queued (a failure to tell the
+    /// other ranks) and ends, waited for at most `wait` (it may be blocked in a call that a
+    /// rank that is gone never answers). A process that exits right after a failure calls it,
+    /// so that the other processes learn why, not only that it is gone.
+    pub fn close(mut self, wait: Duration) {
+        self.calls.take();
+        let started = Instant::now();
+        if let Some(thread) = self.thread.take() {
+            while !thread.is_finished() && started.elapsed() < wait {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
     }
 
     /// With `ordered`, [`Link::sum_grads`] gathers every rank's gradients (each in its own slot

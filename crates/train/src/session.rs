@@ -53,6 +53,10 @@ pub struct Session<B: Backend> {
     pub memory: Option<MemoryProbe>,
     /// Releases the backend allocator's cache after a failed attempt, where burn does not.
     pub release: Option<CacheRelease>,
+    /// This process's place among the processes of a launch (torchrun, Slurm): one rank of
+    /// `world`, joined to the others over TCP ([`crate::gang::tcp`]). `None`: the process
+    /// trains alone, or with `distributed.ranks` threads.
+    pub process: Option<oomph_rundir::Launch>,
 }
 
 impl<B: Backend> Session<B> {
@@ -75,6 +79,7 @@ impl<B: Backend> Session<B> {
             stop: self.stop.clone(),
             memory: None,
             release: None,
+            process: None,
         }
     }
 
@@ -96,6 +101,7 @@ impl<B: Backend> Session<B> {
             stop: Arc::default(),
             memory: None,
             release: None,
+            process: None,
         }
     }
 
@@ -153,10 +159,19 @@ impl<B: Backend> Session<B> {
         }
         let d = &r.distributed;
         if d.ranks > 1 {
+            let how = match &self.process {
+                Some(l) => format!(
+                    "{} ranks, one process each (started by {}, joined over TCP at {})",
+                    d.ranks,
+                    l.launcher.name(),
+                    l.master()
+                ),
+                None => format!("{} ranks in this process (threads, burn's collective)", d.ranks),
+            };
             lines.push(format!(
-                "distributed: {} ranks in this process (threads, burn's collective), each on its shard of every step \
-                 | parameters compared every {} steps | collective deadline {} s",
-                d.ranks, d.check_every, d.timeout_s
+                "distributed: {how}, each on its shard of every step | parameters compared every {} steps | \
+                 collective deadline {} s",
+                d.check_every, d.timeout_s
             ));
         }
         if faults.simulates() {

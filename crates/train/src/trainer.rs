@@ -89,11 +89,17 @@ where
         ))
     })?;
     check_data_fits(&recipe, &session.origin, data)?;
-    let resolved = RunDir::new(&run_dir).recipe();
-    std::fs::write(&resolved, oomph_recipe::to_toml_string(&recipe))
-        .map_err(|e| TrainError::io("writing", &resolved, &e))?;
+    // One writer of the run directory: rank 0 of a launch's processes.
+    if session.process.as_ref().is_none_or(|p| p.rank == 0) {
+        let resolved = RunDir::new(&run_dir).recipe();
+        std::fs::write(&resolved, oomph_recipe::to_toml_string(&recipe))
+            .map_err(|e| TrainError::io("writing", &resolved, &e))?;
+    }
     B::seed(&session.device, recipe.run.seed);
     let model = init(&session.device);
+    if session.process.is_some() {
+        return ranks::train_process(session, data, feeds, model);
+    }
     if recipe.distributed.ranks > 1 {
         return ranks::train_ranks(session, data, feeds, model);
     }

@@ -33,6 +33,17 @@ const HELLO: Duration = Duration::from_secs(5);
 /// The longest failure message sent.
 const MAX_MESSAGE: usize = 4096;
 
+/// The token every rank of one launch shares: a hash of the recipe's fingerprint and the
+/// launch's attempt ([`oomph_rundir::Launch::attempt`]). A rank of another recipe, or of an
+/// earlier attempt still alive, is refused by name.
+pub fn token(fingerprint: &str, attempt: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in fingerprint.bytes().chain([0]).chain(attempt.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// Rank 0's socket before every rank has joined.
 pub struct Listening {
     listener: TcpListener,
@@ -167,8 +178,8 @@ impl Star {
             }
             if started.elapsed() > deadline {
                 return Err(format!(
-                    "rank 0 did not answer at {addr} within {} s (distributed.timeout_s): is it running, and is \
-                     MASTER_ADDR:MASTER_PORT its address?",
+                    "rank 0 did not answer at {addr} within {} s (distributed.timeout_s): it is not running, or \
+                     MASTER_ADDR:MASTER_PORT is not its address",
                     deadline.as_secs_f64()
                 ));
             }

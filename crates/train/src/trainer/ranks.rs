@@ -109,6 +109,110 @@ where
     }
 }
 
+/// Trains `model` as one rank of the processes of a launch (torchrun, Slurm:
+/// [`Session::process`]), joined over TCP ([`crate::gang::tcp`]); needs no cargo feature.
+///
+/// Rank 0 listens, waits for every rank to join, then alone resumes (it trims what a dead
+/// gang left in the run directory, which it alone writes) and tells the others the step it
+/// resumed, which they load from the same run directory (a filesystem every rank sees). A rank
+/// that fails tells the others why before its process ends; a rank that dies closes its
+/// connections, so the others stop at once, naming it.
+pub(super) fn train_process<B, M>(
+    session: Session<B>,
+    data: &Data<B>,
+    feeds: &ModelFeeds<B, M>,
+    model: M,
+) -> Result<Summary, TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Objective<B> + 'static,
+    M::InnerModule: Objective<B::InnerBackend>,
+{
+    use super::Run;
+    use crate::gang::tcp::{token, Listening, Star, TcpCollective};
+    use crate::gang::{Board, Link};
+    use crate::resume::Resume;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let launch = session.process.clone().expect("train_process runs one rank of a launch");
+    let (rank, world) = (launch.rank, launch.world);
+    let deadline = Duration::try_from_secs_f64(session.recipe.distributed.timeout_s).unwrap_or(Duration::MAX);
+    let token = token(&oomph_recipe::fingerprint(&session.recipe), &launch.attempt);
+    let joined = if rank == 0 {
+        let listening = Listening::bind(("0.0.0.0", launch.port)).map_err(|e| {
+            TrainError::Gang(format!(
+                "rank 0 {e} on port {} ({}). Fix: give the launch a free port (torchrun --master-port, or \
+                 export MASTER_PORT for srun), or end the run that holds it.",
+                launch.port,
+                port_source(&launch)
+            ))
+        })?;
+        listening.accept(world, token, deadline)
+    } else {
+        Star::join(&launch.master(), rank, world, token, deadline)
+    };
+    let star = joined.map_err(|e| {
+        TrainError::Gang(format!(
+            "rank {rank} of {world} could not join the other ranks: {e}. Fix: start every rank with the same recipe \
+             and overrides through one launch ({}); the run resumes from its newest checkpoint with the same command.",
+            launch.launcher.name()
+        ))
+    })?;
+    let device = session.device.clone();
+    let collective = TcpCollective::<B::InnerBackend>::new(star, device.clone());
+    let board = Arc::new(Board::default());
+    let link = Link::new(rank, world, device, Box::new(collective), board, deadline, abandon_nothing);
+    crate::gang::set_thread_rank(Some(rank));
+    // Parameters a module initialises lazily are drawn now, as every rank's are (the first
+    // comparison of checksums checks that every process drew the same).
+    crate::gang::checksum::<B, M>(&model);
+    let mut run = Run::open(session, data, feeds, model, Some(link))?;
+    let result = catch_unwind(AssertUnwindSafe(|| -> Result<Summary, TrainError> {
+        if rank == 0 {
+            run.resume()?;
+        }
+        // Rank 0's step (in 16-bit pieces, exact in the round's f32), or 0: start over.
+        let mine = if rank == 0 { [(run.step & 0xffff) as f64, (run.step >> 16) as f64] } else { [0.0; 2] };
+        let link = run.link.as_mut().expect("a rank of a launch has its link");
+        let rows = link.agree(&mine)?;
+        let step = rows[0][0] as usize | ((rows[0][1] as usize) << 16);
+        if rank > 0 && step > 0 {
+            run.s.resume = Resume::Step(step);
+            run.resume()?;
+        }
+        let _limit = run.faults.limit_address_space()?;
+        crate::signals::install();
+        if rank == 0 {
+            run.banner();
+        }
+        run.go()
+    }))
+    .unwrap_or_else(|p| Err(panicked(rank, p)));
+    crate::gang::set_thread_rank(None);
+    if let Some(link) = run.link.take() {
+        if let Err(e) = &result {
+            link.fail(TrainError::Gang(e.to_string()));
+        }
+        link.close(Duration::from_secs(2));
+    }
+    result
+}
+
+/// Where rank 0's port came from, for messages.
+fn port_source(launch: &oomph_rundir::Launch) -> &'static str {
+    use oomph_rundir::launch::Launcher;
+    match launch.launcher {
+        Launcher::Torchrun => "MASTER_PORT, plus one when torchrun's own store holds it",
+        Launcher::Slurm => "MASTER_PORT, or 29500 plus the job id modulo 2000",
+    }
+}
+
+/// The TCP transport leaves no call of another rank's in this process to abandon: each call
+/// ends at its own deadline.
+fn abandon_nothing() {}
+
 /// Without the `distributed` feature: a clear error.
 #[cfg(not(feature = "distributed"))]
 pub(super) fn train_ranks<B, M>(
@@ -179,7 +283,6 @@ fn place_ranks<B: AutodiffBackend>(session: &Session<B>, world: usize) -> Vec<B:
 }
 
 /// A rank's panic (outside every recovery boundary: a bug), as an error.
-#[cfg(feature = "distributed")]
 fn panicked(rank: usize, payload: Box<dyn std::any::Any + Send>) -> TrainError {
     let msg = payload
         .downcast_ref::<String>()

@@ -1,0 +1,159 @@
+//! Several processes, one rank each, as a launcher starts them (`torchrun --nproc-per-node 2
+//! oomph train R`, `srun oomph train R`): here the variables torchrun sets, on localhost. The
+//! ranks join over TCP; they need no cargo feature. The global effective batch stays exact, a
+//! rank that fails or is killed stops every other rank at once, named, and the gang resumes
+//! from rank 0's newest checkpoint.
+
+use crate::accumulation::TOL;
+use crate::util::*;
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// The model and cadence of the thread-rank tests: 30 steps of 64 samples, evaluation every
+/// 10 steps, a checkpoint every 4, the ranks' parameters compared every 2 steps.
+fn base() -> TestRecipe {
+    TestRecipe::mlp()
+        .set("run.seed", 5)
+        .set("model.hidden", [32])
+        .set("micro_batch.grow_after", 1000)
+        .set("checkpoint.every", 4)
+        .set("training.eval_every", 10)
+        .set("distributed.check_every", 2)
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One rank's process, its output going to a file beside the run (a pipe nobody reads while
+/// the rank trains could fill up and stall it).
+struct Rank {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+/// Starts the `world` ranks of one launch of `f`'s recipe in run `name`, with the variables
+/// torchrun sets (`MASTER_PORT` `port`, run id `id`); `args[r]` are rank `r`'s own arguments.
+fn launch(f: &Fixture, name: &str, world: usize, port: u16, id: &str, args: &[&[&str]]) -> Vec<Rank> {
+    (0..world)
+        .map(|r| {
+            let mut cmd: Command = f.cmd(name, args.get(r).copied().unwrap_or(&[]));
+            cmd.env("RANK", r.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("LOCAL_RANK", r.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .env("TORCHELASTIC_RUN_ID", id)
+                .env_remove("OOMPH_LAUNCHER");
+            let log = f.run(name).with_extension(format!("rank{r}.log"));
+            let out = File::create(&log).unwrap();
+            cmd.stdout(Stdio::from(out.try_clone().unwrap())).stderr(Stdio::from(out));
+            Rank { child: cmd.spawn().expect("start a rank"), log }
+        })
+        .collect()
+}
+
+/// Waits for every rank to end (a bounded number of polls: a rank that waits forever fails
+/// the test long before any collective deadline); returns each one's status and output.
+fn wait_all(ranks: Vec<Rank>) -> Vec<(ExitStatus, String)> {
+    ranks
+        .into_iter()
+        .map(|mut r| {
+            let mut status = None;
+            wait_for("a rank ended", 24_000, Duration::from_millis(5), || {
+                status = r.child.try_wait().unwrap();
+                status.is_some()
+            });
+            (status.unwrap(), std::fs::read_to_string(&r.log).unwrap_or_default())
+        })
+        .collect()
+}
+
+fn all_ok(results: &[(ExitStatus, String)]) {
+    for (r, (status, out)) in results.iter().enumerate() {
+        assert!(status.success(), "rank {r}: {status}\n{out}");
+    }
+}
+
+/// Steps recorded in `run`'s metrics so far (0 before the file exists).
+fn steps_done(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|t| t.lines().filter(|l| l.contains("\"kind\":\"step\"")).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_processes_train_the_parameters_of_one() {
+    let f = Fixture::new(&base());
+    let one = f.reference("one", &[]);
+    let results = wait_all(launch(&f, "two", 2, free_port(), "a", &[]));
+    all_ok(&results);
+    let run = f.run("two");
+    let d = max_param_diff(&one, &run);
+    assert!(d < TOL, "1 process vs 2: max |diff| {d:e}");
+    let (a, b) = (summary(&one), summary(&run));
+    assert_eq!(a.samples_seen, b.samples_seen, "the effective batch is global");
+    assert_eq!(b.ranks, Some(2));
+    // Rank 0 alone writes the run directory, and alone prints the run's summary.
+    assert_eq!(step_lines(&run), step_lines(&one));
+    assert!(results[0].1.contains("valid loss") && !results[1].1.contains("valid loss"), "{results:?}");
+}
+
+#[test]
+fn a_killed_rank_stops_the_other_at_once_and_the_gang_resumes_from_rank_0s_checkpoint() {
+    // 300 steps (about a millisecond each here), so that the kill lands in the middle; no
+    // deadline to wait for.
+    let f = Fixture::new(&base().set("training.steps", 300).set("distributed.timeout_s", 3600.0));
+    let one = f.reference("one", &[]);
+    let run = f.run("killed");
+    let mut ranks = launch(&f, "killed", 2, free_port(), "a", &[]);
+    wait_while_running(&mut ranks[0].child, "rank 0 checkpointed step 8", || steps_done(&run) >= 9);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(ranks[1].child.id() as i32, libc::SIGKILL) };
+    let results = wait_all(ranks);
+    let (status, out) = &results[0];
+    assert_eq!(status.code(), Some(6), "rank 0 stops as a gang failure (exit 6): {out}");
+    assert!(out.contains("rank 1 is gone"), "rank 0 names the rank that died: {out}");
+    assert!(!out.contains("distributed.timeout_s"), "rank 0 did not wait for the deadline: {out}");
+    // The launcher's restart: every rank again, a new attempt, from rank 0's newest checkpoint.
+    let results = wait_all(launch(&f, "killed", 2, free_port(), "b", &[]));
+    all_ok(&results);
+    assert_eq!(summary(&run).resumes, 1, "{results:?}");
+    assert_eq!(summary(&run).samples_seen, summary(&one).samples_seen);
+    let d = max_param_diff(&one, &run);
+    assert!(d < TOL, "killed and resumed vs 1 process: max |diff| {d:e}");
+}
+
+#[test]
+fn a_rank_that_fails_tells_the_other_processes_why() {
+    let f = Fixture::new(&base().set("distributed.ranks", 2).set("distributed.timeout_s", 3600.0));
+    let panic = ["--set", "faults.panic_at=[{step=4, phase=\"backward\", rank=1}]"];
+    let results = wait_all(launch(&f, "panic", 2, free_port(), "a", &[&panic, &panic]));
+    assert_eq!(results[1].0.code(), Some(1), "{}", results[1].1);
+    let (status, out) = &results[0];
+    assert_eq!(status.code(), Some(6), "{out}");
+    assert!(out.contains("rank 1") && out.contains("simulated model bug"), "rank 1's own message: {out}");
+    assert!(!out.contains("distributed.timeout_s"), "{out}");
+}
+
+#[test]
+fn a_launch_that_does_not_fit_the_recipe_is_refused_before_training() {
+    let f = Fixture::new(&base().set("distributed.ranks", 3));
+    let results = wait_all(launch(&f, "three", 2, free_port(), "a", &[]));
+    for (status, out) in &results {
+        assert_eq!(status.code(), Some(2), "{out}");
+        assert!(out.contains("torchrun started 2 processes") && out.contains("Fix:"), "{out}");
+    }
+    // Ranks of different recipes never train together: the rank that differs is named.
+    let f = Fixture::new(&base());
+    let lr = ["--set", "optimizer.lr=0.02"];
+    let results = wait_all(launch(&f, "mixed", 2, free_port(), "a", &[&[], &lr]));
+    let (status, out) = &results[0];
+    assert_eq!(status.code(), Some(6), "{out}");
+    assert!(out.contains("rank 1") && out.contains("runs another recipe"), "{out}");
+    assert!(!results[1].0.success(), "{}", results[1].1);
+    assert!(!f.run("mixed").join("metrics.jsonl").exists() || steps_done(&f.run("mixed")) == 0);
+}
