@@ -28,7 +28,9 @@ fn main() {
     let round = round_time();
     println!("## Agreement rounds\n");
     println!("One round = every rank's row of 3 numbers through burn's collective (2 ranks), median of");
-    println!("{ROUNDS} rounds in {BATCHES} batches: {:.1} us.\n", round * 1e6);
+    println!("{ROUNDS} rounds in {BATCHES} batches: {:.1} us.", round * 1e6);
+    let tcp = tcp_round_time();
+    println!("The same over TCP on localhost (the transport of a launch's processes): {:.1} us.\n", tcp * 1e6);
     let mut rows = Vec::new();
     for (name, eff) in [("digits-mlp-debug.toml", 64usize), ("tiny-gpt-debug.toml", 32)] {
         let data = data_for(&shipped(name, &[]));
@@ -107,6 +109,84 @@ fn main() {
         }
     }
     table(&["model", "ranks", "recovery_s per OOM (ms)", "in steps"], &rows);
+
+    println!("\n## Several processes (a launch's, over TCP)\n");
+    println!("The oomph binary as 1 process and as 2 processes started with torchrun's variables on");
+    println!("localhost: the median step (200 steps), and `recovery_s` per OOM (one simulated OOM in the");
+    println!("forward pass of step 20 on rank 1). Median of 3.\n");
+    let mut rows = Vec::new();
+    for (name, eff) in [("digits-mlp-debug.toml", 64usize), ("tiny-gpt-debug.toml", 32)] {
+        let common = [
+            "training.eval_every=0".to_string(),
+            "checkpoint.every=0".into(),
+            format!("training.effective_batch={eff}"),
+            format!("micro_batch.initial={eff}"),
+            "micro_batch.grow_after=1000000".into(),
+            "distributed.ranks=2".into(),
+        ];
+        let (mut one, mut two, mut oom) = (Vec::new(), Vec::new(), Vec::new());
+        for rep in 0..3 {
+            let steps = with(&common, &["training.steps=200"]);
+            let mut order = [1, 2];
+            if rep % 2 == 1 {
+                order.reverse();
+            }
+            for world in order {
+                let metrics = launch(name, world, &steps).0;
+                let t = median(&step_times(&metrics, 10));
+                if world == 1 { &mut one } else { &mut two }.push(t);
+            }
+            let fault = r#"faults.oom_at=[{step=20, phase="forward", rank=1}]"#;
+            let (metrics, summary) = launch(name, 2, &with(&common, &["training.steps=40", fault]));
+            assert_eq!(summary.oom_events, 1, "{name}");
+            oom.push((summary.recovery_s * 1e3, summary.recovery_s / median(&step_times(&metrics, 2))));
+        }
+        let (s1, s2) = (median(&one), median(&two));
+        rows.push(vec![
+            name.trim_end_matches(".toml").into(),
+            format!("{:.0}", s1 * 1e6),
+            format!("{:.0}", s2 * 1e6),
+            format!("{:.3}", s2 / s1),
+            format!("{:.2}", median(&oom.iter().map(|o| o.0).collect::<Vec<_>>())),
+            format!("{:.2}", median(&oom.iter().map(|o| o.1).collect::<Vec<_>>())),
+        ]);
+    }
+    table(
+        &["model", "step, 1 process (us)", "step, 2 processes (us)", "ratio", "recovery_s per OOM (ms)", "in steps"],
+        &rows,
+    );
+}
+
+/// Trains configs/`name` with `sets` as `world` processes of the oomph binary (torchrun's
+/// variables, localhost); returns rank 0's metrics and summary.
+fn launch(name: &str, world: usize, sets: &[String]) -> (Vec<oomph::train::StepRecord>, oomph::train::Summary) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let run = dir.path().join("run");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let children: Vec<_> = (0..world)
+        .map(|r| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oomph"));
+            cmd.arg("train").arg(root().join("configs").join(name)).arg("--run-dir").arg(&run).arg("--no-supervise");
+            for s in sets {
+                cmd.arg("--set").arg(s);
+            }
+            if world > 1 {
+                cmd.env("RANK", r.to_string()).env("WORLD_SIZE", world.to_string()).env("LOCAL_RANK", r.to_string());
+                cmd.env("MASTER_ADDR", "127.0.0.1").env("MASTER_PORT", port.to_string());
+            } else {
+                cmd.arg("--set").arg("distributed.ranks=1");
+            }
+            cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+            cmd.spawn().expect("start oomph")
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().expect("wait").success(), "{name} with {world} processes failed");
+    }
+    let metrics = oomph::train::metrics::read_metrics(&run.join("metrics.jsonl")).expect("metrics").expect("metrics");
+    let summary: oomph::train::Summary =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).expect("summary")).expect("summary");
+    (metrics.steps, summary)
 }
 
 const ROUNDS: usize = 2000;
@@ -119,7 +199,32 @@ fn round_time() -> f64 {
         let c = BurnCollective::<I>::new(r, 2, Default::default());
         Link::new(r, 2, Default::default(), Box::new(c), board.clone(), Duration::from_secs(60), abandon::<I>)
     };
-    let (mut a, mut b) = (link(0), link(1));
+    let t = time_rounds(link(0), link(1));
+    // The runs that follow register again.
+    std::thread::sleep(Duration::from_millis(50));
+    abandon::<I>();
+    t
+}
+
+/// One round between two ranks joined over TCP on localhost (`gang/tcp.rs`, the transport of
+/// the processes of a launch; here as two threads of this process).
+fn tcp_round_time() -> f64 {
+    use oomph::train::gang::tcp::{Listening, Star, TcpCollective};
+    let listening = Listening::bind("127.0.0.1:0").expect("listen");
+    let addr = format!("127.0.0.1:{}", listening.port());
+    let long = Duration::from_secs(60);
+    let peer = std::thread::spawn(move || Star::join(&addr, 1, 2, 7, long).expect("join"));
+    let root = listening.accept(2, 7, long).expect("accept");
+    let peer = peer.join().unwrap();
+    let link = |r: usize, star: Star| {
+        let c = TcpCollective::<I>::new(star, Default::default());
+        Link::new(r, 2, Default::default(), Box::new(c), Arc::new(Board::default()), long, || {})
+    };
+    time_rounds(link(0, root), link(1, peer))
+}
+
+/// The median time of one agreement round of rank `a` with rank `b` (on a thread of its own).
+fn time_rounds(mut a: Link<I>, mut b: Link<I>) -> f64 {
     let other = std::thread::spawn(move || {
         for _ in 0..ROUNDS + 10 {
             b.agree(&[1.0, 2.0, 3.0]).expect("rank 1");
@@ -138,9 +243,6 @@ fn round_time() -> f64 {
     }
     other.join().unwrap();
     drop(a);
-    // The runs that follow register again.
-    std::thread::sleep(Duration::from_millis(50));
-    abandon::<I>();
     median(&per)
 }
 

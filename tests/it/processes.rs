@@ -157,3 +157,25 @@ fn a_launch_that_does_not_fit_the_recipe_is_refused_before_training() {
     assert!(!results[1].0.success(), "{}", results[1].1);
     assert!(!f.run("mixed").join("metrics.jsonl").exists() || steps_done(&f.run("mixed")) == 0);
 }
+
+/// Every process loads its own data (perhaps on another machine): a rank whose data differs
+/// from rank 0's stops the launch before its first step, named (regression: a rank with
+/// another text file of the same recipe trained on it silently; the recipe's fingerprint
+/// leaves `data.path` out, so that a run can move).
+#[test]
+fn a_rank_with_other_data_is_refused_before_its_first_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.txt"), dir.path().join("b.txt"));
+    let text = "to be or not to be, that is the question. ".repeat(40);
+    std::fs::write(&a, &text).unwrap();
+    // The same length and characters, another order.
+    std::fs::write(&b, text.chars().rev().collect::<String>()).unwrap();
+    let f = Fixture::new(&TestRecipe::gpt(&a).set("distributed.timeout_s", 3600.0));
+    let other = format!("data.path={:?}", b.display().to_string());
+    let results = wait_all(launch(&f, "data", 2, free_port(), "a", &[&[], &["--set", &other]]));
+    for (r, (status, out)) in results.iter().enumerate() {
+        assert_eq!(status.code(), Some(2), "rank {r}: {out}");
+        assert!(out.contains("rank(s) [1] loaded other data than rank 0") && out.contains("Fix:"), "rank {r}: {out}");
+    }
+    assert_eq!(steps_done(&f.run("data")), 0);
+}

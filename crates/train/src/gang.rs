@@ -348,10 +348,7 @@ impl<I: Backend> Link<I> {
         model: &M,
         step: usize,
     ) -> Result<(), TrainError> {
-        let sum = checksum::<B, M>(model);
-        let row: Vec<f64> = (0..4).map(|i| ((sum >> (16 * i)) & 0xffff) as f64).collect();
-        let rows = self.agree(&row)?;
-        let differ: Vec<usize> = (0..rows.len()).filter(|&r| rows[r] != rows[0]).collect();
+        let differ = self.differ_from_rank_0(checksum::<B, M>(model))?;
         if differ.is_empty() {
             return Ok(());
         }
@@ -369,6 +366,36 @@ impl<I: Backend> Drop for Link<I> {
         // Ends the collective thread once its call in progress (if any) returns.
         self.calls.take();
     }
+}
+
+impl<I: Backend> Link<I> {
+    /// The ranks whose `value` differs from rank 0's (one round: the value in 16-bit pieces).
+    fn differ_from_rank_0(&mut self, value: u64) -> Result<Vec<usize>, TrainError> {
+        let row: Vec<f64> = (0..4).map(|i| ((value >> (16 * i)) & 0xffff) as f64).collect();
+        let rows = self.agree(&row)?;
+        Ok((0..rows.len()).filter(|&r| rows[r] != rows[0]).collect())
+    }
+
+    /// Checks that every rank loaded the same data as rank 0 (ranks of other processes load
+    /// their own, perhaps on other machines): `identity` is a rank's whole description of it
+    /// (kind, sizes, classes, vocabulary, the content's hash), `described` its summary for the
+    /// message. A rank with other data is an error that names it.
+    pub fn check_same_data(&mut self, identity: &str, described: &str) -> Result<(), TrainError> {
+        let differ = self.differ_from_rank_0(fnv1a(identity.as_bytes()))?;
+        if differ.is_empty() {
+            return Ok(());
+        }
+        Err(TrainError::BadInput(format!(
+            "rank(s) {differ:?} loaded other data than rank 0 (its kind, its sizes or its content differ), and every \
+             rank must train on the same data. Fix: give every machine the same data files at the same path \
+             relative to the recipe; this rank's data: {described}."
+        )))
+    }
+}
+
+/// A 64-bit FNV-1a hash of `bytes`.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A 64-bit FNV-1a hash of every float parameter's bytes, in visiting order.

@@ -37,11 +37,7 @@ const MAX_MESSAGE: usize = 4096;
 /// launch's attempt ([`oomph_rundir::Launch::attempt`]). A rank of another recipe, or of an
 /// earlier attempt still alive, is refused by name.
 pub fn token(fingerprint: &str, attempt: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in fingerprint.bytes().chain([0]).chain(attempt.bytes()) {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    super::fnv1a(format!("{fingerprint}\0{attempt}").as_bytes())
 }
 
 /// Rank 0's socket before every rank has joined.

@@ -170,6 +170,13 @@ where
     crate::gang::checksum::<B, M>(&model);
     let mut run = Run::open(session, data, feeds, model, Some(link))?;
     let result = catch_unwind(AssertUnwindSafe(|| -> Result<Summary, TrainError> {
+        let link = run.link.as_mut().expect("a rank of a launch has its link");
+        let identity = data.identity();
+        let described = format!(
+            "{} data, {} training and {} validation samples, sha256 {}",
+            identity.kind, identity.train_len, identity.valid_len, identity.content_sha256
+        );
+        link.check_same_data(&format!("{identity:?}"), &described)?;
         if rank == 0 {
             run.resume()?;
         }
