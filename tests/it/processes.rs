@@ -147,10 +147,12 @@ fn a_launch_that_does_not_fit_the_recipe_is_refused_before_training() {
         assert_eq!(status.code(), Some(2), "{out}");
         assert!(out.contains("torchrun started 2 processes") && out.contains("Fix:"), "{out}");
     }
-    // Ranks of different recipes never train together: the rank that differs is named.
+    // Ranks of different recipes never train together, whatever key differs (regression: keys
+    // that a resume may change, such as training.eval_every, were not compared, and the ranks
+    // fell out of step at the first evaluation): the rank that differs is named.
     let f = Fixture::new(&base());
-    let lr = ["--set", "optimizer.lr=0.02"];
-    let results = wait_all(launch(&f, "mixed", 2, free_port(), "a", &[&[], &lr]));
+    let eval = ["--set", "training.eval_every=7"];
+    let results = wait_all(launch(&f, "mixed", 2, free_port(), "a", &[&[], &eval]));
     let (status, out) = &results[0];
     assert_eq!(status.code(), Some(6), "{out}");
     assert!(out.contains("rank 1") && out.contains("runs another recipe"), "{out}");
@@ -178,4 +180,53 @@ fn a_rank_with_other_data_is_refused_before_its_first_step() {
         assert!(out.contains("rank(s) [1] loaded other data than rank 0") && out.contains("Fix:"), "rank {r}: {out}");
     }
     assert_eq!(steps_done(&f.run("data")), 0);
+}
+
+/// A rank that fails before the gang forms (here: rank 1's data cannot be read; or rank 0
+/// refuses to start over a run) stops every rank at once with its message, long before the
+/// deadline (regression: the others waited `distributed.timeout_s` and then blamed rank 0's
+/// address).
+#[test]
+fn a_rank_that_fails_before_the_gang_forms_stops_every_rank_at_once() {
+    let f = Fixture::new(&base().set("distributed.timeout_s", 3600.0));
+    // Rank 1's data is not there (`data.path` may differ between machines).
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("a.txt");
+    std::fs::write(&text, "to be or not to be, that is the question. ".repeat(40)).unwrap();
+    let g = Fixture::new(&TestRecipe::gpt(&text).set("distributed.timeout_s", 3600.0));
+    let gone = format!("data.path={:?}", dir.path().join("gone.txt").display().to_string());
+    let results = wait_all(launch(&g, "nodata", 2, free_port(), "a", &[&[], &["--set", &gone]]));
+    assert_eq!(results[1].0.code(), Some(2), "{}", results[1].1);
+    let (status, out) = &results[0];
+    assert_eq!(status.code(), Some(6), "{out}");
+    assert!(out.contains("rank 1 failed") && out.contains("gone.txt"), "rank 1's own message: {out}");
+    // Rank 0 refuses to start over a run that exists: rank 1 learns why at once.
+    all_ok(&wait_all(launch(&f, "twice", 2, free_port(), "a", &[])));
+    let never = ["--resume", "never"];
+    let results = wait_all(launch(&f, "twice", 2, free_port(), "b", &[&never, &never]));
+    assert_eq!(results[0].0.code(), Some(2), "{}", results[0].1);
+    let (status, out) = &results[1];
+    assert_eq!(status.code(), Some(6), "{out}");
+    assert!(out.contains("rank 0 failed") && out.contains("already holds a run"), "rank 0's own message: {out}");
+}
+
+/// A rank that stops answering (here: stopped) is named by rank 0 at the deadline, and rank 0
+/// tells the others (regression: every rank said only that some rank was stuck or gone).
+#[test]
+fn a_stuck_rank_is_named_at_the_deadline() {
+    let f = Fixture::new(&base().set("training.steps", 100_000).set("distributed.timeout_s", 2.0));
+    let run = f.run("stuck");
+    let mut ranks = launch(&f, "stuck", 3, free_port(), "a", &[]);
+    wait_while_running(&mut ranks[0].child, "the gang trains", || steps_done(&run) >= 3);
+    let stuck = ranks.pop().unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(stuck.child.id() as i32, libc::SIGSTOP) };
+    let results = wait_all(ranks);
+    // SAFETY: as above.
+    unsafe { libc::kill(stuck.child.id() as i32, libc::SIGKILL) };
+    let _ = wait_all(vec![stuck]);
+    for (r, (status, out)) in results.iter().enumerate() {
+        assert_eq!(status.code(), Some(6), "rank {r}: {out}");
+        assert!(out.contains("rank 2 did not answer within distributed.timeout_s"), "rank {r}: {out}");
+    }
 }

@@ -210,8 +210,63 @@ fn parse_resume(s: &str) -> Result<Resume, TrainError> {
 }
 
 fn train_command<M: Models>(args: TrainArgs) -> Outcome {
+    // One rank of a launch's processes (torchrun, srun): never supervised (the launcher
+    // restarts the gang), and never threads of ranks.
+    let launch = if WorkerEnv::is_worker() { None } else { Launch::from_env().map_err(TrainError::BadInput)? };
+    if let Some(l) = launch.as_ref().filter(|l| l.rank == 0) {
+        // Before anything else: the port is the launch's, and a failure while preparing is
+        // told to the ranks that connect meanwhile.
+        oomph_train::gang::tcp::listen_early(l)?;
+    }
+    let result = train_steps::<M>(&args, launch.as_ref());
+    if let (Err(Failure::Error(e)), Some(l)) = (&result, &launch) {
+        // This rank failed before its gang formed: the others learn it now, not at their
+        // deadline.
+        let recipe = launch_recipe(&args, l).ok();
+        let token = recipe.as_ref().map_or(0, |r| oomph_train::gang::tcp::launch_token(r, &l.attempt));
+        let timeout = recipe.map_or(300.0, |r| r.distributed.timeout_s);
+        let linger = std::time::Duration::try_from_secs_f64(timeout)
+            .unwrap_or(std::time::Duration::MAX)
+            .min(std::time::Duration::from_secs(60));
+        let message = format!("rank {} failed: {e}", l.rank);
+        oomph_train::gang::tcp::tell_gang(l.rank, l.world, &l.master(), token, &message, linger);
+    }
+    result
+}
+
+/// The recipe of one rank of `launch`: `distributed.ranks` is the launch's number of
+/// processes (so that per-rank faults and devices are checked against it); a recipe may say
+/// that number itself, or leave it at 1.
+fn launch_recipe(args: &TrainArgs, launch: &Launch) -> Result<Recipe, TrainError> {
+    let origin = args.recipe.display();
+    let (world, launcher) = (launch.world, launch.launcher.name());
+    if let Ok(asked) = prepare::recipe(&args.recipe, &args.set) {
+        let (ranks, batch) = (asked.distributed.ranks, asked.training.effective_batch);
+        if ranks != 1 && ranks != world {
+            return Err(TrainError::BadInput(format!(
+                "{origin}: `distributed.ranks` = {ranks}, but {launcher} started {world} processes, and each \
+                 process is one rank. Fix: set distributed.ranks = {world} or leave it out, or start {ranks} processes."
+            )));
+        }
+        if world > batch {
+            return Err(TrainError::BadInput(format!(
+                "{origin}: {launcher} started {world} ranks for an effective batch of {batch} samples, so some rank \
+                 would get no sample of a step. Fix: start at most {batch} processes, or raise \
+                 training.effective_batch."
+            )));
+        }
+    }
+    let mut set = args.set.clone();
+    set.push(format!("distributed.ranks={world}"));
+    prepare::recipe(&args.recipe, &set)
+}
+
+fn train_steps<M: Models>(args: &TrainArgs, launch: Option<&Launch>) -> Outcome {
     let origin = args.recipe.display().to_string();
-    let mut recipe = prepare::recipe(&args.recipe, &args.set)?;
+    let mut recipe = match launch {
+        Some(l) => launch_recipe(args, l)?,
+        None => prepare::recipe(&args.recipe, &args.set)?,
+    };
     let is_worker = WorkerEnv::is_worker();
     let worker_env = WorkerEnv::from_env();
     // `--resume` applies to the first worker only: a restarted one resumes from the newest
@@ -224,18 +279,15 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
     let limit = memory_limit(&recipe, &origin)?;
     let run_dir = run_dir_for(&recipe, args.run_dir.as_deref());
     backend::check(recipe.run.backend, limit)?;
-    // One rank of a launch's processes (torchrun, srun): never supervised (the launcher
-    // restarts the gang), and never threads of ranks.
-    let launch = if is_worker { None } else { Launch::from_env().map_err(TrainError::BadInput)? };
-    let device = match &launch {
-        Some(l) => join_launch(&mut recipe, l, &origin)?,
+    let device = match launch {
+        Some(l) => launch_device(&recipe, l, &origin)?,
         None => {
             backend::check_ranks(recipe.distributed.ranks)?;
             // Rank 0's device (`distributed.devices[0]` when listed); the others are the ranks'.
             recipe.device()
         }
     };
-    let leader = launch.as_ref().is_none_or(|l| l.rank == 0);
+    let leader = launch.is_none_or(|l| l.rank == 0);
     if !is_worker && leader {
         // What `--resume never` refuses needs nothing prepared: said at once (and asked again
         // under the lock, before anything is removed).
@@ -254,7 +306,7 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
     let mut lock = worker_env.lock_fd.filter(|_| is_worker).and_then(|fd| lock::RunLock::inherited(&run_dir, fd));
     let replace = if is_worker { Replace::Told(worker_env.replace) } else { Replace::Decide(resume, args.overwrite) };
     let WorkerEnv { lower_ceiling, lower_eval, in_place_update: first_update_in_place, restarts, .. } = worker_env;
-    let restarts = launch.as_ref().map_or(restarts, |l| l.restarts);
+    let restarts = launch.map_or(restarts, |l| l.restarts);
     let backend = recipe.run.backend;
     let job = Job::<M> {
         recipe,
@@ -268,7 +320,7 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
         first_update_in_place,
         restarts,
         plain: args.plain,
-        process: launch,
+        process: launch.cloned(),
         _m: std::marker::PhantomData,
     };
     dispatch(backend, device, limit, job)??;
@@ -286,28 +338,10 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
     Ok(())
 }
 
-/// Makes `recipe` the recipe of one rank of `launch`'s processes: `distributed.ranks` is the
-/// launch's world size (a recipe may say it, or leave it at 1). Returns this process's device
-/// index: `distributed.devices[LOCAL_RANK]` when devices are listed, else `run.device +
+/// This process's device index as one rank of `launch`: `distributed.devices[LOCAL_RANK]` when devices are listed, else `run.device +
 /// LOCAL_RANK`, or `run.device` when `CUDA_VISIBLE_DEVICES` shows the process one GPU (on
 /// the CPU backends every rank shares the CPU).
-fn join_launch(recipe: &mut Recipe, launch: &Launch, origin: &str) -> Result<usize, TrainError> {
-    let (world, launcher) = (launch.world, launch.launcher.name());
-    let ranks = recipe.distributed.ranks;
-    if ranks != 1 && ranks != world {
-        return Err(TrainError::BadInput(format!(
-            "{origin}: `distributed.ranks` = {ranks}, but {launcher} started {world} processes, and each process \
-             is one rank. Fix: set distributed.ranks = {world} or leave it out, or start {ranks} processes."
-        )));
-    }
-    let batch = recipe.training.effective_batch;
-    if world > batch {
-        return Err(TrainError::BadInput(format!(
-            "{origin}: {launcher} started {world} ranks for an effective batch of {batch} samples, so some rank \
-             would get no sample of a step. Fix: start at most {batch} processes, or raise training.effective_batch."
-        )));
-    }
-    recipe.distributed.ranks = world;
+fn launch_device(recipe: &Recipe, launch: &Launch, origin: &str) -> Result<usize, TrainError> {
     let devices = &recipe.distributed.devices;
     if devices.is_empty() {
         // A process that sees one GPU (`srun --gpus-per-task 1`) takes it, whatever its local rank.

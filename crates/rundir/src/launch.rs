@@ -11,8 +11,8 @@
 pub const LAUNCHER: &str = "OOMPH_LAUNCHER";
 
 /// The port rank 0 listens on under Slurm when `MASTER_PORT` is not set: this plus the job
-/// id modulo [`SLURM_PORTS`] (two jobs that share a node rarely collide, and the port stays
-/// below Linux's ephemeral range).
+/// id and the step id modulo [`SLURM_PORTS`] (two jobs, or two steps of one job, that share a
+/// node rarely collide, and the port stays below Linux's ephemeral range).
 pub const SLURM_BASE_PORT: u16 = 29500;
 /// See [`SLURM_BASE_PORT`].
 pub const SLURM_PORTS: u64 = 2000;
@@ -100,17 +100,17 @@ impl Launch {
             Launcher::Torchrun => ("RANK", "WORLD_SIZE"),
             Launcher::Slurm => ("SLURM_PROCID", "SLURM_NTASKS"),
         };
-        if world <= 1 {
-            return Ok(None);
-        }
-        if rank >= world {
+        if rank >= world.max(1) || world == 0 {
             return Err(format!(
                 "the launcher says this process is rank {rank} ({rank_var}) of {world} ({world_var}), and the ranks \
                  of {world} are 0 to {}. Fix: start oomph through {} unchanged, or set {LAUNCHER}=none to train \
                  without a launcher.",
-                world - 1,
+                world.saturating_sub(1),
                 launcher.name()
             ));
+        }
+        if world == 1 {
+            return Ok(None);
         }
         let master_addr = match (get("MASTER_ADDR"), launcher) {
             (Some(a), _) => a,
@@ -155,7 +155,8 @@ impl Launch {
                 ),
                 (Launcher::Slurm, None) => {
                     let job = number("SLURM_JOB_ID")?.unwrap_or(0) as u64;
-                    SLURM_BASE_PORT + (job % SLURM_PORTS) as u16
+                    let step = number("SLURM_STEP_ID")?.or(number("SLURM_STEPID")?).unwrap_or(0) as u64;
+                    SLURM_BASE_PORT + (job.wrapping_add(step) % SLURM_PORTS) as u16
                 }
             };
         let (attempt, restarts) = match launcher {
@@ -263,6 +264,9 @@ mod tests {
         let l = launch(&vars).unwrap().unwrap();
         assert_eq!((l.launcher, l.rank, l.world, l.local_rank), (Launcher::Slurm, 5, 8, 1));
         assert_eq!(l.master(), format!("gpu07:{}", 29500 + 123456 % 2000));
+        // Another step of the job (two sruns side by side) takes another port.
+        let step1 = [&vars[..], &[("SLURM_STEP_ID", "1")]].concat();
+        assert_eq!(u32::from(launch(&step1).unwrap().unwrap().port), 29500 + 123457 % 2000);
         // MASTER_ADDR and MASTER_PORT, when exported, win.
         let set = [&vars[..], &[("MASTER_ADDR", "head"), ("MASTER_PORT", "40000")]].concat();
         assert_eq!(launch(&set).unwrap().unwrap().master(), "head:40000");
@@ -275,6 +279,7 @@ mod tests {
     fn no_launcher_a_world_of_one_or_opting_out_is_training_alone() {
         assert_eq!(launch(&[]).unwrap(), None);
         assert_eq!(launch(&[("RANK", "0"), ("WORLD_SIZE", "1")]).unwrap(), None);
+        assert_eq!(launch(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1"), ("SLURM_STEP_ID", "0")]).unwrap(), None);
         // An sbatch script's own shell (no srun step) is not a rank.
         assert_eq!(launch(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4"), ("SLURM_JOB_ID", "9")]).unwrap(), None);
         let opted_out = [TORCHRUN, &[(LAUNCHER, "none")]].concat();
@@ -286,6 +291,9 @@ mod tests {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("RANK", "4"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1")], "rank 4 (RANK) of 4"),
             (&[("RANK", "x"), ("WORLD_SIZE", "4")], "RANK=\"x\" is not a whole number"),
+            // A world of one has rank 0 only; none is no world.
+            (&[("RANK", "1"), ("WORLD_SIZE", "1")], "rank 1 (RANK) of 1"),
+            (&[("RANK", "0"), ("WORLD_SIZE", "0")], "rank 0 (RANK) of 0"),
             (&[("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "1")], "not MASTER_ADDR"),
             (&[("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h")], "not MASTER_PORT"),
             (&[("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "70000")], "not a port"),

@@ -129,7 +129,7 @@ where
     M::InnerModule: Objective<B::InnerBackend>,
 {
     use super::Run;
-    use crate::gang::tcp::{token, Listening, Star, TcpCollective};
+    use crate::gang::tcp::{launch_token, listen_for, set_joined, take_early, Star, TcpCollective, PEER_GRACE};
     use crate::gang::{Board, Link};
     use crate::resume::Resume;
     use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -139,31 +139,31 @@ where
     let launch = session.process.clone().expect("train_process runs one rank of a launch");
     let (rank, world) = (launch.rank, launch.world);
     let deadline = Duration::try_from_secs_f64(session.recipe.distributed.timeout_s).unwrap_or(Duration::MAX);
-    let token = token(&oomph_recipe::fingerprint(&session.recipe), &launch.attempt);
+    let token = launch_token(&session.recipe, &launch.attempt);
     let joined = if rank == 0 {
-        let listening = Listening::bind(("0.0.0.0", launch.port)).map_err(|e| {
-            TrainError::Gang(format!(
-                "rank 0 {e} on port {} ({}). Fix: give the launch a free port (torchrun --master-port, or \
-                 export MASTER_PORT for srun), or end the run that holds it.",
-                launch.port,
-                port_source(&launch)
-            ))
-        })?;
-        listening.accept(world, token, deadline)
+        let listening = match take_early() {
+            Some(l) => l,
+            None => listen_for(&launch)?,
+        };
+        let star = listening.accept(world, token, deadline);
+        if let Err(e) = &star {
+            // The ranks not yet connected learn it too.
+            listening.tell_failure(world, e, deadline.min(Duration::from_secs(60)));
+        }
+        star
     } else {
         Star::join(&launch.master(), rank, world, token, deadline)
     };
-    let star = joined.map_err(|e| {
-        TrainError::Gang(format!(
-            "rank {rank} of {world} could not join the other ranks: {e}. Fix: start every rank with the same recipe \
-             and overrides through one launch ({}); the run resumes from its newest checkpoint with the same command.",
-            launch.launcher.name()
-        ))
-    })?;
+    let star =
+        joined.map_err(|e| TrainError::Gang(format!("rank {rank} of {world} could not join the other ranks: {e}")))?;
+    set_joined();
     let device = session.device.clone();
     let collective = TcpCollective::<B::InnerBackend>::new(star, device.clone());
     let board = Arc::new(Board::default());
-    let link = Link::new(rank, world, device, Box::new(collective), board, deadline, abandon_nothing);
+    // The transport's own deadlines come first (rank 0's, then the others' after a grace), so
+    // that the rank that does not answer is named; the link's is the last resort.
+    let last_resort = deadline.saturating_add(PEER_GRACE.saturating_mul(2));
+    let link = Link::new(rank, world, device, Box::new(collective), board, last_resort, abandon_nothing);
     crate::gang::set_thread_rank(Some(rank));
     // Parameters a module initialises lazily are drawn now, as every rank's are (the first
     // comparison of checksums checks that every process drew the same).
@@ -205,15 +205,6 @@ where
         link.close(Duration::from_secs(2));
     }
     result
-}
-
-/// Where rank 0's port came from, for messages.
-fn port_source(launch: &oomph_rundir::Launch) -> &'static str {
-    use oomph_rundir::launch::Launcher;
-    match launch.launcher {
-        Launcher::Torchrun => "MASTER_PORT, plus one when torchrun's own store holds it",
-        Launcher::Slurm => "MASTER_PORT, or 29500 plus the job id modulo 2000",
-    }
 }
 
 /// The TCP transport leaves no call of another rank's in this process to abandon: each call
