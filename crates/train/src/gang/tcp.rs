@@ -541,6 +541,25 @@ impl Star {
                 for peer in peers.iter_mut() {
                     let _ = peer.set_write_timeout(Some(Duration::from_secs(1)));
                     let _ = write_frame_bytes(peer, FAILURE, cut.as_bytes());
+                    let _ = peer.shutdown(std::net::Shutdown::Write);
+                }
+                // A socket closed with data unread (a rank's frame of the call that failed)
+                // resets the connection, and a reset discards what the other end has not read
+                // yet: the failure. So what the ranks send is read and dropped until they close
+                // (they stop once told), for at most a second.
+                let until = Instant::now() + Duration::from_secs(1);
+                let mut sink = [0u8; 4096];
+                for peer in peers.iter_mut() {
+                    loop {
+                        let left = until.saturating_duration_since(Instant::now());
+                        if left.is_zero() || peer.set_read_timeout(Some(left)).is_err() {
+                            break;
+                        }
+                        match peer.read(&mut sink) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
                 }
             }
         }
