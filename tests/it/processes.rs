@@ -36,7 +36,8 @@ struct Rank {
 }
 
 /// Starts the `world` ranks of one launch of `f`'s recipe in run `name`, with the variables
-/// torchrun sets (`MASTER_PORT` `port`, run id `id`); `args[r]` are rank `r`'s own arguments.
+/// torchrun sets (`MASTER_PORT` `port`, run id `id`, or `id#n` for its `n`th restart);
+/// `args[r]` are rank `r`'s own arguments.
 fn launch(f: &Fixture, name: &str, world: usize, port: u16, id: &str, args: &[&[&str]]) -> Vec<Rank> {
     (0..world)
         .map(|r| {
@@ -46,7 +47,8 @@ fn launch(f: &Fixture, name: &str, world: usize, port: u16, id: &str, args: &[&[
                 .env("LOCAL_RANK", r.to_string())
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", port.to_string())
-                .env("TORCHELASTIC_RUN_ID", id)
+                .env("TORCHELASTIC_RUN_ID", id.split('#').next().unwrap())
+                .env("TORCHELASTIC_RESTART_COUNT", id.split('#').nth(1).unwrap_or("0"))
                 .env_remove("OOMPH_LAUNCHER");
             let log = f.run(name).with_extension(format!("rank{r}.log"));
             let out = File::create(&log).unwrap();
@@ -229,4 +231,26 @@ fn a_stuck_rank_is_named_at_the_deadline() {
         assert_eq!(status.code(), Some(6), "rank {r}: {out}");
         assert!(out.contains("rank 2 did not answer within distributed.timeout_s"), "rank {r}: {out}");
     }
+}
+
+/// A launcher's restart resumes the run from its newest checkpoint, whatever `--resume` and
+/// `--overwrite` asked of the first attempt (regression: torchrun's restart of a `--resume never
+/// --overwrite` launch removed the run again and started over, so the death came again).
+#[test]
+fn a_launchers_restart_resumes_whatever_the_first_attempt_asked() {
+    let f = Fixture::new(&base().set("distributed.ranks", 2));
+    let one = f.reference("one", &["--set", "distributed.ranks=1"]);
+    all_ok(&wait_all(launch(&f, "r", 2, free_port(), "old", &[])));
+    let args = ["--resume", "never", "--overwrite", "--set", "faults.die_at=[{step=12, phase=\"backward\", rank=1}]"];
+    let results = wait_all(launch(&f, "r", 2, free_port(), "new", &[&args, &args]));
+    assert_eq!(results[0].0.code(), Some(6), "{}", results[0].1);
+    assert!(results[0].1.contains("--overwrite removed the old run"), "{}", results[0].1);
+    // torchrun's first restart, with the same command line.
+    let results = wait_all(launch(&f, "r", 2, free_port(), "new#1", &[&args, &args]));
+    all_ok(&results);
+    assert!(!results[0].1.contains("--overwrite removed"), "{}", results[0].1);
+    let run = f.run("r");
+    assert_eq!((summary(&run).resumes, summary(&run).restarts), (1, 1), "{}", results[0].1);
+    let d = max_param_diff(&one, &run);
+    assert!(d < TOL, "restarted launch vs 1 process: max |diff| {d:e}");
 }

@@ -176,7 +176,10 @@ fn check_command<M: Models>(path: &Path, set: &[String]) -> Outcome {
     let origin = path.display().to_string();
     let mut recipe = prepare::recipe(path, set)?;
     backend::check(recipe.run.backend, memory_limit(&recipe, &origin)?)?;
-    backend::check_ranks(recipe.distributed.ranks)?;
+    // Under a launcher the ranks are processes, which need no feature.
+    if Launch::from_env().ok().flatten().is_none() {
+        backend::check_ranks(recipe.distributed.ranks)?;
+    }
     let model = prepare::model::<FlexTrain, M>(&mut recipe, &origin)?;
     prepare::build(model, &recipe, &origin, &Default::default())?;
     print!("{}", oomph_recipe::to_toml_string(&recipe));
@@ -225,9 +228,7 @@ fn train_command<M: Models>(args: TrainArgs) -> Outcome {
         let recipe = launch_recipe(&args, l).ok();
         let token = recipe.as_ref().map_or(0, |r| oomph_train::gang::tcp::launch_token(r, &l.attempt));
         let timeout = recipe.map_or(300.0, |r| r.distributed.timeout_s);
-        let linger = std::time::Duration::try_from_secs_f64(timeout)
-            .unwrap_or(std::time::Duration::MAX)
-            .min(std::time::Duration::from_secs(60));
+        let linger = oomph_train::gang::tcp::linger(timeout);
         let message = format!("rank {} failed: {e}", l.rank);
         oomph_train::gang::tcp::tell_gang(l.rank, l.world, &l.master(), token, &message, linger);
     }
@@ -269,12 +270,15 @@ fn train_steps<M: Models>(args: &TrainArgs, launch: Option<&Launch>) -> Outcome 
     };
     let is_worker = WorkerEnv::is_worker();
     let worker_env = WorkerEnv::from_env();
-    // `--resume` applies to the first worker only: a restarted one resumes from the newest
-    // intact checkpoint of the run.
+    // `--resume` (and `--overwrite`) apply to the first worker, or the first attempt of a
+    // launch, only: a restarted one resumes from the newest intact checkpoint of the run.
+    let relaunched = launch.is_some_and(|l| l.restarts > 0);
     let resume_arg = match &worker_env.resume {
         Some(r) if is_worker => r.clone(),
+        _ if relaunched => "auto".into(),
         _ => args.resume.clone(),
     };
+    let overwrite = args.overwrite && !relaunched;
     let resume = parse_resume(&resume_arg)?;
     let limit = memory_limit(&recipe, &origin)?;
     let run_dir = run_dir_for(&recipe, args.run_dir.as_deref());
@@ -291,7 +295,7 @@ fn train_steps<M: Models>(args: &TrainArgs, launch: Option<&Launch>) -> Outcome 
     if !is_worker && leader {
         // What `--resume never` refuses needs nothing prepared: said at once (and asked again
         // under the lock, before anything is removed).
-        replaces_a_run(&run_dir, resume, args.overwrite)?;
+        replaces_a_run(&run_dir, resume, overwrite)?;
     }
     if !is_worker && launch.is_none() && recipe.supervisor.enabled && !args.no_supervise {
         // The supervisor trains nothing and never opens the device: it checks the model keys
@@ -300,11 +304,11 @@ fn train_steps<M: Models>(args: &TrainArgs, launch: Option<&Launch>) -> Outcome 
         prepare::model::<FlexTrain, M>(&mut recipe, &origin)?;
         // One run directory, one writer: held by this command and inherited by its workers.
         let lock = lock::RunLock::acquire(&run_dir).map_err(TrainError::BadInput)?;
-        let replaces = replaces_a_run(&run_dir, resume, args.overwrite)?;
+        let replaces = replaces_a_run(&run_dir, resume, overwrite)?;
         return supervise::supervise(&recipe, &run_dir, &lock, replaces);
     }
     let mut lock = worker_env.lock_fd.filter(|_| is_worker).and_then(|fd| lock::RunLock::inherited(&run_dir, fd));
-    let replace = if is_worker { Replace::Told(worker_env.replace) } else { Replace::Decide(resume, args.overwrite) };
+    let replace = if is_worker { Replace::Told(worker_env.replace) } else { Replace::Decide(resume, overwrite) };
     let WorkerEnv { lower_ceiling, lower_eval, in_place_update: first_update_in_place, restarts, .. } = worker_env;
     let restarts = launch.map_or(restarts, |l| l.restarts);
     let backend = recipe.run.backend;

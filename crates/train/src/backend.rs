@@ -115,9 +115,10 @@ pub fn check(backend: Backend, memory_limit: Option<u64>) -> Result<(), TrainErr
 pub fn check_ranks(ranks: usize) -> Result<(), TrainError> {
     if ranks > 1 && !cfg!(feature = "distributed") {
         return Err(TrainError::BadInput(format!(
-            "distributed.ranks = {ranks} asks for several ranks, but this oomph binary was built without the \
-             `distributed` feature (burn's collective). Fix: rebuild with `cargo build --release --features \
-             distributed`, or set distributed.ranks = 1."
+            "distributed.ranks = {ranks} asks for several ranks as threads of this process, but this oomph binary \
+             was built without the `distributed` feature (burn's collective). Fix: rebuild with `cargo build \
+             --release --features distributed`, start {ranks} processes with torchrun or srun (which needs no \
+             feature), or set distributed.ranks = 1."
         )));
     }
     Ok(())

@@ -109,6 +109,14 @@ pub fn tell_gang(rank: usize, world: usize, master: &str, token: u64, message: &
     }
 }
 
+/// How long a rank that failed before its gang formed keeps telling the others: the deadline
+/// `timeout_s`, within 5 to 60 seconds.
+pub fn linger(timeout_s: f64) -> Duration {
+    Duration::try_from_secs_f64(timeout_s)
+        .unwrap_or(Duration::MAX)
+        .clamp(Duration::from_secs(5), Duration::from_secs(60))
+}
+
 /// The length of a hello: `OOMPHGNG`, then the version, the rank, the world size and the kind
 /// (u32 each), then the token (u64).
 const HELLO_LEN: usize = 32;
@@ -443,9 +451,19 @@ impl Star {
         match read_frame(&mut stream, 0) {
             Ok(Frame::Values(_)) => Ok(Star { rank, world, deadline, links: Links::Peer(stream) }),
             Ok(Frame::Failure(m)) => Err(format!("rank 0 refused this rank: {m}")),
-            Err(e) => Err(format!(
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(format!(
+                "rank 0 at {addr} took the connection but did not answer within {} s (distributed.timeout_s): it \
+                 is still preparing (loading its data, starting its device), stuck, or waiting for another rank. \
+                 Fix: read rank 0's own output; raise distributed.timeout_s if it needs longer to prepare",
+                deadline.as_secs_f64()
+            )),
+            Err(e) if e.kind() == ErrorKind::InvalidData => Err(format!(
                 "what answers at {addr} is not oomph's rank 0 ({e}). Fix: give the launch a port no other program \
                  uses (MASTER_PORT)"
+            )),
+            Err(e) => Err(format!(
+                "rank 0 at {addr} closed the connection before it answered ({e}): it failed or died while this rank \
+                 waited. Fix: read rank 0's own output"
             )),
         }
     }
@@ -463,7 +481,14 @@ impl Star {
         let left = || deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
         match &mut self.links {
             Links::Peer(root) => {
-                write_frame(root, values).map_err(|e| lost(0, &e))?;
+                if let Err(e) = write_frame(root, values) {
+                    // Rank 0 may have told this rank why before it closed: that is the cause.
+                    let _ = root.set_read_timeout(Some(Duration::from_secs(1)));
+                    return Err(match read_frame(root, values.len()) {
+                        Ok(Frame::Failure(m)) => m,
+                        _ => lost(0, &e),
+                    });
+                }
                 let _ = root.set_read_timeout(Some(left().saturating_add(PEER_GRACE)));
                 match read_frame(root, values.len()).map_err(|e| lost(0, &e))? {
                     Frame::Values(sum) if sum.len() == values.len() => {

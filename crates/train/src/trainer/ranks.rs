@@ -148,7 +148,7 @@ where
         let star = listening.accept(world, token, deadline);
         if let Err(e) = &star {
             // The ranks not yet connected learn it too.
-            listening.tell_failure(world, e, deadline.min(Duration::from_secs(60)));
+            listening.tell_failure(world, e, crate::gang::tcp::linger(session.recipe.distributed.timeout_s));
         }
         star
     } else {
@@ -187,7 +187,15 @@ where
         let step = rows[0][0] as usize | ((rows[0][1] as usize) << 16);
         if rank > 0 && step > 0 {
             run.s.resume = Resume::Step(step);
-            run.resume()?;
+            run.resume().map_err(|e| match e {
+                TrainError::Checkpoint(m) => TrainError::Checkpoint(format!(
+                    "rank {rank} cannot load the checkpoint of step {step}, which rank 0 resumed from its run \
+                     directory ({m}). Fix: every rank must see rank 0's run directory: the same --run-dir (or \
+                     run.output_dir) on a filesystem every machine shares.",
+                    m = m.split(". Fix:").next().unwrap_or(&m)
+                )),
+                e => e,
+            })?;
         }
         let _limit = run.faults.limit_address_space()?;
         crate::signals::install();
