@@ -618,21 +618,29 @@ fn read_exact_by(stream: &mut TcpStream, buf: &mut [u8], until: Instant) -> std:
 
 /// A connection to `rank` that failed, in words.
 fn lost(rank: usize, e: &std::io::Error) -> String {
+    let resumes = "the run resumes from its newest checkpoint when the launcher restarts the gang (torchrun \
+                   --max-restarts) or the same command runs again";
     match e.kind() {
-        // Rank 0 answers once every rank has sent: the rank it waits for may be another.
-        ErrorKind::WouldBlock | ErrorKind::TimedOut if rank == 0 => {
-            "rank 0 did not answer within distributed.timeout_s (it answers once every rank has called: a rank \
-             is stuck or gone, and rank 0's own message names it)"
-                .into()
-        }
+        // Rank 0 answers once every rank has sent, and names a rank it waited for in vain: past
+        // that (and a grace), rank 0 is the one that is stuck.
+        ErrorKind::WouldBlock | ErrorKind::TimedOut if rank == 0 => format!(
+            "rank 0 did not answer within distributed.timeout_s and a grace of {} s: rank 0 itself is stuck \
+             (stopped, or working longer than that between two steps: then raise distributed.timeout_s); {resumes}",
+            PEER_GRACE.as_secs()
+        ),
         ErrorKind::WouldBlock | ErrorKind::TimedOut => format!(
             "rank {rank} did not answer within distributed.timeout_s: it is stuck (stopped, or working longer than \
-             that between two steps: then raise distributed.timeout_s)"
+             that between two steps: then raise distributed.timeout_s); {resumes}"
         ),
-        _ => format!(
-            "rank {rank} is gone (its connection closed: it stopped or died; {e}); its own output says why, and the \
-             launcher's restart resumes the run from its newest checkpoint"
-        ),
+        ErrorKind::UnexpectedEof
+        | ErrorKind::ConnectionReset
+        | ErrorKind::BrokenPipe
+        | ErrorKind::ConnectionAborted => {
+            format!(
+                "rank {rank} is gone (its connection closed: it stopped or died; its own output says why); {resumes}"
+            )
+        }
+        _ => format!("rank {rank} is gone (its connection failed: {e}; its own output says why); {resumes}"),
     }
 }
 
