@@ -9,19 +9,6 @@ use crate::util::*;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The digits-sized MLP of the other tests: 30 steps of 64 samples (shards of 32 with 2
-/// ranks, 22/21/21 with 3), evaluation every 10 steps, a checkpoint every 4, the ranks'
-/// parameters compared every 2 steps.
-fn base() -> TestRecipe {
-    TestRecipe::mlp()
-        .set("run.seed", 5)
-        .set("model.hidden", [32])
-        .set("micro_batch.grow_after", 1000)
-        .set("checkpoint.every", 4)
-        .set("training.eval_every", 10)
-        .set("distributed.check_every", 2)
-}
-
 /// No test waits on a stuck run: far below any collective deadline, far above a run's time.
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -46,7 +33,7 @@ fn train(f: &Fixture, name: &str, args: &[&str]) -> Output {
 
 #[test]
 fn one_two_and_three_ranks_train_the_same_parameters() {
-    let f = Fixture::new(&base());
+    let f = Fixture::new(&TestRecipe::ranked());
     let one = f.reference("one", &[]);
     for ranks in ["2", "3"] {
         let name = format!("ranks{ranks}");
@@ -76,7 +63,7 @@ fn one_two_and_three_ranks_train_the_same_parameters() {
 fn ranks_with_shards_of_different_sizes_make_the_same_out_of_memory_decision() {
     // Shards of 3, 3 and 2 samples: two OOMs in step 2 take every rank from 3 to 2 to 1 (the
     // rank with 2 samples must not halve its own size, reach 1 first and give up).
-    let f = Fixture::new(&base().set("training.effective_batch", 8).set("micro_batch.initial", 8));
+    let f = Fixture::new(&TestRecipe::ranked().set("training.effective_batch", 8).set("micro_batch.initial", 8));
     let faults = "faults.oom_at=[{step=2, phase=\"forward\"}, {step=2, phase=\"forward\"}]";
     let one = f.reference("one", &["--set", faults]);
     let o = train(&f, "three", &["--no-supervise", "--set", "distributed.ranks=3", "--set", faults]);
@@ -90,7 +77,7 @@ fn ranks_with_shards_of_different_sizes_make_the_same_out_of_memory_decision() {
 #[test]
 fn when_every_rank_fails_alike_rank_0_reports_it() {
     // Every rank diverges at step 13; rank 0 alone knows the checkpoint of step 10 it wrote.
-    let f = Fixture::new(&base().set("checkpoint.every", 10).set("training.max_nonfinite_steps", 3));
+    let f = Fixture::new(&TestRecipe::ranked().set("checkpoint.every", 10).set("training.max_nonfinite_steps", 3));
     let o =
         train(&f, "nan", &["--no-supervise", "--set", "distributed.ranks=3", "--set", "faults.nan_at=[11, 12, 13]"]);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
@@ -100,7 +87,7 @@ fn when_every_rank_fails_alike_rank_0_reports_it() {
 
 #[test]
 fn a_rank_with_less_room_makes_every_rank_shrink_to_the_same_micro_batch() {
-    let f = Fixture::new(&base());
+    let f = Fixture::new(&TestRecipe::ranked());
     let one = f.reference("one", &[]);
     // Rank 0 has room for its whole shard of 32, rank 1 for 12 samples.
     let o = train(
@@ -122,7 +109,7 @@ fn a_rank_with_less_room_makes_every_rank_shrink_to_the_same_micro_batch() {
 
 #[test]
 fn an_oom_on_one_rank_in_backward_or_in_the_update_is_retried_by_every_rank() {
-    let f = Fixture::new(&base());
+    let f = Fixture::new(&TestRecipe::ranked());
     let one = f.reference("one", &[]);
     let faults = "faults.oom_at=[{step=3, phase=\"backward\", rank=1}, {step=6, phase=\"optimizer\", rank=0}, \
                   {step=9, phase=\"forward\", rank=2}]";
@@ -140,7 +127,7 @@ fn an_oom_on_one_rank_in_backward_or_in_the_update_is_retried_by_every_rank() {
 /// rank, so about one event in five named another rank, and the phase could be wrong).
 #[test]
 fn every_out_of_memory_event_names_the_rank_and_phase_it_happened_in() {
-    let f = Fixture::new(&base());
+    let f = Fixture::new(&TestRecipe::ranked());
     // Every other step, the micro-batch growing back in between.
     let at: Vec<String> = (1..=15).map(|s| format!("{{step={}, phase=\"backward\", rank=2}}", 2 * s)).collect();
     let faults = format!("faults.oom_at=[{}]", at.join(", "));
@@ -159,7 +146,7 @@ fn every_out_of_memory_event_names_the_rank_and_phase_it_happened_in() {
 
 #[test]
 fn a_panic_on_one_rank_stops_every_rank_promptly_with_its_message() {
-    let f = Fixture::new(&base());
+    let f = Fixture::new(&TestRecipe::ranked());
     // The deadline is far away: the ranks must stop because rank 1 failed, not because they
     // waited for it.
     let o = train(
@@ -183,7 +170,7 @@ fn a_panic_on_one_rank_stops_every_rank_promptly_with_its_message() {
 
 #[test]
 fn a_run_checkpointed_with_two_ranks_resumes_with_one_or_three() {
-    let f = Fixture::new(&base());
+    let f = Fixture::new(&TestRecipe::ranked());
     let one = f.reference("one", &[]);
     for (name, ranks) in [("to1", "1"), ("to3", "3")] {
         // Two ranks until the worker dies in step 11 (a simulated memory death, no
@@ -208,7 +195,7 @@ fn a_run_checkpointed_with_two_ranks_resumes_with_one_or_three() {
 
 #[test]
 fn a_worker_death_in_the_update_or_in_rank_0s_checkpoint_writer_is_restarted_as_such() {
-    let f = Fixture::new(&base());
+    let f = Fixture::new(&TestRecipe::ranked());
     let one = f.reference("one", &[]);
     // In the update on rank 1: the supervisor restarts at the same sizes, first update in place.
     let die = "faults.die_at=[{step=7, phase=\"optimizer\", rank=1}]";
@@ -243,7 +230,7 @@ fn a_worker_death_in_the_update_or_in_rank_0s_checkpoint_writer_is_restarted_as_
 /// micro-batch was kept, and the second death stopped the run with exit 3).
 #[test]
 fn a_followers_death_in_its_backward_pass_shrinks_the_micro_batch() {
-    let f = Fixture::new(&base());
+    let f = Fixture::new(&TestRecipe::ranked());
     let one = f.reference("one", &[]);
     let die = "faults.die_at=[{step=5, phase=\"backward\", rank=1}, {step=5, phase=\"backward\", rank=1}]";
     let o = train(&f, "died", &["--set", "distributed.ranks=2", "--set", die]);
@@ -262,7 +249,7 @@ fn a_followers_death_in_its_backward_pass_shrinks_the_micro_batch() {
 /// restarted with a smaller micro-batch).
 #[test]
 fn an_abort_on_one_rank_while_another_recovers_from_an_oom_is_not_a_memory_death() {
-    let f = Fixture::new(&base());
+    let f = Fixture::new(&TestRecipe::ranked());
     let faults = [
         "--set",
         "distributed.ranks=3",
@@ -279,7 +266,7 @@ fn an_abort_on_one_rank_while_another_recovers_from_an_oom_is_not_a_memory_death
 
 #[test]
 fn the_supervisor_restarts_every_rank_after_a_memory_death() {
-    let f = Fixture::new(&base());
+    let f = Fixture::new(&TestRecipe::ranked());
     let one = f.reference("one", &[]);
     let die = "faults.die_at=[{step=7, phase=\"backward\", rank=1}]";
     let o = train(&f, "died", &["--set", "distributed.ranks=2", "--set", die]);

@@ -11,18 +11,6 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-/// The model and cadence of the thread-rank tests: 30 steps of 64 samples, evaluation every
-/// 10 steps, a checkpoint every 4, the ranks' parameters compared every 2 steps.
-fn base() -> TestRecipe {
-    TestRecipe::mlp()
-        .set("run.seed", 5)
-        .set("model.hidden", [32])
-        .set("micro_batch.grow_after", 1000)
-        .set("checkpoint.every", 4)
-        .set("training.eval_every", 10)
-        .set("distributed.check_every", 2)
-}
-
 /// A port nothing listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -89,7 +77,7 @@ fn steps_done(run: &Path) -> usize {
 
 #[test]
 fn two_processes_train_the_parameters_of_one() {
-    let f = Fixture::new(&base());
+    let f = Fixture::new(&TestRecipe::ranked());
     let one = f.reference("one", &[]);
     let results = wait_all(launch(&f, "two", 2, free_port(), "a", &[]));
     all_ok(&results);
@@ -108,7 +96,7 @@ fn two_processes_train_the_parameters_of_one() {
 fn a_killed_rank_stops_the_other_at_once_and_the_gang_resumes_from_rank_0s_checkpoint() {
     // 300 steps (about a millisecond each here), so that the kill lands in the middle; no
     // deadline to wait for.
-    let f = Fixture::new(&base().set("training.steps", 300).set("distributed.timeout_s", 3600.0));
+    let f = Fixture::new(&TestRecipe::ranked().set("training.steps", 300).set("distributed.timeout_s", 3600.0));
     let one = f.reference("one", &[]);
     let run = f.run("killed");
     let mut ranks = launch(&f, "killed", 2, free_port(), "a", &[]);
@@ -131,7 +119,7 @@ fn a_killed_rank_stops_the_other_at_once_and_the_gang_resumes_from_rank_0s_check
 
 #[test]
 fn a_rank_that_fails_tells_the_other_processes_why() {
-    let f = Fixture::new(&base().set("distributed.ranks", 2).set("distributed.timeout_s", 3600.0));
+    let f = Fixture::new(&TestRecipe::ranked().set("distributed.ranks", 2).set("distributed.timeout_s", 3600.0));
     let panic = ["--set", "faults.panic_at=[{step=4, phase=\"backward\", rank=1}]"];
     let results = wait_all(launch(&f, "panic", 2, free_port(), "a", &[&panic, &panic]));
     assert_eq!(results[1].0.code(), Some(1), "{}", results[1].1);
@@ -143,7 +131,7 @@ fn a_rank_that_fails_tells_the_other_processes_why() {
 
 #[test]
 fn a_launch_that_does_not_fit_the_recipe_is_refused_before_training() {
-    let f = Fixture::new(&base().set("distributed.ranks", 3));
+    let f = Fixture::new(&TestRecipe::ranked().set("distributed.ranks", 3));
     let results = wait_all(launch(&f, "three", 2, free_port(), "a", &[]));
     for (status, out) in &results {
         assert_eq!(status.code(), Some(2), "{out}");
@@ -152,7 +140,7 @@ fn a_launch_that_does_not_fit_the_recipe_is_refused_before_training() {
     // Ranks of different recipes never train together, whatever key differs (regression: keys
     // that a resume may change, such as training.eval_every, were not compared, and the ranks
     // fell out of step at the first evaluation): the rank that differs is named.
-    let f = Fixture::new(&base());
+    let f = Fixture::new(&TestRecipe::ranked());
     let eval = ["--set", "training.eval_every=7"];
     let results = wait_all(launch(&f, "mixed", 2, free_port(), "a", &[&[], &eval]));
     let (status, out) = &results[0];
@@ -190,7 +178,7 @@ fn a_rank_with_other_data_is_refused_before_its_first_step() {
 /// address).
 #[test]
 fn a_rank_that_fails_before_the_gang_forms_stops_every_rank_at_once() {
-    let f = Fixture::new(&base().set("distributed.timeout_s", 3600.0));
+    let f = Fixture::new(&TestRecipe::ranked().set("distributed.timeout_s", 3600.0));
     // Rank 1's data is not there (`data.path` may differ between machines).
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("a.txt");
@@ -216,7 +204,7 @@ fn a_rank_that_fails_before_the_gang_forms_stops_every_rank_at_once() {
 /// tells the others (regression: every rank said only that some rank was stuck or gone).
 #[test]
 fn a_stuck_rank_is_named_at_the_deadline() {
-    let f = Fixture::new(&base().set("training.steps", 100_000).set("distributed.timeout_s", 2.0));
+    let f = Fixture::new(&TestRecipe::ranked().set("training.steps", 100_000).set("distributed.timeout_s", 2.0));
     let run = f.run("stuck");
     let mut ranks = launch(&f, "stuck", 3, free_port(), "a", &[]);
     wait_while_running(&mut ranks[0].child, "the gang trains", || steps_done(&run) >= 3);
@@ -238,7 +226,7 @@ fn a_stuck_rank_is_named_at_the_deadline() {
 /// --overwrite` launch removed the run again and started over, so the death came again).
 #[test]
 fn a_launchers_restart_resumes_whatever_the_first_attempt_asked() {
-    let f = Fixture::new(&base().set("distributed.ranks", 2));
+    let f = Fixture::new(&TestRecipe::ranked().set("distributed.ranks", 2));
     let one = f.reference("one", &["--set", "distributed.ranks=1"]);
     all_ok(&wait_all(launch(&f, "r", 2, free_port(), "old", &[])));
     let args = ["--resume", "never", "--overwrite", "--set", "faults.die_at=[{step=12, phase=\"backward\", rank=1}]"];

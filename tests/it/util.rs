@@ -106,6 +106,20 @@ impl TestRecipe {
             .set("checkpoint.every", 0)
     }
 
+    /// The recipe of the several-ranks tests (threads and processes): the MLP with a hidden
+    /// layer of 32, seed 5, 30 steps of 64 samples (shards of 32 with 2 ranks, 22/21/21 with 3),
+    /// evaluation every 10 steps, a checkpoint every 4, the ranks' parameters compared every 2
+    /// steps, no growth of the micro-batch.
+    pub fn ranked() -> Self {
+        Self::mlp()
+            .set("run.seed", 5)
+            .set("model.hidden", [32])
+            .set("micro_batch.grow_after", 1000)
+            .set("checkpoint.every", 4)
+            .set("training.eval_every", 10)
+            .set("distributed.check_every", 2)
+    }
+
     /// A wide MLP (one hidden layer of 262144) whose activations grow with the micro-batch: the
     /// runs that meet a real address-space limit ([`limit_memory`]). Seed 1, SGD at lr 0.05, no
     /// growth of the micro-batch, up to 4 restarts; each test sets its data and sizes.
