@@ -342,9 +342,10 @@ fn train_steps<M: Models>(args: &TrainArgs, launch: Option<&Launch>) -> Outcome 
     Ok(())
 }
 
-/// This process's device index as one rank of `launch`: `distributed.devices[LOCAL_RANK]` when devices are listed, else `run.device +
-/// LOCAL_RANK`, or `run.device` when `CUDA_VISIBLE_DEVICES` shows the process one GPU (on
-/// the CPU backends every rank shares the CPU).
+/// This process's device index as one rank of `launch`: `distributed.devices[LOCAL_RANK]`
+/// when devices are listed, else `run.device + LOCAL_RANK`, or `run.device` when
+/// `CUDA_VISIBLE_DEVICES` shows the process one GPU (on the CPU backends every rank shares the
+/// CPU).
 fn launch_device(recipe: &Recipe, launch: &Launch, origin: &str) -> Result<usize, TrainError> {
     let devices = &recipe.distributed.devices;
     if devices.is_empty() {
