@@ -242,3 +242,28 @@ fn a_launchers_restart_resumes_whatever_the_first_attempt_asked() {
     let d = max_param_diff(&one, &run);
     assert!(d < TOL, "restarted launch vs 1 process: max |diff| {d:e}");
 }
+
+/// A launcher's restart after a rank's memory death (a failed host allocation in its backward
+/// pass) shrinks the micro-batch below the size that died, as the supervisor does for a single
+/// process: rank 0 of the restart reads the dead rank's note and tells the others.
+#[test]
+fn a_launchers_restart_after_a_memory_death_shrinks_the_micro_batch() {
+    let f = Fixture::new(&TestRecipe::ranked().set("distributed.ranks", 2));
+    let one = f.reference("one", &["--set", "distributed.ranks=1"]);
+    let die = ["--set", "faults.die_at=[{step=5, phase=\"backward\", rank=1}]"];
+    let first = wait_all(launch(&f, "died", 2, free_port(), "a", &[&die, &die]));
+    assert_eq!(first[0].0.code(), Some(6), "{}", first[0].1);
+    assert!(first[1].1.contains("memory allocation of"), "{}", first[1].1);
+    let again = wait_all(launch(&f, "died", 2, free_port(), "a#1", &[&die, &die]));
+    all_ok(&again);
+    assert!(again[0].1.contains("with the micro-batch below 32"), "{}", again[0].1);
+    let run = f.run("died");
+    let restarts = events(&run, "restart");
+    let seen: Vec<_> =
+        restarts.iter().map(|e| (e["step"].clone(), e["phase"].clone(), e["micro_batch"].clone())).collect();
+    assert_eq!(seen, [(5.into(), "train".into(), 32.into())], "{restarts:?}");
+    let last = step_records(&run).last().cloned().unwrap();
+    assert_eq!(last["micro_batch"].as_u64(), Some(16), "every rank shrank to the same size");
+    let d = max_param_diff(&one, &run);
+    assert!(d < TOL, "restarted launch vs 1 process: max |diff| {d:e}");
+}

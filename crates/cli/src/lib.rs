@@ -309,8 +309,17 @@ fn train_steps<M: Models>(args: &TrainArgs, launch: Option<&Launch>) -> Outcome 
     }
     let mut lock = worker_env.lock_fd.filter(|_| is_worker).and_then(|fd| lock::RunLock::inherited(&run_dir, fd));
     let replace = if is_worker { Replace::Told(worker_env.replace) } else { Replace::Decide(resume, overwrite) };
-    let WorkerEnv { lower_ceiling, lower_eval, in_place_update: first_update_in_place, restarts, .. } = worker_env;
+    let WorkerEnv { mut lower_ceiling, mut lower_eval, in_place_update, restarts, .. } = worker_env;
+    let mut first_update_in_place = in_place_update;
     let restarts = launch.map_or(restarts, |l| l.restarts);
+    if let Some(l) = launch.filter(|l| l.rank == 0 && l.restarts > 0) {
+        // A launcher's restart: what the death of the previous attempt asks, as the supervisor
+        // would decide it; rank 0 tells the other ranks.
+        let lowered = supervise::after_launch_death(&recipe, &run_dir, l)?;
+        lower_ceiling = lowered.lower_micro;
+        lower_eval = lowered.lower_eval;
+        first_update_in_place = lowered.in_place;
+    }
     let backend = recipe.run.backend;
     let job = Job::<M> {
         recipe,
@@ -473,10 +482,11 @@ struct Job<'l, M> {
 }
 
 /// Points the allocation-failure note at the run directory's `worker-death.txt` (creating
-/// the directory).
-fn arm_note(run_dir: &Path) {
+/// the directory), or, for rank `rank` > 0 of a launch in its attempt `attempt`, at that
+/// rank's own note ([`RunDir::worker_death_of`]).
+fn arm_note(run_dir: &Path, rank: usize, attempt: usize) {
     if std::fs::create_dir_all(run_dir).is_ok() {
-        alloc::arm(&RunDir::new(run_dir).worker_death());
+        alloc::arm(&RunDir::new(run_dir).worker_death_of(rank, attempt));
     }
 }
 
@@ -492,10 +502,11 @@ impl<M: Models> WithBackend for Job<'_, M> {
         if self.lock.is_none() && leader {
             *self.lock = Some(lock::RunLock::acquire(&self.run_dir).map_err(TrainError::BadInput)?);
         }
-        if leader {
-            // Armed before the data is loaded: a host allocation that fails while loading is
-            // a memory death the supervisor restarts.
-            arm_note(&self.run_dir);
+        // Armed before the data is loaded: a host allocation that fails while loading is a
+        // memory death the supervisor (or a launch's restart) lowers the sizes after.
+        match &self.process {
+            Some(l) => arm_note(&self.run_dir, l.rank, l.restarts),
+            None => arm_note(&self.run_dir, 0, 0),
         }
         let prepare::Loaded { model, data } = prepare::build(model, &recipe, &self.origin, &device)?;
         let replaces = match self.replace {

@@ -163,6 +163,71 @@ fn record_restart(run_dir: &Path, at: &DeathAt, death: &Death, restarts: usize, 
     }
 }
 
+/// What the death of a launch's previous attempt asks of the restarted one.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Lowering {
+    /// The micro-batch ceiling goes below this size.
+    pub lower_micro: Option<usize>,
+    /// Evaluation runs below this evaluation batch.
+    pub lower_eval: Option<usize>,
+    /// The first update runs in place.
+    pub in_place: bool,
+}
+
+/// Rank 0 of a launcher's restart (torchrun `--max-restarts`, a requeued Slurm job): what the
+/// death of the previous attempt asks, decided as the supervisor decides after a worker's
+/// death ([`decide_after_death`]). A death is known by the allocation-failure note a rank left
+/// (its own file for each rank, [`RunDir::worker_death_of`]) with `current.json`, which rank 0
+/// keeps when another rank's failure stopped it; a death with no note (a kill, a backend that
+/// became unusable) restarts at the sizes of the checkpoint. Records the restart as an event;
+/// an error when the death cannot be helped (the smallest micro-batch died).
+pub fn after_launch_death(
+    recipe: &Recipe,
+    run_dir: &Path,
+    launch: &oomph_rundir::Launch,
+) -> Result<Lowering, TrainError> {
+    let rd = RunDir::new(run_dir);
+    let dead = launch.restarts.saturating_sub(1);
+    let notes: Vec<std::path::PathBuf> = (0..launch.world).map(|r| rd.worker_death_of(r, dead)).collect();
+    let note = notes.iter().find_map(|p| note::read_note(p));
+    for p in notes.iter().skip(1) {
+        // Read once (rank 0's own is emptied when it arms it).
+        let _ = std::fs::remove_file(p);
+    }
+    let Some(note) = note else { return Ok(Lowering::default()) };
+    let death = Death::HostAlloc { bytes: note.bytes, checkpoint: note.checkpoint() };
+    let (at, current) = where_it_died(run_dir, Some(&note));
+    let policy = Policy::new(oomph_train::trainer::policy_config(recipe));
+    let report = memory_report(&at, current.as_ref());
+    // The launcher counts the restarts and bounds them.
+    let sup = Supervision {
+        policy: &policy,
+        earlier: &[],
+        restarts: launch.restarts,
+        max_restarts: usize::MAX,
+        report: &report,
+    };
+    match decide_after_death(&death, &at, &sup) {
+        DeathDecision::Stop { does_not_fit, message } => {
+            record_restart(run_dir, &at, &death, launch.restarts, RESTART_STOP, 0.0);
+            Err(if does_not_fit { TrainError::DoesNotFit(message) } else { TrainError::Failed(message) })
+        }
+        DeathDecision::Restart { lower_micro, lower_eval, in_place, action } => {
+            record_restart(run_dir, &at, &death, launch.restarts, &action, 0.0);
+            eprintln!(
+                "oomph: the launch's previous attempt died at step {} in {} ({}); {} restart {} resumes from the \
+                 newest checkpoint with {action}",
+                at.step,
+                at.phase_name(),
+                death.describe(),
+                launch.launcher.name(),
+                launch.restarts
+            );
+            Ok(Lowering { lower_micro, lower_eval, in_place })
+        }
+    }
+}
+
 /// The supervisor stops with `failure`: no worker runs any more, so `current.json` goes.
 fn stop(run_dir: &Path, failure: Failure) -> Outcome {
     let _ = std::fs::remove_file(RunDir::new(run_dir).current());

@@ -160,6 +160,17 @@ impl RunDir {
         self.root.join(WORKER_DEATH)
     }
 
+    /// The allocation-failure note of rank `rank` of a launch's processes in its attempt
+    /// `attempt` (the launcher's restart count): rank 0's is `worker-death.txt`, another
+    /// rank's `worker-death.rank-R.attempt-A.txt` (each process writes its own; the restarted
+    /// rank 0 reads the dead attempt's).
+    pub fn worker_death_of(&self, rank: usize, attempt: usize) -> PathBuf {
+        if rank == 0 {
+            return self.worker_death();
+        }
+        self.root.join(format!("worker-death.rank-{rank}.attempt-{attempt}.txt"))
+    }
+
     /// `report.png`.
     pub fn report_png(&self) -> PathBuf {
         self.root.join(REPORT_PNG)
@@ -183,7 +194,10 @@ impl RunDir {
                 .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
                 .collect()
         };
-        let ours = |n: &str| RUN_FILES.contains(&n.strip_suffix(TMP_SUFFIX).unwrap_or(n));
+        let ours = |n: &str| {
+            let n = n.strip_suffix(TMP_SUFFIX).unwrap_or(n);
+            RUN_FILES.contains(&n) || (n.starts_with("worker-death.rank-") && n.ends_with(".txt"))
+        };
         let mut foreign: Vec<PathBuf> =
             names(&self.root).into_iter().filter(|(n, _)| !ours(n)).map(|(_, p)| p).collect();
         let mut step_dirs = Vec::new();
@@ -270,7 +284,14 @@ mod tests {
         std::fs::create_dir_all(d.checkpoints().join(ABANDONED).join("step-9")).unwrap();
         // A writer's temporary file, left by a crash, is oomph's too.
         let left = [temporary(&d.summary()), temporary(&d.model()), temporary(&d.report_png())];
-        for f in [d.metrics(), d.events(), d.checkpoints().join("step-3").join(CKPT_MANIFEST)].iter().chain(&left) {
+        // So are the notes of a launch's ranks.
+        let notes = [d.worker_death_of(0, 2), d.worker_death_of(3, 2)];
+        assert_eq!(notes[0], d.worker_death());
+        for f in [d.metrics(), d.events(), d.checkpoints().join("step-3").join(CKPT_MANIFEST)]
+            .iter()
+            .chain(&left)
+            .chain(&notes)
+        {
             std::fs::write(f, "").unwrap();
         }
         assert!(d.foreign_entries().is_empty());

@@ -112,6 +112,12 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>> Trainable<B, M> {
         Self { model: Some(model), optim: Some(optim), updates: 0, first_in_place }
     }
 
+    /// Runs the first update in place too (a rank told after it opened: a launch's restart
+    /// after a death in the update).
+    pub fn set_first_in_place(&mut self, first_in_place: bool) {
+        self.first_in_place |= first_in_place;
+    }
+
     /// The model.
     pub fn model(&self) -> &M {
         self.model.as_ref().expect("the model is only taken during an in-place update")

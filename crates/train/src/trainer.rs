@@ -168,7 +168,12 @@ where
         crate::alloc::set_thread_position(None);
         // The supervisor reads `current.json` after a memory death; after anything else no
         // worker runs any more.
-        if matches!(&result, Err(e) if !matches!(e, TrainError::MemoryDeath { .. })) {
+        // Neither after a memory death, nor (rank 0 of a launch) after another rank's failure:
+        // the launch's restart reads where the gang was.
+        let launched = self.s.process.is_some() && self.leader();
+        if matches!(&result, Err(e) if !matches!(e, TrainError::MemoryDeath { .. })
+            && !(launched && matches!(e, TrainError::Gang(_))))
+        {
             self.log.clear_position();
         }
         let summary = result?;

@@ -180,11 +180,31 @@ where
         if rank == 0 {
             run.resume()?;
         }
-        // Rank 0's step (in 16-bit pieces, exact in the round's f32), or 0: start over.
-        let mine = if rank == 0 { [(run.step & 0xffff) as f64, (run.step >> 16) as f64] } else { [0.0; 2] };
+        // Rank 0's step (in 16-bit pieces, exact in the round's f32; 0: start over) and what the
+        // death of the previous attempt asks (a size + 1, or 0 for none).
+        let size = |s: Option<usize>| s.map_or(0.0, |s| (s.min(1 << 23) + 1) as f64);
+        let mine = match rank {
+            0 => [
+                (run.step & 0xffff) as f64,
+                (run.step >> 16) as f64,
+                size(run.s.lower_ceiling),
+                size(run.s.lower_eval),
+                f64::from(u8::from(run.s.first_update_in_place)),
+            ],
+            _ => [0.0; 5],
+        };
         let link = run.link.as_mut().expect("a rank of a launch has its link");
         let rows = link.agree(&mine)?;
         let step = rows[0][0] as usize | ((rows[0][1] as usize) << 16);
+        if rank > 0 {
+            let told = |v: f64| (v > 0.0).then(|| v as usize - 1);
+            run.s.lower_ceiling = told(rows[0][2]);
+            run.s.lower_eval = told(rows[0][3]);
+            run.net.set_first_in_place(rows[0][4] != 0.0);
+            if step == 0 {
+                run.lower_after_death();
+            }
+        }
         if rank > 0 && step > 0 {
             run.s.resume = Resume::Step(step);
             run.resume().map_err(|e| match e {

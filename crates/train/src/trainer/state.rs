@@ -101,6 +101,14 @@ where
             self.log.event(st.step, Event::Resume { from_step: st.step, checkpoint, micro_batch: self.policy.limit() });
             self.log.note(format!("resuming from {} (step {}/{})", dir.display(), st.step, self.total));
         }
+        self.lower_after_death();
+        self.write_position();
+        Ok(())
+    }
+
+    /// Applies what the death of a previous worker (or gang) asks: a lower ceiling of the
+    /// micro-batch, a smaller evaluation batch.
+    pub(super) fn lower_after_death(&mut self) {
         if let Some(m) = self.s.lower_ceiling {
             let evs = self.policy.lower_ceiling(m);
             self.log.policy_events(self.step + 1, evs);
@@ -113,8 +121,6 @@ where
                 self.eval_batch = to;
             }
         }
-        self.write_position();
-        Ok(())
     }
 
     /// The start-up banner.
