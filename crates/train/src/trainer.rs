@@ -171,9 +171,10 @@ where
         // Neither after a memory death, nor (rank 0 of a launch) after another rank's failure:
         // the launch's restart reads where the gang was.
         let launched = self.s.process.is_some() && self.leader();
-        if matches!(&result, Err(e) if !matches!(e, TrainError::MemoryDeath { .. })
-            && !(launched && matches!(e, TrainError::Gang(_))))
-        {
+        let keep = |e: &TrainError| {
+            matches!(e, TrainError::MemoryDeath { .. }) || (launched && matches!(e, TrainError::Gang(_)))
+        };
+        if matches!(&result, Err(e) if !keep(e)) {
             self.log.clear_position();
         }
         let summary = result?;
